@@ -1,0 +1,824 @@
+//! The channel: transactions of puts or takes over the log and the in-memory queue.
+//!
+//! A put writes a `Put` record at once and keeps a pointer to it in its transaction's slot. A
+//! take tags the queue's first available entry and reads the event; nothing is written. A commit
+//! writes one record that lists every pointer of the transaction (`PutCommit` or `TakeCommit`),
+//! then syncs; only after the sync returns do the puts join the queue or the takes leave it. A
+//! rollback writes nothing: a put that no commit lists is ignored by replay, and a take that no
+//! commit lists never happened.
+//!
+//! **Invariant:** `commit` returns `Ok` only after the commit record and every put record it
+//! lists are durable (one sync covers both, and replay refuses a commit whose puts did not
+//! survive). **Invariant:** events become visible, and leave, in the order of their commit
+//! records in the log, which is the order replay rebuilds.
+
+use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
+use crate::error::{ConfigError, Error};
+use crate::log::{read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
+use crate::queue::Queue;
+use crate::record::{
+    Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES, POINTER_BYTES,
+    RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+};
+use crate::recovery::Recovery;
+use crate::storage::{Region, Storage};
+
+/// A handle on an open transaction. It is only a number: the state lives in the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Txn {
+    slot: u8,
+    generation: u32,
+}
+
+/// A snapshot of the channel's state and counters since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct Stats {
+    /// Committed events in the queue, including those taken by open transactions.
+    pub depth: u64,
+    /// Events taken by transactions that have not committed.
+    pub in_flight_takes: u64,
+    /// Events put by transactions that have not committed.
+    pub pending_puts: u64,
+    /// The configured capacity.
+    pub capacity: u32,
+    /// Transactions open now.
+    pub open_transactions: u16,
+    /// Segments in the log ring.
+    pub segments: u64,
+    /// Segments that cannot be reused yet, from the oldest one an event points into to the one
+    /// being written.
+    pub segments_pinned: u64,
+    /// Segments that can be reused now.
+    pub segments_free: u64,
+    /// Put records written.
+    pub puts: u64,
+    /// Events delivered by `take`.
+    pub takes: u64,
+    /// Commits that wrote a record.
+    pub commits: u64,
+    /// Rollbacks.
+    pub rollbacks: u64,
+    /// Sync barriers issued.
+    pub syncs: u64,
+    /// Queued events whose record failed its checks when read; they were never delivered, and
+    /// leave the queue with the take transaction that met them.
+    pub corrupt_events_skipped: u64,
+    /// Segments opened (erased and given a header).
+    pub segments_opened: u64,
+}
+
+const STATE_FREE: u8 = 0;
+const STATE_OPEN: u8 = 1;
+const STATE_WRITTEN: u8 = 2;
+const KIND_NONE: u8 = 0;
+const KIND_PUT: u8 = 1;
+const KIND_TAKE: u8 = 2;
+
+/// One transaction slot, as kept in `TXN_WORDS` words of channel memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    generation: u32,
+    state: u8,
+    kind: u8,
+    count: u32,
+    id: u32,
+    /// The write-order id of the slot's commit record once written.
+    commit_wid: u64,
+}
+
+impl Slot {
+    fn load(words: &[u64], s: usize) -> Self {
+        let w = &words[s * TXN_WORDS..(s + 1) * TXN_WORDS];
+        Slot {
+            generation: w[0] as u32,
+            state: (w[0] >> 32) as u8,
+            kind: (w[0] >> 40) as u8,
+            count: w[1] as u32,
+            id: (w[1] >> 32) as u32,
+            commit_wid: w[2],
+        }
+    }
+
+    fn store(&self, words: &mut [u64], s: usize) {
+        let w = &mut words[s * TXN_WORDS..(s + 1) * TXN_WORDS];
+        w[0] = self.generation as u64 | (self.state as u64) << 32 | (self.kind as u64) << 40;
+        w[1] = self.count as u64 | (self.id as u64) << 32;
+        w[2] = self.commit_wid;
+    }
+}
+
+/// The kind of write, for the log's space reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteClass {
+    /// Adds data (a put): must leave a segment for commit records and one for a restart.
+    Produce,
+    /// A commit record: may use the commit reserve, never the restart spare.
+    Commit,
+}
+
+/// What a record's payload is made of.
+enum Body<'a> {
+    Event(&'a [u8]),
+    /// A put commit: the durable mark, then the pending-put pointers of a transaction slot.
+    Pending {
+        synced_wid: u64,
+        slot: usize,
+        count: usize,
+    },
+    /// A take commit: the durable mark, then the queue entries tagged by a transaction.
+    Taken {
+        synced_wid: u64,
+        tag: u8,
+    },
+}
+
+/// Why an event could not be read for a take.
+enum ReadFail<E> {
+    Storage(E),
+    Corrupt,
+    TooSmall(usize),
+    TooLarge(usize),
+}
+
+/// A durable, transactional FIFO of events over a [`Storage`].
+///
+/// `M` is the caller's memory, [`Config::memory_words`] `u64` words: a `&mut [u64]` (a static
+/// array on firmware) or a `Vec<u64>` on a server.
+pub struct Channel<S: Storage, M> {
+    pub(crate) storage: S,
+    pub(crate) memory: M,
+    pub(crate) config: Config,
+    pub(crate) geo: Geometry,
+    pub(crate) queue: Queue,
+    /// The sequence number of the segment being written.
+    pub(crate) seq: u64,
+    pub(crate) seg_base_wid: u64,
+    /// Where the next record goes, inside the segment being written.
+    pub(crate) write_offset: u64,
+    pub(crate) next_wid: u64,
+    /// Every record with a smaller write-order id is durable: the mark at the last sync.
+    synced_wid: u64,
+    pub(crate) next_txn_id: u32,
+    generation: u32,
+    pending_puts: u64,
+    /// A lower bound of the oldest segment anything points into.
+    min_pinned: u64,
+    pins_dirty: bool,
+    /// True until this run has opened its first segment.
+    restart_pending: bool,
+    /// The sequence number the next new segment gets.
+    roll_to: u64,
+    poisoned: bool,
+    stats: Stats,
+    pub(crate) recovery: Recovery,
+}
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
+    /// Opens a channel: checks the configuration against the storage and replays the log.
+    /// Opening writes nothing; the run's first write starts a new segment.
+    /// [`Channel::recovery`] tells what replay did.
+    pub fn open(storage: S, memory: M, config: Config) -> Result<Self, Error<S::Error>> {
+        const {
+            assert!(
+                S::READ_SIZE == 1,
+                "the core reads single bytes; buffer in the adapter"
+            );
+            assert!(S::WRITE_SIZE >= 1 && S::WRITE_SIZE <= MAX_WRITE_SIZE);
+            assert!(
+                256 % S::WRITE_SIZE == 0,
+                "WRITE_SIZE must be a power of two"
+            );
+            assert!(S::ERASE_SIZE >= S::WRITE_SIZE && S::ERASE_SIZE % S::WRITE_SIZE == 0);
+        }
+        let given = memory.as_ref().len();
+        if given < config.memory_words() {
+            return Err(ConfigError::MemoryTooSmall {
+                needed: config.memory_words(),
+                given,
+            }
+            .into());
+        }
+        let segment_bytes = config.segment_bytes() as u64;
+        if segment_bytes % S::ERASE_SIZE as u64 != 0 {
+            return Err(ConfigError::SegmentNotErasable.into());
+        }
+        let segments = storage.capacity(Region::Log) / segment_bytes;
+        if segments < MIN_SEGMENTS {
+            return Err(ConfigError::TooFewSegments.into());
+        }
+        if segments > MAX_SEGMENTS {
+            return Err(ConfigError::TooManySegments.into());
+        }
+        let geo = Geometry::new(segments, segment_bytes, S::WRITE_SIZE);
+        if geo.first_record + geo.record_span(config.max_payload_bytes()) > segment_bytes {
+            return Err(ConfigError::SegmentTooSmall.into());
+        }
+        let mut channel = Channel {
+            storage,
+            memory,
+            config,
+            geo,
+            queue: Queue::new(config.capacity() as usize),
+            seq: 0,
+            seg_base_wid: 0,
+            write_offset: 0,
+            next_wid: 0,
+            synced_wid: 0,
+            next_txn_id: 0,
+            generation: 0,
+            pending_puts: 0,
+            min_pinned: 0,
+            pins_dirty: true,
+            restart_pending: true,
+            roll_to: 0,
+            poisoned: false,
+            stats: Stats::default(),
+            recovery: Recovery::default(),
+        };
+        // Transaction slots start free whatever the memory held before.
+        let (_, _, txns) = split(channel.memory.as_mut(), &config);
+        txns.fill(0);
+        match channel.replay()? {
+            Some(newest) => {
+                channel.seq = newest;
+                channel.roll_to = newest + 1;
+            }
+            None => {
+                channel.seq = 0;
+                channel.roll_to = 0;
+            }
+        }
+        channel.refresh_pins();
+        // Opening writes nothing. This run's first write opens a new segment (flagged OPENED),
+        // never appending after the previous run's tail, which may end in a torn write; a word
+        // is never programmed twice. A run that writes nothing costs no segment, so a device
+        // that loses power over and over without work to do never fills its log.
+        channel.restart_pending = true;
+        Ok(channel)
+    }
+
+    /// What the last open found and did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Committed events in the queue, including those taken by transactions still open.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True if no committed event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.len() == 0
+    }
+
+    /// Gives back the storage and the memory.
+    pub fn into_parts(self) -> (S, M) {
+        (self.storage, self.memory)
+    }
+
+    /// Borrows the storage (for counters in tests and adapters).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Borrows the storage mutably, for tests that damage the medium under an open channel and
+    /// for adapters' housekeeping. Writing to the log region through it breaks the channel.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// A snapshot of the state and counters.
+    pub fn stats(&mut self) -> Stats {
+        self.refresh_pins();
+        let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+        let open = (0..self.config.max_transactions() as usize)
+            .filter(|&s| Slot::load(txns, s).state != STATE_FREE)
+            .count() as u16;
+        let mut stats = self.stats;
+        stats.depth = self.queue.len() as u64;
+        stats.in_flight_takes = self.queue.tagged(qmem) as u64;
+        stats.pending_puts = self.pending_puts;
+        stats.capacity = self.config.capacity();
+        stats.open_transactions = open;
+        stats.segments = self.geo.segments;
+        stats.segments_pinned = self.seq - self.min_pinned + 1;
+        stats.segments_free = self.free_ahead();
+        stats
+    }
+
+    /// Begins a transaction. It becomes a put or a take transaction with its first operation.
+    pub fn begin(&mut self) -> Result<Txn, Error<S::Error>> {
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        for s in 0..self.config.max_transactions() as usize {
+            let slot = Slot::load(txns, s);
+            if slot.state == STATE_FREE {
+                self.generation = self.generation.wrapping_add(1);
+                let fresh = Slot {
+                    generation: self.generation,
+                    state: STATE_OPEN,
+                    kind: KIND_NONE,
+                    count: 0,
+                    id: self.next_txn_id,
+                    commit_wid: 0,
+                };
+                self.next_txn_id = self.next_txn_id.wrapping_add(1);
+                fresh.store(txns, s);
+                return Ok(Txn {
+                    slot: s as u8,
+                    generation: self.generation,
+                });
+            }
+        }
+        Err(Error::TooManyTransactions)
+    }
+
+    /// Puts an event in a put transaction. The event is written to the log now and becomes
+    /// visible when the transaction commits.
+    pub fn put(&mut self, txn: Txn, event: &[u8]) -> Result<(), Error<S::Error>> {
+        self.check_writable()?;
+        let mut slot = self.open_slot(txn)?;
+        if slot.kind == KIND_TAKE {
+            return Err(Error::WrongTransactionKind);
+        }
+        if slot.count >= self.config.transaction_capacity() {
+            return Err(Error::TransactionFull);
+        }
+        if event.len() > self.config.max_event_bytes() as usize {
+            return Err(Error::EventTooLarge {
+                len: event.len(),
+                max: self.config.max_event_bytes(),
+            });
+        }
+        if self.queue.len() as u64 + self.pending_puts >= self.config.capacity() as u64 {
+            return Err(Error::ChannelFull);
+        }
+        let ptr = self.append(
+            RecordKind::Put,
+            slot.id,
+            Body::Event(event),
+            event.len() as u32,
+            WriteClass::Produce,
+        )?;
+        let (_, pool, txns) = split(self.memory.as_mut(), &self.config);
+        let cap = self.config.transaction_capacity() as usize;
+        pool[txn.slot as usize * cap + slot.count as usize] = ptr.to_word();
+        slot.count += 1;
+        slot.kind = KIND_PUT;
+        slot.store(txns, txn.slot as usize);
+        self.pending_puts += 1;
+        self.stats.puts += 1;
+        Ok(())
+    }
+
+    /// Takes the next available event into `buf` and returns its length, or `None` if no event
+    /// is available. The event leaves the channel when the transaction commits; a rollback (or a
+    /// crash before the commit) makes it available again in its place.
+    ///
+    /// An event whose record fails its checks is never delivered: it is counted in
+    /// [`Stats::corrupt_events_skipped`] and leaves the queue with this transaction.
+    pub fn take(&mut self, txn: Txn, buf: &mut [u8]) -> Result<Option<usize>, Error<S::Error>> {
+        let mut slot = self.open_slot(txn)?;
+        if slot.kind == KIND_PUT {
+            return Err(Error::WrongTransactionKind);
+        }
+        let tag = txn.slot + 1;
+        // Bounded: every turn tags one more queue entry, and there are `len` of them.
+        loop {
+            if slot.count >= self.config.transaction_capacity() {
+                return Err(Error::TransactionFull);
+            }
+            let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+            let Some((index, ptr)) = self.queue.take_next(qmem, tag) else {
+                return Ok(None);
+            };
+            let result = self.read_event(ptr, buf);
+            let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+            match result {
+                Ok(n) => {
+                    slot.count += 1;
+                    slot.kind = KIND_TAKE;
+                    slot.store(txns, txn.slot as usize);
+                    self.stats.takes += 1;
+                    return Ok(Some(n));
+                }
+                Err(ReadFail::Corrupt) => {
+                    slot.count += 1;
+                    slot.kind = KIND_TAKE;
+                    slot.store(txns, txn.slot as usize);
+                    self.stats.corrupt_events_skipped += 1;
+                }
+                Err(fail) => {
+                    self.queue.untag_at(qmem, index);
+                    return Err(match fail {
+                        ReadFail::Storage(e) => Error::Storage(e),
+                        ReadFail::TooSmall(needed) => Error::BufferTooSmall { needed },
+                        ReadFail::TooLarge(len) => Error::EventTooLarge {
+                            len,
+                            max: self.config.max_event_bytes(),
+                        },
+                        ReadFail::Corrupt => Error::LogicBug("corrupt handled above"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Commits: writes the commit record, syncs, and applies the transaction. When it returns
+    /// `Ok` the transaction is durable. A transaction with no operation writes nothing.
+    ///
+    /// If it fails with [`Error::LogFull`] the transaction stays open: roll it back or retry.
+    pub fn commit(&mut self, txn: Txn) -> Result<(), Error<S::Error>> {
+        if self.write_commit(txn)? {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The first half of a commit, for group commit: writes the commit record without syncing.
+    /// Returns false if the transaction was empty and is already finished. The transaction takes
+    /// effect at the next [`Channel::sync`], whoever calls it.
+    pub fn write_commit(&mut self, txn: Txn) -> Result<bool, Error<S::Error>> {
+        let mut slot = self.open_slot(txn)?;
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        if slot.count == 0 {
+            Slot::store(&free_slot(), txns, txn.slot as usize);
+            return Ok(false);
+        }
+        self.check_writable()?;
+        let len = COMMIT_PREFIX_BYTES as u64 + slot.count as u64 * POINTER_BYTES as u64;
+        let synced_wid = self.synced_wid;
+        let (kind, body) = if slot.kind == KIND_PUT {
+            let pending = Body::Pending {
+                synced_wid,
+                slot: txn.slot as usize,
+                count: slot.count as usize,
+            };
+            (RecordKind::PutCommit, pending)
+        } else {
+            let taken = Body::Taken {
+                synced_wid,
+                tag: txn.slot + 1,
+            };
+            (RecordKind::TakeCommit, taken)
+        };
+        let wid = self.next_wid;
+        self.append(kind, slot.id, body, len as u32, WriteClass::Commit)?;
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        slot.state = STATE_WRITTEN;
+        slot.commit_wid = wid;
+        slot.store(txns, txn.slot as usize);
+        self.stats.commits += 1;
+        Ok(true)
+    }
+
+    /// True if `txn` is no longer open or waiting for a sync: it committed, rolled back, or the
+    /// handle is stale.
+    pub fn is_finished(&self, txn: Txn) -> bool {
+        let (_, _, txns) = split_ref(self.memory.as_ref(), &self.config);
+        let slot = Slot::load(txns, txn.slot as usize);
+        slot.generation != txn.generation || slot.state == STATE_FREE
+    }
+
+    /// The durability barrier: syncs the log, then applies every commit written before it, in
+    /// log order. Does nothing if no commit is waiting.
+    pub fn sync(&mut self) -> Result<(), Error<S::Error>> {
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let max = self.config.max_transactions() as usize;
+        if !(0..max).any(|s| Slot::load(txns, s).state == STATE_WRITTEN) {
+            return Ok(());
+        }
+        self.check_writable()?;
+        if let Err(e) = self.storage.sync(Region::Log) {
+            self.poisoned = true;
+            return Err(Error::Storage(e));
+        }
+        self.stats.syncs += 1;
+        self.synced_wid = self.next_wid;
+        // Apply in commit-record order, which is the order replay uses. Bounded by `max` turns.
+        for _ in 0..max {
+            let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+            let next = (0..max)
+                .map(|s| (s, Slot::load(txns, s)))
+                .filter(|(_, slot)| slot.state == STATE_WRITTEN)
+                .min_by_key(|(_, slot)| slot.commit_wid);
+            let Some((s, slot)) = next else { break };
+            self.apply(s, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back an open transaction. Nothing is written: puts no commit lists are ignored by
+    /// replay, and taken events become available again in their original places.
+    pub fn rollback(&mut self, txn: Txn) -> Result<(), Error<S::Error>> {
+        let slot = self.open_slot(txn)?;
+        let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+        match slot.kind {
+            KIND_PUT => {
+                self.pending_puts -= slot.count as u64;
+                self.pins_dirty = true;
+            }
+            KIND_TAKE => self.queue.untag_all(qmem, txn.slot + 1),
+            _ => {}
+        }
+        free_slot().store(txns, txn.slot as usize);
+        self.stats.rollbacks += 1;
+        Ok(())
+    }
+
+    fn apply(&mut self, s: usize, slot: Slot) -> Result<(), Error<S::Error>> {
+        let (qmem, pool, txns) = split(self.memory.as_mut(), &self.config);
+        let cap = self.config.transaction_capacity() as usize;
+        if slot.kind == KIND_PUT {
+            for &w in &pool[s * cap..s * cap + slot.count as usize] {
+                if !self.queue.push_back(qmem, Pointer::from_word(w)) {
+                    return Err(Error::LogicBug("queue overflow despite reserved capacity"));
+                }
+            }
+            self.pending_puts -= slot.count as u64;
+        } else {
+            let removed = self.queue.remove_tagged(qmem, s as u8 + 1);
+            if removed != slot.count as usize {
+                return Err(Error::LogicBug("take commit removed a different count"));
+            }
+            self.pins_dirty = true;
+        }
+        free_slot().store(txns, s);
+        Ok(())
+    }
+
+    fn open_slot(&mut self, txn: Txn) -> Result<Slot, Error<S::Error>> {
+        if txn.slot as usize >= self.config.max_transactions() as usize {
+            return Err(Error::BadTransaction);
+        }
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let slot = Slot::load(txns, txn.slot as usize);
+        if slot.generation != txn.generation || slot.state != STATE_OPEN {
+            return Err(Error::BadTransaction);
+        }
+        Ok(slot)
+    }
+
+    fn check_writable(&self) -> Result<(), Error<S::Error>> {
+        if self.poisoned {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads the event at `ptr` into `buf`, checking kind, bounds and CRC. A length that cannot
+    /// be delivered is reported only once the CRC shows the length is genuine, so a corrupt
+    /// header can never wedge the queue.
+    fn read_event(&mut self, ptr: Pointer, buf: &mut [u8]) -> Result<usize, ReadFail<S::Error>> {
+        let seq = self.geo.seq_of_slot(ptr.slot, self.seq);
+        let offset = self.geo.record_offset(ptr);
+        let header = read_record_header(&mut self.storage, offset).map_err(ReadFail::Storage)?;
+        let len = header.len as usize;
+        let room = self.geo.segment_bytes - ptr.offset as u64 - RECORD_HEADER_BYTES as u64;
+        if header.kind != RecordKind::Put as u8 || len as u64 > room {
+            return Err(ReadFail::Corrupt);
+        }
+        let payload = offset + RECORD_HEADER_BYTES as u64;
+        if len > buf.len() || len > self.config.max_event_bytes() as usize {
+            let mut digest = header.digest(seq);
+            crate::log::stream_payload(&mut self.storage, payload, len as u64, |c| {
+                digest.update(c)
+            })
+            .map_err(ReadFail::Storage)?;
+            if digest.finalize() != header.crc {
+                return Err(ReadFail::Corrupt);
+            }
+            return Err(if len > self.config.max_event_bytes() as usize {
+                ReadFail::TooLarge(len)
+            } else {
+                ReadFail::TooSmall(len)
+            });
+        }
+        self.storage
+            .read(Region::Log, payload, &mut buf[..len])
+            .map_err(ReadFail::Storage)?;
+        if !header.check(seq, &buf[..len]) {
+            return Err(ReadFail::Corrupt);
+        }
+        Ok(len)
+    }
+
+    /// Appends one record to the log, rolling to a new segment if it does not fit.
+    fn append(
+        &mut self,
+        kind: RecordKind,
+        txn_id: u32,
+        body: Body<'_>,
+        len: u32,
+        class: WriteClass,
+    ) -> Result<Pointer, Error<S::Error>> {
+        self.check_writable()?;
+        let span = self.geo.record_span(len as u64);
+        // Pair assertion with replay's checks: what we write, replay must accept.
+        if len as u64 > self.config.max_payload_bytes() {
+            return Err(Error::LogicBug("record longer than the configured maximum"));
+        }
+        self.make_room(span, class)?;
+        let ptr = Pointer {
+            slot: self.geo.slot_of(self.seq),
+            offset: self.write_offset as u32,
+        };
+        let wid_delta = (self.next_wid - self.seg_base_wid) as u32;
+        let (qmem, pool, _) = split_ref(self.memory.as_ref(), &self.config);
+        let cap = self.config.transaction_capacity() as usize;
+        let queue = self.queue;
+        let emit = |sink: &mut dyn FnMut(&[u8])| match body {
+            Body::Event(bytes) => sink(bytes),
+            Body::Pending {
+                synced_wid,
+                slot,
+                count,
+            } => {
+                sink(&synced_wid.to_le_bytes());
+                for &w in &pool[slot * cap..slot * cap + count] {
+                    sink(&Pointer::from_word(w).encode());
+                }
+            }
+            Body::Taken { synced_wid, tag } => {
+                sink(&synced_wid.to_le_bytes());
+                queue.for_each_tagged(qmem, tag, |p| sink(&p.encode()))
+            }
+        };
+        let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
+            emit(&mut |b| d.update(b))
+        });
+        let start = self.geo.record_offset(ptr);
+        let mut writer = WordWriter::new(&mut self.storage, self.geo.align, start);
+        let mut result = writer.push(&header.encode());
+        let mut written = 0u64;
+        emit(&mut |b| {
+            written += b.len() as u64;
+            if result.is_ok() {
+                result = writer.push(b);
+            }
+        });
+        let end = result.and_then(|()| writer.finish());
+        match end {
+            Err(e) => {
+                self.poisoned = true;
+                Err(Error::Storage(e))
+            }
+            Ok(end) if end != start + span || written != len as u64 => {
+                self.poisoned = true;
+                Err(Error::LogicBug("record length differs from its header"))
+            }
+            Ok(_) => {
+                self.write_offset += span;
+                self.next_wid += 1;
+                Ok(ptr)
+            }
+        }
+    }
+
+    /// Makes sure a record of `span` bytes can be written, keeping the reserve: a put must leave
+    /// one free segment for commit records and one for the segment the next run starts; a commit
+    /// may use the first but never the second, except to start this run's own segment.
+    fn make_room(&mut self, span: u64, class: WriteClass) -> Result<(), Error<S::Error>> {
+        let roll = self.restart_pending || self.write_offset + span > self.geo.segment_bytes;
+        let needed = match (class, roll, self.restart_pending) {
+            (WriteClass::Produce, false, _) => 2,
+            (WriteClass::Produce, true, _) => 3,
+            (WriteClass::Commit, false, _) => 0,
+            (WriteClass::Commit, true, false) => 2,
+            (WriteClass::Commit, true, true) => 1,
+        };
+        if needed > 0 && self.free_ahead() < needed {
+            self.refresh_pins();
+            if self.free_ahead() < needed {
+                return Err(Error::LogFull);
+            }
+        }
+        if roll {
+            let flags = if self.restart_pending {
+                SEGMENT_FLAG_OPENED
+            } else {
+                0
+            };
+            self.open_segment(self.roll_to, flags)?;
+        }
+        Ok(())
+    }
+
+    /// Segments after the newest one that hold nothing anyone needs.
+    fn free_ahead(&self) -> u64 {
+        (self.min_pinned + self.geo.segments)
+            .saturating_sub(self.seq + 1)
+            .min(self.geo.segments - 1)
+    }
+
+    /// Recomputes the oldest segment that a queued event or a pending put points into. A scan
+    /// of the queue, done only when space runs short and something may have been freed.
+    fn refresh_pins(&mut self) {
+        if !self.pins_dirty {
+            return;
+        }
+        let (qmem, pool, txns) = split_ref(self.memory.as_ref(), &self.config);
+        let geo = self.geo;
+        let newest = self.seq;
+        let mut min = newest;
+        self.queue
+            .for_each(qmem, |p| min = min.min(geo.seq_of_slot(p.slot, newest)));
+        let cap = self.config.transaction_capacity() as usize;
+        for s in 0..self.config.max_transactions() as usize {
+            let slot = Slot::load(txns, s);
+            if slot.state != STATE_FREE && slot.kind == KIND_PUT {
+                for &w in &pool[s * cap..s * cap + slot.count as usize] {
+                    min = min.min(geo.seq_of_slot(Pointer::from_word(w).slot, newest));
+                }
+            }
+        }
+        self.min_pinned = min;
+        self.pins_dirty = false;
+    }
+
+    /// Erases the slot for segment `seq` and writes its header. The header's erase block is
+    /// erased and synced first, so a power cut during the rest of the erase can never leave the
+    /// old header in front of half-erased records.
+    pub(crate) fn open_segment(&mut self, seq: u64, flags: u16) -> Result<(), Error<S::Error>> {
+        self.check_writable()?;
+        let start = self.geo.segment_start(self.geo.slot_of(seq));
+        let first_block = S::ERASE_SIZE as u64;
+        let end = start + self.geo.segment_bytes;
+        let header = SegmentHeader {
+            flags,
+            segment_bytes: self.geo.segment_bytes as u32,
+            seq,
+            base_wid: self.next_wid,
+            max_payload: self.config.max_payload_bytes() as u32,
+        };
+        let storage = &mut self.storage;
+        let result = storage
+            .erase(Region::Log, start, start + first_block)
+            .and_then(|()| storage.sync(Region::Log))
+            .and_then(|()| {
+                if end > start + first_block {
+                    storage.erase(Region::Log, start + first_block, end)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| {
+                let mut w = WordWriter::new(&mut *storage, self.geo.align, start);
+                w.push(&header.encode())?;
+                w.finish().map(|_| ())
+            });
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(Error::Storage(e));
+        }
+        self.stats.syncs += 1;
+        self.synced_wid = self.next_wid;
+        self.stats.segments_opened += 1;
+        self.restart_pending = false;
+        self.roll_to = seq + 1;
+        self.seq = seq;
+        self.seg_base_wid = self.next_wid;
+        self.write_offset = self.geo.first_record;
+        Ok(())
+    }
+}
+
+fn free_slot() -> Slot {
+    Slot {
+        generation: 0,
+        state: STATE_FREE,
+        kind: KIND_NONE,
+        count: 0,
+        id: 0,
+        commit_wid: 0,
+    }
+}
+
+/// Splits the caller's memory into the queue ring, the pending-put pool and the slot table.
+pub(crate) fn split<'m>(
+    mem: &'m mut [u64],
+    config: &Config,
+) -> (&'m mut [u64], &'m mut [u64], &'m mut [u64]) {
+    let q = config.capacity() as usize;
+    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
+    let t = config.max_transactions() as usize * TXN_WORDS;
+    let (queue, rest) = mem.split_at_mut(q);
+    let (pool, rest) = rest.split_at_mut(p);
+    (queue, pool, &mut rest[..t])
+}
+
+fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64], &'m [u64]) {
+    let q = config.capacity() as usize;
+    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
+    let t = config.max_transactions() as usize * TXN_WORDS;
+    (&mem[..q], &mem[q..q + p], &mem[q + p..q + p + t])
+}

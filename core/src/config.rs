@@ -1,0 +1,160 @@
+//! Channel configuration and the memory it needs.
+//!
+//! A [`Config`] is checked twice: on its own by [`Config::try_new`] (or at compile time by the
+//! panicking [`Config::new`] in a `const`), and against the storage's geometry when a channel is
+//! opened. The caller provides the channel's memory as a slice of `u64` words of
+//! [`Config::memory_words`] length, so the core allocates nothing; the layout of that memory is
+//! private to the core.
+
+use crate::error::ConfigError;
+use crate::record::{
+    COMMIT_PREFIX_BYTES, MAX_PAYLOAD_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+
+/// The most transactions that can be open at once: a queued event carries its transaction's slot
+/// in 8 bits, and one value is reserved for recovery.
+pub const MAX_TRANSACTIONS: u16 = 254;
+/// The fewest segments a log may have: one being written, one reserved for commit records, one
+/// reserved for the segment a restart opens, and at least one for data.
+pub const MIN_SEGMENTS: u64 = 4;
+/// The most segments a log may have: a pointer holds the segment's slot in 24 bits.
+pub const MAX_SEGMENTS: u64 = (1 << 24) - 1;
+/// Words of channel memory per transaction slot, besides its pending-put pointers.
+pub(crate) const TXN_WORDS: usize = 3;
+
+/// The sizes and limits of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    capacity: u32,
+    transaction_capacity: u32,
+    max_transactions: u16,
+    max_event_bytes: u32,
+    segment_bytes: u32,
+}
+
+impl Config {
+    /// A configuration, checked; panics with the reason if it cannot work. Use it in a `const`
+    /// so a bad configuration fails the build.
+    ///
+    /// - `capacity`: the most events the channel holds (queued, being taken, or put but not yet
+    ///   committed), like Flume's `capacity`;
+    /// - `transaction_capacity`: the most events one transaction puts or takes;
+    /// - `max_transactions`: the most transactions open at once (1 to 254);
+    /// - `max_event_bytes`: the largest event body, checked on put and on every read;
+    /// - `segment_bytes`: the size of one log segment, a multiple of the storage's erase size.
+    pub const fn new(
+        capacity: u32,
+        transaction_capacity: u32,
+        max_transactions: u16,
+        max_event_bytes: u32,
+        segment_bytes: u32,
+    ) -> Self {
+        match Self::try_new(
+            capacity,
+            transaction_capacity,
+            max_transactions,
+            max_event_bytes,
+            segment_bytes,
+        ) {
+            Ok(config) => config,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// As [`Config::new`], returning the reason instead of panicking.
+    pub const fn try_new(
+        capacity: u32,
+        transaction_capacity: u32,
+        max_transactions: u16,
+        max_event_bytes: u32,
+        segment_bytes: u32,
+    ) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::ZeroCapacity);
+        }
+        if transaction_capacity == 0 {
+            return Err(ConfigError::ZeroTransactionCapacity);
+        }
+        if transaction_capacity > capacity {
+            return Err(ConfigError::TransactionCapacityAboveCapacity);
+        }
+        if max_transactions == 0 || max_transactions > MAX_TRANSACTIONS {
+            return Err(ConfigError::BadMaxTransactions);
+        }
+        if max_event_bytes == 0 || max_event_bytes > MAX_PAYLOAD_BYTES {
+            return Err(ConfigError::BadMaxEventBytes);
+        }
+        let config = Config {
+            capacity,
+            transaction_capacity,
+            max_transactions,
+            max_event_bytes,
+            segment_bytes,
+        };
+        // A commit record lists one pointer per event of the transaction.
+        if config.max_commit_payload_bytes() > MAX_PAYLOAD_BYTES as u64 {
+            return Err(ConfigError::BadMaxEventBytes);
+        }
+        if (segment_bytes as u64) < SEGMENT_HEADER_BYTES as u64 * 2 + config.max_record_bytes() {
+            return Err(ConfigError::SegmentTooSmall);
+        }
+        Ok(config)
+    }
+
+    /// The most events the channel holds.
+    pub const fn capacity(&self) -> u32 {
+        self.capacity
+    }
+    /// The most events one transaction holds.
+    pub const fn transaction_capacity(&self) -> u32 {
+        self.transaction_capacity
+    }
+    /// The most transactions open at once.
+    pub const fn max_transactions(&self) -> u16 {
+        self.max_transactions
+    }
+    /// The largest event body in bytes.
+    pub const fn max_event_bytes(&self) -> u32 {
+        self.max_event_bytes
+    }
+    /// The size of one log segment in bytes.
+    pub const fn segment_bytes(&self) -> u32 {
+        self.segment_bytes
+    }
+
+    /// The largest commit record payload: the durable mark and one pointer per event of a full
+    /// transaction.
+    pub(crate) const fn max_commit_payload_bytes(&self) -> u64 {
+        COMMIT_PREFIX_BYTES as u64 + self.transaction_capacity as u64 * POINTER_BYTES as u64
+    }
+
+    /// The largest payload any record may carry; a longer length read from media is corrupt.
+    pub(crate) const fn max_payload_bytes(&self) -> u64 {
+        let commit = self.max_commit_payload_bytes();
+        if commit > self.max_event_bytes as u64 {
+            commit
+        } else {
+            self.max_event_bytes as u64
+        }
+    }
+
+    /// The largest record before alignment padding.
+    pub(crate) const fn max_record_bytes(&self) -> u64 {
+        RECORD_HEADER_BYTES as u64 + self.max_payload_bytes()
+    }
+
+    /// The number of `u64` words of memory a channel with this configuration needs: 8 bytes per
+    /// event of capacity (the queue of pointers), 8 bytes per event of each transaction slot
+    /// (pointers of puts not yet committed), and 24 bytes per transaction slot.
+    pub const fn memory_words(&self) -> usize {
+        self.capacity as usize
+            + self.max_transactions as usize * (self.transaction_capacity as usize + TXN_WORDS)
+    }
+
+    /// [`Config::memory_words`] in bytes.
+    pub const fn memory_bytes(&self) -> usize {
+        self.memory_words() * 8
+    }
+}

@@ -1,0 +1,234 @@
+//! The one error type of the core, [`Error`], and configuration errors, [`ConfigError`].
+//!
+//! Corruption, a full channel, a bad argument and a logic bug are different variants so a caller
+//! can react to each: retry later, fix the call, or report a bug. Storage failures keep the
+//! adapter's own error inside [`Error::Storage`].
+
+use core::fmt;
+
+use crate::storage::{Region, StorageError};
+
+/// Everything that can go wrong in a channel operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The storage adapter failed. After a failed write, erase or sync the channel is poisoned.
+    Storage(E),
+    /// An earlier write, erase or sync failed, so the state of unsynced data is unknown; the
+    /// channel refuses to write until it is reopened (reopening replays the log and finds out).
+    Poisoned,
+    /// Data on the medium passed its checksum but contradicts the format, so it cannot be used.
+    Corrupted {
+        /// Where the bad structure lies.
+        region: Region,
+        /// Its offset in the region.
+        offset: u64,
+    },
+    /// The medium holds a Sluicegate log of a format version this build does not read.
+    UnsupportedFormat {
+        /// The version found on the medium.
+        found: u16,
+    },
+    /// The channel holds `capacity` events (queued, being taken, or put but not committed).
+    ChannelFull,
+    /// The log has no free segment for this record; nothing is overwritten. Taking events frees
+    /// segments once nothing points into them.
+    LogFull,
+    /// The transaction already holds `transaction_capacity` events.
+    TransactionFull,
+    /// The event is larger than `max_event_bytes`.
+    EventTooLarge {
+        /// The event's length.
+        len: usize,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// The caller's buffer cannot hold the next event; nothing was taken.
+    BufferTooSmall {
+        /// The length of the event.
+        needed: usize,
+    },
+    /// The transaction handle is stale or belongs to no open transaction.
+    BadTransaction,
+    /// A transaction holds puts or takes, never both.
+    WrongTransactionKind,
+    /// Every transaction slot is in use (`max_transactions`).
+    TooManyTransactions,
+    /// The log holds more events than the configured capacity can hold.
+    CapacityTooSmall {
+        /// The number of events the log holds (at least).
+        needed: u64,
+    },
+    /// The configuration does not fit the storage or the memory given.
+    Config(ConfigError),
+    /// An internal invariant does not hold: a bug in Sluicegate. Please report it.
+    LogicBug(&'static str),
+}
+
+impl<E> Error<E> {
+    /// True for the errors a caller may retry later without changing anything (full channel or
+    /// full log).
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::ChannelFull | Error::LogFull)
+    }
+}
+
+impl<E: StorageError> Error<E> {
+    /// True if this error came from the storage adapter.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Error::Storage(_))
+    }
+}
+
+impl<E> From<ConfigError> for Error<E> {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Storage(e) => write!(f, "storage error: {e:?}"),
+            Error::Poisoned => f.write_str(
+                "an earlier write or sync failed; the channel refuses writes until it is reopened",
+            ),
+            Error::Corrupted { region, offset } => {
+                write!(
+                    f,
+                    "corrupt data in the {region:?} region at offset {offset}"
+                )
+            }
+            Error::UnsupportedFormat { found } => write!(
+                f,
+                "the log has format version {found}; this build reads version {}",
+                crate::record::FORMAT_VERSION
+            ),
+            Error::ChannelFull => f.write_str("the channel is full"),
+            Error::LogFull => f.write_str("the log has no free segment"),
+            Error::TransactionFull => f.write_str("the transaction is full"),
+            Error::EventTooLarge { len, max } => {
+                write!(
+                    f,
+                    "event of {len} bytes is larger than max_event_bytes ({max})"
+                )
+            }
+            Error::BufferTooSmall { needed } => {
+                write!(
+                    f,
+                    "the buffer is too small for the next event ({needed} bytes)"
+                )
+            }
+            Error::BadTransaction => f.write_str("no open transaction has this handle"),
+            Error::WrongTransactionKind => {
+                f.write_str("a transaction holds puts or takes, never both")
+            }
+            Error::TooManyTransactions => f.write_str("every transaction slot is in use"),
+            Error::CapacityTooSmall { needed } => write!(
+                f,
+                "the log holds at least {needed} events, more than the configured capacity"
+            ),
+            Error::Config(e) => write!(f, "bad configuration: {e}"),
+            Error::LogicBug(what) => write!(f, "logic bug in sluicegate: {what}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for Error<E> {}
+
+/// A configuration that cannot work, found by [`Config::try_new`](crate::Config::try_new) or
+/// when a channel is opened on a storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `capacity` is 0.
+    ZeroCapacity,
+    /// `transaction_capacity` is 0.
+    ZeroTransactionCapacity,
+    /// `transaction_capacity` is larger than `capacity`.
+    TransactionCapacityAboveCapacity,
+    /// `max_transactions` is 0 or above [`MAX_TRANSACTIONS`](crate::config::MAX_TRANSACTIONS).
+    BadMaxTransactions,
+    /// `max_event_bytes` is 0 or above the record format's limit.
+    BadMaxEventBytes,
+    /// `segment_bytes` is not a multiple of the storage's erase size.
+    SegmentNotErasable,
+    /// A segment cannot hold its header and one record of the largest size.
+    SegmentTooSmall,
+    /// The log region holds fewer than [`MIN_SEGMENTS`](crate::config::MIN_SEGMENTS) segments.
+    TooFewSegments,
+    /// The log region holds more segments than a pointer can address.
+    TooManySegments,
+    /// The memory given to the channel is smaller than [`Config::memory_words`](crate::Config::memory_words).
+    MemoryTooSmall {
+        /// Words needed.
+        needed: usize,
+        /// Words given.
+        given: usize,
+    },
+    /// The log on the medium was written with another segment size.
+    SegmentSizeMismatch {
+        /// The size recorded on the medium.
+        on_media: u32,
+        /// The configured size.
+        configured: u32,
+    },
+}
+
+impl ConfigError {
+    /// A one-line description (usable in `const` panics).
+    pub const fn message(&self) -> &'static str {
+        match self {
+            ConfigError::ZeroCapacity => "capacity must be at least 1",
+            ConfigError::ZeroTransactionCapacity => "transaction_capacity must be at least 1",
+            ConfigError::TransactionCapacityAboveCapacity => {
+                "transaction_capacity must not exceed capacity"
+            }
+            ConfigError::BadMaxTransactions => "max_transactions must be between 1 and 254",
+            ConfigError::BadMaxEventBytes => {
+                "max_event_bytes must be between 1 and 16 MiB - 1 (the record format's limit)"
+            }
+            ConfigError::SegmentNotErasable => {
+                "segment_bytes must be a multiple of the storage's erase size"
+            }
+            ConfigError::SegmentTooSmall => {
+                "segment_bytes must hold a segment header and the largest record"
+            }
+            ConfigError::TooFewSegments => "the log region must hold at least 4 segments",
+            ConfigError::TooManySegments => "the log region holds more than 2^24 - 1 segments",
+            ConfigError::MemoryTooSmall { .. } => {
+                "the memory given is smaller than Config::memory_words()"
+            }
+            ConfigError::SegmentSizeMismatch { .. } => {
+                "the log on the medium was written with another segment_bytes"
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::MemoryTooSmall { needed, given } => {
+                write!(
+                    f,
+                    "{} (needed {needed} words, given {given})",
+                    self.message()
+                )
+            }
+            ConfigError::SegmentSizeMismatch {
+                on_media,
+                configured,
+            } => write!(
+                f,
+                "{} (medium: {on_media}, configured: {configured})",
+                self.message()
+            ),
+            other => f.write_str(other.message()),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}

@@ -1,0 +1,237 @@
+//! The in-memory queue: a ring of 8-byte pointers into the log, in FIFO (commit) order.
+//!
+//! Each entry is a `u64`: bits 0..32 are the record's offset in its segment, bits 32..56 the
+//! segment's slot, bits 56..64 a tag. Tag 0 means the event is available; tag `t` in
+//! `1..=254` means transaction slot `t - 1` has taken it and not yet committed; 255 marks entries
+//! that recovery is about to remove.
+//!
+//! Taken events stay where they are until their take commits, so a rollback only clears tags and
+//! the order is exactly what it was, the same order a replay of the log rebuilds.
+//!
+//! **Invariant:** every tagged entry lies in `[0, span)`, and every entry in `[0, first_free)` is
+//! tagged. Scans are bounded by `span` (at most the events in flight) or by `len`.
+
+use crate::record::Pointer;
+
+pub(crate) const TAG_SHIFT: u32 = 56;
+pub(crate) const TAG_REPLAY: u8 = 255;
+const POINTER_MASK: u64 = (1 << TAG_SHIFT) - 1;
+
+pub(crate) const fn tag_of(w: u64) -> u8 {
+    (w >> TAG_SHIFT) as u8
+}
+
+pub(crate) const fn with_tag(w: u64, tag: u8) -> u64 {
+    (w & POINTER_MASK) | ((tag as u64) << TAG_SHIFT)
+}
+
+/// The queue's bookkeeping; its entries live in the caller's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Queue {
+    head: usize,
+    len: usize,
+    cap: usize,
+    span: usize,
+    first_free: usize,
+}
+
+impl Queue {
+    pub const fn new(cap: usize) -> Self {
+        Queue {
+            head: 0,
+            len: 0,
+            cap,
+            span: 0,
+            first_free: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == self.cap
+    }
+
+    /// Entries that lie in the region where taken events can be.
+    #[cfg(test)]
+    pub fn span(&self) -> usize {
+        self.span
+    }
+
+    fn index(&self, i: usize) -> usize {
+        let j = self.head + i;
+        if j >= self.cap {
+            j - self.cap
+        } else {
+            j
+        }
+    }
+
+    pub fn get(&self, mem: &[u64], i: usize) -> u64 {
+        mem[self.index(i)]
+    }
+
+    fn set(&self, mem: &mut [u64], i: usize, w: u64) {
+        mem[self.index(i)] = w;
+    }
+
+    /// Appends an available entry; false if the ring is full.
+    pub fn push_back(&mut self, mem: &mut [u64], p: Pointer) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.len += 1;
+        self.set(mem, self.len - 1, p.to_word());
+        true
+    }
+
+    /// Tags the first available entry for `tag` and returns its index and pointer.
+    pub fn take_next(&mut self, mem: &mut [u64], tag: u8) -> Option<(usize, Pointer)> {
+        let mut i = self.first_free;
+        while i < self.len {
+            let w = self.get(mem, i);
+            if tag_of(w) == 0 {
+                self.set(mem, i, with_tag(w, tag));
+                self.span = self.span.max(i + 1);
+                self.first_free = i + 1;
+                return Some((i, Pointer::from_word(w)));
+            }
+            i += 1;
+        }
+        self.first_free = self.len;
+        None
+    }
+
+    /// Clears the tag of the entry at `i` (a take the caller could not use).
+    pub fn untag_at(&mut self, mem: &mut [u64], i: usize) {
+        let w = self.get(mem, i);
+        self.set(mem, i, with_tag(w, 0));
+        self.first_free = self.first_free.min(i);
+        self.shrink_span(mem);
+    }
+
+    /// Makes every entry tagged `tag` available again, in place.
+    pub fn untag_all(&mut self, mem: &mut [u64], tag: u8) {
+        for i in 0..self.span {
+            let w = self.get(mem, i);
+            if tag_of(w) == tag {
+                self.set(mem, i, with_tag(w, 0));
+                self.first_free = self.first_free.min(i);
+            }
+        }
+        self.shrink_span(mem);
+    }
+
+    /// Calls `f` with each pointer tagged `tag`, in queue order.
+    pub fn for_each_tagged(&self, mem: &[u64], tag: u8, mut f: impl FnMut(Pointer)) {
+        for i in 0..self.span {
+            let w = self.get(mem, i);
+            if tag_of(w) == tag {
+                f(Pointer::from_word(w));
+            }
+        }
+    }
+
+    /// Marks the first entry at or after `from` (wrapping once) that points at `p` with `tag`;
+    /// returns its index.
+    pub fn mark(&mut self, mem: &mut [u64], p: Pointer, tag: u8, from: usize) -> Option<usize> {
+        let want = p.to_word();
+        for k in 0..self.len {
+            let i = (from + k) % self.len;
+            let w = self.get(mem, i);
+            if w == want {
+                self.set(mem, i, with_tag(w, tag));
+                self.span = self.span.max(i + 1);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Removes every entry tagged `tag`, keeping the order of the rest. Returns how many.
+    pub fn remove_tagged(&mut self, mem: &mut [u64], tag: u8) -> usize {
+        let mut j = self.span;
+        for i in (0..self.span).rev() {
+            let w = self.get(mem, i);
+            if tag_of(w) != tag {
+                j -= 1;
+                self.set(mem, j, w);
+            }
+        }
+        let removed = j;
+        self.head = self.index(removed);
+        self.len -= removed;
+        self.span -= removed;
+        self.first_free = 0;
+        while self.first_free < self.span && tag_of(self.get(mem, self.first_free)) != 0 {
+            self.first_free += 1;
+        }
+        self.shrink_span(mem);
+        removed
+    }
+
+    fn shrink_span(&mut self, mem: &[u64]) {
+        while self.span > 0 && tag_of(self.get(mem, self.span - 1)) == 0 {
+            self.span -= 1;
+        }
+        // Entries at or past `span` are untagged, so the tagged prefix cannot reach beyond it.
+        self.first_free = self.first_free.min(self.span);
+    }
+
+    /// Calls `f` with every entry's pointer.
+    pub fn for_each(&self, mem: &[u64], mut f: impl FnMut(Pointer)) {
+        for i in 0..self.len {
+            f(Pointer::from_word(self.get(mem, i)));
+        }
+    }
+
+    /// Counts the entries that are tagged (taken, not yet committed).
+    pub fn tagged(&self, mem: &[u64]) -> usize {
+        (0..self.span)
+            .filter(|&i| tag_of(self.get(mem, i)) != 0)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u32) -> Pointer {
+        Pointer { slot: 0, offset: n }
+    }
+
+    fn contents(q: &Queue, mem: &[u64]) -> [u32; 8] {
+        let mut out = [u32::MAX; 8];
+        for (i, slot) in out.iter_mut().enumerate().take(q.len()) {
+            *slot = Pointer::from_word(q.get(mem, i)).offset;
+        }
+        out
+    }
+
+    /// Interleaved takes by two transactions, a rollback of one and a commit of the other leave
+    /// the remaining entries in their original order, across the ring's wrap.
+    #[test]
+    fn rollback_keeps_order_and_commit_removes() {
+        let mut mem = [0u64; 5];
+        let mut q = Queue::new(5);
+        for n in 0..5 {
+            assert!(q.push_back(&mut mem, p(n)));
+        }
+        assert!(!q.push_back(&mut mem, p(9)));
+        assert_eq!(q.take_next(&mut mem, 1).map(|x| x.1), Some(p(0)));
+        assert_eq!(q.take_next(&mut mem, 2).map(|x| x.1), Some(p(1)));
+        assert_eq!(q.take_next(&mut mem, 1).map(|x| x.1), Some(p(2)));
+        q.untag_all(&mut mem, 1);
+        assert_eq!(q.remove_tagged(&mut mem, 2), 1);
+        assert_eq!(&contents(&q, &mem)[..4], &[0, 2, 3, 4]);
+        assert!(q.push_back(&mut mem, p(5)));
+        assert_eq!(&contents(&q, &mem)[..5], &[0, 2, 3, 4, 5]);
+        assert_eq!(q.take_next(&mut mem, 3).map(|x| x.1), Some(p(0)));
+        assert_eq!(q.remove_tagged(&mut mem, 3), 1);
+        assert_eq!(&contents(&q, &mem)[..4], &[2, 3, 4, 5]);
+        assert_eq!(q.span(), 0);
+    }
+}

@@ -1,0 +1,536 @@
+//! Recovery by full replay of the log, and the report of what it found.
+//!
+//! Replay reads every segment header, finds the newest segment, walks back to the oldest
+//! segment of the unbroken run that ends there, and replays records in write order:
+//!
+//! - `Put`: counted, nothing else (a put counts only once a commit lists it);
+//! - `PutCommit`: its pointers join the queue's tail. If a put it lists did not survive, replay
+//!   looks for proof that the commit was acknowledged (a later record of the same run whose
+//!   durable mark is past it, or a later segment of the same run, whose opening synced): with
+//!   proof only the damaged events are dropped (media decay); without it the commit was in
+//!   flight at the power cut and is dropped whole;
+//! - `TakeCommit`: its pointers leave the queue.
+//!
+//! A record that fails its checks ends its segment, unless the record right after it is valid
+//! and has the next write-order id, in which case only that record is skipped. The segment a run
+//! opened at its start bounds the previous run: records with a write-order id at or past its
+//! `base_wid` were never acknowledged and are ignored, whatever later reads of them return.
+//!
+//! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
+//! loop in it is bounded by the geometry of the log.
+
+use crate::channel::{split, Channel};
+use crate::error::Error;
+use crate::log::{read_record_header, read_segment_header, stream_payload, Geometry};
+use crate::queue::TAG_REPLAY;
+use crate::record::{
+    Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES,
+    POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+};
+use crate::storage::{Region, Storage};
+
+/// How an open rebuilt the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum RecoveryPath {
+    /// The log was empty: a new channel.
+    #[default]
+    New,
+    /// Every retained segment of the log was replayed.
+    FullReplay,
+}
+
+/// What recovery found and did, with counters like Flume's replay report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The path taken.
+    pub path: RecoveryPath,
+    /// Segments replayed.
+    pub segments_replayed: u64,
+    /// Valid records read.
+    pub records_read: u64,
+    /// `Put` records read.
+    pub puts: u64,
+    /// `PutCommit` records applied.
+    pub put_commits: u64,
+    /// `TakeCommit` records applied.
+    pub take_commits: u64,
+    /// Events added to the queue by put commits.
+    pub events_committed: u64,
+    /// Events removed from the queue by take commits.
+    pub events_taken: u64,
+    /// Put records no commit listed: rolled back, or still open at the crash.
+    pub uncommitted_puts: u64,
+    /// Put commits dropped because a put they list did not survive: they were in flight.
+    pub torn_commits_dropped: u64,
+    /// Events of acknowledged commits whose put record was damaged on the medium: lost to media
+    /// decay, never delivered.
+    pub corrupt_events_dropped: u64,
+    /// Damaged records skipped in the middle of a segment (the next record was intact).
+    pub corrupt_records_skipped: u64,
+    /// Records lost between two segments: the write-order ids jump. Only media damage causes it.
+    pub records_lost: u64,
+    /// Pointers in take commits that matched no queued event (their puts were reclaimed).
+    pub unmatched_takes: u64,
+    /// Events in the queue after recovery.
+    pub events: u64,
+    /// The oldest and newest segment sequence numbers replayed.
+    pub first_segment: u64,
+    /// See `first_segment`.
+    pub last_segment: u64,
+}
+
+/// Where a record lies in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    seq: u64,
+    offset: u64,
+}
+
+/// Replay's working state.
+struct Replay {
+    /// The first place where something was found damaged in the current run; puts at or after
+    /// it are re-checked before a commit that lists them is applied.
+    suspect: Option<Position>,
+    /// Where the last segment's walk stopped early, if it did.
+    last_break: Option<Position>,
+    /// Write-order ids at or past this one in the current segment were never acknowledged.
+    limit: u64,
+    /// The segment after the current one belongs to the same run: its opening synced everything
+    /// before it.
+    run_continues: bool,
+}
+
+/// Where a walk over a segment ended.
+struct WalkEnd {
+    /// Write-order ids used in the segment (records read, skipped ones included).
+    records: u64,
+    /// The offset of the record that stopped the walk, if one did before the segment's end.
+    broke_at: Option<u64>,
+}
+
+/// Pointers handled per read of a commit record's payload.
+const POINTERS_PER_CHUNK: usize = 32;
+
+/// What a walk hands its visitor at each record: its offset, its index in the segment, and its
+/// header, or `None` for a damaged record that was skipped. The visitor returns false to stop.
+type Visit<'v, T, E> =
+    dyn FnMut(&mut T, u64, u64, Option<&RecordHeader>) -> Result<bool, Error<E>> + 'v;
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
+    /// Replays the log into the queue. Returns the newest segment's sequence number, or `None`
+    /// for an empty log.
+    pub(crate) fn replay(&mut self) -> Result<Option<u64>, Error<S::Error>> {
+        let geo = self.geo;
+        let mut newest: Option<u64> = None;
+        for slot in 0..geo.segments as u32 {
+            if let Some(h) = self.valid_header(slot)? {
+                newest = Some(newest.map_or(h.seq, |n: u64| n.max(h.seq)));
+            }
+        }
+        let Some(newest) = newest else {
+            self.recovery.path = RecoveryPath::New;
+            return Ok(None);
+        };
+        // Walk back over the unbroken run of segments that ends at the newest one.
+        let mut start = newest;
+        while start > 0 && newest - start + 1 < geo.segments {
+            match self.valid_header(geo.slot_of(start - 1))? {
+                Some(h) if h.seq == start - 1 => start -= 1,
+                _ => break,
+            }
+        }
+        self.recovery.first_segment = start;
+        let mut state = Replay {
+            suspect: None,
+            last_break: None,
+            limit: u64::MAX,
+            run_continues: false,
+        };
+        let mut next_wid: Option<u64> = None;
+        let mut current = self.valid_header(geo.slot_of(start))?;
+        for seq in start..=newest {
+            let Some(header) = current.filter(|h| h.seq == seq) else {
+                break;
+            };
+            let following = if seq < newest {
+                self.valid_header(geo.slot_of(seq + 1))?
+                    .filter(|h| h.seq == seq + 1)
+            } else {
+                None
+            };
+            if header.flags & SEGMENT_FLAG_OPENED != 0 {
+                // A new run: nothing it wrote can depend on damage seen in earlier runs.
+                state.suspect = None;
+            }
+            if let Some(expected) = next_wid {
+                if header.base_wid > expected {
+                    // Records the previous segment held are unreadable: media damage.
+                    self.recovery.records_lost += header.base_wid - expected;
+                    let at = state.last_break.unwrap_or(Position { seq, offset: 0 });
+                    state.suspect.get_or_insert(at);
+                }
+            }
+            state.limit = following.map_or(u64::MAX, |h| h.base_wid);
+            state.run_continues = following.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED == 0);
+            let first = (geo.first_record, 0);
+            let end = self.walk(
+                &header,
+                first,
+                state.limit,
+                &mut |ch, offset, index, rec| {
+                    match rec {
+                        Some(rec) => ch.replay_record(&header, offset, index, rec, &mut state)?,
+                        None => {
+                            ch.recovery.corrupt_records_skipped += 1;
+                            state.suspect.get_or_insert(Position { seq, offset });
+                        }
+                    }
+                    Ok(true)
+                },
+            )?;
+            next_wid = Some(header.base_wid + end.records);
+            state.last_break = end.broke_at.map(|offset| Position { seq, offset });
+            self.recovery.segments_replayed += 1;
+            current = following;
+        }
+        self.next_wid = next_wid.unwrap_or(0);
+        let r = &mut self.recovery;
+        r.path = RecoveryPath::FullReplay;
+        r.last_segment = newest;
+        r.events = self.queue.len() as u64;
+        r.uncommitted_puts = r
+            .puts
+            .saturating_sub(r.events_committed + r.corrupt_events_dropped);
+        Ok(Some(newest))
+    }
+
+    /// The header in `slot` if it is valid; errors for a format this build cannot read.
+    fn valid_header(&mut self, slot: u32) -> Result<Option<SegmentHeader>, Error<S::Error>> {
+        let geo = self.geo;
+        match read_segment_header(&mut self.storage, &geo, slot).map_err(Error::Storage)? {
+            SegmentCheck::Invalid => Ok(None),
+            SegmentCheck::Unsupported(found) => Err(Error::UnsupportedFormat { found }),
+            SegmentCheck::Valid(h) => {
+                if h.segment_bytes as u64 != geo.segment_bytes {
+                    return Err(crate::error::ConfigError::SegmentSizeMismatch {
+                        on_media: h.segment_bytes,
+                        configured: geo.segment_bytes as u32,
+                    }
+                    .into());
+                }
+                if geo.slot_of(h.seq) != slot
+                    || h.max_payload as u64 + RECORD_HEADER_BYTES as u64 > geo.segment_bytes
+                {
+                    return Err(Error::Corrupted {
+                        region: Region::Log,
+                        offset: geo.segment_start(slot),
+                    });
+                }
+                Ok(Some(h))
+            }
+        }
+    }
+
+    /// Visits the records of a segment in order, from `(offset, index)`, until the segment
+    /// ends, a record is damaged beyond repair, the write-order id reaches `limit`, or `visit`
+    /// returns false. A damaged record is skipped (and reported to `visit`) when the record its
+    /// length leads to is intact and has the next write-order id.
+    fn walk(
+        &mut self,
+        seg: &SegmentHeader,
+        from: (u64, u64),
+        limit: u64,
+        visit: &mut Visit<'_, Self, S::Error>,
+    ) -> Result<WalkEnd, Error<S::Error>> {
+        let geo = self.geo;
+        let base = geo.segment_start(geo.slot_of(seg.seq));
+        let (mut offset, mut index) = from;
+        // Bounded: every turn advances `offset` by at least one record header.
+        while offset + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes
+            && seg.base_wid + index < limit
+        {
+            if let Some(record) = self.valid_record(seg, offset, index)? {
+                if !visit(self, offset, index, Some(&record))? {
+                    return Ok(WalkEnd {
+                        records: index + 1,
+                        broke_at: None,
+                    });
+                }
+                index += 1;
+                offset += geo.record_span(record.len as u64);
+                continue;
+            }
+            let raw =
+                read_record_header(&mut self.storage, base + offset).map_err(Error::Storage)?;
+            let next = offset + geo.record_span(raw.len as u64);
+            let plausible = raw.len <= seg.max_payload
+                && next + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes
+                && seg.base_wid + index + 1 < limit;
+            if plausible && self.valid_record(seg, next, index + 1)?.is_some() {
+                if !visit(self, offset, index, None)? {
+                    return Ok(WalkEnd {
+                        records: index + 1,
+                        broke_at: None,
+                    });
+                }
+                index += 1;
+                offset = next;
+                continue;
+            }
+            return Ok(WalkEnd {
+                records: index,
+                broke_at: Some(offset),
+            });
+        }
+        Ok(WalkEnd {
+            records: index,
+            broke_at: None,
+        })
+    }
+
+    /// Reads the record at `offset` of a segment and returns its header if it is intact: known
+    /// kind, length within the writer's limit and the segment, expected write-order id, CRC.
+    fn valid_record(
+        &mut self,
+        segment: &SegmentHeader,
+        offset: u64,
+        index: u64,
+    ) -> Result<Option<RecordHeader>, Error<S::Error>> {
+        let geo = self.geo;
+        let at = geo.segment_start(geo.slot_of(segment.seq)) + offset;
+        let h = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        if h.len > segment.max_payload
+            || offset + RECORD_HEADER_BYTES as u64 + h.len as u64 > geo.segment_bytes
+            || h.wid_delta as u64 != index
+        {
+            return Ok(None);
+        }
+        let mut digest = h.digest(segment.seq);
+        stream_payload(
+            &mut self.storage,
+            at + RECORD_HEADER_BYTES as u64,
+            h.len as u64,
+            |c| digest.update(c),
+        )
+        .map_err(Error::Storage)?;
+        if digest.finalize() != h.crc {
+            return Ok(None);
+        }
+        let kind = RecordKind::from_u8(h.kind);
+        let commit = matches!(kind, Some(RecordKind::PutCommit | RecordKind::TakeCommit));
+        let malformed_commit = commit
+            && (h.len < COMMIT_PREFIX_BYTES as u32
+                || (h.len as usize - COMMIT_PREFIX_BYTES) % POINTER_BYTES != 0);
+        if kind.is_none() || malformed_commit {
+            // Intact, yet not something this build writes: never guess what it meant.
+            return Err(Error::Corrupted {
+                region: Region::Log,
+                offset: at,
+            });
+        }
+        Ok(Some(h))
+    }
+
+    fn replay_record(
+        &mut self,
+        seg: &SegmentHeader,
+        offset: u64,
+        index: u64,
+        record: &RecordHeader,
+        state: &mut Replay,
+    ) -> Result<(), Error<S::Error>> {
+        self.recovery.records_read += 1;
+        self.next_txn_id = self.next_txn_id.max(record.txn.wrapping_add(1));
+        let here = Position {
+            seq: seg.seq,
+            offset,
+        };
+        match RecordKind::from_u8(record.kind) {
+            Some(RecordKind::Put) => self.recovery.puts += 1,
+            Some(RecordKind::PutCommit) => {
+                let suspect = state.suspect;
+                let damaged = self.count_damaged_puts(here, record, suspect)?;
+                if damaged > 0 && !self.acknowledged(seg, offset, index, record, state)? {
+                    self.recovery.torn_commits_dropped += 1;
+                    return Ok(());
+                }
+                self.recovery.put_commits += 1;
+                self.recovery.corrupt_events_dropped += damaged;
+                self.for_each_pointer(here, record, |ch, p, live| {
+                    if !live
+                        || (damaged > 0
+                            && ch.is_suspect(p, here, suspect)
+                            && !ch.intact_put(p, here)?)
+                    {
+                        return Ok(());
+                    }
+                    let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
+                    if !ch.queue.push_back(qmem, p) {
+                        return Err(Error::CapacityTooSmall {
+                            needed: ch.queue.len() as u64 + 1,
+                        });
+                    }
+                    ch.recovery.events_committed += 1;
+                    Ok(())
+                })?;
+            }
+            Some(RecordKind::TakeCommit) => {
+                self.recovery.take_commits += 1;
+                let mut cursor = 0usize;
+                self.for_each_pointer(here, record, |ch, p, live| {
+                    if !live {
+                        return Ok(());
+                    }
+                    let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
+                    match ch.queue.mark(qmem, p, TAG_REPLAY, cursor) {
+                        Some(i) => cursor = i + 1,
+                        None => ch.recovery.unmatched_takes += 1,
+                    }
+                    Ok(())
+                })?;
+                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                self.recovery.events_taken += self.queue.remove_tagged(qmem, TAG_REPLAY) as u64;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// True if the put at `p` lies where damage was seen in this run, so it must be re-checked.
+    fn is_suspect(&self, p: Pointer, here: Position, suspect: Option<Position>) -> bool {
+        let at = Position {
+            seq: self.geo.seq_of_slot(p.slot, here.seq),
+            offset: p.offset as u64,
+        };
+        suspect.is_some_and(|s| at >= s)
+    }
+
+    /// Counts the puts a commit lists that lie where damage was seen and are not intact. A
+    /// pointer at or after the commit itself makes the record corrupt.
+    fn count_damaged_puts(
+        &mut self,
+        here: Position,
+        record: &RecordHeader,
+        suspect: Option<Position>,
+    ) -> Result<u64, Error<S::Error>> {
+        let mut damaged = 0;
+        self.for_each_pointer(here, record, |ch, p, live| {
+            let at = Position {
+                seq: ch.geo.seq_of_slot(p.slot, here.seq),
+                offset: p.offset as u64,
+            };
+            if at >= here {
+                return Err(Error::Corrupted {
+                    region: Region::Log,
+                    offset: ch.geo.segment_start(ch.geo.slot_of(here.seq)) + here.offset,
+                });
+            }
+            if live && ch.is_suspect(p, here, suspect) && !ch.intact_put(p, here)? {
+                damaged += 1;
+            }
+            Ok(())
+        })?;
+        Ok(damaged)
+    }
+
+    /// True if a commit with a damaged put was acknowledged, not in flight at the power cut: the
+    /// same run went on into another segment (whose opening synced), or a later record of this
+    /// segment carries a durable mark past the commit.
+    fn acknowledged(
+        &mut self,
+        seg: &SegmentHeader,
+        offset: u64,
+        index: u64,
+        record: &RecordHeader,
+        state: &Replay,
+    ) -> Result<bool, Error<S::Error>> {
+        if state.run_continues {
+            return Ok(true);
+        }
+        let wid = seg.base_wid + index;
+        let base = self.geo.segment_start(self.geo.slot_of(seg.seq));
+        let next = (offset + self.geo.record_span(record.len as u64), index + 1);
+        let mut proven = false;
+        self.walk(seg, next, state.limit, &mut |ch, at, _, rec| {
+            if rec.is_some_and(|r| r.kind != RecordKind::Put as u8) {
+                let mut mark = [0u8; COMMIT_PREFIX_BYTES];
+                ch.storage
+                    .read(
+                        Region::Log,
+                        base + at + RECORD_HEADER_BYTES as u64,
+                        &mut mark,
+                    )
+                    .map_err(Error::Storage)?;
+                proven = u64::from_le_bytes(mark) > wid;
+            }
+            Ok(!proven)
+        })?;
+        Ok(proven)
+    }
+
+    /// True if the record at `p` is an intact put (`p` comes from a commit at `here`).
+    fn intact_put(&mut self, p: Pointer, here: Position) -> Result<bool, Error<S::Error>> {
+        let geo = self.geo;
+        let seq = geo.seq_of_slot(p.slot, here.seq);
+        let at = geo.record_offset(p);
+        let h = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        if h.kind != RecordKind::Put as u8
+            || p.offset as u64 + RECORD_HEADER_BYTES as u64 + h.len as u64 > geo.segment_bytes
+        {
+            return Ok(false);
+        }
+        let mut digest = h.digest(seq);
+        stream_payload(
+            &mut self.storage,
+            at + RECORD_HEADER_BYTES as u64,
+            h.len as u64,
+            |c| digest.update(c),
+        )
+        .map_err(Error::Storage)?;
+        Ok(digest.finalize() == h.crc)
+    }
+
+    /// Calls `f` with each pointer of a commit record, and whether it points into a replayed
+    /// segment (older ones were reclaimed). A pointer outside the log's geometry makes the
+    /// record corrupt.
+    fn for_each_pointer(
+        &mut self,
+        here: Position,
+        record: &RecordHeader,
+        mut f: impl FnMut(&mut Self, Pointer, bool) -> Result<(), Error<S::Error>>,
+    ) -> Result<(), Error<S::Error>> {
+        let geo: Geometry = self.geo;
+        let count = (record.len as usize - COMMIT_PREFIX_BYTES) / POINTER_BYTES;
+        let pointers = geo.segment_start(geo.slot_of(here.seq))
+            + here.offset
+            + (RECORD_HEADER_BYTES + COMMIT_PREFIX_BYTES) as u64;
+        let start = self.recovery.first_segment;
+        let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
+        let mut done = 0usize;
+        // Bounded by the record's length, which replay checked against the writer's limit.
+        while done < count {
+            let n = (count - done).min(POINTERS_PER_CHUNK);
+            let chunk = &mut buf[..n * POINTER_BYTES];
+            self.storage
+                .read(Region::Log, pointers + (done * POINTER_BYTES) as u64, chunk)
+                .map_err(Error::Storage)?;
+            for raw in chunk.chunks_exact(POINTER_BYTES) {
+                let p = Pointer::decode(raw);
+                if !geo.pointer_in_bounds(p) {
+                    return Err(Error::Corrupted {
+                        region: Region::Log,
+                        offset: pointers,
+                    });
+                }
+                let live = geo.seq_of_slot(p.slot, here.seq) >= start;
+                f(self, p, live)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! The storage boundary: the only way the core touches media.
+//!
+//! A [`Storage`] holds three regions ([`Region::Log`], [`Region::Checkpoint`],
+//! [`Region::Backup`]) with the semantics of NOR flash, the common denominator of every medium
+//! Sluicegate runs on:
+//!
+//! - a byte can be written once until the erase block that holds it is erased again;
+//! - writes are whole multiples of [`Storage::WRITE_SIZE`] at offsets aligned to it, erases whole
+//!   multiples of [`Storage::ERASE_SIZE`];
+//! - nothing written or erased is durable until [`Storage::sync`] on that region has returned.
+//!
+//! Files emulate these rules (the file adapter), flash has them natively (the flash adapter) and
+//! the simulated media in `host-tests` enforce them. The core decides every ordering question:
+//! what is written where and where the sync barriers go. An adapter never decides durability.
+//!
+//! **Invariant:** the core never writes a word twice between two erases of its block, and never
+//! relies on the value an erase leaves behind (so media that erase to `0x00` and to `0xFF` both
+//! work).
+
+use core::fmt::Debug;
+
+/// One of the three regions a [`Storage`] provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Region {
+    /// The write-ahead log: a ring of segments holding put and commit records.
+    Log,
+    /// The checkpoint region: a snapshot of the queue so restart replays only the log's tail.
+    Checkpoint,
+    /// The backup region: a second copy of the checkpoint, possibly on another device.
+    Backup,
+}
+
+/// What kind of failure a storage error is, so the core can react without knowing the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// The offset or length is not aligned to the region's write, read or erase size.
+    NotAligned,
+    /// The range lies outside the region.
+    OutOfBounds,
+    /// The device has no room left (ENOSPC on files).
+    NoSpace,
+    /// The device reported an I/O failure; the state of the data is unknown.
+    Io,
+    /// Power was lost (simulated media only): the operation may have been partly applied.
+    PowerLoss,
+    /// Anything else.
+    Other,
+}
+
+/// An error from a storage adapter.
+pub trait StorageError: Debug {
+    /// Classifies the error.
+    fn kind(&self) -> StorageErrorKind;
+}
+
+/// Ties an error type to a storage adapter (as `embedded_storage::nor_flash::ErrorType` does).
+pub trait ErrorType {
+    /// The adapter's error.
+    type Error: StorageError;
+}
+
+/// Byte-addressed, NOR-like media with three regions. See the module docs for the rules.
+///
+/// Offsets are `u64` so a server log can exceed 4 GiB; flash adapters check that they fit their
+/// 32-bit address space.
+pub trait Storage: ErrorType {
+    /// Reads may start and end at any byte. An adapter over a device with a coarser read unit
+    /// buffers internally; the core checks at compile time that this is 1.
+    const READ_SIZE: usize;
+    /// The write (program) unit in bytes: every write is a whole number of these, aligned.
+    const WRITE_SIZE: usize;
+    /// The erase unit in bytes: every erase is a whole number of these, aligned.
+    const ERASE_SIZE: usize;
+
+    /// The size of `region` in bytes. Never changes while the storage is open.
+    fn capacity(&self, region: Region) -> u64;
+
+    /// Reads `buf.len()` bytes at `offset`. Reads see every write made so far, synced or not.
+    ///
+    /// Power cut during it: nothing changes on the medium.
+    fn read(&mut self, region: Region, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Programs `data` at `offset`; both are multiples of `WRITE_SIZE`. Each word is written at
+    /// most once between erases of its block.
+    ///
+    /// Power cut during it: any subset of the words being written may be programmed, and a word
+    /// may be programmed partly (some bits only). Words outside the range are untouched. Without
+    /// a later `sync`, a power cut may also lose the whole write.
+    fn write(&mut self, region: Region, offset: u64, data: &[u8]) -> Result<(), Self::Error>;
+
+    /// Erases `[from, to)`; both are multiples of `ERASE_SIZE`.
+    ///
+    /// Power cut during it: each block in the range may be erased, untouched, or left with
+    /// arbitrary contents. Without a later `sync` the erase may also be lost.
+    fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error>;
+
+    /// The durability barrier: when it returns `Ok`, every write and erase made to `region`
+    /// before the call survives a power cut.
+    ///
+    /// Power cut during it: any subset of the unsynced writes and erases may have become durable.
+    /// If it returns an error the state of the unsynced data is unknown, and the core stops
+    /// writing until it is reopened (the fsync lesson from PostgreSQL).
+    fn sync(&mut self, region: Region) -> Result<(), Self::Error>;
+}
+
+/// A `&mut S` is a storage too, so a caller can lend its storage to a channel and take it back.
+impl<S: ErrorType + ?Sized> ErrorType for &mut S {
+    type Error = S::Error;
+}
+
+impl<S: Storage> Storage for &mut S {
+    const READ_SIZE: usize = S::READ_SIZE;
+    const WRITE_SIZE: usize = S::WRITE_SIZE;
+    const ERASE_SIZE: usize = S::ERASE_SIZE;
+
+    fn capacity(&self, region: Region) -> u64 {
+        S::capacity(self, region)
+    }
+    fn read(&mut self, region: Region, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
+        S::read(self, region, offset, buf)
+    }
+    fn write(&mut self, region: Region, offset: u64, data: &[u8]) -> Result<(), Self::Error> {
+        S::write(self, region, offset, data)
+    }
+    fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        S::erase(self, region, from, to)
+    }
+    fn sync(&mut self, region: Region) -> Result<(), Self::Error> {
+        S::sync(self, region)
+    }
+}

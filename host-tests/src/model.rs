@@ -1,0 +1,474 @@
+//! A model-based checker: random transactions on a channel over [`SimStorage`], checked against
+//! a plain `VecDeque`, with power cuts at chosen or random points.
+//!
+//! After every recovery it checks that:
+//! - every committed put not consumed by a committed take is present exactly once;
+//! - a transaction whose commit was in flight at the cut is all-or-nothing;
+//! - nothing uncommitted is delivered, and an uncommitted take is delivered again;
+//! - a committed take never comes back;
+//! - the order is FIFO in commit order;
+//! - no delivered byte differs from what was put;
+//! - the core broke no NOR rule.
+//!
+//! Every run is a pure function of its seed and cut point, so a failure replays exactly with
+//! `cargo xtask sim --seed S --cut K`.
+
+use std::collections::VecDeque;
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use sluicegate_core::{Channel, Config, Error, StorageErrorKind, Txn};
+
+use crate::sim::{CrashPolicy, SimError, SimStorage};
+
+/// The shape of a checked run.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// The channel's configuration. `capacity` must equal `max_transactions *
+    /// transaction_capacity` so the checker can read the whole queue without consuming it.
+    pub config: Config,
+    /// The log region's size.
+    pub log_bytes: usize,
+    /// The medium's erased value.
+    pub erased: u8,
+    /// Channel operations per epoch (an epoch ends in a power cut or a clean stop).
+    pub steps: usize,
+    /// Most transactions open at once in the workload.
+    pub concurrent: usize,
+}
+
+impl Scenario {
+    /// A small scenario whose log is 8 segments of 512 bytes, so segments fill, roll and get
+    /// reclaimed within a few dozen transactions.
+    pub const fn small(steps: usize) -> Self {
+        Scenario {
+            config: Config::new(24, 6, 4, 40, 512),
+            log_bytes: 8 * 512,
+            erased: 0xFF,
+            steps,
+            concurrent: 2,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Power cuts simulated and recovered from.
+    pub crashes: u64,
+    /// Recoveries checked against the model.
+    pub recoveries: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Events delivered by takes.
+    pub delivered: u64,
+    /// Puts refused because the log was full (allowed, counted).
+    pub log_full: u64,
+    /// Put commits recovery dropped because a put they list did not survive.
+    pub torn_commits_dropped: u64,
+    /// Damaged records recovery skipped because the next record was intact.
+    pub corrupt_records_skipped: u64,
+    /// Uncommitted put records recovery ignored.
+    pub uncommitted_puts: u64,
+}
+
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.crashes += o.crashes;
+        self.recoveries += o.recoveries;
+        self.commits += o.commits;
+        self.delivered += o.delivered;
+        self.log_full += o.log_full;
+        self.torn_commits_dropped += o.torn_commits_dropped;
+        self.corrupt_records_skipped += o.corrupt_records_skipped;
+        self.uncommitted_puts += o.uncommitted_puts;
+    }
+}
+
+/// The event body for `id`: its id then a filler derived from it, of a length derived from it.
+pub fn event_bytes(id: u64, max_event: usize) -> Vec<u8> {
+    let filler = (id as usize).wrapping_mul(13) % (max_event - 8 + 1);
+    let mut v = id.to_le_bytes().to_vec();
+    v.extend((0..filler).map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8)));
+    v
+}
+
+/// The id of a delivered event, if its bytes are exactly what was put.
+fn decode_event(bytes: &[u8], max_event: usize) -> Option<u64> {
+    let id = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    (event_bytes(id, max_event) == bytes).then_some(id)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unknown,
+    Put,
+    Take,
+}
+
+#[derive(Debug)]
+struct OpenTxn {
+    handle: Txn,
+    kind: Kind,
+    /// Ids put, or ids taken.
+    ids: Vec<u64>,
+    /// Operations to do before finishing.
+    target: usize,
+}
+
+/// A transaction whose commit was under way when the power failed.
+#[derive(Debug, Clone)]
+enum InFlight {
+    Put(Vec<u64>),
+    Take(Vec<u64>),
+}
+
+type Sim<const W: usize, const E: usize> = SimStorage<W, E>;
+type Chan<'a, const W: usize, const E: usize> = Channel<&'a mut Sim<W, E>, &'a mut [u64]>;
+
+fn is_power_loss(e: &Error<SimError>) -> bool {
+    match e {
+        Error::Storage(s) => s.kind == StorageErrorKind::PowerLoss,
+        Error::Poisoned => true,
+        _ => false,
+    }
+}
+
+/// Runs `epochs` epochs of the workload for `seed`. If `cut` is given, the power fails at that
+/// mutation (counted from the first open) in the first epoch; later epochs end in power cuts at
+/// random points. Returns what happened, or a description of the first violation.
+pub fn run<const W: usize, const E: usize>(
+    scenario: &Scenario,
+    seed: u64,
+    cut: Option<u64>,
+    epochs: usize,
+) -> Result<Outcome, String> {
+    let fail = |what: String| format!("seed {seed} cut {cut:?}: {what}");
+    let config = scenario.config;
+    assert_eq!(
+        config.capacity(),
+        config.max_transactions() as u32 * config.transaction_capacity(),
+        "the checker reads the whole queue through max_transactions take transactions"
+    );
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut sim: Sim<W, E> = SimStorage::new(scenario.log_bytes, scenario.erased);
+    let mut memory = vec![0u64; config.memory_words()];
+    let mut model: VecDeque<u64> = VecDeque::new();
+    let mut next_id = 0u64;
+    let mut outcome = Outcome::default();
+
+    for epoch in 0..epochs {
+        let cut_at = match (epoch, cut) {
+            (0, Some(k)) => Some(k),
+            (0, None) => None,
+            _ => Some(rng.random_range(0..scenario.steps as u64 * 3)),
+        };
+        if let Some(k) = cut_at {
+            sim.cut_power_after(k);
+        }
+        let in_flight = {
+            let opened = Channel::open(&mut sim, &mut memory[..], config);
+            match opened {
+                Err(e) if is_power_loss(&e) => None,
+                Err(e) => return Err(fail(format!("open failed: {e}"))),
+                Ok(mut channel) => {
+                    let r = epoch_workload(
+                        &mut channel,
+                        scenario,
+                        &mut rng,
+                        &mut model,
+                        &mut next_id,
+                        &mut outcome,
+                    );
+                    r.map_err(&fail)?
+                }
+            }
+        };
+        if sim.is_powered_off() {
+            outcome.crashes += 1;
+        }
+        let policy = match rng.random_range(0..4) {
+            0 => CrashPolicy::LoseUnsynced,
+            1 => CrashPolicy::KeepUnsynced,
+            _ => CrashPolicy::Random,
+        };
+        sim.reboot(rng.random(), policy);
+        if let Some(v) = sim.violations().first() {
+            return Err(fail(format!("NOR rule broken: {v}")));
+        }
+        let channel = Channel::open(&mut sim, &mut memory[..], config)
+            .map_err(|e| fail(format!("reopen after the cut failed: {e}")))?;
+        let r = channel.recovery();
+        outcome.torn_commits_dropped += r.torn_commits_dropped;
+        outcome.corrupt_records_skipped += r.corrupt_records_skipped;
+        outcome.uncommitted_puts += r.uncommitted_puts;
+        model = verify(channel, scenario, &model, in_flight.as_ref()).map_err(&fail)?;
+        outcome.recoveries += 1;
+    }
+    Ok(outcome)
+}
+
+/// Runs random transactions until the step budget is spent or the power fails. Returns the
+/// commit that was in flight when the power failed, if any.
+fn epoch_workload<const W: usize, const E: usize>(
+    channel: &mut Chan<'_, W, E>,
+    scenario: &Scenario,
+    rng: &mut Pcg64Mcg,
+    model: &mut VecDeque<u64>,
+    next_id: &mut u64,
+    outcome: &mut Outcome,
+) -> Result<Option<InFlight>, String> {
+    let config = scenario.config;
+    let max_event = config.max_event_bytes() as usize;
+    let txn_cap = config.transaction_capacity() as usize;
+    // Ids taken by open transactions; the next take must deliver the first model entry that
+    // is not among them.
+    let mut taken: Vec<u64> = Vec::new();
+    let mut pending_puts = 0usize;
+    let mut open: Vec<OpenTxn> = Vec::new();
+    let mut buf = vec![0u8; max_event];
+
+    for _ in 0..scenario.steps {
+        if open.len() < scenario.concurrent && (open.is_empty() || rng.random_bool(0.3)) {
+            match channel.begin() {
+                Ok(handle) => open.push(OpenTxn {
+                    handle,
+                    kind: Kind::Unknown,
+                    ids: Vec::new(),
+                    target: rng.random_range(0..=txn_cap),
+                }),
+                Err(e) => return Err(format!("begin failed: {e}")),
+            }
+            continue;
+        }
+        let i = rng.random_range(0..open.len());
+        let t = &mut open[i];
+        if t.kind == Kind::Unknown {
+            let want_take = model.len() > taken.len() && rng.random_bool(0.45);
+            t.kind = if want_take { Kind::Take } else { Kind::Put };
+        }
+        if t.ids.len() < t.target {
+            match t.kind {
+                Kind::Put => {
+                    let id = *next_id;
+                    let body = event_bytes(id, max_event);
+                    match channel.put(t.handle, &body) {
+                        Ok(()) => {
+                            *next_id += 1;
+                            t.ids.push(id);
+                            pending_puts += 1;
+                        }
+                        Err(Error::ChannelFull) => {
+                            if model.len() + pending_puts < config.capacity() as usize {
+                                return Err(format!(
+                                    "ChannelFull with {} queued and {pending_puts} pending",
+                                    model.len()
+                                ));
+                            }
+                            t.target = t.ids.len();
+                        }
+                        Err(Error::LogFull) => {
+                            outcome.log_full += 1;
+                            t.target = t.ids.len();
+                        }
+                        Err(e) if is_power_loss(&e) => return Ok(None),
+                        Err(e) => return Err(format!("put failed: {e}")),
+                    }
+                }
+                Kind::Take => match channel.take(t.handle, &mut buf) {
+                    Ok(Some(n)) => {
+                        let Some(id) = decode_event(&buf[..n], max_event) else {
+                            return Err(format!("take delivered corrupt bytes {:?}", &buf[..n]));
+                        };
+                        let expected = model.iter().copied().find(|id| !taken.contains(id));
+                        if expected != Some(id) {
+                            return Err(format!(
+                                "take delivered {id}, the model expected {expected:?}"
+                            ));
+                        }
+                        taken.push(id);
+                        t.ids.push(id);
+                        outcome.delivered += 1;
+                    }
+                    Ok(None) => {
+                        if model.len() > taken.len() {
+                            return Err(format!(
+                                "take found nothing, the model has {} available",
+                                model.len() - taken.len()
+                            ));
+                        }
+                        t.target = t.ids.len();
+                    }
+                    Err(e) => return Err(format!("take failed: {e}")),
+                },
+                Kind::Unknown => unreachable!("kind was just chosen"),
+            }
+            continue;
+        }
+        // Finish the transaction: mostly commit, sometimes roll back.
+        let t = open.swap_remove(i);
+        if rng.random_bool(0.2) {
+            channel
+                .rollback(t.handle)
+                .map_err(|e| format!("rollback failed: {e}"))?;
+            finish(model, &mut taken, &mut pending_puts, &t, false);
+            continue;
+        }
+        match channel.commit(t.handle) {
+            Ok(()) => {
+                outcome.commits += 1;
+                finish(model, &mut taken, &mut pending_puts, &t, true);
+            }
+            Err(Error::LogFull) => {
+                outcome.log_full += 1;
+                channel
+                    .rollback(t.handle)
+                    .map_err(|e| format!("rollback after LogFull failed: {e}"))?;
+                finish(model, &mut taken, &mut pending_puts, &t, false);
+            }
+            Err(e) if is_power_loss(&e) => {
+                return Ok(Some(match t.kind {
+                    Kind::Take => InFlight::Take(t.ids),
+                    _ => InFlight::Put(t.ids),
+                }));
+            }
+            Err(e) => return Err(format!("commit failed: {e}")),
+        }
+    }
+    Ok(None)
+}
+
+/// Applies a finished transaction to the model.
+fn finish(
+    model: &mut VecDeque<u64>,
+    taken: &mut Vec<u64>,
+    pending_puts: &mut usize,
+    t: &OpenTxn,
+    committed: bool,
+) {
+    match t.kind {
+        Kind::Put => {
+            *pending_puts -= t.ids.len();
+            if committed {
+                model.extend(&t.ids);
+            }
+        }
+        Kind::Take => {
+            taken.retain(|id| !t.ids.contains(id));
+            if committed {
+                model.retain(|id| !t.ids.contains(id));
+            }
+        }
+        Kind::Unknown => {}
+    }
+}
+
+/// Reads the whole queue without consuming it (takes, then rollbacks) and checks it against the
+/// model and the in-flight commit. Returns the model as it now stands.
+fn verify<const W: usize, const E: usize>(
+    mut channel: Chan<'_, W, E>,
+    scenario: &Scenario,
+    model: &VecDeque<u64>,
+    in_flight: Option<&InFlight>,
+) -> Result<VecDeque<u64>, String> {
+    let config = scenario.config;
+    let max_event = config.max_event_bytes() as usize;
+    let mut buf = vec![0u8; max_event];
+    let mut seen: Vec<u64> = Vec::new();
+    let mut handles = Vec::new();
+    'outer: for _ in 0..config.max_transactions() {
+        let tx = channel.begin().map_err(|e| format!("verify begin: {e}"))?;
+        handles.push(tx);
+        for _ in 0..config.transaction_capacity() {
+            match channel.take(tx, &mut buf) {
+                Ok(Some(n)) => match decode_event(&buf[..n], max_event) {
+                    Some(id) => seen.push(id),
+                    None => {
+                        return Err(format!("recovery delivered corrupt bytes {:?}", &buf[..n]))
+                    }
+                },
+                Ok(None) => break 'outer,
+                Err(e) => return Err(format!("verify take: {e}")),
+            }
+        }
+    }
+    for tx in handles {
+        channel
+            .rollback(tx)
+            .map_err(|e| format!("verify rollback: {e}"))?;
+    }
+    let stats = channel.stats();
+    if stats.corrupt_events_skipped != 0 {
+        return Err(format!(
+            "{} committed events were unreadable after recovery",
+            stats.corrupt_events_skipped
+        ));
+    }
+    let base: Vec<u64> = model.iter().copied().collect();
+    let mut candidates = vec![base.clone()];
+    match in_flight {
+        Some(InFlight::Put(ids)) => {
+            let mut with = base.clone();
+            with.extend(ids);
+            candidates.push(with);
+        }
+        Some(InFlight::Take(ids)) => {
+            candidates.push(
+                base.iter()
+                    .copied()
+                    .filter(|id| !ids.contains(id))
+                    .collect(),
+            );
+        }
+        None => {}
+    }
+    match candidates.into_iter().find(|c| *c == seen) {
+        Some(c) => Ok(c.into_iter().collect()),
+        None => Err(format!(
+            "after recovery the queue is {seen:?}; the model allows {base:?} (in flight: {in_flight:?}); recovery: {:?}",
+            channel.recovery()
+        )),
+    }
+}
+
+/// Runs the first epoch of `seed` with a power cut at every mutation it makes, each followed by
+/// a checked recovery and a second epoch ending in a random cut. Returns the crash points run.
+pub fn exhaustive<const W: usize, const E: usize>(
+    scenario: &Scenario,
+    seed: u64,
+) -> Result<(u64, Outcome), String> {
+    let total = mutations_of_first_epoch::<W, E>(scenario, seed)?;
+    let mut outcome = Outcome::default();
+    for k in 0..total {
+        outcome += run::<W, E>(scenario, seed, Some(k), 2)?;
+    }
+    Ok((total, outcome))
+}
+
+/// How many mutations the first epoch of `seed` makes when nothing fails, counted from the
+/// first open.
+pub fn mutations_of_first_epoch<const W: usize, const E: usize>(
+    scenario: &Scenario,
+    seed: u64,
+) -> Result<u64, String> {
+    // Run with a cut far beyond the end: the epoch completes, then count.
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let config = scenario.config;
+    let mut sim: Sim<W, E> = SimStorage::new(scenario.log_bytes, scenario.erased);
+    let mut memory = vec![0u64; config.memory_words()];
+    let mut model = VecDeque::new();
+    let mut next_id = 0;
+    let mut outcome = Outcome::default();
+    let mut channel = Channel::open(&mut sim, &mut memory[..], config)
+        .map_err(|e| format!("seed {seed}: open failed: {e}"))?;
+    epoch_workload(
+        &mut channel,
+        scenario,
+        &mut rng,
+        &mut model,
+        &mut next_id,
+        &mut outcome,
+    )
+    .map_err(|e| format!("seed {seed} (no cut): {e}"))?;
+    Ok(channel.storage().counters().mutations())
+}

@@ -1,0 +1,698 @@
+//! The channel's contract, one behaviour per test, on the simulated medium.
+
+use sluicegate_core::record::{CRC32C, SEGMENT_HEADER_BYTES};
+use sluicegate_core::{Channel, Config, ConfigError, Error, Recovery, RecoveryPath, Region};
+use sluicegate_sim::{CrashPolicy, OpKind, SimStorage};
+
+type Sim = SimStorage<4, 256>;
+const CONFIG: Config = Config::new(8, 4, 3, 64, 512);
+const LOG_BYTES: usize = 8 * 512;
+
+fn sim() -> Sim {
+    SimStorage::new(LOG_BYTES, 0xFF)
+}
+
+fn memory() -> Vec<u64> {
+    vec![0; CONFIG.memory_words()]
+}
+
+type Chan<'a> = Channel<&'a mut Sim, &'a mut [u64]>;
+
+fn open<'a>(sim: &'a mut Sim, mem: &'a mut [u64]) -> Chan<'a> {
+    Channel::open(sim, mem, CONFIG).expect("open")
+}
+
+fn put_all(ch: &mut Chan<'_>, events: &[&[u8]]) {
+    let tx = ch.begin().unwrap();
+    for e in events {
+        ch.put(tx, e).unwrap();
+    }
+    ch.commit(tx).unwrap();
+}
+
+/// Takes everything available in one transaction and commits or rolls back.
+fn take_all(ch: &mut Chan<'_>, commit: bool) -> Vec<Vec<u8>> {
+    let tx = ch.begin().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Some(n) = ch.take(tx, &mut buf).unwrap() {
+        out.push(buf[..n].to_vec());
+        if out.len() == CONFIG.transaction_capacity() as usize {
+            break;
+        }
+    }
+    if commit {
+        ch.commit(tx).unwrap();
+    } else {
+        ch.rollback(tx).unwrap();
+    }
+    out
+}
+
+fn v(items: &[&[u8]]) -> Vec<Vec<u8>> {
+    items.iter().map(|i| i.to_vec()).collect()
+}
+
+fn reopen_after_crash(sim: &mut Sim, mem: &mut [u64], policy: CrashPolicy) -> Recovery {
+    sim.reboot(1, policy);
+    let ch = Channel::open(&mut *sim, &mut *mem, CONFIG).expect("reopen");
+    *ch.recovery()
+}
+
+/// Events come out in commit order, across transactions and across a restart.
+#[test]
+fn fifo_in_commit_order_across_restart() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        // Two put transactions interleave; the second commits first, so its event comes first.
+        let a = ch.begin().unwrap();
+        let b = ch.begin().unwrap();
+        ch.put(a, b"a1").unwrap();
+        ch.put(b, b"b1").unwrap();
+        ch.put(a, b"a2").unwrap();
+        ch.commit(b).unwrap();
+        ch.commit(a).unwrap();
+        put_all(&mut ch, &[b"c1"]);
+    }
+    reopen_after_crash(&mut sim, &mut mem, CrashPolicy::LoseUnsynced);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, true), v(&[b"b1", b"a1", b"a2", b"c1"]));
+}
+
+/// A commit is durable when it returns: a power cut that loses every unsynced write keeps it,
+/// and each commit costs exactly one sync.
+#[test]
+fn commit_is_durable_when_it_returns() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"first"]); // also opens the run's segment
+        ch.storage().counters();
+        let before = ch.storage().counters().syncs;
+        put_all(&mut ch, &[b"x", b"y"]);
+        assert_eq!(ch.storage().counters().syncs - before, 1);
+    }
+    let r = reopen_after_crash(&mut sim, &mut mem, CrashPolicy::LoseUnsynced);
+    assert_eq!(r.path, RecoveryPath::FullReplay);
+    assert_eq!(r.events, 3);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, false), v(&[b"first", b"x", b"y"]));
+}
+
+/// A put that was never committed is not delivered after a crash, even if its record survived.
+#[test]
+fn uncommitted_put_is_not_delivered_after_crash() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"kept"]);
+        let tx = ch.begin().unwrap();
+        ch.put(tx, b"never committed").unwrap();
+    }
+    let r = reopen_after_crash(&mut sim, &mut mem, CrashPolicy::KeepUnsynced);
+    assert_eq!((r.puts, r.events, r.uncommitted_puts), (2, 1, 1));
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, false), v(&[b"kept"]));
+}
+
+/// A rolled-back put is not replayed, and an empty rollback or commit is fine and writes nothing.
+#[test]
+fn rollback_of_put_and_empty_transactions() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"one"]);
+        let tx = ch.begin().unwrap();
+        ch.put(tx, b"rolled back").unwrap();
+        ch.rollback(tx).unwrap();
+        let before = ch.storage().counters();
+        let tx = ch.begin().unwrap();
+        ch.commit(tx).unwrap();
+        let tx = ch.begin().unwrap();
+        ch.rollback(tx).unwrap();
+        assert_eq!(
+            ch.storage().counters(),
+            before,
+            "empty transactions touch nothing"
+        );
+    }
+    reopen_after_crash(&mut sim, &mut mem, CrashPolicy::KeepUnsynced);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, false), v(&[b"one"]));
+}
+
+/// A rolled-back take puts its events back exactly where they were, even when another take
+/// transaction holds later events.
+#[test]
+fn rollback_of_take_restores_original_order() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    put_all(&mut ch, &[b"a", b"b", b"c", b"d"]);
+    let mut buf = [0u8; 64];
+    let t1 = ch.begin().unwrap();
+    let t2 = ch.begin().unwrap();
+    assert_eq!(ch.take(t1, &mut buf).unwrap(), Some(1)); // a
+    assert_eq!(ch.take(t2, &mut buf).unwrap(), Some(1)); // b
+    assert_eq!(&buf[..1], b"b");
+    assert_eq!(ch.take(t1, &mut buf).unwrap(), Some(1)); // c
+    ch.rollback(t1).unwrap();
+    ch.commit(t2).unwrap();
+    assert_eq!(take_all(&mut ch, true), v(&[b"a", b"c", b"d"]));
+}
+
+/// An uncommitted take is delivered again after a crash; a committed take never is.
+#[test]
+fn takes_across_a_crash() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a", b"b", b"c"]);
+        let tx = ch.begin().unwrap();
+        let mut buf = [0u8; 64];
+        ch.take(tx, &mut buf).unwrap();
+        ch.commit(tx).unwrap(); // a is gone for good
+        let tx = ch.begin().unwrap();
+        ch.take(tx, &mut buf).unwrap(); // b is taken, not committed
+    }
+    let r = reopen_after_crash(&mut sim, &mut mem, CrashPolicy::LoseUnsynced);
+    assert_eq!(
+        (r.events_committed, r.events_taken, r.take_commits),
+        (3, 1, 1)
+    );
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, false), v(&[b"b", b"c"]));
+}
+
+/// A take transaction that begins before another commits puts, and commits after, removes only
+/// what it took (Flume's FLUME-1432 interleaving), and replay agrees.
+#[test]
+fn interleaved_put_and_take_commits_replay_identically() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a"]);
+        let take = ch.begin().unwrap();
+        let put = ch.begin().unwrap();
+        let mut buf = [0u8; 64];
+        ch.take(take, &mut buf).unwrap();
+        ch.put(put, b"b").unwrap();
+        ch.commit(put).unwrap();
+        assert_eq!(ch.take(take, &mut buf).unwrap(), Some(1));
+        assert_eq!(&buf[..1], b"b");
+        ch.commit(take).unwrap();
+        put_all(&mut ch, &[b"c"]);
+    }
+    reopen_after_crash(&mut sim, &mut mem, CrashPolicy::LoseUnsynced);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(take_all(&mut ch, false), v(&[b"c"]));
+}
+
+/// Limits are enforced with typed errors and nothing already committed is lost when something
+/// is refused.
+#[test]
+fn limits_give_typed_errors_and_lose_nothing() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    let big = [7u8; 65];
+    let tx = ch.begin().unwrap();
+    assert_eq!(
+        ch.put(tx, &big),
+        Err(Error::EventTooLarge { len: 65, max: 64 })
+    );
+    for i in 0..4u8 {
+        ch.put(tx, &[i]).unwrap();
+    }
+    assert_eq!(ch.put(tx, b"5th"), Err(Error::TransactionFull));
+    let mut buf = [0u8; 64];
+    assert_eq!(ch.take(tx, &mut buf), Err(Error::WrongTransactionKind));
+    ch.commit(tx).unwrap();
+    assert_eq!(ch.put(tx, b"stale"), Err(Error::BadTransaction));
+    put_all(&mut ch, &[b"4", b"5", b"6", b"7"]);
+    let tx = ch.begin().unwrap();
+    assert_eq!(ch.put(tx, b"9th"), Err(Error::ChannelFull));
+    ch.rollback(tx).unwrap();
+    let held: Vec<_> = (0..3).map(|_| ch.begin()).collect();
+    assert_eq!(ch.begin(), Err(Error::TooManyTransactions));
+    for t in held {
+        ch.rollback(t.unwrap()).unwrap();
+    }
+    // A buffer too small for the next event leaves it in place.
+    let tx = ch.begin().unwrap();
+    let mut tiny = [0u8; 0];
+    assert_eq!(
+        ch.take(tx, &mut tiny),
+        Err(Error::BufferTooSmall { needed: 1 })
+    );
+    ch.rollback(tx).unwrap();
+    let first = take_all(&mut ch, true);
+    let second = take_all(&mut ch, true);
+    assert_eq!(first, v(&[&[0], &[1], &[2], &[3]]));
+    assert_eq!(second, v(&[b"4", b"5", b"6", b"7"]));
+}
+
+/// A rolled-back take does not free capacity (Flume's TestFileChannel case); a committed one does.
+#[test]
+fn rolled_back_take_does_not_free_capacity() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    put_all(&mut ch, &[b"1", b"2", b"3", b"4"]);
+    put_all(&mut ch, &[b"5", b"6", b"7", b"8"]);
+    take_all(&mut ch, false);
+    let tx = ch.begin().unwrap();
+    assert_eq!(ch.put(tx, b"x"), Err(Error::ChannelFull));
+    ch.rollback(tx).unwrap();
+    take_all(&mut ch, true);
+    put_all(&mut ch, &[b"x"]);
+    assert_eq!(ch.len(), 5);
+}
+
+/// After a failed write the channel refuses writes with a sticky error until it is reopened,
+/// and reopening finds everything committed before the failure.
+#[test]
+fn write_failure_poisons_until_reopen() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"safe"]);
+        let tx = ch.begin().unwrap();
+        ch.put(tx, b"written").unwrap();
+        ch.storage_mut().fail_nth(OpKind::Write, 1);
+        assert!(matches!(ch.put(tx, b"fails"), Err(Error::Storage(_))));
+        assert_eq!(ch.put(tx, b"again"), Err(Error::Poisoned));
+        assert_eq!(ch.commit(tx), Err(Error::Poisoned));
+        let tx2 = ch.begin().unwrap();
+        assert_eq!(ch.put(tx2, b"other"), Err(Error::Poisoned));
+        // Reads still work, and rollbacks, which write nothing.
+        assert_eq!(take_all(&mut ch, false), v(&[b"safe"]));
+        ch.rollback(tx).unwrap();
+    }
+    let mut ch = open(&mut sim, &mut mem);
+    put_all(&mut ch, &[b"after reopen"]);
+    assert_eq!(take_all(&mut ch, false), v(&[b"safe", b"after reopen"]));
+}
+
+/// A failed sync poisons the channel: the commit reports the failure and is not applied, and
+/// the channel refuses writes until reopened.
+#[test]
+fn sync_failure_poisons_and_commit_is_not_applied() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    put_all(&mut ch, &[b"safe"]);
+    let tx = ch.begin().unwrap();
+    ch.put(tx, b"x").unwrap();
+    ch.storage_mut().fail_nth(OpKind::Sync, 1);
+    assert!(matches!(ch.commit(tx), Err(Error::Storage(_))));
+    assert_eq!(ch.len(), 1, "the failed commit is not applied");
+    let tx = ch.begin().unwrap();
+    assert_eq!(ch.put(tx, b"y"), Err(Error::Poisoned));
+}
+
+/// A torn record at the log's tail is the end of the log, not an error.
+#[test]
+fn torn_tail_is_end_of_log() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let end;
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a", b"b"]);
+        end = ch.stats();
+    }
+    assert_eq!(end.depth, 2);
+    // Garbage where the next record would go, as a torn write leaves it.
+    let image = sim.image(Region::Log).to_vec();
+    let last = image.iter().rposition(|&b| b != 0xFF).unwrap();
+    sim.overwrite(Region::Log, last + 1, &[0x12, 0x34, 0x56, 0x00, 0x77]);
+    let ch = open(&mut sim, &mut mem);
+    assert_eq!(ch.recovery().events, 2);
+    assert_eq!(ch.recovery().put_commits, 1);
+}
+
+/// A bit that flips in a committed event under an open channel is caught by the CRC on take:
+/// the event is never delivered, it is counted, the next one is, and it leaves with that take.
+#[test]
+fn corrupt_event_is_never_delivered() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"AAAAAAAA", b"BBBBBBBB"]);
+        let at = find(ch.storage().image(Region::Log), b"AAAAAAAA");
+        ch.storage_mut().flip_bit(Region::Log, at + 3, 2);
+        assert_eq!(take_all(&mut ch, true), v(&[b"BBBBBBBB"]));
+        assert_eq!(ch.stats().corrupt_events_skipped, 1);
+    }
+    let mut ch = open(&mut sim, &mut mem);
+    assert!(ch.is_empty());
+    assert!(take_all(&mut ch, false).is_empty());
+}
+
+/// A bit that flips in an acknowledged event while the channel is closed loses that event only:
+/// replay finds proof the commit was acknowledged and keeps the rest of its batch.
+#[test]
+fn media_decay_loses_only_the_damaged_event() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"AAAAAAAA", b"BBBBBBBB"]);
+        put_all(&mut ch, &[b"CCCCCCCC"]);
+    }
+    let at = find(sim.image(Region::Log), b"AAAAAAAA");
+    sim.flip_bit(Region::Log, at + 3, 2);
+    let mut ch = open(&mut sim, &mut mem);
+    let r = *ch.recovery();
+    assert_eq!(
+        (r.corrupt_records_skipped, r.corrupt_events_dropped),
+        (1, 1)
+    );
+    assert_eq!(r.torn_commits_dropped, 0);
+    assert_eq!(take_all(&mut ch, false), v(&[b"BBBBBBBB", b"CCCCCCCC"]));
+}
+
+/// A commit whose put did not survive and that nothing proves acknowledged was in flight at the
+/// power cut: replay drops it whole, never half of it.
+#[test]
+fn unproven_commit_with_a_torn_put_is_dropped_whole() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"kept"]);
+        put_all(&mut ch, &[b"AAAAAAAA", b"BBBBBBBB"]);
+    }
+    let at = find(sim.image(Region::Log), b"AAAAAAAA");
+    sim.flip_bit(Region::Log, at, 1);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(ch.recovery().torn_commits_dropped, 1);
+    assert_eq!(take_all(&mut ch, false), v(&[b"kept"]));
+}
+
+/// A damaged record in the middle of a segment is skipped by replay when the next record is
+/// intact, so later commits still count.
+#[test]
+fn damaged_record_mid_log_is_skipped() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        let tx = ch.begin().unwrap();
+        ch.put(tx, b"ROLLEDBACK").unwrap();
+        ch.rollback(tx).unwrap();
+        put_all(&mut ch, &[b"later"]);
+    }
+    let at = find(sim.image(Region::Log), b"ROLLEDBACK");
+    sim.flip_bit(Region::Log, at, 0);
+    let ch = open(&mut sim, &mut mem);
+    let r = ch.recovery();
+    assert_eq!(r.corrupt_records_skipped, 1);
+    assert_eq!(r.events, 1);
+}
+
+/// A segment written by a newer format version is refused with a clear error.
+#[test]
+fn newer_format_is_refused() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"x"]);
+    }
+    let mut header = sim.image(Region::Log)[..SEGMENT_HEADER_BYTES].to_vec();
+    header[8..10].copy_from_slice(&9u16.to_le_bytes());
+    let crc = CRC32C.checksum(&header[4..]);
+    header[0..4].copy_from_slice(&crc.to_le_bytes());
+    sim.overwrite(Region::Log, 0, &header);
+    let err = Channel::open(&mut sim, &mut mem[..], CONFIG).err();
+    assert_eq!(err, Some(Error::UnsupportedFormat { found: 9 }));
+    assert!(err.unwrap().to_string().contains("format version 9"));
+}
+
+/// Opening a log with another segment size is refused, never misread.
+#[test]
+fn segment_size_mismatch_is_refused() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"x"]);
+    }
+    let other = Config::new(8, 4, 3, 64, 1024);
+    let mut mem2 = vec![0u64; other.memory_words()];
+    let err = Channel::open(&mut sim, &mut mem2[..], other).err();
+    assert_eq!(
+        err,
+        Some(Error::Config(ConfigError::SegmentSizeMismatch {
+            on_media: 512,
+            configured: 1024
+        }))
+    );
+}
+
+/// Bad configurations are refused with the reason, before anything is touched.
+#[test]
+fn bad_configurations_are_refused() {
+    assert_eq!(
+        Config::try_new(0, 1, 1, 8, 512),
+        Err(ConfigError::ZeroCapacity)
+    );
+    assert_eq!(
+        Config::try_new(4, 0, 1, 8, 512),
+        Err(ConfigError::ZeroTransactionCapacity)
+    );
+    assert_eq!(
+        Config::try_new(4, 5, 1, 8, 512),
+        Err(ConfigError::TransactionCapacityAboveCapacity)
+    );
+    assert_eq!(
+        Config::try_new(4, 4, 0, 8, 512),
+        Err(ConfigError::BadMaxTransactions)
+    );
+    assert_eq!(
+        Config::try_new(4, 4, 255, 8, 512),
+        Err(ConfigError::BadMaxTransactions)
+    );
+    assert_eq!(
+        Config::try_new(4, 4, 1, 0, 512),
+        Err(ConfigError::BadMaxEventBytes)
+    );
+    assert_eq!(
+        Config::try_new(4, 4, 1, 1 << 24, 1 << 25),
+        Err(ConfigError::BadMaxEventBytes)
+    );
+    assert_eq!(
+        Config::try_new(4, 4, 1, 500, 512),
+        Err(ConfigError::SegmentTooSmall)
+    );
+
+    let mut sim = sim();
+    let mut small = vec![0u64; CONFIG.memory_words() - 1];
+    assert!(matches!(
+        Channel::open(&mut sim, &mut small[..], CONFIG).err(),
+        Some(Error::Config(ConfigError::MemoryTooSmall { .. }))
+    ));
+    let odd = Config::new(8, 4, 3, 64, 600);
+    let mut mem = vec![0u64; odd.memory_words()];
+    assert_eq!(
+        Channel::open(&mut sim, &mut mem[..], odd).err(),
+        Some(Error::Config(ConfigError::SegmentNotErasable))
+    );
+    let mut tiny: Sim = SimStorage::new(3 * 512, 0xFF);
+    let mut mem = memory();
+    assert_eq!(
+        Channel::open(&mut tiny, &mut mem[..], CONFIG).err(),
+        Some(Error::Config(ConfigError::TooFewSegments))
+    );
+}
+
+/// `Config::new` fails the build (or panics) on nonsense.
+#[test]
+#[should_panic(expected = "transaction_capacity must not exceed capacity")]
+fn const_config_panics_with_reason() {
+    let _ = Config::new(4, 5, 1, 8, 512);
+}
+
+/// When the log is full of unconsumed events, puts fail with LogFull and nothing is
+/// overwritten; taking events frees segments and puts work again.
+#[test]
+fn full_log_refuses_and_recovers_after_takes() {
+    let big = Config::new(200, 4, 2, 64, 512);
+    let mut sim = sim();
+    let mut mem = vec![0u64; big.memory_words()];
+    let mut ch = Channel::open(&mut sim, &mut mem[..], big).unwrap();
+    let mut stored = Vec::new();
+    'fill: for i in 0u32.. {
+        let tx = ch.begin().unwrap();
+        let body = [i.to_le_bytes().as_slice(), &[0xAB; 40]].concat();
+        match ch.put(tx, &body) {
+            Ok(()) => {}
+            Err(Error::LogFull) => {
+                ch.rollback(tx).unwrap();
+                break 'fill;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        ch.commit(tx).unwrap();
+        stored.push(body);
+    }
+    let stats = ch.stats();
+    assert!(stored.len() > 20, "only {} events fit", stored.len());
+    assert_eq!(
+        stats.segments_free, 2,
+        "one segment is kept for commit records and one for the next run's first segment"
+    );
+    // Drain everything; every event comes back intact and in order.
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    loop {
+        let tx = ch.begin().unwrap();
+        let mut n_taken = 0;
+        while n_taken < 4 {
+            match ch.take(tx, &mut buf).unwrap() {
+                Some(n) => {
+                    got.push(buf[..n].to_vec());
+                    n_taken += 1;
+                }
+                None => break,
+            }
+        }
+        ch.commit(tx).unwrap();
+        if n_taken == 0 {
+            break;
+        }
+    }
+    assert_eq!(got, stored);
+    let tx = ch.begin().unwrap();
+    ch.put(tx, b"room again").unwrap();
+    ch.commit(tx).unwrap();
+    let pinned = ch.stats().segments_pinned;
+    assert!(
+        pinned <= 2,
+        "{pinned} segments pinned by one event and its commit"
+    );
+}
+
+/// A run that writes nothing costs no segment, so repeated power cuts while idle never fill the
+/// log (a restart opens its segment at its first write).
+#[test]
+fn idle_restarts_cost_no_segment() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"x"]);
+    }
+    let before = sim.counters();
+    for seed in 0..100 {
+        sim.reboot(seed, CrashPolicy::Random);
+        let mut ch = open(&mut sim, &mut mem);
+        assert_eq!(take_all(&mut ch, false), v(&[b"x"]));
+    }
+    assert_eq!(sim.counters().mutations(), before.mutations());
+}
+
+/// Recovery reports what it replayed, with exact counts.
+#[test]
+fn recovery_counters_are_exact() {
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        assert_eq!(ch.recovery().path, RecoveryPath::New);
+        put_all(&mut ch, &[b"a", b"b", b"c"]);
+        let tx = ch.begin().unwrap();
+        ch.put(tx, b"rolled back").unwrap();
+        ch.rollback(tx).unwrap();
+        take_all(&mut ch, true);
+        put_all(&mut ch, &[b"d"]);
+    }
+    let ch = open(&mut sim, &mut mem);
+    let r = *ch.recovery();
+    assert_eq!(r.path, RecoveryPath::FullReplay);
+    assert_eq!(r.records_read, 4 + 1 + 1 + 1 + 1);
+    assert_eq!(r.puts, 5);
+    assert_eq!((r.put_commits, r.take_commits), (2, 1));
+    assert_eq!((r.events_committed, r.events_taken, r.events), (4, 3, 1));
+    assert_eq!(r.uncommitted_puts, 1);
+    assert_eq!(
+        (
+            r.torn_commits_dropped,
+            r.corrupt_records_skipped,
+            r.records_lost
+        ),
+        (0, 0, 0)
+    );
+}
+
+/// Pins the medium operations of each channel operation, so a regression in wear fails here:
+/// a put is one write (16 bytes of header), a commit one write and one sync (16 bytes of header,
+/// 8 of durable mark, 8 per event), a take only reads, and a new segment costs two erases, one
+/// sync and one write.
+#[test]
+fn operation_counts_are_pinned() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    let opened = ch.storage().counters();
+    assert_eq!(opened.mutations(), 0, "open writes nothing");
+    let c0 = ch.storage().counters();
+    let tx = ch.begin().unwrap();
+    ch.put(tx, &[1u8; 32]).unwrap(); // opens the run's segment
+    let c1 = ch.storage().counters();
+    assert_eq!(
+        (
+            c1.erases - c0.erases,
+            c1.syncs - c0.syncs,
+            c1.writes - c0.writes
+        ),
+        (2, 1, 2)
+    );
+    ch.put(tx, &[2u8; 32]).unwrap();
+    let c2 = ch.storage().counters();
+    assert_eq!(
+        (
+            c2.writes - c1.writes,
+            c2.syncs - c1.syncs,
+            c2.bytes_written - c1.bytes_written
+        ),
+        (1, 0, 48)
+    );
+    ch.commit(tx).unwrap();
+    let c3 = ch.storage().counters();
+    assert_eq!(
+        (
+            c3.writes - c2.writes,
+            c3.syncs - c2.syncs,
+            c3.bytes_written - c2.bytes_written
+        ),
+        (1, 1, 40)
+    );
+    let tx = ch.begin().unwrap();
+    let mut buf = [0u8; 64];
+    ch.take(tx, &mut buf).unwrap();
+    ch.take(tx, &mut buf).unwrap();
+    let c4 = ch.storage().counters();
+    assert_eq!(c4.mutations(), c3.mutations(), "takes only read");
+    assert_eq!(c4.reads - c3.reads, 4, "a header and a payload per take");
+    ch.commit(tx).unwrap();
+    let c5 = ch.storage().counters();
+    assert_eq!(
+        (
+            c5.writes - c4.writes,
+            c5.syncs - c4.syncs,
+            c5.bytes_written - c4.bytes_written
+        ),
+        (1, 1, 40)
+    );
+}
+
+/// The queue costs 8 bytes of RAM per event of capacity, plus a fixed amount per transaction
+/// slot; the channel's own state is a few hundred bytes.
+#[test]
+fn ram_per_event_is_eight_bytes() {
+    let small = Config::new(1000, 10, 2, 64, 4096);
+    let large = Config::new(2000, 10, 2, 64, 4096);
+    assert_eq!(large.memory_bytes() - small.memory_bytes(), 1000 * 8);
+    let per_slot =
+        (Config::new(1000, 10, 3, 64, 4096).memory_bytes() - small.memory_bytes()) as u64;
+    assert_eq!(per_slot, 10 * 8 + 24);
+    let fixed = std::mem::size_of::<Channel<&mut Sim, &mut [u64]>>();
+    assert!(fixed <= 512, "channel state is {fixed} bytes");
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("bytes present")
+}
