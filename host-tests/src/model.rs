@@ -10,6 +10,9 @@
 //! - no delivered byte differs from what was put;
 //! - the core broke no NOR rule.
 //!
+//! Then a copy of the medium decays (random bit flips in written data) and is drained: media
+//! damage may lose events, but nothing delivered may differ from what was put.
+//!
 //! Every run is a pure function of its seed and cut point, so a failure replays exactly with
 //! `cargo xtask sim --seed S --cut K`.
 
@@ -17,7 +20,7 @@ use std::collections::VecDeque;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sluicegate_core::{Channel, Config, Error, StorageErrorKind, Txn};
+use sluicegate_core::{Channel, Config, Error, Region, StorageErrorKind, Txn};
 
 use crate::sim::{CrashPolicy, SimError, SimStorage};
 
@@ -38,6 +41,15 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The scenario the runner uses for `seed`: [`Scenario::small`] on a medium that erases to
+    /// `0xFF` or to `0x00`, with one to three transactions open at once, all chosen by the seed.
+    pub const fn varied(seed: u64, steps: usize) -> Self {
+        let mut s = Scenario::small(steps);
+        s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
+        s.concurrent = 1 + (seed / 2 % 3) as usize;
+        s
+    }
+
     /// A small scenario whose log is 8 segments of 512 bytes, so segments fill, roll and get
     /// reclaimed within a few dozen transactions.
     pub const fn small(steps: usize) -> Self {
@@ -70,6 +82,8 @@ pub struct Outcome {
     pub corrupt_records_skipped: u64,
     /// Uncommitted put records recovery ignored.
     pub uncommitted_puts: u64,
+    /// Damaged events a take refused to deliver in the media-decay checks.
+    pub decayed_events_refused: u64,
 }
 
 impl std::ops::AddAssign for Outcome {
@@ -82,6 +96,7 @@ impl std::ops::AddAssign for Outcome {
         self.torn_commits_dropped += o.torn_commits_dropped;
         self.corrupt_records_skipped += o.corrupt_records_skipped;
         self.uncommitted_puts += o.uncommitted_puts;
+        self.decayed_events_refused += o.decayed_events_refused;
     }
 }
 
@@ -143,7 +158,10 @@ pub fn run<const W: usize, const E: usize>(
     cut: Option<u64>,
     epochs: usize,
 ) -> Result<Outcome, String> {
-    let fail = |what: String| format!("seed {seed} cut {cut:?}: {what}");
+    let fail = |what: String| {
+        let cut_arg = cut.map(|k| format!(" --cut {k}")).unwrap_or_default();
+        format!("word {W}: seed {seed} cut {cut:?}: {what}\n  replay: cargo xtask sim --word {W} --seed {seed}{cut_arg}")
+    };
     let config = scenario.config;
     assert_eq!(
         config.capacity(),
@@ -204,8 +222,99 @@ pub fn run<const W: usize, const E: usize>(
         outcome.uncommitted_puts += r.uncommitted_puts;
         model = verify(channel, scenario, &model, in_flight.as_ref()).map_err(&fail)?;
         outcome.recoveries += 1;
+        outcome.decayed_events_refused +=
+            decay_check(&sim, scenario, &mut rng, next_id).map_err(&fail)?;
     }
     Ok(outcome)
+}
+
+/// Flips a few random bits in written parts of a copy of the log, reopens it and drains it.
+/// Media decay may lose events, or bring back one whose take record it destroyed, but nothing
+/// delivered may differ from what was put, nothing may panic, and no NOR rule may break.
+/// Returns how many damaged events the channel refused to deliver.
+fn decay_check<const W: usize, const E: usize>(
+    sim: &Sim<W, E>,
+    scenario: &Scenario,
+    rng: &mut Pcg64Mcg,
+    next_id: u64,
+) -> Result<u64, String> {
+    let config = scenario.config;
+    let max_event = config.max_event_bytes() as usize;
+    let mut decayed = sim.clone();
+    let written: Vec<usize> = decayed
+        .image(Region::Log)
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b != scenario.erased)
+        .map(|(i, _)| i)
+        .collect();
+    if written.is_empty() {
+        return Ok(0);
+    }
+    let flips: Vec<(usize, u8)> = (0..rng.random_range(1..=3))
+        .map(|_| {
+            (
+                written[rng.random_range(0..written.len())],
+                rng.random_range(0..8),
+            )
+        })
+        .collect();
+    // Half the time the medium decays while the channel is closed (replay meets the damage),
+    // half the time while it is open (only a take's own checks stand in the way).
+    let while_open = rng.random_bool(0.5);
+    if !while_open {
+        for &(at, bit) in &flips {
+            decayed.flip_bit(Region::Log, at, bit);
+        }
+    }
+    let mut memory = vec![0u64; config.memory_words()];
+    let mut channel = match Channel::open(&mut decayed, &mut memory[..], config) {
+        Ok(c) => c,
+        // Refusing to open is allowed when the intact structures contradict each other, or when
+        // a destroyed take record brought back more events than the capacity holds: both are
+        // clear errors that lose nothing (a larger capacity opens the latter).
+        Err(Error::Corrupted { .. } | Error::CapacityTooSmall { .. }) => return Ok(0),
+        Err(e) => return Err(format!("decay: open failed: {e}")),
+    };
+    if while_open {
+        for &(at, bit) in &flips {
+            channel.storage_mut().flip_bit(Region::Log, at, bit);
+        }
+    }
+    let mut buf = vec![0u8; max_event];
+    // Bounded: each round commits up to transaction_capacity takes from a finite queue.
+    for _ in 0..=config.capacity() {
+        let tx = channel.begin().map_err(|e| format!("decay: begin: {e}"))?;
+        let mut n_taken = 0;
+        while n_taken < config.transaction_capacity() {
+            match channel.take(tx, &mut buf) {
+                Ok(Some(n)) => match decode_event(&buf[..n], max_event) {
+                    Some(id) if id < next_id => n_taken += 1,
+                    _ => return Err(format!("decay: delivered bytes never put: {:?}", &buf[..n])),
+                },
+                Ok(None) | Err(Error::TransactionFull) => break,
+                Err(e) => return Err(format!("decay: take: {e}")),
+            }
+        }
+        match channel.commit(tx) {
+            Ok(()) => {}
+            Err(Error::LogFull) => {
+                channel
+                    .rollback(tx)
+                    .map_err(|e| format!("decay: rollback: {e}"))?;
+                break;
+            }
+            Err(e) => return Err(format!("decay: commit: {e}")),
+        }
+        if n_taken == 0 {
+            break;
+        }
+    }
+    let refused = channel.stats().corrupt_events_skipped;
+    if let Some(v) = channel.storage().violations().first() {
+        return Err(format!("decay: NOR rule broken: {v}"));
+    }
+    Ok(refused)
 }
 
 /// Runs random transactions until the step budget is spent or the power fails. Returns the

@@ -1,1 +1,396 @@
-fn main() {}
+//! The check runner: `cargo xtask <command>`.
+//!
+//! - `ci`: every check CI runs, installing what is missing (the thumbv7em target, rustfmt and
+//!   clippy, cargo-fuzz), ending with `cargo test`'s own summary;
+//! - `sim [args]`: the crash simulation at any length (see `sim --help`);
+//! - `fuzz [--seconds N]`: every fuzz target for N seconds each (default 300);
+//! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each.
+//!
+//! Everything it runs is printed before it runs, so a failure names its command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const THUMB: &str = "thumbv7em-none-eabihf";
+const FUZZ_TARGETS: [&str; 2] = ["decode_record", "recover"];
+/// The simulation CI runs: well over 10,000 crash points, in well under two minutes.
+const CI_SIM: [&str; 6] = ["--exhaustive", "120", "--seeds", "3000", "--steps", "80"];
+const CI_FUZZ_SECONDS: u64 = 20;
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let result = match cmd {
+        "ci" => ci(),
+        "sim" => sim(rest),
+        "fuzz" => fuzz_cmd(rest),
+        "mutants" => mutants(),
+        "help" | "-h" | "--help" => {
+            println!("usage: cargo xtask <ci | sim [args] | fuzz [--seconds N] | mutants>");
+            return ExitCode::SUCCESS;
+        }
+        other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(title: &str) {
+    println!("\n==> {title}");
+}
+
+/// Runs a command from the workspace root, echoing it; fails if it fails.
+fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result {
+    run_in(&root(), program, args, envs)
+}
+
+fn run_in(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result {
+    let shown: Vec<String> = envs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(std::iter::once(program.to_string()))
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
+    println!("$ {}", shown.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", shown.join(" ")))
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ensure_target() -> Result {
+    let installed = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == THUMB) {
+        println!("target {THUMB} is installed");
+        return Ok(());
+    }
+    println!("installing the {THUMB} target (the first time takes a while)");
+    run("rustup", &["target", "add", THUMB], &[])
+}
+
+fn ensure_components() -> Result {
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if output("cargo", &[probe, "--version"]).is_none() {
+            println!("installing the {component} component");
+            run("rustup", &["component", "add", component], &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Returns true if nightly and cargo-fuzz are available, installing cargo-fuzz if needed.
+fn ensure_fuzz() -> Result<bool> {
+    if output("cargo", &["+nightly", "--version"]).is_none() {
+        println!("no nightly toolchain; trying `rustup toolchain install nightly`");
+        if run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+            &[],
+        )
+        .is_err()
+        {
+            println!("WARNING: nightly is not available here; the fuzz smoke run is skipped");
+            return Ok(false);
+        }
+    }
+    if output("cargo", &["fuzz", "--version"]).is_none() {
+        println!("installing cargo-fuzz");
+        run("cargo", &["install", "cargo-fuzz", "--locked"], &[])?;
+    }
+    Ok(true)
+}
+
+fn fuzz(seconds: u64) -> Result {
+    let fuzz_dir = root().join("fuzz");
+    let time = format!("-max_total_time={seconds}");
+    for target in FUZZ_TARGETS {
+        run_in(
+            &fuzz_dir,
+            "cargo",
+            &["+nightly", "fuzz", "run", target, "--", &time],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+fn fuzz_cmd(args: &[String]) -> Result {
+    let seconds = match args {
+        [] => 300,
+        [flag, n] if flag == "--seconds" => n.parse().map_err(|_| format!("not a number: {n}"))?,
+        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
+    };
+    if !ensure_fuzz()? {
+        return Err("fuzzing needs the nightly toolchain".into());
+    }
+    fuzz(seconds)
+}
+
+fn sim(args: &[String]) -> Result {
+    let mut all = vec![
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--bin",
+        "sim",
+        "--",
+    ];
+    all.extend(args.iter().map(String::as_str));
+    run("cargo", &all, &[])
+}
+
+fn ci() -> Result {
+    let started = Instant::now();
+    step("toolchain: target and components");
+    ensure_target()?;
+    ensure_components()?;
+
+    step("formatting");
+    run("cargo", &["fmt", "--all", "--check"], &[])?;
+
+    step("lints");
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+
+    step("docs");
+    run(
+        "cargo",
+        &["doc", "--no-deps", "--workspace"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+
+    step(&format!(
+        "the core on {THUMB} (no_std, with and without defmt)"
+    ));
+    run(
+        "cargo",
+        &["build", "-p", "sluicegate-core", "--target", THUMB],
+        &[],
+    )?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "sluicegate-core",
+            "--target",
+            THUMB,
+            "--features",
+            "defmt",
+        ],
+        &[],
+    )?;
+
+    step("the demo (the README's first command)");
+    run(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "sluicegate-sim",
+            "--example",
+            "demo",
+        ],
+        &[],
+    )?;
+
+    step("crash simulation (bounded; `cargo xtask sim` runs more)");
+    let ci_sim: Vec<String> = CI_SIM.iter().map(|s| s.to_string()).collect();
+    sim(&ci_sim)?;
+
+    step("planted bugs: the simulation must catch each one");
+    mutants()?;
+
+    step(&format!("fuzz smoke run ({CI_FUZZ_SECONDS} s per target)"));
+    if ensure_fuzz()? {
+        fuzz(CI_FUZZ_SECONDS)?;
+    }
+
+    println!(
+        "\nall checks but the tests passed in {:.0} s; the tests run last so their summary ends the output",
+        started.elapsed().as_secs_f64()
+    );
+    step("tests");
+    run("cargo", &["test", "--workspace"], &[])
+}
+
+/// A bug planted in the core: a file, the text to replace, and what replaces it.
+struct Mutant {
+    name: &'static str,
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+/// Each one breaks a promise the checker must hold the core to.
+const MUTANTS: [Mutant; 6] = [
+    Mutant {
+        name: "commit returns without syncing",
+        file: "core/src/channel.rs",
+        from: "if let Err(e) = self.storage.sync(Region::Log) {",
+        to: "if let Err(e) = Ok::<(), S::Error>(()) {",
+    },
+    Mutant {
+        name: "take delivers an event without checking its CRC",
+        file: "core/src/channel.rs",
+        from: "if !header.check(seq, &buf[..len]) {",
+        to: "if false && !header.check(seq, &buf[..len]) {",
+    },
+    Mutant {
+        name: "replay ignores take commits",
+        file: "core/src/recovery.rs",
+        from: "self.recovery.take_commits += 1;",
+        to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
+    },
+    Mutant {
+        name: "replay applies commits whose puts did not survive",
+        file: "core/src/recovery.rs",
+        from: "if damaged > 0 && !self.acknowledged(seg, offset, index, record, state)? {",
+        to: "if false && damaged > 0 {",
+    },
+    Mutant {
+        name: "a new segment is erased in one go, without erasing and syncing its header first",
+        file: "core/src/channel.rs",
+        from: ".erase(Region::Log, start, start + first_block)\n            .and_then(|()| storage.sync(Region::Log))",
+        to: ".erase(Region::Log, start, end)\n            .and_then(|()| Ok(()))",
+    },
+    Mutant {
+        name: "a restart writes into the previous run's last segment",
+        file: "core/src/channel.rs",
+        from: "channel.restart_pending = true;",
+        to: "channel.restart_pending = channel.recovery.path == crate::RecoveryPath::New;",
+    },
+];
+
+/// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and
+/// runs a short simulation, which must fail.
+fn mutants() -> Result {
+    let root = root();
+    let scratch = root.join("target").join("mutants");
+    let ws = scratch.join("ws");
+    let target_dir = scratch.join("target");
+    let target_dir = target_dir.to_str().ok_or("non-UTF-8 path")?;
+    let _ = std::fs::remove_dir_all(&ws);
+    for dir in ["core", "host-tests"] {
+        copy_dir(&root.join(dir), &ws.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
+    }
+    std::fs::write(
+        ws.join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let lock = root.join("Cargo.lock");
+    if lock.exists() {
+        std::fs::copy(&lock, ws.join("Cargo.lock")).map_err(|e| e.to_string())?;
+    }
+    let envs = [("CARGO_TARGET_DIR", target_dir)];
+    let sim_args = [
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--bin",
+        "sim",
+        "--",
+        "--exhaustive",
+        "10",
+        "--seeds",
+        "300",
+    ];
+    // The unmutated copy must pass, or a failure below would prove nothing.
+    println!("-- control: the unmutated core passes");
+    run_in(&ws, "cargo", &sim_args, &envs)?;
+    let mut caught = 0;
+    for m in MUTANTS.iter() {
+        let path = ws.join(m.file);
+        let original = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        let planted = plant(&original, m)?;
+        std::fs::write(&path, planted).map_err(|e| e.to_string())?;
+        println!("-- planted: {}", m.name);
+        let result = run_in(&ws, "cargo", &sim_args, &envs);
+        std::fs::write(&path, original).map_err(|e| e.to_string())?;
+        match result {
+            Err(_) => {
+                println!("-- caught: {}", m.name);
+                caught += 1;
+            }
+            Ok(()) => return Err(format!("the simulation did not catch: {}", m.name)),
+        }
+    }
+    println!("mutants: {caught} of {} planted bugs caught", MUTANTS.len());
+    Ok(())
+}
+
+fn plant(original: &str, m: &Mutant) -> Result<String> {
+    let from = m.from;
+    if original.matches(from).count() != 1 {
+        return Err(format!(
+            "mutant `{}`: its text must occur exactly once in {}",
+            m.name, m.file
+        ));
+    }
+    Ok(original.replacen(from, m.to, 1))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            if entry.file_name() != "target" {
+                copy_dir(&entry.path(), &dest)?;
+            }
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}

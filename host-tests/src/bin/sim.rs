@@ -7,8 +7,8 @@
 //! `--seeds N` runs N random seeds of several epochs, each ending in a power cut at a random
 //! point; `--exhaustive N` runs N seeds with a cut at every mutation of their first epoch;
 //! `--word W` picks the medium's write size (1, 4, 8, 16 or 32; default: all of them);
-//! `--seed S --cut K` replays one failing run. It prints the number of crash points and of
-//! violations, and exits non-zero on the first violation.
+//! `--seed S [--cut K]` replays one failing run (the failure prints the command). It prints
+//! the number of crash points and of violations, and exits non-zero on the first violation.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -24,7 +24,7 @@ struct Args {
     first_seed: u64,
     word: Option<usize>,
     steps: usize,
-    replay: Option<(u64, u64)>,
+    replay: Option<(u64, Option<u64>)>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -65,9 +65,9 @@ fn parse() -> Result<Args, String> {
         }
     }
     match (seed, cut) {
-        (Some(s), Some(k)) => a.replay = Some((s, k)),
+        (Some(s), k) => a.replay = Some((s, k)),
         (None, None) => {}
-        _ => return Err("--seed and --cut go together".into()),
+        (None, Some(_)) => return Err("--cut needs --seed".into()),
     }
     Ok(a)
 }
@@ -130,10 +130,12 @@ fn main() -> ExitCode {
     let result = (|| -> Result<(), String> {
         if let Some((seed, cut)) = args.replay {
             for &w in &words {
-                let scenario = scenario_for(w, args.steps);
+                let scenario = Scenario::varied(seed, args.steps);
                 with_word(w, &mut |r| {
-                    let o = r.run(&scenario, seed, Some(cut), 3)?;
-                    println!("word {w}: seed {seed} cut {cut}: ok ({o:?})");
+                    // Exhaustive runs have two epochs after their cut; random ones four.
+                    let epochs = if cut.is_some() { 2 } else { 4 };
+                    let o = r.run(&scenario, seed, cut, epochs)?;
+                    println!("word {w}: seed {seed} cut {cut:?}: ok ({o:?})");
                     crash_points += o.crashes;
                     total += o;
                     Ok(())
@@ -142,18 +144,17 @@ fn main() -> ExitCode {
             return Ok(());
         }
         for &w in &words {
-            let scenario = scenario_for(w, args.steps);
             let mut points = 0;
             with_word(w, &mut |r| {
                 for i in 0..args.exhaustive {
                     let seed = args.first_seed + i;
-                    let (n, o) = r.exhaustive(&scenario, seed)?;
+                    let (n, o) = r.exhaustive(&Scenario::varied(seed, args.steps), seed)?;
                     points += n;
                     total += o;
                 }
                 for i in 0..args.seeds {
                     let seed = args.first_seed + 1_000_000 + i;
-                    let o = r.run(&scenario, seed, None, 4)?;
+                    let o = r.run(&Scenario::varied(seed, args.steps), seed, None, 4)?;
                     points += o.crashes;
                     total += o;
                 }
@@ -171,24 +172,20 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => {
             println!(
-                "sim: {} recoveries checked: {} commits, {} events delivered, {} log-full refusals; recovery dropped {} torn commits, skipped {} damaged records, ignored {} uncommitted puts",
+                "sim: {} recoveries checked: {} commits, {} events delivered, {} log-full refusals; recovery dropped {} torn commits, skipped {} damaged records, ignored {} uncommitted puts; decay checks refused {} damaged events",
                 total.recoveries, total.commits, total.delivered, total.log_full,
-                total.torn_commits_dropped, total.corrupt_records_skipped, total.uncommitted_puts
+                total.torn_commits_dropped, total.corrupt_records_skipped, total.uncommitted_puts,
+                total.decayed_events_refused
             );
             println!("sim: {crash_points} crash points, 0 violations ({secs:.1} s)");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("sim: VIOLATION: {e}");
-            eprintln!("sim: replay with: cargo xtask sim --word <W> --seed <S> --cut <K>");
             println!(
                 "sim: {crash_points} crash points before the violation, 1 violation ({secs:.1} s)"
             );
             ExitCode::FAILURE
         }
     }
-}
-
-fn scenario_for(_word: usize, steps: usize) -> Scenario {
-    Scenario::small(steps)
 }
