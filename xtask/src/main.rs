@@ -15,7 +15,7 @@ use std::time::Instant;
 const THUMB: &str = "thumbv7em-none-eabihf";
 const FUZZ_TARGETS: [&str; 2] = ["decode_record", "recover"];
 /// The simulation CI runs: well over 10,000 crash points, in well under two minutes.
-const CI_SIM: [&str; 6] = ["--exhaustive", "120", "--seeds", "3000", "--steps", "80"];
+const CI_SIM: [&str; 6] = ["--exhaustive", "300", "--seeds", "10000", "--steps", "100"];
 const CI_FUZZ_SECONDS: u64 = 20;
 
 type Result<T = ()> = std::result::Result<T, String>;
