@@ -232,6 +232,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             pending_puts: 0,
             min_pinned: 0,
             pins_dirty: true,
+            // Opening writes nothing. This run's first write opens a new segment (flagged
+            // OPENED), never appending after the previous run's tail, which may end in a torn
+            // write; a word is never programmed twice. A run that writes nothing costs no
+            // segment, so a device that loses power over and over while idle never fills its log.
             restart_pending: true,
             roll_to: 0,
             poisoned: false,
@@ -252,11 +256,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
         }
         channel.refresh_pins();
-        // Opening writes nothing. This run's first write opens a new segment (flagged OPENED),
-        // never appending after the previous run's tail, which may end in a torn write; a word
-        // is never programmed twice. A run that writes nothing costs no segment, so a device
-        // that loses power over and over without work to do never fills its log.
-        channel.restart_pending = true;
         Ok(channel)
     }
 

@@ -301,10 +301,10 @@ const MUTANTS: [Mutant; 6] = [
         to: ".erase(Region::Log, start, end)\n            .and_then(|()| Ok(()))",
     },
     Mutant {
-        name: "a restart writes into the previous run's last segment",
+        name: "a run writes without opening a segment of its own",
         file: "core/src/channel.rs",
-        from: "channel.restart_pending = true;",
-        to: "channel.restart_pending = channel.recovery.path == crate::RecoveryPath::New;",
+        from: "restart_pending: true,",
+        to: "restart_pending: false,",
     },
 ];
 
