@@ -145,18 +145,22 @@ fn main() -> ExitCode {
         }
         for &w in &words {
             let mut points = 0;
+            let seeds = args.exhaustive + args.seeds;
+            let mut progress = Progress::new(w, seeds, started);
             with_word(w, &mut |r| {
                 for i in 0..args.exhaustive {
                     let seed = args.first_seed + i;
                     let (n, o) = r.exhaustive(&Scenario::varied(seed, args.steps), seed)?;
                     points += n;
                     total += o;
+                    progress.tick(i + 1, points);
                 }
                 for i in 0..args.seeds {
                     let seed = args.first_seed + 1_000_000 + i;
                     let o = r.run(&Scenario::varied(seed, args.steps), seed, None, 4)?;
                     points += o.crashes;
                     total += o;
+                    progress.tick(args.exhaustive + i + 1, points);
                 }
                 Ok(())
             })?;
@@ -186,6 +190,37 @@ fn main() -> ExitCode {
                 "sim: {crash_points} crash points before the violation, 1 violation ({secs:.1} s)"
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a line to stderr at each tenth of a long run, so a run of minutes shows it is alive.
+struct Progress {
+    word: usize,
+    total: u64,
+    next: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(word: usize, total: u64, started: Instant) -> Self {
+        Progress {
+            word,
+            total,
+            next: total / 10,
+            started,
+        }
+    }
+
+    fn tick(&mut self, done: u64, points: u64) {
+        if self.total >= 1000 && done >= self.next && done < self.total {
+            eprintln!(
+                "  word {}: {done}/{} seeds, {points} crash points, {:.0} s",
+                self.word,
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+            self.next += self.total / 10;
         }
     }
 }
