@@ -14,7 +14,7 @@
 
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
-use crate::log::{read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
+use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::queue::Queue;
 use crate::record::{
     Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES, POINTER_BYTES,
@@ -588,12 +588,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         }
         let payload = offset + RECORD_HEADER_BYTES as u64;
         if len > buf.len() || len > self.config.max_event_bytes() as usize {
-            let mut digest = header.digest(seq);
-            crate::log::stream_payload(&mut self.storage, payload, len as u64, |c| {
-                digest.update(c)
-            })
-            .map_err(ReadFail::Storage)?;
-            if digest.finalize() != header.crc {
+            if !payload_matches(&mut self.storage, &header, seq, offset)
+                .map_err(ReadFail::Storage)?
+            {
                 return Err(ReadFail::Corrupt);
             }
             return Err(if len > self.config.max_event_bytes() as usize {

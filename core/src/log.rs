@@ -176,6 +176,24 @@ pub(crate) fn stream_payload<S: Storage>(
     Ok(())
 }
 
+/// True if the payload of the record whose header is `header`, at `offset` in a segment numbered
+/// `seq`, completes the header's CRC. The payload is streamed, so its length costs no memory.
+pub(crate) fn payload_matches<S: Storage>(
+    storage: &mut S,
+    header: &RecordHeader,
+    seq: u64,
+    offset: u64,
+) -> Result<bool, S::Error> {
+    let mut digest = header.digest(seq);
+    stream_payload(
+        storage,
+        offset + RECORD_HEADER_BYTES as u64,
+        header.len as u64,
+        |c| digest.update(c),
+    )?;
+    Ok(digest.finalize() == header.crc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

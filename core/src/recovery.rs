@@ -21,7 +21,7 @@
 
 use crate::channel::{split, Channel};
 use crate::error::Error;
-use crate::log::{read_record_header, read_segment_header, stream_payload, Geometry};
+use crate::log::{payload_matches, read_record_header, read_segment_header, Geometry};
 use crate::queue::TAG_REPLAY;
 use crate::record::{
     Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES,
@@ -309,15 +309,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         {
             return Ok(None);
         }
-        let mut digest = h.digest(segment.seq);
-        stream_payload(
-            &mut self.storage,
-            at + RECORD_HEADER_BYTES as u64,
-            h.len as u64,
-            |c| digest.update(c),
-        )
-        .map_err(Error::Storage)?;
-        if digest.finalize() != h.crc {
+        if !payload_matches(&mut self.storage, &h, segment.seq, at).map_err(Error::Storage)? {
             return Ok(None);
         }
         let kind = RecordKind::from_u8(h.kind);
@@ -483,15 +475,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         {
             return Ok(false);
         }
-        let mut digest = h.digest(seq);
-        stream_payload(
-            &mut self.storage,
-            at + RECORD_HEADER_BYTES as u64,
-            h.len as u64,
-            |c| digest.update(c),
-        )
-        .map_err(Error::Storage)?;
-        Ok(digest.finalize() == h.crc)
+        payload_matches(&mut self.storage, &h, seq, at).map_err(Error::Storage)
     }
 
     /// Calls `f` with each pointer of a commit record, and whether it points into a replayed

@@ -194,12 +194,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints a line to stderr at each tenth of a long run, so a run of minutes shows it is alive.
+/// Prints a line to stderr at most every ten seconds, so a run of minutes shows it is alive.
 struct Progress {
     word: usize,
     total: u64,
-    next: u64,
     started: Instant,
+    last: Instant,
 }
 
 impl Progress {
@@ -207,20 +207,20 @@ impl Progress {
         Progress {
             word,
             total,
-            next: total / 10,
             started,
+            last: Instant::now(),
         }
     }
 
     fn tick(&mut self, done: u64, points: u64) {
-        if self.total >= 1000 && done >= self.next && done < self.total {
+        if self.last.elapsed().as_secs() >= 10 && done < self.total {
             eprintln!(
                 "  word {}: {done}/{} seeds, {points} crash points, {:.0} s",
                 self.word,
                 self.total,
                 self.started.elapsed().as_secs_f64()
             );
-            self.next += self.total / 10;
+            self.last = Instant::now();
         }
     }
 }
