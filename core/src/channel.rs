@@ -12,12 +12,13 @@
 //! survive). **Invariant:** events become visible, and leave, in the order of their commit
 //! records in the log, which is the order replay rebuilds.
 
+use crate::checkpoint::{Checkpoints, SlotLayout};
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::queue::Queue;
 use crate::record::{
-    Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES, POINTER_BYTES,
+    align_up, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES, POINTER_BYTES,
     RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
 use crate::recovery::Recovery;
@@ -68,6 +69,15 @@ pub struct Stats {
     pub corrupt_events_skipped: u64,
     /// Segments opened (erased and given a header).
     pub segments_opened: u64,
+    /// Segments from the oldest one a queued event or a pending put points into, to the newest:
+    /// what one old unconsumed event keeps from being reused.
+    pub segments_pinned_by_events: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
+    /// Checkpoints abandoned because the checkpoint region failed (the log is unaffected).
+    pub checkpoint_failures: u64,
+    /// True while a checkpoint is being written.
+    pub checkpoint_in_progress: bool,
 }
 
 const STATE_FREE: u8 = 0;
@@ -166,14 +176,15 @@ pub struct Channel<S: Storage, M> {
     pending_puts: u64,
     /// A lower bound of the oldest segment anything points into.
     min_pinned: u64,
-    pins_dirty: bool,
+    pub(crate) pins_dirty: bool,
     /// True until this run has opened its first segment.
-    restart_pending: bool,
+    pub(crate) restart_pending: bool,
     /// The sequence number the next new segment gets.
-    roll_to: u64,
+    pub(crate) roll_to: u64,
     poisoned: bool,
-    stats: Stats,
+    pub(crate) stats: Stats,
     pub(crate) recovery: Recovery,
+    pub(crate) ckpt: Checkpoints,
 }
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
@@ -216,6 +227,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         if geo.first_record + geo.record_span(config.max_payload_bytes()) > segment_bytes {
             return Err(ConfigError::SegmentTooSmall.into());
         }
+        let checkpoints = checkpoint_slots_usable(&storage, &config, &geo)?;
         let mut channel = Channel {
             storage,
             memory,
@@ -241,20 +253,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             poisoned: false,
             stats: Stats::default(),
             recovery: Recovery::default(),
+            ckpt: Checkpoints::new(),
         };
+        channel.ckpt.enabled = checkpoints;
         // Transaction slots start free whatever the memory held before.
         let (_, _, txns) = split(channel.memory.as_mut(), &config);
         txns.fill(0);
-        match channel.replay()? {
-            Some(newest) => {
-                channel.seq = newest;
-                channel.roll_to = newest + 1;
-            }
-            None => {
-                channel.seq = 0;
-                channel.roll_to = 0;
-            }
-        }
+        let replayed = channel.replay()?;
+        channel.seq = replayed.newest.unwrap_or(0);
+        channel.roll_to = replayed.roll_to;
         channel.refresh_pins();
         Ok(channel)
     }
@@ -311,6 +318,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         stats.segments = self.geo.segments;
         stats.segments_pinned = self.seq - self.min_pinned + 1;
         stats.segments_free = self.free_ahead();
+        stats.segments_pinned_by_events = self.seq - self.oldest_event_seq() + 1;
+        stats.checkpoint_in_progress = self.ckpt.in_progress.is_some();
         stats
     }
 
@@ -438,6 +447,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     pub fn commit(&mut self, txn: Txn) -> Result<(), Error<S::Error>> {
         if self.write_commit(txn)? {
             self.sync()?;
+            // The commit is durable: a checkpoint that fails now must not make it look failed.
+            // Checkpoint failures are counted in `Stats::checkpoint_failures`; the log is intact.
+            let _ = self.checkpoint_work(None);
         }
         Ok(())
     }
@@ -495,6 +507,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         if !(0..max).any(|s| Slot::load(txns, s).state == STATE_WRITTEN) {
             return Ok(());
         }
+        self.sync_log()
+    }
+
+    /// Syncs the log whatever is waiting, then applies written commits in log order.
+    pub(crate) fn sync_log(&mut self) -> Result<(), Error<S::Error>> {
+        let max = self.config.max_transactions() as usize;
         self.check_writable()?;
         if let Err(e) = self.storage.sync(Region::Log) {
             self.poisoned = true;
@@ -511,6 +529,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 .min_by_key(|(_, slot)| slot.commit_wid);
             let Some((s, slot)) = next else { break };
             self.apply(s, slot)?;
+            self.ckpt.commits_since = self.ckpt.commits_since.saturating_add(1);
         }
         Ok(())
     }
@@ -544,7 +563,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
             self.pending_puts -= slot.count as u64;
         } else {
-            let removed = self.queue.remove_tagged(qmem, s as u8 + 1);
+            let mut watch = self
+                .ckpt
+                .in_progress
+                .as_ref()
+                .map(|ip| (ip.cursor, ip.remaining));
+            let removed = self.queue.remove_tagged(qmem, s as u8 + 1, watch.as_mut());
+            if let (Some(ip), Some((cursor, remaining))) = (self.ckpt.in_progress.as_mut(), watch) {
+                ip.cursor = cursor;
+                ip.remaining = remaining;
+            }
             if removed != slot.count as usize {
                 return Err(Error::LogicBug("take commit removed a different count"));
             }
@@ -653,7 +681,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             emit(&mut |b| d.update(b))
         });
         let start = self.geo.record_offset(ptr);
-        let mut writer = WordWriter::new(&mut self.storage, self.geo.align, start);
+        let mut writer = WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
         let mut result = writer.push(&header.encode());
         let mut written = 0u64;
         emit(&mut |b| {
@@ -675,6 +703,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             Ok(_) => {
                 self.write_offset += span;
                 self.next_wid += 1;
+                self.ckpt.bytes_since += span;
                 Ok(ptr)
             }
         }
@@ -694,6 +723,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         };
         if needed > 0 && self.free_ahead() < needed {
             self.refresh_pins();
+            if self.free_ahead() < needed && self.checkpoints_pin_the_log() {
+                // The older checkpoint's replay position holds the log, not an event: moving
+                // both checkpoints to the present frees it. A stall, but only under pressure.
+                self.checkpoint()?;
+                self.checkpoint()?;
+                self.refresh_pins();
+            }
             if self.free_ahead() < needed {
                 return Err(Error::LogFull);
             }
@@ -722,9 +758,26 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         if !self.pins_dirty {
             return;
         }
+        // A checkpoint replays from its position, so the log from there on stays.
+        let replay = self.ckpt.oldest_replay_seq().unwrap_or(self.seq);
+        let min = self.oldest_event_seq().min(replay);
+        self.min_pinned = min;
+        self.pins_dirty = false;
+    }
+
+    /// True if a checkpoint, not an event, is what keeps the oldest segments from being reused.
+    fn checkpoints_pin_the_log(&self) -> bool {
+        self.ckpt.enabled
+            && self
+                .ckpt
+                .oldest_replay_seq()
+                .is_some_and(|seq| seq < self.oldest_event_seq())
+    }
+
+    /// The oldest segment a queued event or a pending put points into (the newest if none).
+    fn oldest_event_seq(&self) -> u64 {
         let (qmem, pool, txns) = split_ref(self.memory.as_ref(), &self.config);
-        let geo = self.geo;
-        let newest = self.seq;
+        let (geo, newest) = (self.geo, self.seq);
         let mut min = newest;
         self.queue
             .for_each(qmem, |p| min = min.min(geo.seq_of_slot(p.slot, newest)));
@@ -737,8 +790,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 }
             }
         }
-        self.min_pinned = min;
-        self.pins_dirty = false;
+        min
     }
 
     /// Erases the slot for segment `seq` and writes its header. The header's erase block is
@@ -768,7 +820,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 }
             })
             .and_then(|()| {
-                let mut w = WordWriter::new(&mut *storage, self.geo.align, start);
+                let mut w = WordWriter::new(&mut *storage, Region::Log, self.geo.align, start);
                 w.push(&header.encode())?;
                 w.finish().map(|_| ())
             });
@@ -786,6 +838,34 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         self.write_offset = self.geo.first_record;
         Ok(())
     }
+}
+
+/// Checks the checkpoint regions: both empty (checkpoints off) or both able to hold a
+/// checkpoint of `capacity` events. Returns whether checkpoints are on.
+fn checkpoint_slots_usable<S: Storage, E>(
+    storage: &S,
+    config: &Config,
+    geo: &Geometry,
+) -> Result<bool, Error<E>> {
+    let sizes = [
+        storage.capacity(Region::Checkpoint),
+        storage.capacity(Region::Backup),
+    ];
+    match sizes {
+        [0, 0] => return Ok(false),
+        [0, _] | [_, 0] => return Err(ConfigError::CheckpointSlotMissing.into()),
+        _ => {}
+    }
+    let erase = S::ERASE_SIZE as u64;
+    let needed = align_up(
+        SlotLayout::new(config.capacity() as u64, geo.align).end,
+        erase,
+    );
+    let given = sizes[0].min(sizes[1]);
+    if given < needed || sizes.iter().any(|s| s % erase != 0) {
+        return Err(ConfigError::CheckpointRegionTooSmall { needed, given }.into());
+    }
+    Ok(true)
 }
 
 fn free_slot() -> Slot {
@@ -812,7 +892,7 @@ pub(crate) fn split<'m>(
     (queue, pool, &mut rest[..t])
 }
 
-fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64], &'m [u64]) {
+pub(crate) fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64], &'m [u64]) {
     let q = config.capacity() as usize;
     let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
     let t = config.max_transactions() as usize * TXN_WORDS;

@@ -32,7 +32,14 @@ pub struct Config {
     max_transactions: u16,
     max_event_bytes: u32,
     segment_bytes: u32,
+    checkpoint_every_commits: u32,
+    checkpoint_every_log_bytes: u64,
+    checkpoint_interval_ms: u64,
+    checkpoint_step_entries: u32,
 }
+
+/// Entries a checkpoint step writes by default: 32 KiB of pointers.
+pub const DEFAULT_CHECKPOINT_STEP_ENTRIES: u32 = 4096;
 
 impl Config {
     /// A configuration, checked; panics with the reason if it cannot work. Use it in a `const`
@@ -92,6 +99,10 @@ impl Config {
             max_transactions,
             max_event_bytes,
             segment_bytes,
+            checkpoint_every_commits: 0,
+            checkpoint_every_log_bytes: 0,
+            checkpoint_interval_ms: 0,
+            checkpoint_step_entries: DEFAULT_CHECKPOINT_STEP_ENTRIES,
         };
         // A commit record lists one pointer per event of the transaction.
         if config.max_commit_payload_bytes() > MAX_PAYLOAD_BYTES as u64 {
@@ -101,6 +112,58 @@ impl Config {
             return Err(ConfigError::SegmentTooSmall);
         }
         Ok(config)
+    }
+
+    /// Checkpoints start by themselves after `commits` commits or `log_bytes` bytes of log
+    /// since the last one, whichever comes first (0 turns a trigger off), and after
+    /// `interval_ms` milliseconds when the adapter calls [`Channel::poll`](crate::Channel::poll)
+    /// with the time. All are off by default: checkpoints then happen only on demand and on close.
+    pub const fn with_checkpoints(
+        mut self,
+        commits: u32,
+        log_bytes: u64,
+        interval_ms: u64,
+    ) -> Self {
+        self.checkpoint_every_commits = commits;
+        self.checkpoint_every_log_bytes = log_bytes;
+        self.checkpoint_interval_ms = interval_ms;
+        self
+    }
+
+    /// How many queue entries a checkpoint writes per step (a multiple of 8, at least 8), which
+    /// bounds how long a step holds up the channel. Panics otherwise; see
+    /// [`Config::try_with_checkpoint_step`].
+    pub const fn with_checkpoint_step(self, entries: u32) -> Self {
+        match self.try_with_checkpoint_step(entries) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// As [`Config::with_checkpoint_step`], returning the reason instead of panicking.
+    pub const fn try_with_checkpoint_step(mut self, entries: u32) -> Result<Self, ConfigError> {
+        if entries < 8 || entries % 8 != 0 {
+            return Err(ConfigError::BadCheckpointStep);
+        }
+        self.checkpoint_step_entries = entries;
+        Ok(self)
+    }
+
+    /// Commits between automatic checkpoints (0: off).
+    pub const fn checkpoint_every_commits(&self) -> u32 {
+        self.checkpoint_every_commits
+    }
+    /// Log bytes between automatic checkpoints (0: off).
+    pub const fn checkpoint_every_log_bytes(&self) -> u64 {
+        self.checkpoint_every_log_bytes
+    }
+    /// Milliseconds between checkpoints started by [`Channel::poll`](crate::Channel::poll) (0: off).
+    pub const fn checkpoint_interval_ms(&self) -> u64 {
+        self.checkpoint_interval_ms
+    }
+    /// Queue entries a checkpoint writes per step.
+    pub const fn checkpoint_step_entries(&self) -> u32 {
+        self.checkpoint_step_entries
     }
 
     /// The most events the channel holds.

@@ -60,6 +60,8 @@ pub enum Error<E> {
         /// The number of events the log holds (at least).
         needed: u64,
     },
+    /// A checkpoint was asked for, but the storage has no checkpoint regions.
+    CheckpointsDisabled,
     /// The configuration does not fit the storage or the memory given.
     Config(ConfigError),
     /// An internal invariant does not hold: a bug in Sluicegate. Please report it.
@@ -129,6 +131,9 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
                 f,
                 "the log holds at least {needed} events, more than the configured capacity"
             ),
+            Error::CheckpointsDisabled => {
+                f.write_str("the storage has no checkpoint regions, so checkpoints are off")
+            }
             Error::Config(e) => write!(f, "bad configuration: {e}"),
             Error::LogicBug(what) => write!(f, "logic bug in sluicegate: {what}"),
         }
@@ -168,6 +173,18 @@ pub enum ConfigError {
         /// Words given.
         given: usize,
     },
+    /// `checkpoint_step_entries` is not a multiple of 8 of at least 8.
+    BadCheckpointStep,
+    /// One checkpoint region is empty and the other is not: checkpoints need two slots.
+    CheckpointSlotMissing,
+    /// A checkpoint region cannot hold a checkpoint of `capacity` events, or is not a multiple
+    /// of the erase size.
+    CheckpointRegionTooSmall {
+        /// Bytes a slot needs.
+        needed: u64,
+        /// Bytes the smaller region has.
+        given: u64,
+    },
     /// The log on the medium was written with another segment size.
     SegmentSizeMismatch {
         /// The size recorded on the medium.
@@ -204,6 +221,15 @@ impl ConfigError {
             ConfigError::SegmentSizeMismatch { .. } => {
                 "the log on the medium was written with another segment_bytes"
             }
+            ConfigError::BadCheckpointStep => {
+                "checkpoint_step_entries must be a multiple of 8, at least 8"
+            }
+            ConfigError::CheckpointSlotMissing => {
+                "the checkpoint and backup regions must both be empty or both be present"
+            }
+            ConfigError::CheckpointRegionTooSmall { .. } => {
+                "a checkpoint region cannot hold a checkpoint of capacity events (or is not a multiple of the erase size)"
+            }
         }
     }
 }
@@ -226,6 +252,13 @@ impl fmt::Display for ConfigError {
                 "{} (medium: {on_media}, configured: {configured})",
                 self.message()
             ),
+            ConfigError::CheckpointRegionTooSmall { needed, given } => {
+                write!(
+                    f,
+                    "{} (needed {needed} bytes, given {given})",
+                    self.message()
+                )
+            }
             other => f.write_str(other.message()),
         }
     }

@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod channel;
+pub mod checkpoint;
 mod config;
 mod error;
 mod log;

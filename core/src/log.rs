@@ -79,6 +79,7 @@ impl Geometry {
 /// go straight through. One record is usually one `write` call.
 pub(crate) struct WordWriter<'s, S: Storage> {
     storage: &'s mut S,
+    region: Region,
     align: usize,
     /// The region offset where `stage[0]` will land; always aligned.
     pos: u64,
@@ -87,10 +88,11 @@ pub(crate) struct WordWriter<'s, S: Storage> {
 }
 
 impl<'s, S: Storage> WordWriter<'s, S> {
-    pub fn new(storage: &'s mut S, align: u64, pos: u64) -> Self {
+    pub fn new(storage: &'s mut S, region: Region, align: u64, pos: u64) -> Self {
         debug_assert!(pos % align == 0);
         WordWriter {
             storage,
+            region,
             align: align as usize,
             pos,
             stage: [0; STAGE_BYTES],
@@ -104,7 +106,7 @@ impl<'s, S: Storage> WordWriter<'s, S> {
                 // A long run: write its aligned part straight from the caller's buffer.
                 let direct = bytes.len() - bytes.len() % self.align;
                 self.storage
-                    .write(Region::Log, self.pos, &bytes[..direct])?;
+                    .write(self.region, self.pos, &bytes[..direct])?;
                 self.pos += direct as u64;
                 bytes = &bytes[direct..];
                 continue;
@@ -114,7 +116,7 @@ impl<'s, S: Storage> WordWriter<'s, S> {
             self.fill += n;
             bytes = &bytes[n..];
             if self.fill == STAGE_BYTES {
-                self.storage.write(Region::Log, self.pos, &self.stage)?;
+                self.storage.write(self.region, self.pos, &self.stage)?;
                 self.pos += STAGE_BYTES as u64;
                 self.fill = 0;
             }
@@ -128,7 +130,7 @@ impl<'s, S: Storage> WordWriter<'s, S> {
             let padded = align_up(self.fill as u64, self.align as u64) as usize;
             self.stage[self.fill..padded].fill(0);
             self.storage
-                .write(Region::Log, self.pos, &self.stage[..padded])?;
+                .write(self.region, self.pos, &self.stage[..padded])?;
             self.pos += padded as u64;
         }
         Ok(self.pos)

@@ -151,14 +151,31 @@ impl Queue {
     }
 
     /// Removes every entry tagged `tag`, keeping the order of the rest. Returns how many.
-    pub fn remove_tagged(&mut self, mem: &mut [u64], tag: u8) -> usize {
+    ///
+    /// `watch` is a window `(start, len)` of indices that a checkpoint is copying: it is moved
+    /// and shrunk so that it covers the same surviving entries afterwards.
+    pub fn remove_tagged(
+        &mut self,
+        mem: &mut [u64],
+        tag: u8,
+        watch: Option<&mut (usize, usize)>,
+    ) -> usize {
         let mut j = self.span;
+        let (mut before, mut inside) = (0usize, 0usize);
+        let (w_start, w_len) = watch.as_ref().map_or((0, 0), |w| **w);
         for i in (0..self.span).rev() {
             let w = self.get(mem, i);
             if tag_of(w) != tag {
                 j -= 1;
                 self.set(mem, j, w);
+            } else if i < w_start {
+                before += 1;
+            } else if i < w_start + w_len {
+                inside += 1;
             }
+        }
+        if let Some(w) = watch {
+            *w = (w_start - before, w_len - inside);
         }
         let removed = j;
         self.head = self.index(removed);
@@ -225,12 +242,18 @@ mod tests {
         assert_eq!(q.take_next(&mut mem, 2).map(|x| x.1), Some(p(1)));
         assert_eq!(q.take_next(&mut mem, 1).map(|x| x.1), Some(p(2)));
         q.untag_all(&mut mem, 1);
-        assert_eq!(q.remove_tagged(&mut mem, 2), 1);
+        // A checkpoint copying entries 1..4 (1, 2, 3) sees entry 1 go: its window shrinks.
+        let mut watch = (1, 3);
+        assert_eq!(q.remove_tagged(&mut mem, 2, Some(&mut watch)), 1);
+        assert_eq!(watch, (1, 2));
         assert_eq!(&contents(&q, &mem)[..4], &[0, 2, 3, 4]);
         assert!(q.push_back(&mut mem, p(5)));
         assert_eq!(&contents(&q, &mem)[..5], &[0, 2, 3, 4, 5]);
         assert_eq!(q.take_next(&mut mem, 3).map(|x| x.1), Some(p(0)));
-        assert_eq!(q.remove_tagged(&mut mem, 3), 1);
+        // A window past the removed entry moves down by one.
+        let mut watch = (2, 2);
+        assert_eq!(q.remove_tagged(&mut mem, 3, Some(&mut watch)), 1);
+        assert_eq!(watch, (1, 2));
         assert_eq!(&contents(&q, &mem)[..4], &[2, 3, 4, 5]);
         assert_eq!(q.span(), 0);
     }

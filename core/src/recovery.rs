@@ -20,11 +20,15 @@
 //! loop in it is bounded by the geometry of the log.
 
 use crate::channel::{split, Channel};
+use crate::checkpoint::{
+    Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
+};
 use crate::error::Error;
 use crate::log::{payload_matches, read_record_header, read_segment_header, Geometry};
+use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
-    Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES,
+    Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C,
     POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
 use crate::storage::{Region, Storage};
@@ -37,8 +41,29 @@ pub enum RecoveryPath {
     /// The log was empty: a new channel.
     #[default]
     New,
-    /// Every retained segment of the log was replayed.
+    /// The newest checkpoint, then the log after it.
+    Checkpoint,
+    /// The newest checkpoint was bad or unfinished: the previous one (the backup), then the log
+    /// after it.
+    Backup,
+    /// No checkpoint could be used: every retained segment of the log was replayed.
     FullReplay,
+}
+
+/// What replay leaves for the channel to go on from.
+pub(crate) struct Replayed {
+    /// The newest segment on the medium, if any.
+    pub newest: Option<u64>,
+    /// The sequence number this run's first segment gets.
+    pub roll_to: u64,
+}
+
+/// What reading a checkpoint slot found.
+enum SlotRead {
+    Valid(Found),
+    /// A started mark, but no matching complete mark or entries that check out.
+    Incomplete(u64),
+    Invalid,
 }
 
 /// What recovery found and did, with counters like Flume's replay report.
@@ -77,7 +102,11 @@ pub struct Recovery {
     pub unmatched_takes: u64,
     /// Events in the queue after recovery.
     pub events: u64,
-    /// The oldest and newest segment sequence numbers replayed.
+    /// The number of the checkpoint used (0 if none).
+    pub checkpoint: u64,
+    /// Events the checkpoint held.
+    pub checkpoint_events: u64,
+    /// The oldest segment still in the log, and the newest.
     pub first_segment: u64,
     /// See `first_segment`.
     pub last_segment: u64,
@@ -121,9 +150,9 @@ type Visit<'v, T, E> =
     dyn FnMut(&mut T, u64, u64, Option<&RecordHeader>) -> Result<bool, Error<E>> + 'v;
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
-    /// Replays the log into the queue. Returns the newest segment's sequence number, or `None`
-    /// for an empty log.
-    pub(crate) fn replay(&mut self) -> Result<Option<u64>, Error<S::Error>> {
+    /// Rebuilds the queue: from the newest usable checkpoint plus the log after it, else by
+    /// replaying the whole retained log.
+    pub(crate) fn replay(&mut self) -> Result<Replayed, Error<S::Error>> {
         let geo = self.geo;
         let mut newest: Option<u64> = None;
         for slot in 0..geo.segments as u32 {
@@ -131,19 +160,63 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 newest = Some(newest.map_or(h.seq, |n: u64| n.max(h.seq)));
             }
         }
-        let Some(newest) = newest else {
-            self.recovery.path = RecoveryPath::New;
-            return Ok(None);
-        };
         // Walk back over the unbroken run of segments that ends at the newest one.
-        let mut start = newest;
-        while start > 0 && newest - start + 1 < geo.segments {
-            match self.valid_header(geo.slot_of(start - 1))? {
-                Some(h) if h.seq == start - 1 => start -= 1,
-                _ => break,
+        let mut start = newest.unwrap_or(0);
+        if let Some(newest) = newest {
+            while start > 0 && newest - start + 1 < geo.segments {
+                match self.valid_header(geo.slot_of(start - 1))? {
+                    Some(h) if h.seq == start - 1 => start -= 1,
+                    _ => break,
+                }
             }
         }
         self.recovery.first_segment = start;
+        let from = if self.ckpt.enabled {
+            self.load_checkpoint(newest, start)?
+        } else {
+            None
+        };
+        let Some(newest) = newest else {
+            // No log at all: a new channel, or a checkpoint of an empty log.
+            if from.is_none() {
+                self.recovery.path = RecoveryPath::New;
+            }
+            self.next_wid = from.map_or(0, |f| f.wid);
+            return Ok(Replayed {
+                newest: None,
+                roll_to: from.map_or(0, |f| f.seq),
+            });
+        };
+        let from = match from {
+            Some(from) => from,
+            None => {
+                self.recovery.path = RecoveryPath::FullReplay;
+                ReplayFrom {
+                    seq: start,
+                    offset: geo.first_record as u32,
+                    wid: 0,
+                }
+            }
+        };
+        self.next_wid = from.wid;
+        if from.seq <= newest {
+            self.replay_segments(from, newest)?;
+        }
+        let r = &mut self.recovery;
+        r.last_segment = newest;
+        r.events = self.queue.len() as u64;
+        r.uncommitted_puts = r
+            .puts
+            .saturating_sub(r.events_committed + r.corrupt_events_dropped);
+        Ok(Replayed {
+            newest: Some(newest),
+            roll_to: (newest + 1).max(from.seq),
+        })
+    }
+
+    /// Replays segments `from.seq..=newest`, the first from `from`'s offset.
+    fn replay_segments(&mut self, from: ReplayFrom, newest: u64) -> Result<(), Error<S::Error>> {
+        let geo = self.geo;
         let mut state = Replay {
             suspect: None,
             last_break: None,
@@ -151,8 +224,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             run_continues: false,
         };
         let mut next_wid: Option<u64> = None;
-        let mut current = self.valid_header(geo.slot_of(start))?;
-        for seq in start..=newest {
+        let mut current = self.valid_header(geo.slot_of(from.seq))?;
+        for seq in from.seq..=newest {
             let Some(header) = current.filter(|h| h.seq == seq) else {
                 break;
             };
@@ -176,7 +249,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
             state.limit = following.map_or(u64::MAX, |h| h.base_wid);
             state.run_continues = following.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED == 0);
-            let first = (geo.first_record, 0);
+            let first = if seq == from.seq && from.wid >= header.base_wid {
+                (from.offset as u64, from.wid - header.base_wid)
+            } else {
+                (geo.first_record, 0)
+            };
             let end = self.walk(
                 &header,
                 first,
@@ -197,15 +274,180 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             self.recovery.segments_replayed += 1;
             current = following;
         }
-        self.next_wid = next_wid.unwrap_or(0);
-        let r = &mut self.recovery;
-        r.path = RecoveryPath::FullReplay;
-        r.last_segment = newest;
-        r.events = self.queue.len() as u64;
-        r.uncommitted_puts = r
-            .puts
-            .saturating_sub(r.events_committed + r.corrupt_events_dropped);
-        Ok(Some(newest))
+        if let Some(w) = next_wid {
+            self.next_wid = self.next_wid.max(w);
+        }
+        Ok(())
+    }
+
+    /// Loads the newest usable checkpoint into the queue and returns where replay resumes, or
+    /// `None` if no checkpoint can be used (replay then starts at the oldest segment).
+    fn load_checkpoint(
+        &mut self,
+        newest: Option<u64>,
+        start: u64,
+    ) -> Result<Option<ReplayFrom>, Error<S::Error>> {
+        let mut found = [None, None];
+        let mut newest_started = 0;
+        for (i, region) in SLOTS.into_iter().enumerate() {
+            match self.read_slot(region)? {
+                SlotRead::Valid(f) => {
+                    newest_started = newest_started.max(f.started.ckpt_seq);
+                    found[i] = Some(f);
+                }
+                SlotRead::Incomplete(seq) => newest_started = newest_started.max(seq),
+                SlotRead::Invalid => {}
+            }
+        }
+        self.ckpt.next_seq = newest_started + 1;
+        // Newest first; an unusable one is left to be overwritten first.
+        let mut order = [0usize, 1];
+        if found[1].map(|f| f.started.ckpt_seq) > found[0].map(|f| f.started.ckpt_seq) {
+            order = [1, 0];
+        }
+        for i in order {
+            let Some(f) = found[i] else { continue };
+            if !self.checkpoint_usable(&f.started.from, newest, start)? {
+                continue;
+            }
+            match self.load_entries(&f) {
+                Ok(()) => {}
+                Err(Error::Corrupted { .. }) => {
+                    self.queue = Queue::new(self.config.capacity() as usize);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            for (j, other) in found.iter().enumerate() {
+                self.ckpt.valid[j] = other
+                    .filter(|o| j == i || o.started.ckpt_seq < f.started.ckpt_seq)
+                    .map(|o| (o.started.ckpt_seq, o.started.from));
+            }
+            let r = &mut self.recovery;
+            r.path = if f.started.ckpt_seq == newest_started {
+                RecoveryPath::Checkpoint
+            } else {
+                RecoveryPath::Backup
+            };
+            r.checkpoint = f.started.ckpt_seq;
+            r.checkpoint_events = f.entries;
+            self.next_txn_id = f.started.next_txn;
+            return Ok(Some(f.started.from));
+        }
+        Ok(None)
+    }
+
+    /// A checkpoint is usable if the log it resumes from is still there.
+    fn checkpoint_usable(
+        &mut self,
+        from: &ReplayFrom,
+        newest: Option<u64>,
+        start: u64,
+    ) -> Result<bool, Error<S::Error>> {
+        let Some(newest) = newest else {
+            return Ok(true);
+        };
+        if from.seq > newest {
+            // Nothing was written after the checkpoint.
+            return Ok(from.seq == newest + 1);
+        }
+        if from.seq < start {
+            return Ok(false);
+        }
+        let header = self.valid_header(self.geo.slot_of(from.seq))?;
+        Ok(header.is_some_and(|h| {
+            h.seq == from.seq
+                && h.base_wid <= from.wid
+                && from.wid - h.base_wid <= u32::MAX as u64
+                && from.offset as u64 >= self.geo.first_record
+                && from.offset as u64 <= self.geo.segment_bytes
+        }))
+    }
+
+    /// Reads and checks one checkpoint slot.
+    fn read_slot(&mut self, region: Region) -> Result<SlotRead, Error<S::Error>> {
+        let mut b = [0u8; STARTED_BYTES];
+        self.storage
+            .read(region, 0, &mut b)
+            .map_err(Error::Storage)?;
+        let started = match Started::decode(&b) {
+            None => return Ok(SlotRead::Invalid),
+            Some(Err(found)) => return Err(Error::UnsupportedFormat { found }),
+            Some(Ok(s)) => s,
+        };
+        if started.segment_bytes as u64 != self.geo.segment_bytes {
+            return Err(crate::error::ConfigError::SegmentSizeMismatch {
+                on_media: started.segment_bytes,
+                configured: self.geo.segment_bytes as u32,
+            }
+            .into());
+        }
+        let room = self.storage.capacity(region);
+        let layout = match started.max_entries.checked_mul(POINTER_BYTES as u64) {
+            Some(bytes) if bytes <= room => SlotLayout::new(started.max_entries, self.geo.align),
+            _ => return Ok(SlotRead::Invalid),
+        };
+        if layout.end > room {
+            return Ok(SlotRead::Invalid);
+        }
+        let mut c = [0u8; COMPLETE_BYTES];
+        self.storage
+            .read(region, layout.complete_at, &mut c)
+            .map_err(Error::Storage)?;
+        let complete = match Complete::decode(&c) {
+            Some(c) if c.ckpt_seq == started.ckpt_seq && c.entries <= started.max_entries => c,
+            _ => return Ok(SlotRead::Incomplete(started.ckpt_seq)),
+        };
+        let mut digest = CRC32C.digest();
+        let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
+        let total = complete.entries * POINTER_BYTES as u64;
+        let mut done = 0u64;
+        // Bounded by `max_entries`, checked against the region's size above.
+        while done < total {
+            let n = (total - done).min(buf.len() as u64) as usize;
+            self.storage
+                .read(region, layout.entries_at + done, &mut buf[..n])
+                .map_err(Error::Storage)?;
+            digest.update(&buf[..n]);
+            done += n as u64;
+        }
+        if digest.finalize() != complete.entries_crc {
+            return Ok(SlotRead::Incomplete(started.ckpt_seq));
+        }
+        Ok(SlotRead::Valid(Found {
+            region,
+            started,
+            entries: complete.entries,
+        }))
+    }
+
+    /// Puts a valid checkpoint's entries in the queue.
+    fn load_entries(&mut self, f: &Found) -> Result<(), Error<S::Error>> {
+        let layout = SlotLayout::new(f.started.max_entries, self.geo.align);
+        let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
+        let mut done = 0u64;
+        while done < f.entries {
+            let n = (f.entries - done).min(POINTERS_PER_CHUNK as u64) as usize;
+            let at = layout.entries_at + done * POINTER_BYTES as u64;
+            self.storage
+                .read(f.region, at, &mut buf[..n * POINTER_BYTES])
+                .map_err(Error::Storage)?;
+            for raw in buf[..n * POINTER_BYTES].chunks_exact(POINTER_BYTES) {
+                let p = Pointer::decode(raw);
+                if !self.geo.pointer_in_bounds(p) {
+                    return Err(Error::Corrupted {
+                        region: f.region,
+                        offset: at,
+                    });
+                }
+                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                if !self.queue.push_back(qmem, p) {
+                    return Err(Error::CapacityTooSmall { needed: f.entries });
+                }
+            }
+            done += n as u64;
+        }
+        Ok(())
     }
 
     /// The header in `slot` if it is valid; errors for a format this build cannot read.
@@ -373,10 +615,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             Some(RecordKind::TakeCommit) => {
                 self.recovery.take_commits += 1;
                 let mut cursor = 0usize;
-                self.for_each_pointer(here, record, |ch, p, live| {
-                    if !live {
-                        return Ok(());
-                    }
+                // No liveness filter here: a checkpoint may hold an event whose segment was
+                // reclaimed after this take consumed it, and it must still leave the queue.
+                self.for_each_pointer(here, record, |ch, p, _| {
                     let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
                     match ch.queue.mark(qmem, p, TAG_REPLAY, cursor) {
                         Some(i) => cursor = i + 1,
@@ -385,7 +626,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                     Ok(())
                 })?;
                 let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
-                self.recovery.events_taken += self.queue.remove_tagged(qmem, TAG_REPLAY) as u64;
+                self.recovery.events_taken +=
+                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;
             }
             None => {}
         }

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sluicegate_core::{Channel, Config, Error, Region, StorageErrorKind, Txn};
+use sluicegate_core::{Channel, Config, Error, RecoveryPath, Region, StorageErrorKind, Txn};
 
 use crate::sim::{CrashPolicy, SimError, SimStorage};
 
@@ -38,16 +38,38 @@ pub struct Scenario {
     pub steps: usize,
     /// Most transactions open at once in the workload.
     pub concurrent: usize,
+    /// The size of each checkpoint region (0: no checkpoints, recovery by full replay).
+    pub slot_bytes: usize,
+    /// Probability that a checkpoint region is damaged before a recovery (0 to 1).
+    pub damage_checkpoints: f64,
 }
 
 impl Scenario {
     /// The scenario the runner uses for `seed`: [`Scenario::small`] on a medium that erases to
     /// `0xFF` or to `0x00`, with one to three transactions open at once, all chosen by the seed.
+    ///
+    /// Three seeds in four also take checkpoints, automatically every 1 to 3 commits, in steps
+    /// of 8 entries, and have their checkpoint regions damaged before some recoveries.
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
         s.concurrent = 1 + (seed / 2 % 3) as usize;
+        if seed % 4 != 0 {
+            s = s.with_checkpoints((seed % 4) as u32);
+        }
         s
+    }
+
+    /// The same scenario with checkpoint regions, a checkpoint every `every` commits, and
+    /// damage to a checkpoint region before one recovery in three.
+    pub const fn with_checkpoints(mut self, every: u32) -> Self {
+        self.config = self
+            .config
+            .with_checkpoints(every, 0, 0)
+            .with_checkpoint_step(8);
+        self.slot_bytes = 512;
+        self.damage_checkpoints = 0.33;
+        self
     }
 
     /// A small scenario whose log is 8 segments of 512 bytes, so segments fill, roll and get
@@ -59,6 +81,8 @@ impl Scenario {
             erased: 0xFF,
             steps,
             concurrent: 2,
+            slot_bytes: 0,
+            damage_checkpoints: 0.0,
         }
     }
 }
@@ -84,6 +108,10 @@ pub struct Outcome {
     pub uncommitted_puts: u64,
     /// Damaged events a take refused to deliver in the media-decay checks.
     pub decayed_events_refused: u64,
+    /// Recoveries by path: new, checkpoint, backup, full replay.
+    pub paths: [u64; 4],
+    /// Checkpoints completed.
+    pub checkpoints: u64,
 }
 
 impl std::ops::AddAssign for Outcome {
@@ -97,6 +125,10 @@ impl std::ops::AddAssign for Outcome {
         self.corrupt_records_skipped += o.corrupt_records_skipped;
         self.uncommitted_puts += o.uncommitted_puts;
         self.decayed_events_refused += o.decayed_events_refused;
+        for (a, b) in self.paths.iter_mut().zip(o.paths) {
+            *a += b;
+        }
+        self.checkpoints += o.checkpoints;
     }
 }
 
@@ -169,7 +201,7 @@ pub fn run<const W: usize, const E: usize>(
         "the checker reads the whole queue through max_transactions take transactions"
     );
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
-    let mut sim: Sim<W, E> = SimStorage::new(scenario.log_bytes, scenario.erased);
+    let mut sim: Sim<W, E> = new_sim(scenario);
     let mut memory = vec![0u64; config.memory_words()];
     let mut model: VecDeque<u64> = VecDeque::new();
     let mut next_id = 0u64;
@@ -198,6 +230,7 @@ pub fn run<const W: usize, const E: usize>(
                         &mut next_id,
                         &mut outcome,
                     );
+                    outcome.checkpoints += channel.stats().checkpoints;
                     r.map_err(&fail)?
                 }
             }
@@ -214,9 +247,24 @@ pub fn run<const W: usize, const E: usize>(
         if let Some(v) = sim.violations().first() {
             return Err(fail(format!("NOR rule broken: {v}")));
         }
+        if scenario.slot_bytes > 0 && rng.random_bool(scenario.damage_checkpoints) {
+            // The log is intact: whatever happens to the checkpoints, nothing may be lost.
+            let which = rng.random_range(0..3);
+            for (i, region) in [Region::Checkpoint, Region::Backup].into_iter().enumerate() {
+                if which == i || which == 2 {
+                    damage_written(&mut sim, region, scenario.erased, &mut rng);
+                }
+            }
+        }
         let channel = Channel::open(&mut sim, &mut memory[..], config)
             .map_err(|e| fail(format!("reopen after the cut failed: {e}")))?;
         let r = channel.recovery();
+        outcome.paths[match r.path {
+            RecoveryPath::New => 0,
+            RecoveryPath::Checkpoint => 1,
+            RecoveryPath::Backup => 2,
+            _ => 3,
+        }] += 1;
         outcome.torn_commits_dropped += r.torn_commits_dropped;
         outcome.corrupt_records_skipped += r.corrupt_records_skipped;
         outcome.uncommitted_puts += r.uncommitted_puts;
@@ -226,6 +274,32 @@ pub fn run<const W: usize, const E: usize>(
             decay_check(&sim, scenario, &mut rng, next_id).map_err(&fail)?;
     }
     Ok(outcome)
+}
+
+/// A blank medium for the scenario: its log, and its checkpoint regions if it has any.
+fn new_sim<const W: usize, const E: usize>(scenario: &Scenario) -> Sim<W, E> {
+    let slots = scenario.slot_bytes;
+    SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased)
+}
+
+/// Flips one random bit among the written bytes of a region, if it has any.
+fn damage_written<const W: usize, const E: usize>(
+    sim: &mut Sim<W, E>,
+    region: Region,
+    erased: u8,
+    rng: &mut Pcg64Mcg,
+) {
+    let written: Vec<usize> = sim
+        .image(region)
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b != erased)
+        .map(|(i, _)| i)
+        .collect();
+    if !written.is_empty() {
+        let at = written[rng.random_range(0..written.len())];
+        sim.flip_bit(region, at, rng.random_range(0..8));
+    }
 }
 
 /// Flips a few random bits in written parts of a copy of the log, reopens it and drains it.
@@ -338,6 +412,15 @@ fn epoch_workload<const W: usize, const E: usize>(
     let mut buf = vec![0u8; max_event];
 
     for _ in 0..scenario.steps {
+        if scenario.slot_bytes > 0 && rng.random_bool(0.03) {
+            // A checkpoint on demand, with transactions open around it.
+            match channel.checkpoint() {
+                Ok(()) => {}
+                Err(e) if is_power_loss(&e) => return Ok(None),
+                Err(e) => return Err(format!("checkpoint failed: {e}")),
+            }
+            continue;
+        }
         if open.len() < scenario.concurrent && (open.is_empty() || rng.random_bool(0.3)) {
             match channel.begin() {
                 Ok(handle) => open.push(OpenTxn {
@@ -408,6 +491,8 @@ fn epoch_workload<const W: usize, const E: usize>(
                         }
                         t.target = t.ids.len();
                     }
+                    // A checkpoint step after a durable commit may be what lost the power.
+                    Err(e) if is_power_loss(&e) => return Ok(None),
                     Err(e) => return Err(format!("take failed: {e}")),
                 },
                 Kind::Unknown => unreachable!("kind was just chosen"),
@@ -509,8 +594,9 @@ fn verify<const W: usize, const E: usize>(
     let stats = channel.stats();
     if stats.corrupt_events_skipped != 0 {
         return Err(format!(
-            "{} committed events were unreadable after recovery",
-            stats.corrupt_events_skipped
+            "{} committed events were unreadable after recovery; recovery: {:?}",
+            stats.corrupt_events_skipped,
+            channel.recovery()
         ));
     }
     let base: Vec<u64> = model.iter().copied().collect();
@@ -563,7 +649,7 @@ pub fn mutations_of_first_epoch<const W: usize, const E: usize>(
     // Run with a cut far beyond the end: the epoch completes, then count.
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let config = scenario.config;
-    let mut sim: Sim<W, E> = SimStorage::new(scenario.log_bytes, scenario.erased);
+    let mut sim: Sim<W, E> = new_sim(scenario);
     let mut memory = vec![0u64; config.memory_words()];
     let mut model = VecDeque::new();
     let mut next_id = 0;

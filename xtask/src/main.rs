@@ -269,7 +269,7 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 6] = [
+const MUTANTS: [Mutant; 9] = [
     Mutant {
         name: "commit returns without syncing",
         file: "core/src/channel.rs",
@@ -306,6 +306,25 @@ const MUTANTS: [Mutant; 6] = [
         from: "restart_pending: true,",
         to: "restart_pending: false,",
     },
+    Mutant {
+        name: "a checkpoint starts without syncing the log",
+        file: "core/src/checkpoint.rs",
+        from: "        self.sync_log()?;\n        let slot",
+        to: "        self.sync()?;\n        let slot",
+    },
+    Mutant {
+        name: "replay lets take commits remove only events in retained segments",
+        file: "core/src/recovery.rs",
+        from: "self.for_each_pointer(here, record, |ch, p, _| {",
+        to: "self.for_each_pointer(here, record, |ch, p, live| { if !live { return Ok(()); }",
+    },
+    Mutant {
+        name: "a checkpoint's cursor does not follow events removed while it is written",
+        file: "core/src/channel.rs",
+        from: "                ip.cursor = cursor;\n                ip.remaining = remaining;",
+        to: "                let _ = (cursor, remaining);",
+    },
+
 ];
 
 /// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and

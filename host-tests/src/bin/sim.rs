@@ -181,6 +181,11 @@ fn main() -> ExitCode {
                 total.torn_commits_dropped, total.corrupt_records_skipped, total.uncommitted_puts,
                 total.decayed_events_refused
             );
+            let [new, checkpoint, backup, replay] = total.paths;
+            println!(
+                "sim: {} checkpoints written; recoveries from: a new log {new}, the checkpoint {checkpoint}, the backup {backup}, a full replay {replay}",
+                total.checkpoints
+            );
             println!("sim: {crash_points} crash points, 0 violations ({secs:.1} s)");
             ExitCode::SUCCESS
         }
