@@ -1,9 +1,10 @@
 //! Recovery from any damage to a real log never panics, never breaks a NOR rule, and never
 //! delivers an event whose bytes differ from what was put.
 //!
-//! The input's first 8 bytes seed a workload that writes a valid log; the rest is a list of
-//! damages (3 bytes each: a 16-bit offset into the log and a byte to store there). Random bytes
-//! alone would almost never pass a CRC, so starting from a valid log reaches deep into replay.
+//! The input's first 8 bytes seed a workload that writes a valid log and checkpoints; the rest
+//! is a list of damages (3 bytes each: a 16-bit offset, whose top two bits pick the log, the
+//! checkpoint or the backup region, and a byte to store there). Random bytes alone would almost
+//! never pass a CRC, so starting from a valid log reaches deep into replay.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,15 +12,18 @@ use sluicegate_core::{Channel, Config, Region};
 use sluicegate_sim::model::event_bytes;
 use sluicegate_sim::{CrashPolicy, SimStorage};
 
-const CONFIG: Config = Config::new(24, 6, 4, 40, 512);
+const CONFIG: Config = Config::new(24, 6, 4, 40, 512)
+    .with_checkpoints(2, 0, 0)
+    .with_checkpoint_step(8);
 const LOG_BYTES: usize = 8 * 512;
+const SLOT_BYTES: usize = 512;
 
 fuzz_target!(|data: &[u8]| {
     let Some((seed, damage)) = data.split_first_chunk::<8>() else {
         return;
     };
     let seed = u64::from_le_bytes(*seed);
-    let mut sim: SimStorage<4, 256> = SimStorage::new(LOG_BYTES, 0xFF);
+    let mut sim: SimStorage<4, 256> = SimStorage::with_checkpoints(LOG_BYTES, SLOT_BYTES, 0xFF);
     let mut memory = vec![0u64; CONFIG.memory_words()];
     // A deterministic workload: puts in batches, some takes, some rollbacks.
     {
@@ -52,8 +56,13 @@ fuzz_target!(|data: &[u8]| {
     }
     sim.reboot(seed, CrashPolicy::Random);
     for chunk in damage.chunks_exact(3) {
-        let offset = u16::from_le_bytes([chunk[0], chunk[1]]) as usize % LOG_BYTES;
-        sim.overwrite(Region::Log, offset, &[chunk[2]]);
+        let raw = u16::from_le_bytes([chunk[0], chunk[1]]) as usize;
+        let (region, size) = match raw >> 14 {
+            0 | 1 => (Region::Log, LOG_BYTES),
+            2 => (Region::Checkpoint, SLOT_BYTES),
+            _ => (Region::Backup, SLOT_BYTES),
+        };
+        sim.overwrite(region, raw % size, &[chunk[2]]);
     }
     let Ok(mut ch) = Channel::open(&mut sim, &mut memory[..], CONFIG) else {
         return;

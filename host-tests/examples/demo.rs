@@ -6,13 +6,15 @@
 use sluicegate_core::{Channel, Config, Error};
 use sluicegate_sim::{CrashPolicy, SimError, SimStorage};
 
-/// 64 events of up to 100 bytes, transactions of up to 16, 4 at once, 1 KiB segments.
-const CONFIG: Config = Config::new(64, 16, 4, 100, 1024);
+/// 64 events of up to 100 bytes, transactions of up to 16, 4 at once, 1 KiB segments; a
+/// checkpoint every 3 commits.
+const CONFIG: Config = Config::new(64, 16, 4, 100, 1024).with_checkpoints(3, 0, 0);
 /// 16 segments of 1 KiB on a medium with 4-byte words and 512-byte erase blocks.
 type Medium = SimStorage<4, 512>;
 
 fn main() -> Result<(), Error<SimError>> {
-    let mut flash: Medium = SimStorage::new(16 * 1024, 0xFF);
+    // A 16 KiB log and two 1 KiB checkpoint slots.
+    let mut flash: Medium = SimStorage::with_checkpoints(16 * 1024, 1024, 0xFF);
     let mut memory = vec![0u64; CONFIG.memory_words()];
     println!(
         "channel: capacity {} events, {} bytes of RAM for the queue and transactions",
@@ -54,8 +56,8 @@ fn main() -> Result<(), Error<SimError>> {
     );
     let ops = channel.storage().counters();
     println!(
-        "medium so far: {} writes ({} bytes), {} erases, {} syncs",
-        ops.writes, ops.bytes_written, ops.erases, ops.syncs
+        "medium so far: {} writes ({} bytes), {} erases, {} syncs; {} checkpoints",
+        ops.writes, ops.bytes_written, ops.erases, ops.syncs, stats.checkpoints
     );
 
     // Power fails. Whatever was not synced may or may not have reached the medium.
@@ -63,8 +65,8 @@ fn main() -> Result<(), Error<SimError>> {
     let mut channel = Channel::open(&mut flash, &mut memory[..], CONFIG)?;
     let r = *channel.recovery();
     println!(
-        "open #2 after the power cut: {:?} of {} segments: {} records, {} puts, {} put commits, {} take commits, {} uncommitted puts ignored",
-        r.path, r.segments_replayed, r.records_read, r.puts, r.put_commits, r.take_commits, r.uncommitted_puts
+        "open #2 after the power cut: from {:?} #{} ({} events), then the log after it: {} records, {} puts, {} put commits, {} take commits, {} uncommitted puts ignored",
+        r.path, r.checkpoint, r.checkpoint_events, r.records_read, r.puts, r.put_commits, r.take_commits, r.uncommitted_puts
     );
     let tx = channel.begin()?;
     let mut first = None;

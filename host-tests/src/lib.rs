@@ -11,6 +11,21 @@
 //! Firmware teams can run their application logic on the host against [`sim::SimStorage`] and
 //! cut its power wherever they like; see the example on [`sim`].
 
+//! A storage can carry only one channel at a time: a channel holds its storage (or a `&mut` to
+//! it), so opening a second channel on the same storage while the first is alive does not
+//! compile:
+//!
+//! ```compile_fail
+//! use sluicegate_core::{Channel, Config};
+//! use sluicegate_sim::SimStorage;
+//! const CONFIG: Config = Config::new(8, 4, 2, 64, 512);
+//! let mut sim: SimStorage<4, 256> = SimStorage::new(8 * 512, 0xFF);
+//! let (mut m1, mut m2) = (vec![0u64; CONFIG.memory_words()], vec![0u64; CONFIG.memory_words()]);
+//! let first = Channel::open(&mut sim, &mut m1[..], CONFIG).unwrap();
+//! let second = Channel::open(&mut sim, &mut m2[..], CONFIG).unwrap(); // error: `sim` is borrowed
+//! drop((first, second));
+//! ```
+
 pub mod model;
 pub mod sim;
 

@@ -547,3 +547,158 @@ fn empty_commit_and_empty_checkpoint_restart() {
     let mut ch = open(&mut sim, &mut mem);
     assert_eq!(peek_all(&mut ch), v(&[b"after"]));
 }
+
+/// Erases a region as if its files were deleted.
+fn delete(sim: &mut Sim, region: Region) {
+    let len = sim.image(region).len();
+    sim.overwrite(region, 0, &vec![0xFF; len]);
+}
+
+/// The newest checkpoint deleted: the other slot is used; both deleted: a full replay; nothing is
+/// lost either way (Flume: checkpoint deleted, with and without backup).
+#[test]
+fn deleted_checkpoints_fall_back_without_loss() {
+    for (deleted, path) in [
+        (vec![Region::Backup], RecoveryPath::Checkpoint),
+        (vec![Region::Checkpoint], RecoveryPath::Checkpoint),
+        (
+            vec![Region::Checkpoint, Region::Backup],
+            RecoveryPath::FullReplay,
+        ),
+    ] {
+        let mut sim = sim();
+        let mut mem = memory(&CONFIG);
+        {
+            let mut ch = open(&mut sim, &mut mem);
+            put_all(&mut ch, &[b"a", b"b"]);
+            ch.checkpoint().unwrap();
+            take_n(&mut ch, 1, true);
+            ch.checkpoint().unwrap();
+            put_all(&mut ch, &[b"c"]);
+        }
+        for r in &deleted {
+            delete(&mut sim, *r);
+        }
+        let mut ch = open(&mut sim, &mut mem);
+        assert_eq!(ch.recovery().path, path, "{deleted:?}");
+        assert_eq!(peek_all(&mut ch), v(&[b"b", b"c"]), "{deleted:?}");
+    }
+}
+
+/// A complete mark that belongs to another checkpoint (its number differs from the started
+/// mark's) is refused, and the other slot is used (Flume: meta WOID differs from the header's).
+#[test]
+fn mismatched_marks_are_refused() {
+    let mut sim = sim();
+    let mut mem = memory(&CONFIG);
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a"]);
+        ch.checkpoint().unwrap(); // number 1 in Checkpoint
+        ch.checkpoint().unwrap(); // number 2 in Backup
+        ch.checkpoint().unwrap(); // number 3 in Checkpoint
+    }
+    // Same layout (one entry): put number 2's complete mark under number 3's started mark.
+    let complete_at = STARTED_BYTES + 8;
+    let mark = sim.image(Region::Backup)[complete_at..complete_at + 32].to_vec();
+    sim.overwrite(Region::Checkpoint, complete_at, &mark);
+    let mut ch = open(&mut sim, &mut mem);
+    let r = *ch.recovery();
+    assert_eq!((r.path, r.checkpoint), (RecoveryPath::Backup, 2));
+    assert_eq!(peek_all(&mut ch), v(&[b"a"]));
+}
+
+/// Random bytes in a checkpoint written while a put and a take transaction were open across it:
+/// the other slot is used, the late-committed put survives and the late-committed take stays
+/// taken (Flume: random bytes in inflightputs / inflighttakes).
+#[test]
+fn damaged_checkpoint_with_transactions_open_across_it() {
+    let mut sim = sim();
+    let mut mem = memory(&CONFIG);
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a", b"b", b"c"]);
+        ch.checkpoint().unwrap();
+        let put = ch.begin().unwrap();
+        ch.put(put, b"late").unwrap();
+        let take = ch.begin().unwrap();
+        let mut buf = [0u8; 64];
+        ch.take(take, &mut buf).unwrap();
+        ch.checkpoint().unwrap();
+        ch.commit(put).unwrap();
+        ch.commit(take).unwrap();
+    }
+    sim.overwrite(
+        Region::Backup,
+        STARTED_BYTES + 4,
+        &[0x5a, 0x11, 0xc3, 0x07, 0x99, 0x42, 0xee, 0x01],
+    );
+    crash(&mut sim);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(ch.recovery().path, RecoveryPath::Backup);
+    assert_eq!(peek_all(&mut ch), v(&[b"b", b"c", b"late"]));
+}
+
+/// A stray segment left outside the log's run (garbage, or an old valid-looking header) is
+/// ignored (Flume: an extra empty log file and a stray .tmp are ignored).
+#[test]
+fn stray_segment_outside_the_run_is_ignored() {
+    let mut sim = sim();
+    let mut mem = memory(&CONFIG);
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"a"]);
+        ch.close().unwrap();
+    }
+    // Slot 5 was never used: put garbage there.
+    sim.overwrite(Region::Log, 5 * 512, &[0x42; 100]);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(ch.recovery().path, RecoveryPath::Checkpoint);
+    assert_eq!(peek_all(&mut ch), v(&[b"a"]));
+    put_all(&mut ch, &[b"b"]);
+    assert!(ch.storage().violations().is_empty());
+}
+
+/// An empty event body is an event like any other (Flume: a null header value becomes "").
+#[test]
+fn empty_event_round_trips() {
+    let mut sim = sim();
+    let mut mem = memory(&CONFIG);
+    {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[b"", b"x", b""]);
+    }
+    crash(&mut sim);
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(peek_all(&mut ch), v(&[b"", b"x", b""]));
+}
+
+/// A rollback leaves nothing in flight: no pending put, no taken event, no open transaction
+/// (Flume: FLUME-1606, a put rollback leaking inflights).
+#[test]
+fn rollback_leaves_nothing_in_flight() {
+    let mut sim = sim();
+    let mut mem = memory(&CONFIG);
+    let mut ch = open(&mut sim, &mut mem);
+    put_all(&mut ch, &[b"a", b"b"]);
+    let put = ch.begin().unwrap();
+    ch.put(put, b"p").unwrap();
+    let take = ch.begin().unwrap();
+    let mut buf = [0u8; 64];
+    ch.take(take, &mut buf).unwrap();
+    let s = ch.stats();
+    assert_eq!(
+        (s.pending_puts, s.in_flight_takes, s.open_transactions),
+        (1, 1, 2)
+    );
+    ch.rollback(put).unwrap();
+    ch.rollback(take).unwrap();
+    let s = ch.stats();
+    assert_eq!(
+        (s.pending_puts, s.in_flight_takes, s.open_transactions),
+        (0, 0, 0)
+    );
+    ch.checkpoint().unwrap();
+    let mut ch = open(&mut sim, &mut mem);
+    assert_eq!(peek_all(&mut ch), v(&[b"a", b"b"]));
+}
