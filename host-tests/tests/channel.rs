@@ -4,7 +4,9 @@ use sluicegate_core::record::{CRC32C, SEGMENT_HEADER_BYTES};
 use sluicegate_core::{Channel, Config, ConfigError, Error, Recovery, RecoveryPath, Region};
 use sluicegate_sim::{CrashPolicy, OpKind, SimStorage};
 
-type Sim = SimStorage<4, 256>;
+mod common;
+use common::{put_all, take_n, v, Chan, Sim};
+
 const CONFIG: Config = Config::new(8, 4, 3, 64, 512);
 const LOG_BYTES: usize = 8 * 512;
 
@@ -16,41 +18,13 @@ fn memory() -> Vec<u64> {
     vec![0; CONFIG.memory_words()]
 }
 
-type Chan<'a> = Channel<&'a mut Sim, &'a mut [u64]>;
-
 fn open<'a>(sim: &'a mut Sim, mem: &'a mut [u64]) -> Chan<'a> {
     Channel::open(sim, mem, CONFIG).expect("open")
 }
 
-fn put_all(ch: &mut Chan<'_>, events: &[&[u8]]) {
-    let tx = ch.begin().unwrap();
-    for e in events {
-        ch.put(tx, e).unwrap();
-    }
-    ch.commit(tx).unwrap();
-}
-
-/// Takes everything available in one transaction and commits or rolls back.
+/// Takes up to a transaction's worth of events in one transaction.
 fn take_all(ch: &mut Chan<'_>, commit: bool) -> Vec<Vec<u8>> {
-    let tx = ch.begin().unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 64];
-    while let Some(n) = ch.take(tx, &mut buf).unwrap() {
-        out.push(buf[..n].to_vec());
-        if out.len() == CONFIG.transaction_capacity() as usize {
-            break;
-        }
-    }
-    if commit {
-        ch.commit(tx).unwrap();
-    } else {
-        ch.rollback(tx).unwrap();
-    }
-    out
-}
-
-fn v(items: &[&[u8]]) -> Vec<Vec<u8>> {
-    items.iter().map(|i| i.to_vec()).collect()
+    take_n(ch, CONFIG.transaction_capacity() as usize, commit)
 }
 
 fn reopen_after_crash(sim: &mut Sim, mem: &mut [u64], policy: CrashPolicy) -> Recovery {

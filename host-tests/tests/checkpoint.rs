@@ -5,14 +5,14 @@ use sluicegate_core::checkpoint::STARTED_BYTES;
 use sluicegate_core::{Channel, Config, ConfigError, Error, RecoveryPath, Region};
 use sluicegate_sim::{CrashPolicy, SimStorage};
 
-type Sim = SimStorage<4, 256>;
+mod common;
+use common::{peek_all, put_all, take_n, v, Chan, Sim};
+
 /// 16 events, transactions of 4, 3 at once, events up to 64 bytes, 512-byte segments;
 /// checkpoint steps of 8 entries.
 const CONFIG: Config = Config::new(16, 4, 3, 64, 512).with_checkpoint_step(8);
 const LOG_BYTES: usize = 8 * 512;
 const SLOT_BYTES: usize = 512;
-
-type Chan<'a> = Channel<&'a mut Sim, &'a mut [u64]>;
 
 fn sim() -> Sim {
     SimStorage::with_checkpoints(LOG_BYTES, SLOT_BYTES, 0xFF)
@@ -24,57 +24,6 @@ fn memory(config: &Config) -> Vec<u64> {
 
 fn open<'a>(sim: &'a mut Sim, mem: &'a mut [u64]) -> Chan<'a> {
     Channel::open(sim, mem, CONFIG).expect("open")
-}
-
-fn put_all(ch: &mut Chan<'_>, events: &[&[u8]]) {
-    let tx = ch.begin().unwrap();
-    for e in events {
-        ch.put(tx, e).unwrap();
-    }
-    ch.commit(tx).unwrap();
-}
-
-/// Reads the whole queue without consuming it.
-fn peek_all(ch: &mut Chan<'_>) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut txs = Vec::new();
-    let mut buf = [0u8; 64];
-    'outer: for _ in 0..CONFIG.max_transactions() {
-        let tx = ch.begin().unwrap();
-        txs.push(tx);
-        for _ in 0..CONFIG.transaction_capacity() {
-            match ch.take(tx, &mut buf).unwrap() {
-                Some(n) => out.push(buf[..n].to_vec()),
-                None => break 'outer,
-            }
-        }
-    }
-    for tx in txs {
-        ch.rollback(tx).unwrap();
-    }
-    out
-}
-
-fn take_n(ch: &mut Chan<'_>, n: usize, commit: bool) -> Vec<Vec<u8>> {
-    let tx = ch.begin().unwrap();
-    let mut buf = [0u8; 64];
-    let mut out = Vec::new();
-    for _ in 0..n {
-        match ch.take(tx, &mut buf).unwrap() {
-            Some(k) => out.push(buf[..k].to_vec()),
-            None => break,
-        }
-    }
-    if commit {
-        ch.commit(tx).unwrap();
-    } else {
-        ch.rollback(tx).unwrap();
-    }
-    out
-}
-
-fn v(items: &[&[u8]]) -> Vec<Vec<u8>> {
-    items.iter().map(|i| i.to_vec()).collect()
 }
 
 fn crash(sim: &mut Sim) {

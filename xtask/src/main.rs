@@ -158,17 +158,20 @@ fn fuzz_cmd(args: &[String]) -> Result {
     fuzz(seconds)
 }
 
+/// `cargo` arguments that run the simulation binary; its own arguments follow.
+const SIM_RUN: [&str; 8] = [
+    "run",
+    "--release",
+    "-q",
+    "-p",
+    "sluicegate-sim",
+    "--bin",
+    "sim",
+    "--",
+];
+
 fn sim(args: &[String]) -> Result {
-    let mut all = vec![
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "sluicegate-sim",
-        "--bin",
-        "sim",
-        "--",
-    ];
+    let mut all = SIM_RUN.to_vec();
     all.extend(args.iter().map(String::as_str));
     run("cargo", &all, &[])
 }
@@ -349,20 +352,7 @@ fn mutants() -> Result {
         std::fs::copy(&lock, ws.join("Cargo.lock")).map_err(|e| e.to_string())?;
     }
     let envs = [("CARGO_TARGET_DIR", target_dir)];
-    let sim_args = [
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "sluicegate-sim",
-        "--bin",
-        "sim",
-        "--",
-        "--exhaustive",
-        "10",
-        "--seeds",
-        "300",
-    ];
+    let sim_args = [&SIM_RUN[..], &["--exhaustive", "10", "--seeds", "300"]].concat();
     // The unmutated copy must pass, or a failure below would prove nothing.
     println!("-- control: the unmutated core passes");
     run_in(&ws, "cargo", &sim_args, &envs)?;
