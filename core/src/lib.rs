@@ -2,7 +2,8 @@
 //!
 //! The `no_std` core of Sluicegate, a durable, transactional event channel in the design of
 //! Apache Flume's FileChannel: a write-ahead log of records, an in-memory queue of pointers into
-//! that log, and recovery by replaying the log.
+//! that log, checkpoints of that queue in two slots (the older one is the backup), and recovery
+//! from the newest usable checkpoint plus the log after it, or by replaying the whole log.
 //!
 //! The core touches media only through the [`Storage`] trait, whose rules are those of NOR flash
 //! (write once per erase, explicit sync barrier), so the same code runs over memory-mapped files
