@@ -203,8 +203,13 @@ impl RecordHeader {
         }
     }
 
-    /// True if `payload` completes a record whose CRC matches, in a segment numbered `seq`.
+    /// True if `payload` completes this record in a segment numbered `seq`: it has exactly the
+    /// header's length, and the CRC matches. (A CRC can be forged, so it never vouches for the
+    /// length by itself.)
     pub fn check(&self, seq: u64, payload: &[u8]) -> bool {
+        if payload.len() != self.len as usize {
+            return false;
+        }
         let mut d = self.digest(seq);
         d.update(payload);
         d.finalize() == self.crc
@@ -327,6 +332,28 @@ mod tests {
             );
         }
         assert!(!RecordHeader::decode(&enc).check(5, b"hellp"));
+    }
+
+    /// A payload of another length than the header's is refused even when the CRC matches; the
+    /// fuzzer found this header (length 16 MiB - 1, a planted CRC, a 28-byte payload).
+    #[test]
+    fn check_refuses_a_payload_of_the_wrong_length() {
+        let input: [u8; 44] = [
+            0x9d, 0x4c, 0x3b, 0xea, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x09,
+        ];
+        let mut hdr = [0u8; RECORD_HEADER_BYTES];
+        hdr.copy_from_slice(&input[..RECORD_HEADER_BYTES]);
+        let h = RecordHeader::decode(&hdr);
+        let payload = &input[RECORD_HEADER_BYTES..];
+        assert_eq!(h.len, (1 << 24) - 1);
+        assert!(!h.check(payload.len() as u64, payload));
+        // The same CRC over the same bytes, with the length it claims, still checks out.
+        let mut d = h.digest(payload.len() as u64);
+        d.update(payload);
+        assert_eq!(d.finalize(), h.crc, "the fuzzer planted a matching CRC");
     }
 
     /// Pointers round-trip through media and queue forms.
