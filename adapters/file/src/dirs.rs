@@ -1,0 +1,168 @@
+//! Directory ownership: the lock file that keeps a second process out, and the format file that
+//! keeps a newer or foreign directory from being misread.
+//!
+//! **Invariant:** a directory is used only while its lock is held, and only if its format file
+//! names this format version and the expected role (or the directory is new and empty).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::storage::FileError;
+
+/// The lock file in every directory.
+pub const LOCK_FILE: &str = "sluicegate.lock";
+/// The format file in every directory.
+pub const FORMAT_FILE: &str = "sluicegate.dir";
+/// The directory format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirRole {
+    /// Log segments.
+    Data,
+    /// The checkpoint slot.
+    Checkpoint,
+    /// The backup checkpoint slot.
+    Backup,
+}
+
+impl DirRole {
+    fn name(self) -> &'static str {
+        match self {
+            DirRole::Data => "data",
+            DirRole::Checkpoint => "checkpoint",
+            DirRole::Backup => "backup",
+        }
+    }
+}
+
+/// A directory held by this process: the lock is released when this is dropped (the lock file
+/// stays, so the next holder finds it).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+/// Creates `dir` if missing (its parent must exist), takes its lock, and checks or writes its
+/// format file.
+pub(crate) fn claim(dir: &Path, role: DirRole) -> Result<DirLock, FileError> {
+    if !dir.exists() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            if !parent.is_dir() {
+                return Err(FileError::config(format!(
+                    "the parent of {} does not exist (create it, or choose another directory)",
+                    dir.display()
+                )));
+            }
+        }
+        std::fs::create_dir(dir).map_err(|e| FileError::io("create directory", dir, e))?;
+        sync_dir(parent.unwrap_or(Path::new(".")))?;
+    } else if !dir.is_dir() {
+        return Err(FileError::config(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| FileError::io("open the lock file", &lock_path, e))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() {
+            "another process".to_string()
+        } else {
+            format!("process {holder}")
+        };
+        return Err(FileError::locked(format!(
+            "{} is in use: {} holds the lock {}",
+            dir.display(),
+            who,
+            lock_path.display()
+        )));
+    }
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| FileError::io("write the lock file", &lock_path, e))?;
+    check_format(dir, role)?;
+    Ok(DirLock { _file: file })
+}
+
+/// Checks the directory's format file, or writes one into a directory that has none and holds
+/// nothing but the lock file.
+fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
+    let path = dir.join(FORMAT_FILE);
+    let expected = format!(
+        "sluicegate directory\nformat = {FORMAT_VERSION}\nrole = {}\n",
+        role.name()
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(found) => {
+            let field = |key: &str| {
+                found
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            };
+            let version = field("format = ");
+            if !found.starts_with("sluicegate directory\n") || version.is_none() {
+                return Err(FileError::format(format!(
+                    "{} is not a Sluicegate format file",
+                    path.display()
+                )));
+            }
+            if version.as_deref() != Some(&FORMAT_VERSION.to_string()) {
+                return Err(FileError::format(format!(
+                    "{} has directory format {}; this build reads format {FORMAT_VERSION}",
+                    dir.display(),
+                    version.unwrap_or_default()
+                )));
+            }
+            let found_role = field("role = ").unwrap_or_default();
+            if found_role != role.name() {
+                return Err(FileError::format(format!(
+                    "{} is a {found_role} directory, not a {} directory",
+                    dir.display(),
+                    role.name()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let foreign: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| FileError::io("list directory", dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n != LOCK_FILE))
+                .collect();
+            if let Some(first) = foreign.first() {
+                return Err(FileError::format(format!(
+                    "{} holds files but no {FORMAT_FILE} (for example {}): not a Sluicegate directory, refusing to use it",
+                    dir.display(),
+                    first.display()
+                )));
+            }
+            let mut f = File::create(&path).map_err(|e| FileError::io("create", &path, e))?;
+            f.write_all(expected.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| FileError::io("write", &path, e))?;
+            sync_dir(dir)
+        }
+        Err(e) => Err(FileError::io("read", &path, e)),
+    }
+}
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FileError::io("sync directory", dir, e))
+}
