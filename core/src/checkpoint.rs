@@ -30,7 +30,7 @@
 use crate::channel::{split_ref, Channel};
 use crate::error::Error;
 use crate::log::WordWriter;
-use crate::record::{align_up, Pointer, CRC32C, FORMAT_VERSION, POINTER_BYTES};
+use crate::record::{align_up, u32_at, u64_at, Pointer, CRC32C, FORMAT_VERSION, POINTER_BYTES};
 use crate::storage::{Region, Storage};
 
 /// The magic of a checkpoint's started mark: `SGCK`.
@@ -93,7 +93,7 @@ impl Started {
 
     /// Decodes a mark; `Err(version)` for an intact mark of another format version.
     pub fn decode(b: &[u8; STARTED_BYTES]) -> Option<Result<Self, u16>> {
-        let crc = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let crc = u32_at(b, 0);
         if crc != CRC32C.checksum(&b[4..]) || b[4..8] != STARTED_MAGIC {
             return None;
         }
@@ -142,7 +142,7 @@ impl Complete {
 
     /// Decodes and checks a mark.
     pub fn decode(b: &[u8; COMPLETE_BYTES]) -> Option<Self> {
-        let crc = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let crc = u32_at(b, 0);
         if crc != CRC32C.checksum(&b[4..]) || b[4..8] != COMPLETE_MAGIC || b[28..32] != [0; 4] {
             return None;
         }
@@ -195,21 +195,6 @@ pub(crate) struct InProgress {
     pub written: u64,
     /// CRC of the entries written so far.
     pub crc: crc::Digest<'static, u32>,
-}
-
-/// Encodes a pointer as a checkpoint entry (the same 8 bytes as in a commit record).
-pub(crate) fn entry_bytes(p: Pointer) -> [u8; POINTER_BYTES] {
-    p.encode()
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
 }
 
 #[cfg(test)]
@@ -447,7 +432,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             let at = layout.entries_at + ip.written * POINTER_BYTES as u64;
             let mut w = WordWriter::new(&mut self.storage, ip.region, self.geo.align, at);
             for k in 0..n {
-                let bytes = entry_bytes(Pointer::from_word(self.queue.get(qmem, ip.cursor + k)));
+                // An entry is the same 8-byte pointer form as in commit records.
+                let bytes = Pointer::from_word(self.queue.get(qmem, ip.cursor + k)).encode();
                 ip.crc.update(&bytes);
                 w.push(&bytes)?;
             }

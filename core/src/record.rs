@@ -111,7 +111,7 @@ impl SegmentHeader {
     /// Decodes and checks a header. The CRC and magic come first, so that garbage is never
     /// mistaken for a newer version.
     pub fn decode(b: &[u8; SEGMENT_HEADER_BYTES]) -> SegmentCheck {
-        let crc = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let crc = u32_at(b, 0);
         if crc != CRC32C.checksum(&b[4..]) || b[4..8] != SEGMENT_MAGIC {
             return SegmentCheck::Invalid;
         }
@@ -122,10 +122,10 @@ impl SegmentHeader {
         }
         SegmentCheck::Valid(SegmentHeader {
             flags,
-            segment_bytes: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
-            seq: le_u64(&b[16..24]),
-            base_wid: le_u64(&b[24..32]),
-            max_payload: u32::from_le_bytes([b[32], b[33], b[34], b[35]]),
+            segment_bytes: u32_at(b, 12),
+            seq: u64_at(b, 16),
+            base_wid: u64_at(b, 24),
+            max_payload: u32_at(b, 32),
         })
     }
 }
@@ -195,11 +195,11 @@ impl RecordHeader {
     /// [`RecordHeader::digest`].
     pub fn decode(b: &[u8; RECORD_HEADER_BYTES]) -> Self {
         RecordHeader {
-            crc: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            crc: u32_at(b, 0),
             kind: b[4],
             len: u32::from_le_bytes([b[5], b[6], b[7], 0]),
-            wid_delta: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            txn: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            wid_delta: u32_at(b, 8),
+            txn: u32_at(b, 12),
         }
     }
 
@@ -238,8 +238,8 @@ impl Pointer {
     /// Decodes the media form; bounds are checked by the log, which knows the geometry.
     pub fn decode(b: &[u8]) -> Self {
         Pointer {
-            offset: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            slot: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            offset: u32_at(b, 0),
+            slot: u32_at(b, 4),
         }
     }
 
@@ -257,9 +257,15 @@ impl Pointer {
     }
 }
 
-fn le_u64(b: &[u8]) -> u64 {
+/// The little-endian `u32` at `b[i..i + 4]`.
+pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The little-endian `u64` at `b[i..i + 8]`.
+pub(crate) fn u64_at(b: &[u8], i: usize) -> u64 {
     let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
+    a.copy_from_slice(&b[i..i + 8]);
     u64::from_le_bytes(a)
 }
 

@@ -83,7 +83,7 @@ pub(crate) fn claim(dir: &Path, role: DirRole) -> Result<DirLock, FileError> {
         } else {
             format!("process {holder}")
         };
-        return Err(FileError::locked(format!(
+        return Err(FileError::config(format!(
             "{} is in use: {} holds the lock {}",
             dir.display(),
             who,
@@ -115,13 +115,13 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
             };
             let version = field("format = ");
             if !found.starts_with("sluicegate directory\n") || version.is_none() {
-                return Err(FileError::format(format!(
+                return Err(FileError::config(format!(
                     "{} is not a Sluicegate format file",
                     path.display()
                 )));
             }
             if version.as_deref() != Some(&FORMAT_VERSION.to_string()) {
-                return Err(FileError::format(format!(
+                return Err(FileError::config(format!(
                     "{} has directory format {}; this build reads format {FORMAT_VERSION}",
                     dir.display(),
                     version.unwrap_or_default()
@@ -129,7 +129,7 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
             }
             let found_role = field("role = ").unwrap_or_default();
             if found_role != role.name() {
-                return Err(FileError::format(format!(
+                return Err(FileError::config(format!(
                     "{} is a {found_role} directory, not a {} directory",
                     dir.display(),
                     role.name()
@@ -144,7 +144,7 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
                 .filter(|p| p.file_name().is_some_and(|n| n != LOCK_FILE))
                 .collect();
             if let Some(first) = foreign.first() {
-                return Err(FileError::format(format!(
+                return Err(FileError::config(format!(
                     "{} holds files but no {FORMAT_FILE} (for example {}): not a Sluicegate directory, refusing to use it",
                     dir.display(),
                     first.display()

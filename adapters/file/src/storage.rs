@@ -61,14 +61,6 @@ impl FileError {
         }
     }
 
-    pub(crate) fn locked(what: String) -> Self {
-        Self::config(what)
-    }
-
-    pub(crate) fn format(what: String) -> Self {
-        Self::config(what)
-    }
-
     fn bounds(region: Region, offset: u64, len: usize) -> Self {
         FileError {
             kind: StorageErrorKind::OutOfBounds,
