@@ -22,7 +22,7 @@ use crate::record::{
     RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
 use crate::recovery::Recovery;
-use crate::storage::{Region, Storage};
+use crate::storage::{Region, Storage, StorageError, StorageErrorKind};
 
 /// A handle on an open transaction. It is only a number: the state lives in the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,11 @@ pub struct Txn {
     slot: u8,
     generation: u32,
 }
+
+/// A position in the log: every record written before it. See [`Channel::sync_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SyncMark(u64);
 
 /// A snapshot of the channel's state and counters since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -512,20 +517,61 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
 
     /// Syncs the log whatever is waiting, then applies written commits in log order.
     pub(crate) fn sync_log(&mut self) -> Result<(), Error<S::Error>> {
-        let max = self.config.max_transactions() as usize;
         self.check_writable()?;
-        if let Err(e) = self.storage.sync(Region::Log) {
+        let mark = self.sync_mark();
+        let outcome = self.storage.sync(Region::Log);
+        self.settle_sync(mark, outcome)
+    }
+
+    /// The first half of a sync done outside the channel, for adapters that let concurrent
+    /// commits share one sync without holding their lock on the channel during it (group
+    /// commit). Returns the mark of every log write issued so far.
+    ///
+    /// The adapter must then make every log write issued before this call durable, exactly as
+    /// `Storage::sync(Region::Log)` would, and report the outcome to [`Channel::finish_sync`].
+    /// Only the core decides what a sync covers: the mark; the adapter only performs it.
+    pub fn sync_mark(&self) -> SyncMark {
+        SyncMark(self.next_wid)
+    }
+
+    /// The second half of a sync done outside the channel: applies, in log order, every commit
+    /// written before `mark`, and advances checkpoint work by a step as a commit does. A failed
+    /// sync poisons the channel, as a failed [`Channel::sync`] does.
+    pub fn finish_sync(
+        &mut self,
+        mark: SyncMark,
+        outcome: Result<(), S::Error>,
+    ) -> Result<(), Error<S::Error>> {
+        self.check_writable()?;
+        if mark.0 > self.next_wid {
+            return Err(Error::LogicBug("a sync mark from the future"));
+        }
+        self.settle_sync(mark, outcome)?;
+        // The commits are durable: a checkpoint failure must not make them look failed.
+        let _ = self.checkpoint_work(None);
+        Ok(())
+    }
+
+    /// Records a finished sync of everything before `mark` and applies the commits it covers.
+    fn settle_sync(
+        &mut self,
+        mark: SyncMark,
+        outcome: Result<(), S::Error>,
+    ) -> Result<(), Error<S::Error>> {
+        if let Err(e) = outcome {
             self.poisoned = true;
             return Err(Error::Storage(e));
         }
+        let max = self.config.max_transactions() as usize;
         self.stats.syncs += 1;
-        self.synced_wid = self.next_wid;
-        // Apply in commit-record order, which is the order replay uses. Bounded by `max` turns.
+        self.synced_wid = self.synced_wid.max(mark.0);
+        // Apply in commit-record order, which is the order replay uses; a commit written after
+        // the mark waits for the next sync. Bounded by `max` turns.
         for _ in 0..max {
             let (_, _, txns) = split(self.memory.as_mut(), &self.config);
             let next = (0..max)
                 .map(|s| (s, Slot::load(txns, s)))
-                .filter(|(_, slot)| slot.state == STATE_WRITTEN)
+                .filter(|(_, slot)| slot.state == STATE_WRITTEN && slot.commit_wid < mark.0)
                 .min_by_key(|(_, slot)| slot.commit_wid);
             let Some((s, slot)) = next else { break };
             self.apply(s, slot)?;
@@ -809,9 +855,19 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             max_payload: self.config.max_payload_bytes() as u32,
         };
         let storage = &mut self.storage;
+        if let Err(e) = storage.erase(Region::Log, start, start + first_block) {
+            // The slot is free and nothing has been written after this erase, so a partial
+            // erase leaves what a power cut during it would, which replay handles. When the
+            // cause is a full disk (an adapter creating the segment's file), the write that
+            // needed the segment fails and the channel stays usable once space is freed. Any
+            // other failure poisons, as every failed write does.
+            if e.kind() != StorageErrorKind::NoSpace {
+                self.poisoned = true;
+            }
+            return Err(Error::Storage(e));
+        }
         let result = storage
-            .erase(Region::Log, start, start + first_block)
-            .and_then(|()| storage.sync(Region::Log))
+            .sync(Region::Log)
             .and_then(|()| {
                 if end > start + first_block {
                     storage.erase(Region::Log, start + first_block, end)

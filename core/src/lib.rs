@@ -44,7 +44,7 @@ pub mod record;
 mod recovery;
 pub mod storage;
 
-pub use channel::{Channel, Stats, Txn};
+pub use channel::{Channel, Stats, SyncMark, Txn};
 pub use config::{Config, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS};
 pub use error::{ConfigError, Error};
 pub use log::MAX_WRITE_SIZE;

@@ -147,7 +147,7 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     /// The operation the power cut interrupted: (region index, index in `pending`).
     interrupted: Option<(usize, usize)>,
     powered: bool,
-    fail: Option<(OpKind, u64)>,
+    fail: Option<(OpKind, u64, StorageErrorKind)>,
     violations: Vec<String>,
 }
 
@@ -238,7 +238,13 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     /// Makes the `n`-th next operation of `kind` (1 = the next one) fail with an I/O error.
     /// The failed operation has no effect.
     pub fn fail_nth(&mut self, kind: OpKind, n: u64) {
-        self.fail = Some((kind, n));
+        self.fail_nth_as(kind, n, StorageErrorKind::Io);
+    }
+
+    /// As [`SimStorage::fail_nth`], failing with an error of kind `error` (for example
+    /// `NoSpace`, as a file adapter reports a full disk).
+    pub fn fail_nth_as(&mut self, kind: OpKind, n: u64, error: StorageErrorKind) {
+        self.fail = Some((kind, n, error));
     }
 
     /// Cuts the power now (if it is not already off) and restarts the medium from the image a
@@ -301,16 +307,16 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
                 what: "the power is off",
             });
         }
-        if let Some((k, n)) = self.fail {
+        if let Some((k, n, error)) = self.fail {
             if k == kind {
                 if n <= 1 {
                     self.fail = None;
                     return Err(SimError {
-                        kind: StorageErrorKind::Io,
-                        what: "injected I/O error",
+                        kind: error,
+                        what: "injected error",
                     });
                 }
-                self.fail = Some((k, n - 1));
+                self.fail = Some((k, n - 1, error));
             }
         }
         Ok(())

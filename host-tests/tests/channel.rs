@@ -282,6 +282,108 @@ fn sync_failure_poisons_and_commit_is_not_applied() {
     assert_eq!(ch.put(tx, b"y"), Err(Error::Poisoned));
 }
 
+/// A full disk when a new segment is started (the file adapter creates the segment's file
+/// then) fails that one write cleanly: the channel is not poisoned, everything committed stays,
+/// and once the space is there the same transaction goes on. Any other erase failure poisons.
+#[test]
+fn no_space_for_a_new_segment_is_not_sticky() {
+    use sluicegate_core::StorageErrorKind;
+    // Transactions large enough to fill a segment.
+    const ROOMY: Config = Config::new(32, 16, 3, 64, 512);
+    let mut sim = sim();
+    let mut mem = vec![0; ROOMY.memory_words()];
+    let mut ch = Channel::open(&mut sim, &mut mem[..], ROOMY).unwrap();
+    put_all(&mut ch, &[b"before"]);
+    let big = [7u8; 64];
+    // Puts until one needs a new segment, whose erase fails for want of space.
+    let tx = ch.begin().unwrap();
+    ch.storage_mut()
+        .fail_nth_as(OpKind::Erase, 1, StorageErrorKind::NoSpace);
+    let mut n = 0;
+    loop {
+        match ch.put(tx, &big) {
+            Ok(()) => n += 1,
+            Err(Error::Storage(e)) => {
+                assert_eq!(e.kind, StorageErrorKind::NoSpace);
+                break;
+            }
+            Err(e) => panic!("expected a NoSpace storage error, got {e:?}"),
+        }
+        assert!(n < 16, "the injected failure was never met");
+    }
+    ch.put(tx, &big).unwrap();
+    ch.commit(tx).unwrap();
+    assert_eq!(ch.len(), 2 + n);
+    // An I/O error at the same step poisons.
+    let tx = ch.begin().unwrap();
+    ch.storage_mut().fail_nth(OpKind::Erase, 1);
+    let mut failed = false;
+    for _ in 0..16 {
+        match ch.put(tx, &big) {
+            Ok(()) => {}
+            Err(Error::Storage(_)) => {
+                failed = true;
+                break;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(failed, "the injected erase failure was never met");
+    assert_eq!(ch.put(tx, b"x"), Err(Error::Poisoned));
+    let _ = ch.into_parts();
+    let mut ch = Channel::open(&mut sim, &mut mem[..], ROOMY).unwrap();
+    assert_eq!(ch.len(), 2 + n, "everything committed survives");
+    put_all(&mut ch, &[b"after reopen"]);
+}
+
+/// A sync done outside the channel (group commit) applies exactly the commits written before
+/// its mark, in log order; a commit written after the mark waits for the next sync; a failed
+/// outside sync poisons like a failed sync.
+#[test]
+fn outside_sync_applies_only_what_its_mark_covers() {
+    use sluicegate_core::Region as R;
+    use sluicegate_core::Storage as _;
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    let (a, b, c) = (
+        ch.begin().unwrap(),
+        ch.begin().unwrap(),
+        ch.begin().unwrap(),
+    );
+    ch.put(a, b"a").unwrap();
+    ch.put(b, b"b").unwrap();
+    ch.put(c, b"c").unwrap();
+    assert!(ch.write_commit(b).unwrap());
+    assert!(ch.write_commit(a).unwrap());
+    let mark = ch.sync_mark();
+    assert!(ch.write_commit(c).unwrap());
+    let syncs = ch.storage().counters().syncs;
+    let outcome = ch.storage_mut().sync(R::Log);
+    ch.finish_sync(mark, outcome).unwrap();
+    assert!(ch.is_finished(a) && ch.is_finished(b));
+    assert!(!ch.is_finished(c), "c was written after the mark");
+    assert_eq!(ch.len(), 2);
+    ch.sync().unwrap();
+    assert!(ch.is_finished(c));
+    assert_eq!(ch.storage().counters().syncs, syncs + 2);
+    assert_eq!(take_all(&mut ch, false), v(&[b"b", b"a", b"c"]));
+    let d = ch.begin().unwrap();
+    ch.put(d, b"d").unwrap();
+    assert!(ch.write_commit(d).unwrap());
+    let mark = ch.sync_mark();
+    let failed = Err(sluicegate_sim::SimError {
+        kind: sluicegate_core::StorageErrorKind::Io,
+        what: "outside sync failed",
+    });
+    assert!(matches!(
+        ch.finish_sync(mark, failed),
+        Err(Error::Storage(_))
+    ));
+    assert!(!ch.is_finished(d));
+    let e = ch.begin().unwrap();
+    assert_eq!(ch.put(e, b"e"), Err(Error::Poisoned));
+}
+
 /// A torn record at the log's tail is the end of the log, not an error.
 #[test]
 fn torn_tail_is_end_of_log() {
