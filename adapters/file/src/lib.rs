@@ -5,7 +5,9 @@
 //! another one, as Flume's FileChannel does with `dataDirs` and `backupCheckpointDir`.
 //!
 //! - The log is a ring of segment files, `log-NNNNNN.seg`, spread round-robin over the data
-//!   directories, each preallocated to `segment_bytes` when first created.
+//!   directories. Each is created when the log first reaches it, at its full size and full of
+//!   zeros, through a temporary file that is synced and renamed, so a crash or a full disk never
+//!   leaves a short segment. A segment not created yet reads as erased.
 //! - The checkpoint and backup slots are one file each, `checkpoint.slot` and `backup.slot`,
 //!   in the checkpoint and backup directories.
 //! - Every directory holds a format file (`sluicegate.dir`: version and role) and a lock file
@@ -13,7 +15,8 @@
 //!
 //! Reads go through memory maps; writes are positioned writes (`pwrite`), which the maps see at
 //! once through the page cache; `sync` is `fdatasync` of exactly the files written since the
-//! last sync of that region. Erasing writes zeros: the erased value is `0x00`.
+//! last sync of that region. Erasing writes zeros: the erased value is `0x00`. For group
+//! commit, a [`LogSyncTicket`] lets the log's `fdatasync` run without the channel's lock.
 //!
 //! Status: this is the storage layer of issue 4. The multi-threaded `FileChannel` (group commit,
 //! a background checkpoint thread), TOML configuration, disk-space checks and the crash tests
@@ -25,4 +28,4 @@ mod dirs;
 mod storage;
 
 pub use dirs::{DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
-pub use storage::{FileError, FileStorage, Layout};
+pub use storage::{FileError, FileStorage, Layout, LogSyncTicket};

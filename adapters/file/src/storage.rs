@@ -9,6 +9,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use sluicegate_core::{ErrorType, Region, Storage, StorageError, StorageErrorKind};
@@ -91,28 +92,25 @@ impl StorageError for FileError {
 /// One preallocated, mapped file.
 struct Mapped {
     path: PathBuf,
-    file: File,
+    /// Shared with sync tickets, which `fdatasync` it without the channel's lock.
+    file: Arc<File>,
     map: Mmap,
-    dirty: bool,
+    /// Writes (and erases) issued to the file, and how many of them a sync has covered.
+    writes: u64,
+    synced: u64,
+    /// True from creation until the first write: the file is all zeros, durably.
+    fresh: bool,
 }
 
 impl Mapped {
-    /// Opens `path`, creating it full of zeros at `len` bytes if it does not exist. An existing
-    /// file of another size is refused: it belongs to another layout.
-    fn open(path: PathBuf, len: u64) -> Result<(Self, bool), FileError> {
-        let created = !path.exists();
+    /// Opens an existing file of `len` bytes. A file of another size is refused: it belongs to
+    /// another layout.
+    fn open(path: PathBuf, len: u64) -> Result<Self, FileError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(&path)
             .map_err(|e| FileError::io("open", &path, e))?;
-        if created {
-            write_zeros(&file, &path, 0, len)?;
-            file.sync_all()
-                .map_err(|e| FileError::io("sync", &path, e))?;
-        }
         let found = file
             .metadata()
             .map_err(|e| FileError::io("stat", &path, e))?
@@ -130,33 +128,91 @@ impl Mapped {
         // the file anyway, reading the cut part raises SIGBUS and the process dies; it cannot
         // read wrong bytes silently, and a restart replays what is durable.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| FileError::io("map", &path, e))?;
-        Ok((
-            Mapped {
-                path,
-                file,
-                map,
-                dirty: false,
-            },
-            created,
-        ))
+        Ok(Mapped {
+            path,
+            file: Arc::new(file),
+            map,
+            writes: 0,
+            synced: 0,
+            fresh: false,
+        })
+    }
+
+    /// Creates `path` at `len` bytes of zeros, atomically: the zeros go to a temporary file
+    /// that is synced and then renamed, and the directory is synced, so a crash or a full disk
+    /// never leaves a short file under the real name. The temporary file is removed on failure.
+    fn create(path: PathBuf, len: u64) -> Result<Self, FileError> {
+        let tmp = tmp_path(&path);
+        let result = (|| {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| FileError::io("create", &tmp, e))?;
+            write_zeros(&file, &tmp, 0, len)?;
+            file.sync_all()
+                .map_err(|e| FileError::io("sync", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| FileError::io("rename", &tmp, e))?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut m = Mapped::open(path, len)?;
+        m.fresh = true;
+        Ok(m)
+    }
+
+    /// Opens `path`, creating it if it does not exist.
+    fn open_or_create(path: PathBuf, len: u64) -> Result<Self, FileError> {
+        if path.exists() {
+            Mapped::open(path, len)
+        } else {
+            Mapped::create(path, len)
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FileError> {
-        self.dirty = true;
+        self.writes += 1;
+        self.fresh = false;
         self.file
             .write_all_at(data, offset)
             .map_err(|e| FileError::io("write", &self.path, e))
     }
 
-    fn sync(&mut self) -> Result<(), FileError> {
-        if self.dirty {
-            self.file
-                .sync_data()
-                .map_err(|e| FileError::io("sync", &self.path, e))?;
-            self.dirty = false;
+    fn erase(&mut self, from: u64, to: u64) -> Result<(), FileError> {
+        if self.fresh {
+            // Created full of zeros and synced: already erased, durably.
+            return Ok(());
         }
-        Ok(())
+        self.writes += 1;
+        write_zeros(&self.file, &self.path, from, to)
     }
+
+    fn is_dirty(&self) -> bool {
+        self.writes > self.synced
+    }
+
+    /// Syncs the file if anything was written since its last sync; returns the syncs issued.
+    fn sync(&mut self) -> Result<u64, FileError> {
+        if !self.is_dirty() {
+            return Ok(0);
+        }
+        let upto = self.writes;
+        self.file
+            .sync_data()
+            .map_err(|e| FileError::io("sync", &self.path, e))?;
+        self.synced = upto;
+        Ok(1)
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
@@ -172,12 +228,41 @@ fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileE
     Ok(())
 }
 
+/// What a sync of the log must cover, taken under the channel's lock so that it can be carried
+/// out without it: the files written so far, and how many writes of each it covers. See
+/// [`FileStorage::log_sync_ticket`].
+#[derive(Debug, Default)]
+pub struct LogSyncTicket {
+    files: Vec<(usize, Arc<File>, PathBuf, u64)>,
+}
+
+impl LogSyncTicket {
+    /// Syncs (`fdatasync`) every file the ticket names. Safe to run while other threads write
+    /// to the same files: it covers at least every write issued before the ticket was taken.
+    pub fn sync(&self) -> Result<(), FileError> {
+        for (_, file, path, _) in &self.files {
+            file.sync_data()
+                .map_err(|e| FileError::io("sync", path, e))?;
+        }
+        Ok(())
+    }
+
+    /// How many files the ticket syncs.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+}
+
 /// The core's storage over directories of files. See the crate docs for the layout.
 pub struct FileStorage {
-    segments: Vec<Mapped>,
+    /// One entry per segment of the ring; `None` until the segment is first used.
+    segments: Vec<Option<Mapped>>,
+    data_dirs: Vec<PathBuf>,
     checkpoint: Mapped,
     backup: Mapped,
     segment_bytes: u64,
+    fsyncs: u64,
+    files_created: u64,
     _locks: Vec<DirLock>,
 }
 
@@ -192,7 +277,9 @@ impl fmt::Debug for FileStorage {
 
 impl FileStorage {
     /// Opens (creating what is missing) the directories of `layout`: checks the layout, locks
-    /// every directory, checks their format files, and maps every file.
+    /// every directory, checks their format files, removes temporary files a crash left, checks
+    /// that every segment file present belongs to this layout, and maps every file. Segment
+    /// files are created as the log first reaches them.
     pub fn open(layout: &Layout) -> Result<Self, FileError> {
         validate(layout)?;
         let mut locks = Vec::new();
@@ -201,42 +288,88 @@ impl FileStorage {
         for dir in &layout.data_dirs {
             locks.push(claim(dir, DirRole::Data)?);
         }
-        let mut created_in: Vec<&Path> = Vec::new();
+        let found = scan_data_dirs(layout)?;
         let mut segments = Vec::with_capacity(layout.segments as usize);
-        for slot in 0..layout.segments as usize {
-            let dir = &layout.data_dirs[slot % layout.data_dirs.len()];
-            let (m, created) = Mapped::open(
-                dir.join(format!("log-{slot:06}.seg")),
-                layout.segment_bytes as u64,
-            )?;
-            if created {
-                created_in.push(dir);
-            }
-            segments.push(m);
+        for present in found {
+            segments.push(match present {
+                Some(path) => Some(Mapped::open(path, layout.segment_bytes as u64)?),
+                None => None,
+            });
         }
-        let (checkpoint, c1) = Mapped::open(
-            layout.checkpoint_dir.join("checkpoint.slot"),
-            layout.slot_bytes,
-        )?;
-        let (backup, c2) = Mapped::open(layout.backup_dir.join("backup.slot"), layout.slot_bytes)?;
-        if c1 {
-            created_in.push(&layout.checkpoint_dir);
-        }
-        if c2 {
-            created_in.push(&layout.backup_dir);
-        }
-        created_in.sort();
-        created_in.dedup();
-        for dir in created_in {
-            sync_dir(dir)?;
-        }
+        let slot_bytes = layout.slot_bytes;
+        let checkpoint =
+            Mapped::open_or_create(layout.checkpoint_dir.join("checkpoint.slot"), slot_bytes)?;
+        let backup = Mapped::open_or_create(layout.backup_dir.join("backup.slot"), slot_bytes)?;
         Ok(FileStorage {
             segments,
+            data_dirs: layout.data_dirs.clone(),
             checkpoint,
             backup,
             segment_bytes: layout.segment_bytes as u64,
+            fsyncs: 0,
+            files_created: 0,
             _locks: locks,
         })
+    }
+
+    /// `fdatasync` calls issued so far, by [`Storage::sync`] and by settled
+    /// [`LogSyncTicket`]s: what group commit saves.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs
+    }
+
+    /// Segment files this storage has created.
+    pub fn files_created(&self) -> u64 {
+        self.files_created
+    }
+
+    /// The data directories, in the order segments go round them.
+    pub fn data_dirs(&self) -> &[PathBuf] {
+        &self.data_dirs
+    }
+
+    /// What a sync of the log must cover now, for a sync run without the channel's lock
+    /// (group commit): take it, together with the core's `sync_mark`, under the lock; run
+    /// [`LogSyncTicket::sync`] without it; then, under the lock again, [`FileStorage::settle`]
+    /// it and pass the outcome to the core's `finish_sync`.
+    pub fn log_sync_ticket(&self) -> LogSyncTicket {
+        let files = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
+            .filter(|(_, m)| m.is_dirty())
+            .map(|(i, m)| (i, Arc::clone(&m.file), m.path.clone(), m.writes))
+            .collect();
+        LogSyncTicket { files }
+    }
+
+    /// Records that `ticket` was synced successfully, so `Storage::sync` does not sync those
+    /// writes again.
+    pub fn settle(&mut self, ticket: &LogSyncTicket) {
+        for (i, _, _, upto) in &ticket.files {
+            if let Some(m) = self.segments[*i].as_mut() {
+                m.synced = m.synced.max(*upto);
+            }
+            self.fsyncs += 1;
+        }
+    }
+
+    /// The path of segment `slot`.
+    fn segment_path(&self, slot: usize) -> PathBuf {
+        self.data_dirs[slot % self.data_dirs.len()].join(segment_name(slot))
+    }
+
+    /// The mapped file of segment `slot`, created now if the log has not reached it before.
+    fn segment(&mut self, slot: usize) -> Result<&mut Mapped, FileError> {
+        if self.segments[slot].is_none() {
+            let m = Mapped::create(self.segment_path(slot), self.segment_bytes)?;
+            self.files_created += 1;
+            self.segments[slot] = Some(m);
+        }
+        self.segments[slot]
+            .as_mut()
+            .ok_or_else(|| FileError::config("segment vanished".into()))
     }
 
     /// The file of a checkpoint slot region.
@@ -247,22 +380,22 @@ impl FileStorage {
         }
     }
 
-    /// Calls `f(file, offset in file, range of the buffer)` for each piece of `[offset,
-    /// offset + len)` in `region`, after checking bounds.
+    /// Splits `[offset, offset + len)` of `region` into per-file pieces, after checking bounds:
+    /// `(segment or None for a slot file, offset in the file, range of the buffer)`.
     fn pieces(
-        &mut self,
+        &self,
         region: Region,
         offset: u64,
         len: usize,
-        mut f: impl FnMut(&mut Mapped, u64, std::ops::Range<usize>) -> Result<(), FileError>,
-    ) -> Result<(), FileError> {
+    ) -> Result<Vec<(Option<usize>, u64, std::ops::Range<usize>)>, FileError> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.capacity(region))
             .ok_or_else(|| FileError::bounds(region, offset, len))?;
         if region != Region::Log {
-            return f(self.slot_file(region), offset, 0..len);
+            return Ok(vec![(None, offset, 0..len)]);
         }
+        let mut out = Vec::new();
         let mut at = offset;
         // Bounded: every turn moves into the next segment file.
         while at < end {
@@ -270,11 +403,60 @@ impl FileStorage {
             let within = at % self.segment_bytes;
             let n = (self.segment_bytes - within).min(end - at);
             let from = (at - offset) as usize;
-            f(&mut self.segments[seg], within, from..from + n as usize)?;
+            out.push((Some(seg), within, from..from + n as usize));
             at += n;
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+fn segment_name(slot: usize) -> String {
+    format!("log-{slot:06}.seg")
+}
+
+/// Lists the data directories: removes temporary files a crash left behind, and refuses segment
+/// files the layout does not place there (another segment count or another list of data
+/// directories would misread the log). Returns the path of each segment present.
+fn scan_data_dirs(layout: &Layout) -> Result<Vec<Option<PathBuf>>, FileError> {
+    let mut found = vec![None; layout.segments as usize];
+    let dirs = layout.data_dirs.len();
+    for (d, dir) in layout.data_dirs.iter().enumerate() {
+        let mut removed = false;
+        let entries = std::fs::read_dir(dir).map_err(|e| FileError::io("list", dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| FileError::io("list", dir, e))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(|e| FileError::io("remove", &path, e))?;
+                removed = true;
+                continue;
+            }
+            let Some(slot) = name
+                .strip_prefix("log-")
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if slot >= layout.segments as usize || slot % dirs != d {
+                return Err(FileError::config(format!(
+                    "{} does not belong to this layout ({} segments over {} data directories, this one number {}): the log was written with another configuration",
+                    path.display(),
+                    layout.segments,
+                    dirs,
+                    d + 1
+                )));
+            }
+            found[slot] = Some(path);
+        }
+        if removed {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(found)
 }
 
 fn validate(layout: &Layout) -> Result<(), FileError> {
@@ -338,33 +520,59 @@ impl Storage for FileStorage {
     }
 
     fn read(&mut self, region: Region, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
-        let len = buf.len();
-        self.pieces(region, offset, len, |m, at, range| {
+        for (seg, at, range) in self.pieces(region, offset, buf.len())? {
             let at = at as usize;
-            buf[range.clone()].copy_from_slice(&m.map[at..at + range.len()]);
-            Ok(())
-        })
+            let map = match seg {
+                None => &self.slot_file(region).map,
+                Some(s) => match &self.segments[s] {
+                    Some(m) => &m.map,
+                    // A segment the log has never reached reads as erased.
+                    None => {
+                        buf[range].fill(0);
+                        continue;
+                    }
+                },
+            };
+            buf[range.clone()].copy_from_slice(&map[at..at + range.len()]);
+        }
+        Ok(())
     }
 
     fn write(&mut self, region: Region, offset: u64, data: &[u8]) -> Result<(), FileError> {
-        self.pieces(region, offset, data.len(), |m, at, range| {
-            m.write(at, &data[range])
-        })
+        for (seg, at, range) in self.pieces(region, offset, data.len())? {
+            match seg {
+                None => self.slot_file(region).write(at, &data[range])?,
+                Some(s) => self.segment(s)?.write(at, &data[range])?,
+            }
+        }
+        Ok(())
     }
 
     fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), FileError> {
         let len = to.saturating_sub(from) as usize;
-        self.pieces(region, from, len, |m, at, range| {
-            m.dirty = true;
-            write_zeros(&m.file, &m.path, at, at + range.len() as u64)
-        })
+        for (seg, at, range) in self.pieces(region, from, len)? {
+            let end = at + range.len() as u64;
+            match seg {
+                None => self.slot_file(region).erase(at, end)?,
+                Some(s) => self.segment(s)?.erase(at, end)?,
+            }
+        }
+        Ok(())
     }
 
     fn sync(&mut self, region: Region) -> Result<(), FileError> {
-        match region {
-            Region::Log => self.segments.iter_mut().try_for_each(Mapped::sync),
-            Region::Checkpoint => self.checkpoint.sync(),
-            Region::Backup => self.backup.sync(),
-        }
+        let synced = match region {
+            Region::Log => {
+                let mut n = 0;
+                for m in self.segments.iter_mut().flatten() {
+                    n += m.sync()?;
+                }
+                n
+            }
+            Region::Checkpoint => self.checkpoint.sync()?,
+            Region::Backup => self.backup.sync()?,
+        };
+        self.fsyncs += synced;
+        Ok(())
     }
 }
