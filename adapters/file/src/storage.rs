@@ -387,7 +387,7 @@ impl FileStorage {
         region: Region,
         offset: u64,
         len: usize,
-    ) -> Result<Vec<(Option<usize>, u64, std::ops::Range<usize>)>, FileError> {
+    ) -> Result<Vec<Piece>, FileError> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.capacity(region))
@@ -409,6 +409,10 @@ impl FileStorage {
         Ok(out)
     }
 }
+
+/// A piece of an access: the segment (`None` for a slot file), the offset in the file, and the
+/// range of the caller's buffer.
+type Piece = (Option<usize>, u64, std::ops::Range<usize>);
 
 fn segment_name(slot: usize) -> String {
     format!("log-{slot:06}.seg")
