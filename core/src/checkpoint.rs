@@ -315,6 +315,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         self.checkpoint_work(Some(now_ms))
     }
 
+    /// True while a checkpoint is being written (cheaper than [`Channel::stats`], for an
+    /// adapter's checkpoint thread deciding whether to call [`Channel::poll`] again soon).
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.ckpt.in_progress.is_some()
+    }
+
     /// Checkpoints (if the storage has checkpoint regions) and gives back the storage and the
     /// memory, so the next open replays nothing.
     pub fn close(mut self) -> Result<(S, M), Error<S::Error>> {

@@ -24,8 +24,15 @@
 
 #![deny(missing_docs)]
 
+mod channel;
+mod config;
 mod dirs;
+mod space;
 mod storage;
+
+pub use channel::{FileChannel, FileChannelError, FileStats, PendingCommit, Transaction};
+pub use config::{ConfigError, FileChannelConfig};
+pub use space::available_bytes;
 
 pub use dirs::{DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
 pub use storage::{FileError, FileStorage, Layout, LogSyncTicket};

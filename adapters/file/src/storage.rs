@@ -382,12 +382,7 @@ impl FileStorage {
 
     /// Splits `[offset, offset + len)` of `region` into per-file pieces, after checking bounds:
     /// `(segment or None for a slot file, offset in the file, range of the buffer)`.
-    fn pieces(
-        &self,
-        region: Region,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<Piece>, FileError> {
+    fn pieces(&self, region: Region, offset: u64, len: usize) -> Result<Vec<Piece>, FileError> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.capacity(region))

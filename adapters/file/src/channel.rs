@@ -1,0 +1,565 @@
+//! [`FileChannel`]: the core's channel shared by many threads, with group commit, a background
+//! checkpoint thread, a free-space floor for puts, and a wait for room.
+//!
+//! One mutex guards the core channel; every operation holds it briefly. A commit writes its
+//! record under the mutex, then joins a group sync: one committer at a time leads, taking the
+//! core's sync mark and the storage's sync ticket under the mutex, running `fdatasync` without
+//! it, and retaking it to apply every commit the mark covers. Committers that arrive while a
+//! sync runs wait for it and for the next one, which covers all of them.
+//!
+//! **Invariant:** a commit returns `Ok` only after a sync that covers its record has finished
+//! (the core applies the commit only then). **Invariant:** the `fdatasync` of the log never runs
+//! with the mutex held on the group-commit path, so producers keep writing during it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sluicegate_core::{Channel, Error, Recovery, Stats, SyncMark, Txn};
+
+use crate::config::{ConfigError, FileChannelConfig};
+use crate::storage::{FileError, FileStorage};
+
+type Core = Channel<FileStorage, Vec<u64>>;
+
+/// Everything that can go wrong with a file channel.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FileChannelError {
+    /// The configuration cannot work.
+    Config(ConfigError),
+    /// Opening the directories failed (lock held, wrong format, I/O error...).
+    Storage(FileError),
+    /// The channel refused or failed the operation (full, bad transaction, I/O error...).
+    Channel(Error<FileError>),
+    /// A directory has less free space than `minimum_required_space_bytes`: puts are refused
+    /// until space is freed; takes go on.
+    InsufficientSpace {
+        /// The directory short of space.
+        dir: PathBuf,
+        /// Its free space when measured.
+        available_bytes: u64,
+        /// The configured floor.
+        required_bytes: u64,
+    },
+    /// A put waited `keep_alive_ms` for room and found none; the event was not put.
+    Full(Error<FileError>),
+}
+
+impl fmt::Display for FileChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileChannelError::Config(e) => write!(f, "{e}"),
+            FileChannelError::Storage(e) => write!(f, "{e}"),
+            FileChannelError::Channel(e) => write!(f, "{e}"),
+            FileChannelError::InsufficientSpace {
+                dir,
+                available_bytes,
+                required_bytes,
+            } => write!(
+                f,
+                "{} has {available_bytes} bytes free, below minimum_required_space_bytes ({required_bytes}): puts are refused until space is freed",
+                dir.display()
+            ),
+            FileChannelError::Full(e) => write!(f, "no room after waiting keep_alive_ms: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FileChannelError {}
+
+impl From<Error<FileError>> for FileChannelError {
+    fn from(e: Error<FileError>) -> Self {
+        FileChannelError::Channel(e)
+    }
+}
+
+impl From<ConfigError> for FileChannelError {
+    fn from(e: ConfigError) -> Self {
+        FileChannelError::Config(e)
+    }
+}
+
+/// Counters of a file channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileStats {
+    /// The core's state and counters.
+    pub channel: Stats,
+    /// `fdatasync` calls on any file.
+    pub fsyncs: u64,
+    /// Group syncs led (each covers every commit written before it started).
+    pub group_syncs: u64,
+    /// Commits acknowledged.
+    pub commits_acknowledged: u64,
+    /// Log files created.
+    pub files_created: u64,
+    /// Puts refused for want of free space.
+    pub puts_refused_for_space: u64,
+    /// Checkpoints that failed in the background thread (the log is unaffected).
+    pub background_checkpoint_failures: u64,
+}
+
+struct State {
+    core: Option<Core>,
+    space_checked: Option<Instant>,
+    space_short: Option<(PathBuf, u64)>,
+    commits_acknowledged: u64,
+    puts_refused_for_space: u64,
+    background_checkpoint_failures: u64,
+}
+
+impl State {
+    fn core(&mut self) -> &mut Core {
+        // The core is taken out only by `close`/`drop`, which own the channel; no transaction
+        // can be alive then.
+        self.core
+            .as_mut()
+            .expect("the channel is open while borrowed")
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    leading: bool,
+    durable: Option<SyncMark>,
+    syncs: u64,
+}
+
+struct Shared {
+    config: FileChannelConfig,
+    state: Mutex<State>,
+    /// Signalled after every sync and rollback: room may have been freed.
+    room: Condvar,
+    group: Mutex<Group>,
+    group_done: Condvar,
+    stop: Mutex<bool>,
+    stop_now: Condvar,
+    opened: Instant,
+}
+
+/// Locks a mutex, going on if a thread panicked while holding it: the core's state stays
+/// consistent between calls, and a panic cannot leave a write half-acknowledged.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A durable channel on files, for many producer and consumer threads. Share it by reference
+/// (it is `Send + Sync`) or in an `Arc`.
+pub struct FileChannel {
+    shared: Arc<Shared>,
+    checkpointer: Option<JoinHandle<()>>,
+    recovery: Recovery,
+    open_duration: Duration,
+}
+
+impl fmt::Debug for FileChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileChannel")
+            .field("recovery", &self.recovery)
+            .finish()
+    }
+}
+
+impl FileChannel {
+    /// Checks the configuration, opens (creating what is missing) its directories, replays the
+    /// log from the newest usable checkpoint, and starts the checkpoint thread.
+    pub fn open(config: FileChannelConfig) -> Result<Self, FileChannelError> {
+        let started = Instant::now();
+        config.validate()?;
+        let core_config = config.core_config()?;
+        let storage = FileStorage::open(&config.layout()).map_err(FileChannelError::Storage)?;
+        let memory = vec![0u64; core_config.memory_words()];
+        let core = Channel::open(storage, memory, core_config)?;
+        let recovery = *core.recovery();
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                core: Some(core),
+                space_checked: None,
+                space_short: None,
+                commits_acknowledged: 0,
+                puts_refused_for_space: 0,
+                background_checkpoint_failures: 0,
+            }),
+            room: Condvar::new(),
+            group: Mutex::new(Group::default()),
+            group_done: Condvar::new(),
+            stop: Mutex::new(false),
+            stop_now: Condvar::new(),
+            opened: Instant::now(),
+        });
+        let checkpointer = if shared.config.checkpoint_interval_ms > 0 {
+            let s = Arc::clone(&shared);
+            Some(
+                std::thread::Builder::new()
+                    .name("sluicegate-checkpoint".into())
+                    .spawn(move || checkpoint_thread(&s))
+                    .map_err(|e| {
+                        FileChannelError::Storage(FileError::config(format!(
+                            "cannot start the checkpoint thread: {e}"
+                        )))
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(FileChannel {
+            shared,
+            checkpointer,
+            recovery,
+            open_duration: started.elapsed(),
+        })
+    }
+
+    /// What opening found and did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// How long opening took, replay included.
+    pub fn open_duration(&self) -> Duration {
+        self.open_duration
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FileChannelConfig {
+        &self.shared.config
+    }
+
+    /// Begins a transaction. It becomes a put or a take transaction with its first operation;
+    /// dropping it without a commit rolls it back.
+    pub fn begin(&self) -> Result<Transaction<'_>, FileChannelError> {
+        let mut st = lock(&self.shared.state);
+        let txn = st.core().begin()?;
+        Ok(Transaction {
+            channel: self,
+            txn,
+            finished: false,
+        })
+    }
+
+    /// Committed events queued, including those taken by open transactions.
+    pub fn len(&self) -> usize {
+        lock(&self.shared.state).core().len()
+    }
+
+    /// True if no committed event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FileStats {
+        let groups = lock(&self.shared.group).syncs;
+        let mut st = lock(&self.shared.state);
+        let (acked, refused, failed) = (
+            st.commits_acknowledged,
+            st.puts_refused_for_space,
+            st.background_checkpoint_failures,
+        );
+        let core = st.core();
+        FileStats {
+            channel: core.stats(),
+            fsyncs: core.storage().fsyncs(),
+            group_syncs: groups,
+            commits_acknowledged: acked,
+            files_created: core.storage().files_created(),
+            puts_refused_for_space: refused,
+            background_checkpoint_failures: failed,
+        }
+    }
+
+    /// Writes a whole checkpoint now.
+    pub fn checkpoint(&self) -> Result<(), FileChannelError> {
+        lock(&self.shared.state).core().checkpoint()?;
+        Ok(())
+    }
+
+    /// Stops the checkpoint thread and closes the channel, with a final checkpoint if
+    /// `checkpoint_on_close` is set, so the next open replays nothing.
+    pub fn close(mut self) -> Result<(), FileChannelError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), FileChannelError> {
+        *lock(&self.shared.stop) = true;
+        self.shared.stop_now.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        let core = lock(&self.shared.state).core.take();
+        match core {
+            Some(core) if self.shared.config.checkpoint_on_close => core.close().map(drop)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Waits until a sync covering `need` has finished, leading one if none is running.
+    fn wait_durable(&self, txn: Txn, need: SyncMark) -> Result<(), FileChannelError> {
+        let shared = &*self.shared;
+        let mut g = lock(&shared.group);
+        // Bounded: each turn either returns or waits for a sync that ends, and every sync that
+        // starts after our record was written covers it.
+        loop {
+            if g.durable.is_some_and(|d| d >= need) {
+                return Ok(());
+            }
+            if g.leading {
+                g = shared.group_done.wait(g).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            g.leading = true;
+            drop(g);
+            let result = self.lead_sync(txn);
+            g = lock(&shared.group);
+            g.leading = false;
+            if let Ok(Some(mark)) = result {
+                g.durable = g.durable.max(Some(mark));
+                g.syncs += 1;
+            }
+            shared.group_done.notify_all();
+            if result?.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One group sync: mark and ticket under the lock, `fdatasync` without it, settle under it.
+    /// Returns the mark now durable, or `None` if `txn` needed no sync: another path (a
+    /// checkpoint's or a new segment's sync) already applied it.
+    fn lead_sync(&self, txn: Txn) -> Result<Option<SyncMark>, FileChannelError> {
+        let shared = &*self.shared;
+        let (mark, ticket) = {
+            let mut st = lock(&shared.state);
+            let core = st.core();
+            if core.is_finished(txn) {
+                return Ok(None);
+            }
+            (core.sync_mark(), core.storage().log_sync_ticket())
+        };
+        let outcome = ticket.sync();
+        let mut st = lock(&shared.state);
+        let core = st.core();
+        if outcome.is_ok() {
+            core.storage_mut().settle(&ticket);
+        }
+        let result = core.finish_sync(mark, outcome);
+        drop(st);
+        shared.room.notify_all();
+        result?;
+        Ok(Some(mark))
+    }
+
+    /// Checks the free-space floor, measuring again if the last measure is old.
+    fn check_space(&self, st: &mut State) -> Result<(), FileChannelError> {
+        let c = &self.shared.config;
+        if c.minimum_required_space_bytes == 0 {
+            return Ok(());
+        }
+        let stale = st
+            .space_checked
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(c.space_check_interval_ms));
+        if stale {
+            st.space_short = None;
+            for dir in c.all_dirs() {
+                let available = crate::space::available_bytes(&dir).map_err(|e| {
+                    FileChannelError::Storage(FileError::io("measure free space of", &dir, e))
+                })?;
+                if available < c.minimum_required_space_bytes {
+                    st.space_short = Some((dir, available));
+                    break;
+                }
+            }
+            st.space_checked = Some(Instant::now());
+        }
+        if let Some((dir, available)) = &st.space_short {
+            st.puts_refused_for_space += 1;
+            return Err(FileChannelError::InsufficientSpace {
+                dir: dir.clone(),
+                available_bytes: *available,
+                required_bytes: c.minimum_required_space_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileChannel {
+    fn drop(&mut self) {
+        // Errors cannot be reported from here; `close` reports them. Nothing committed depends
+        // on this checkpoint: without it the next open replays more of the log.
+        let _ = self.shutdown();
+    }
+}
+
+fn checkpoint_thread(shared: &Shared) {
+    let interval = shared.config.checkpoint_interval_ms;
+    // Wake often enough to start a checkpoint near its time, and between the steps of one.
+    let idle = Duration::from_millis((interval / 4).clamp(1, 1000));
+    let mut stop = lock(&shared.stop);
+    // Bounded by the stop flag, which close and drop set.
+    while !*stop {
+        let (guard, _) = shared
+            .stop_now
+            .wait_timeout(stop, idle)
+            .unwrap_or_else(|p| p.into_inner());
+        stop = guard;
+        if *stop {
+            break;
+        }
+        drop(stop);
+        // A checkpoint is written one bounded step per lock, so producers run between steps.
+        loop {
+            let mut st = lock(&shared.state);
+            let now_ms = shared.opened.elapsed().as_millis() as u64;
+            let Some(core) = st.core.as_mut() else { break };
+            let failed = core.poll(now_ms).is_err();
+            let more = core.checkpoint_in_progress();
+            if failed {
+                st.background_checkpoint_failures += 1;
+            }
+            drop(st);
+            if !more || *lock(&shared.stop) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        stop = lock(&shared.stop);
+    }
+}
+
+/// An open transaction on a [`FileChannel`]. Dropping it without a commit rolls it back.
+pub struct Transaction<'a> {
+    channel: &'a FileChannel,
+    txn: Txn,
+    finished: bool,
+}
+
+impl fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("txn", &self.txn)
+            .finish()
+    }
+}
+
+impl<'a> Transaction<'a> {
+    /// Puts an event; it is written now and becomes visible when the transaction commits.
+    /// Refused while a directory is below `minimum_required_space_bytes`. If the channel or the
+    /// log is full, waits up to `keep_alive_ms` for room, then fails with
+    /// [`FileChannelError::Full`].
+    pub fn put(&mut self, event: &[u8]) -> Result<(), FileChannelError> {
+        let shared = &*self.channel.shared;
+        let deadline = Instant::now() + Duration::from_millis(shared.config.keep_alive_ms);
+        let mut st = lock(&shared.state);
+        self.channel.check_space(&mut st)?;
+        // Bounded by the deadline.
+        loop {
+            match st.core().put(self.txn, event) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_full() => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(FileChannelError::Full(e));
+                    }
+                    st = shared
+                        .room
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes the next available event into `buf` and returns its length, or `None` if none is
+    /// available now. The event leaves the channel when the transaction commits.
+    pub fn take(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FileChannelError> {
+        let mut st = lock(&self.channel.shared.state);
+        Ok(st.core().take(self.txn, buf)?)
+    }
+
+    /// Takes the next available event as a new vector.
+    pub fn take_vec(&mut self) -> Result<Option<Vec<u8>>, FileChannelError> {
+        let mut buf = vec![0u8; self.channel.shared.config.max_event_bytes as usize];
+        Ok(self.take(&mut buf)?.map(|n| {
+            buf.truncate(n);
+            buf
+        }))
+    }
+
+    /// Commits: returns `Ok` once the transaction is durable. Commits from several threads
+    /// share syncs. If it fails, the transaction is still open unless the channel failed: roll
+    /// it back (or drop it), or retry after a full-log or full-disk error.
+    pub fn commit(&mut self) -> Result<(), FileChannelError> {
+        let pending = self.write_commit()?;
+        pending.wait()
+    }
+
+    /// The first half of a commit: writes the commit record and returns without waiting for
+    /// it to be durable. The transaction is durable once [`PendingCommit::wait`] returns `Ok`;
+    /// until then it is neither acknowledged nor lost (the next sync, whoever runs it, applies
+    /// it). Lets a thread write several commits and wait for them with one sync.
+    pub fn write_commit(&mut self) -> Result<PendingCommit<'a>, FileChannelError> {
+        let shared = &*self.channel.shared;
+        let mut st = lock(&shared.state);
+        let core = st.core();
+        let written = core.write_commit(self.txn)?;
+        let need = core.sync_mark();
+        self.finished = true;
+        Ok(PendingCommit {
+            channel: self.channel,
+            txn: self.txn,
+            need: written.then_some(need),
+        })
+    }
+
+    /// Rolls back: puts are forgotten, taken events become available again in their places.
+    pub fn rollback(mut self) -> Result<(), FileChannelError> {
+        self.finished = true;
+        let shared = &*self.channel.shared;
+        lock(&shared.state).core().rollback(self.txn)?;
+        shared.room.notify_all();
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let shared = &*self.channel.shared;
+            if let Some(core) = lock(&shared.state).core.as_mut() {
+                // Rolling back writes nothing, so it cannot fail for a live transaction.
+                let _ = core.rollback(self.txn);
+            }
+            shared.room.notify_all();
+        }
+    }
+}
+
+/// A commit written but not yet known durable. See [`Transaction::write_commit`].
+#[must_use = "a commit is acknowledged only when `wait` returns Ok"]
+#[derive(Debug)]
+pub struct PendingCommit<'a> {
+    channel: &'a FileChannel,
+    txn: Txn,
+    /// The sync mark that covers the commit record (`None` for an empty transaction).
+    need: Option<SyncMark>,
+}
+
+impl PendingCommit<'_> {
+    /// Waits until the commit is durable, sharing the sync with every other commit written
+    /// before it started.
+    pub fn wait(self) -> Result<(), FileChannelError> {
+        if let Some(need) = self.need {
+            self.channel.wait_durable(self.txn, need)?;
+        }
+        lock(&self.channel.shared.state).commits_acknowledged += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! The file channel: threads, group commit, the checkpoint thread, waiting for room, and
+//! configuration.
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sluicegate_core::RecoveryPath;
+use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
+
+/// A small channel under `root`: no free-space floor (test machines vary), no timed
+/// checkpoints unless a test asks.
+fn small(root: &Path) -> FileChannelConfig {
+    FileChannelConfig {
+        capacity: 10_000,
+        transaction_capacity: 100,
+        max_file_bytes: 256 * 1024,
+        log_files: 8,
+        minimum_required_space_bytes: 0,
+        checkpoint_interval_ms: 0,
+        keep_alive_ms: 0,
+        max_event_bytes: 4096,
+        ..FileChannelConfig::in_dir(root)
+    }
+}
+
+fn put_one(ch: &FileChannel, event: &[u8]) {
+    let mut tx = ch.begin().unwrap();
+    tx.put(event).unwrap();
+    tx.commit().unwrap();
+}
+
+/// Waits (up to a generous bound) until `cond` holds; a synchronisation aid, not a timing test.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < until, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The handle can be shared between threads.
+#[test]
+fn file_channel_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<FileChannel>();
+}
+
+/// Flume's group-commit test: 20 transactions from 20 threads write their commits, then all wait
+/// for durability at once; one `fdatasync` covers all 20.
+#[test]
+fn twenty_concurrent_commits_share_one_fsync() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    // The run's first write opens a segment (with syncs of its own): get it out of the way.
+    put_one(&ch, b"warm-up");
+    let before = ch.stats();
+    let barrier = Barrier::new(20);
+    std::thread::scope(|s| {
+        for i in 0..20u32 {
+            let (ch, barrier) = (&ch, &barrier);
+            s.spawn(move || {
+                let mut tx = ch.begin().unwrap();
+                tx.put(&i.to_le_bytes()).unwrap();
+                let pending = tx.write_commit().unwrap();
+                barrier.wait();
+                pending.wait().unwrap();
+            });
+        }
+    });
+    let after = ch.stats();
+    println!(
+        "20 concurrent commits: {} fdatasync, {} group sync",
+        after.fsyncs - before.fsyncs,
+        after.group_syncs - before.group_syncs
+    );
+    assert_eq!(after.fsyncs - before.fsyncs, 1);
+    assert_eq!(after.group_syncs - before.group_syncs, 1);
+    assert_eq!(after.commits_acknowledged - before.commits_acknowledged, 20);
+    assert_eq!(ch.len(), 21);
+}
+
+/// Many producers and consumers at once: every event is delivered exactly once, each take
+/// transaction gets each producer's events in the order they were committed, and nothing is
+/// left behind.
+#[test]
+fn producers_and_consumers_deliver_exactly_once_in_order() {
+    const PRODUCERS: u32 = 4;
+    const PER_PRODUCER: u32 = 600;
+    const BATCH: u32 = 10;
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(FileChannelConfig {
+        keep_alive_ms: 3_000,
+        checkpoint_interval_ms: 20,
+        ..small(root.path())
+    })
+    .unwrap();
+    let received = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for p in 0..PRODUCERS {
+            let ch = &ch;
+            s.spawn(move || {
+                for b in 0..PER_PRODUCER / BATCH {
+                    let mut tx = ch.begin().unwrap();
+                    for k in 0..BATCH {
+                        let seq = b * BATCH + k;
+                        let mut e = [p.to_le_bytes(), seq.to_le_bytes()].concat();
+                        e.resize(8 + (seq as usize % 200), seq as u8);
+                        tx.put(&e).unwrap();
+                    }
+                    tx.commit().unwrap();
+                }
+            });
+        }
+        for _ in 0..4 {
+            let (ch, received) = (&ch, &received);
+            s.spawn(move || loop {
+                if received.lock().unwrap().len() == (PRODUCERS * PER_PRODUCER) as usize {
+                    return;
+                }
+                let mut tx = ch.begin().unwrap();
+                let mut got = Vec::new();
+                for _ in 0..7 {
+                    match tx.take_vec().unwrap() {
+                        Some(e) => got.push(e),
+                        None => break,
+                    }
+                }
+                tx.commit().unwrap();
+                // Within one take transaction, each producer's events come in its order.
+                let mut last = [None; PRODUCERS as usize];
+                for e in &got {
+                    let p = u32::from_le_bytes(e[..4].try_into().unwrap()) as usize;
+                    let seq = u32::from_le_bytes(e[4..8].try_into().unwrap());
+                    assert!(last[p] < Some(seq), "producer {p} out of order in one take");
+                    last[p] = Some(seq);
+                }
+                received.lock().unwrap().extend(got);
+                std::thread::yield_now();
+            });
+        }
+    });
+    let received = received.into_inner().unwrap();
+    assert_eq!(received.len(), (PRODUCERS * PER_PRODUCER) as usize);
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &received {
+        let p = u32::from_le_bytes(e[..4].try_into().unwrap());
+        let seq = u32::from_le_bytes(e[4..8].try_into().unwrap());
+        assert_eq!(e.len(), 8 + (seq as usize % 200));
+        assert!(seen.insert((p, seq)), "({p}, {seq}) delivered twice");
+    }
+    assert_eq!(seen.len(), (PRODUCERS * PER_PRODUCER) as usize);
+    let stats = ch.stats();
+    println!(
+        "{} commits acknowledged with {} fdatasync calls ({} group syncs), {} checkpoints",
+        stats.commits_acknowledged, stats.fsyncs, stats.group_syncs, stats.channel.checkpoints
+    );
+    assert!(ch.is_empty());
+    ch.close().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    assert!(ch.is_empty());
+    assert_eq!(ch.recovery().records_read, 0, "closed with a checkpoint");
+}
+
+/// A put into a full channel waits up to keep-alive for a take to make room, and fails with
+/// `Full` when none comes; nothing is lost either way.
+#[test]
+fn put_waits_keep_alive_for_room() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(FileChannelConfig {
+        capacity: 4,
+        transaction_capacity: 4,
+        keep_alive_ms: 10_000,
+        ..small(root.path())
+    })
+    .unwrap();
+    for i in 0..4u8 {
+        put_one(&ch, &[i]);
+    }
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| put_one(&ch, b"late"));
+        std::thread::sleep(Duration::from_millis(50));
+        let mut tx = ch.begin().unwrap();
+        assert_eq!(tx.take_vec().unwrap().unwrap(), vec![0]);
+        tx.commit().unwrap();
+        waiter.join().unwrap();
+    });
+    assert_eq!(ch.len(), 4);
+    drop(ch);
+    let ch = FileChannel::open(FileChannelConfig {
+        capacity: 4,
+        transaction_capacity: 4,
+        keep_alive_ms: 20,
+        ..small(root.path())
+    })
+    .unwrap();
+    let mut tx = ch.begin().unwrap();
+    match tx.put(b"no room") {
+        Err(FileChannelError::Full(_)) => {}
+        other => panic!("expected Full, got {other:?}"),
+    }
+    drop(tx);
+    let mut tx = ch.begin().unwrap();
+    let got: Vec<Vec<u8>> = (0..4).map(|_| tx.take_vec().unwrap().unwrap()).collect();
+    assert_eq!(got, vec![vec![1], vec![2], vec![3], b"late".to_vec()]);
+}
+
+/// The checkpoint thread writes timed checkpoints while producers run, so a restart without a
+/// clean close replays only the tail; a clean close with `checkpoint_on_close` replays nothing.
+#[test]
+fn background_checkpoints_shorten_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let config = FileChannelConfig {
+        checkpoint_interval_ms: 10,
+        checkpoint_on_close: false,
+        ..small(root.path())
+    };
+    {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        for i in 0..200u32 {
+            put_one(&ch, &i.to_le_bytes());
+        }
+        eventually("a background checkpoint", || {
+            ch.stats().channel.checkpoints >= 1
+        });
+        put_one(&ch, b"after the checkpoint");
+        // Dropped without a checkpoint on close.
+    }
+    let ch = FileChannel::open(config).unwrap();
+    assert_ne!(ch.recovery().path, RecoveryPath::FullReplay);
+    assert_ne!(ch.recovery().path, RecoveryPath::New);
+    assert!(
+        ch.recovery().records_read < 400,
+        "replayed {} records",
+        ch.recovery().records_read
+    );
+    assert_eq!(ch.len(), 201);
+}
+
+/// An uncommitted transaction is rolled back when dropped: its puts vanish, its takes return
+/// in place.
+#[test]
+fn dropped_transactions_roll_back() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    put_one(&ch, b"a");
+    put_one(&ch, b"b");
+    {
+        let mut tx = ch.begin().unwrap();
+        tx.put(b"never").unwrap();
+    }
+    {
+        let mut tx = ch.begin().unwrap();
+        assert_eq!(tx.take_vec().unwrap().unwrap(), b"a");
+    }
+    let mut tx = ch.begin().unwrap();
+    assert_eq!(tx.take_vec().unwrap().unwrap(), b"a");
+    assert_eq!(tx.take_vec().unwrap().unwrap(), b"b");
+    assert_eq!(tx.take_vec().unwrap(), None);
+    tx.rollback().unwrap();
+    assert_eq!(ch.len(), 2);
+}
+
+/// A configuration file uses Flume's names where they fit, with Flume's defaults; relative
+/// directories are relative to the file; unknown keys and bad values are refused with the
+/// setting's name.
+#[test]
+fn toml_configuration_and_validation() {
+    let root = tempfile::tempdir().unwrap();
+    let defaults = FileChannelConfig::default();
+    assert_eq!(defaults.capacity, 1_000_000);
+    assert_eq!(defaults.transaction_capacity, 10_000);
+    assert_eq!(defaults.checkpoint_interval_ms, 30_000);
+    assert_eq!(defaults.minimum_required_space_bytes, 524_288_000);
+    assert_eq!(defaults.keep_alive_ms, 3_000);
+    assert!(defaults.use_dual_checkpoints && defaults.checkpoint_on_close);
+
+    let file = root.path().join("channel.toml");
+    std::fs::write(
+        &file,
+        "capacity = 5000\ntransaction_capacity = 50\ndata_dirs = [\"d1\", \"d2\"]\n\
+         checkpoint_dir = \"ck\"\nbackup_checkpoint_dir = \"bk\"\nminimum_required_space_bytes = 0\n",
+    )
+    .unwrap();
+    let c = FileChannelConfig::from_toml_file(&file).unwrap();
+    assert_eq!(c.capacity, 5000);
+    assert_eq!(
+        c.data_dirs,
+        vec![root.path().join("d1"), root.path().join("d2")]
+    );
+    assert_eq!(c.checkpoint_dir, root.path().join("ck"));
+    assert_eq!(c.keep_alive_ms, 3_000, "unset keys keep their defaults");
+    c.validate().unwrap();
+
+    std::fs::write(&file, "capacty = 5\n").unwrap();
+    let err = FileChannelConfig::from_toml_file(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("capacty") && err.contains("channel.toml"),
+        "{err}"
+    );
+
+    let refused = |c: FileChannelConfig, needle: &str| {
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        let err = FileChannel::open(c).unwrap_err().to_string();
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    };
+    let base = small(root.path());
+    refused(
+        FileChannelConfig {
+            backup_checkpoint_dir: base.checkpoint_dir.clone(),
+            ..base.clone()
+        },
+        "backup_checkpoint_dir and checkpoint_dir are the same directory",
+    );
+    refused(
+        FileChannelConfig {
+            backup_checkpoint_dir: base.data_dirs[0].join("."),
+            ..base.clone()
+        },
+        "data_dirs[0] and backup_checkpoint_dir are the same directory",
+    );
+    refused(
+        FileChannelConfig {
+            transaction_capacity: 20_000,
+            ..base.clone()
+        },
+        "transaction_capacity (20000) is above capacity (10000)",
+    );
+    refused(
+        FileChannelConfig {
+            data_dirs: vec![root.path().join("missing/parent/data")],
+            ..base.clone()
+        },
+        "data_dirs[0]: the parent of",
+    );
+    std::fs::write(root.path().join("a-file"), b"").unwrap();
+    refused(
+        FileChannelConfig {
+            checkpoint_dir: root.path().join("a-file"),
+            ..base.clone()
+        },
+        "checkpoint_dir: ",
+    );
+    refused(
+        FileChannelConfig {
+            log_files: 3,
+            ..base.clone()
+        },
+        "log_files is 3",
+    );
+    refused(
+        FileChannelConfig {
+            max_file_bytes: 5000,
+            ..base.clone()
+        },
+        "max_file_bytes (5000) must be a multiple of 4096",
+    );
+    refused(
+        FileChannelConfig {
+            data_dirs: vec![],
+            ..base.clone()
+        },
+        "data_dirs is empty",
+    );
+    // Nothing was created by the refused configurations.
+    assert!(!base.checkpoint_dir.exists());
+    // Dual checkpoints off: the second slot lives beside the first.
+    let single = FileChannelConfig {
+        use_dual_checkpoints: false,
+        ..base.clone()
+    };
+    let ch = FileChannel::open(single).unwrap();
+    put_one(&ch, b"x");
+    ch.close().unwrap();
+    assert!(base
+        .checkpoint_dir
+        .join("second")
+        .join("backup.slot")
+        .exists());
+}
+
+/// Two channels on the same directories: the second is refused, naming the lock and the pid.
+#[test]
+fn second_channel_on_the_same_directories_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let _first = FileChannel::open(small(root.path())).unwrap();
+    let err = FileChannel::open(small(root.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sluicegate.lock") && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+}
+
+/// Commits keep flowing while many threads commit at once: every commit is acknowledged and
+/// syncs are shared (the ratio is printed; benchmarks measure it properly).
+#[test]
+fn free_running_commits_share_syncs() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = Arc::new(FileChannel::open(small(root.path())).unwrap());
+    put_one(&ch, b"warm-up");
+    let before = ch.stats();
+    let threads: Vec<_> = (0..16)
+        .map(|t: u32| {
+            let ch = Arc::clone(&ch);
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    put_one(&ch, &[t.to_le_bytes(), i.to_le_bytes()].concat());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = ch.stats();
+    let commits = after.commits_acknowledged - before.commits_acknowledged;
+    let fsyncs = after.fsyncs - before.fsyncs;
+    println!("16 threads x 25 commits: {commits} commits, {fsyncs} fdatasync");
+    assert_eq!(commits, 400);
+    assert!(fsyncs <= commits);
+    assert_eq!(ch.len(), 401);
+}
