@@ -53,6 +53,7 @@ impl fmt::Display for FileChannelError {
         match self {
             FileChannelError::Config(e) => write!(f, "{e}"),
             FileChannelError::Storage(e) => write!(f, "{e}"),
+            FileChannelError::Channel(Error::Storage(e)) => write!(f, "storage error: {e}"),
             FileChannelError::Channel(e) => write!(f, "{e}"),
             FileChannelError::InsufficientSpace {
                 dir,
