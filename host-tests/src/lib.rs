@@ -6,7 +6,8 @@
 //!   keep an arbitrary subset of unsynced writes and tear the interrupted one, interrupted
 //!   erases, NOR-rule enforcement, injected I/O errors and operation counters;
 //! - [`model`]: a model-based checker that runs random transactions against a `VecDeque` and
-//!   checks every recovery, at random cut points or at every cut point of a workload.
+//!   checks every recovery, at random cut points or at every cut point of a workload;
+//! - [`kill`]: the same verdict on the file channel, across real processes killed with SIGKILL.
 //!
 //! Firmware teams can run their application logic on the host against [`sim::SimStorage`] and
 //! cut its power wherever they like; see the example on [`sim`].
@@ -26,6 +27,7 @@
 //! drop((first, second));
 //! ```
 
+pub mod kill;
 pub mod model;
 pub mod sim;
 

@@ -141,7 +141,7 @@ pub fn event_bytes(id: u64, max_event: usize) -> Vec<u8> {
 }
 
 /// The id of a delivered event, if its bytes are exactly what was put.
-fn decode_event(bytes: &[u8], max_event: usize) -> Option<u64> {
+pub fn decode_event(bytes: &[u8], max_event: usize) -> Option<u64> {
     let id = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     (event_bytes(id, max_event) == bytes).then_some(id)
 }
@@ -163,10 +163,12 @@ struct OpenTxn {
     target: usize,
 }
 
-/// A transaction whose commit was under way when the power failed.
+/// A transaction whose commit was under way when the power failed (or the process died).
 #[derive(Debug, Clone)]
-enum InFlight {
+pub enum InFlight {
+    /// A put commit, with the ids it put.
     Put(Vec<u64>),
+    /// A take commit, with the ids it took.
     Take(Vec<u64>),
 }
 
@@ -599,6 +601,17 @@ fn verify<const W: usize, const E: usize>(
             channel.recovery()
         ));
     }
+    judge(&seen, model, in_flight).map_err(|e| format!("{e}; recovery: {:?}", channel.recovery()))
+}
+
+/// The verdict on a recovery: `seen`, the whole queue in order after recovery, must be the
+/// model's queue, or (if a commit was in flight) the model's queue with that whole transaction
+/// applied; nothing else. Returns the model as it now stands.
+pub fn judge(
+    seen: &[u64],
+    model: &VecDeque<u64>,
+    in_flight: Option<&InFlight>,
+) -> Result<VecDeque<u64>, String> {
     let base: Vec<u64> = model.iter().copied().collect();
     let mut candidates = vec![base.clone()];
     match in_flight {
@@ -617,11 +630,10 @@ fn verify<const W: usize, const E: usize>(
         }
         None => {}
     }
-    match candidates.into_iter().find(|c| *c == seen) {
+    match candidates.into_iter().find(|c| c == seen) {
         Some(c) => Ok(c.into_iter().collect()),
         None => Err(format!(
-            "after recovery the queue is {seen:?}; the model allows {base:?} (in flight: {in_flight:?}); recovery: {:?}",
-            channel.recovery()
+            "after recovery the queue is {seen:?}; the model allows {base:?} (in flight: {in_flight:?})"
         )),
     }
 }

@@ -31,8 +31,9 @@ fn main() -> ExitCode {
         "sim" => sim(rest),
         "fuzz" => fuzz_cmd(rest),
         "mutants" => mutants(),
+        "kill" => kill(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | fuzz [--seconds N] | mutants>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | fuzz [--seconds N] | mutants>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -176,6 +177,20 @@ fn sim(args: &[String]) -> Result {
     run("cargo", &all, &[])
 }
 
+/// Builds the kill test's programs and runs `rounds` kills (the child must sit beside the
+/// parent, so both are built first).
+fn kill(args: &[String]) -> Result {
+    run(
+        "cargo",
+        &["build", "--release", "-q", "-p", "sluicegate-sim", "--bins"],
+        &[],
+    )?;
+    let exe = root().join("target").join("release").join("kill");
+    let exe = exe.to_str().ok_or("non-UTF-8 path")?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(exe, &args, &[])
+}
+
 fn ci() -> Result {
     let started = Instant::now();
     step("toolchain: target and components");
@@ -228,7 +243,25 @@ fn ci() -> Result {
         &[],
     )?;
 
-    step("the demo (the README's first command)");
+    step("the README's first command: a load run through a file channel, then reopens");
+    // Exactly as the README gives it, from the workspace root, into a fresh `sluicegate-load`.
+    let _ = std::fs::remove_dir_all(root().join("sluicegate-load"));
+    run_in(
+        &root(),
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "sluicegate-cli",
+            "--",
+            "load",
+        ],
+        &[],
+    )?;
+
+    step("the simulation demo");
     run(
         "cargo",
         &[
@@ -309,10 +342,10 @@ const MUTANTS: [Mutant; 9] = [
         to: "if false && damaged > 0 {",
     },
     Mutant {
-        name: "a new segment is erased in one go, without erasing and syncing its header first",
+        name: "a new segment's body is erased without syncing the erase of its header first",
         file: "core/src/channel.rs",
-        from: ".erase(Region::Log, start, start + first_block)\n            .and_then(|()| storage.sync(Region::Log))",
-        to: ".erase(Region::Log, start, end)\n            .and_then(|()| Ok(()))",
+        from: "let result = storage\n            .sync(Region::Log)\n            .and_then(",
+        to: "let result = Ok::<(), S::Error>(())\n            .and_then(",
     },
     Mutant {
         name: "a run writes without opening a segment of its own",
@@ -338,7 +371,6 @@ const MUTANTS: [Mutant; 9] = [
         from: "                ip.cursor = cursor;\n                ip.remaining = remaining;",
         to: "                let _ = (cursor, remaining);",
     },
-
 ];
 
 /// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and
@@ -350,12 +382,12 @@ fn mutants() -> Result {
     let target_dir = scratch.join("target");
     let target_dir = target_dir.to_str().ok_or("non-UTF-8 path")?;
     let _ = std::fs::remove_dir_all(&ws);
-    for dir in ["core", "host-tests"] {
+    for dir in ["core", "host-tests", "adapters/file"] {
         copy_dir(&root.join(dir), &ws.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
     }
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
@@ -384,9 +416,47 @@ fn mutants() -> Result {
             Ok(()) => return Err(format!("the simulation did not catch: {}", m.name)),
         }
     }
-    println!("mutants: {caught} of {} planted bugs caught", MUTANTS.len());
+    // Bugs only a real process crash shows, caught by the kill test.
+    let kill_args = [
+        "test",
+        "--release",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--test",
+        "kill",
+    ];
+    let kill_envs = [envs[0], ("SLUICEGATE_KILLS", "200")];
+    println!("-- control: the unmutated file adapter survives the kill test");
+    run_in(&ws, "cargo", &kill_args, &kill_envs)?;
+    for m in KILL_MUTANTS.iter() {
+        let path = ws.join(m.file);
+        let original = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        std::fs::write(&path, plant(&original, m)?).map_err(|e| e.to_string())?;
+        println!("-- planted: {}", m.name);
+        let result = run_in(&ws, "cargo", &kill_args, &kill_envs);
+        std::fs::write(&path, original).map_err(|e| e.to_string())?;
+        match result {
+            Err(_) => {
+                println!("-- caught: {}", m.name);
+                caught += 1;
+            }
+            Ok(()) => return Err(format!("the kill test did not catch: {}", m.name)),
+        }
+    }
+    let total = MUTANTS.len() + KILL_MUTANTS.len();
+    println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
 }
+
+/// Bugs in the file adapter that the kill test must catch.
+const KILL_MUTANTS: [Mutant; 1] = [Mutant {
+    name: "a log file is created in place, not through a synced temporary file and a rename",
+    file: "adapters/file/src/storage.rs",
+    from: "let tmp = tmp_path(&path);",
+    // Renaming a file onto itself does nothing, so the zeros go straight to the real name.
+    to: "let tmp = path.clone();",
+}];
 
 fn plant(original: &str, m: &Mutant) -> Result<String> {
     let from = m.from;

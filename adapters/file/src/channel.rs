@@ -495,18 +495,18 @@ impl<'a> Transaction<'a> {
     }
 
     /// Commits: returns `Ok` once the transaction is durable. Commits from several threads
-    /// share syncs. If it fails, the transaction is still open unless the channel failed: roll
-    /// it back (or drop it), or retry after a full-log or full-disk error.
-    pub fn commit(&mut self) -> Result<(), FileChannelError> {
-        let pending = self.write_commit()?;
-        pending.wait()
+    /// share syncs. If the commit record cannot be written (a full log or disk), the
+    /// transaction is rolled back and the error returned, as in Flume.
+    pub fn commit(self) -> Result<(), FileChannelError> {
+        self.write_commit()?.wait()
     }
 
     /// The first half of a commit: writes the commit record and returns without waiting for
     /// it to be durable. The transaction is durable once [`PendingCommit::wait`] returns `Ok`;
     /// until then it is neither acknowledged nor lost (the next sync, whoever runs it, applies
-    /// it). Lets a thread write several commits and wait for them with one sync.
-    pub fn write_commit(&mut self) -> Result<PendingCommit<'a>, FileChannelError> {
+    /// it). Lets a thread write several commits and wait for them with one sync. If the record
+    /// cannot be written, the transaction is rolled back.
+    pub fn write_commit(mut self) -> Result<PendingCommit<'a>, FileChannelError> {
         let shared = &*self.channel.shared;
         let mut st = lock(&shared.state);
         let core = st.core();

@@ -18,9 +18,26 @@
 //! last sync of that region. Erasing writes zeros: the erased value is `0x00`. For group
 //! commit, a [`LogSyncTicket`] lets the log's `fdatasync` run without the channel's lock.
 //!
-//! Status: this is the storage layer of issue 4. The multi-threaded `FileChannel` (group commit,
-//! a background checkpoint thread), TOML configuration, disk-space checks and the crash tests
-//! that kill real processes are not built yet.
+//! On top, [`FileChannel`] is what servers use: a `Send + Sync` handle for many producer and
+//! consumer threads, configured by a [`FileChannelConfig`] (Flume's names and defaults, from TOML
+//! or code). Concurrent commits share one `fdatasync` (group commit), a background thread writes
+//! timed checkpoints a bounded step at a time, puts wait up to `keep_alive_ms` for room and are
+//! refused while a directory is below `minimum_required_space_bytes`.
+//!
+//! ```no_run
+//! use sluicegate_file::{FileChannel, FileChannelConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = FileChannel::open(FileChannelConfig::in_dir("/var/lib/sg".as_ref()))?;
+//! let mut tx = channel.begin()?;
+//! tx.put(b"reading")?;
+//! tx.commit()?; // durable when it returns
+//! let mut tx = channel.begin()?;
+//! assert_eq!(tx.take_vec()?.as_deref(), Some(&b"reading"[..]));
+//! tx.commit()?;
+//! channel.close()?;
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(missing_docs)]
 

@@ -1,0 +1,278 @@
+//! Real-process crash tests of the file channel: a child process runs random transactions on a
+//! [`FileChannel`] and is killed with SIGKILL at a random moment; the parent reopens the
+//! directories and checks the recovered queue with the same verdict as the simulation
+//! ([`crate::model::judge`]).
+//!
+//! The child reports on standard output, one line per event, flushed at once:
+//! - `ready`: the channel is open;
+//! - `P id id ...` / `T id id ...`: a put or take commit is about to be made;
+//! - `A`: that commit returned `Ok` (acknowledged); `R`: it failed and was rolled back.
+//!
+//! An announced commit without `A` or `R` was in flight at the kill: all or nothing.
+//!
+//! A SIGKILL loses no write already made (the page cache survives the process), so this checks
+//! what a process crash can break: acknowledging before writing, state kept only in memory,
+//! files half-created, checkpoints half-written. Power loss is the simulation's job.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
+
+use crate::model::{decode_event, event_bytes, judge, InFlight};
+
+/// The largest event the workload puts.
+pub const MAX_EVENT: usize = 600;
+
+/// The channel both processes open: small files so the log rolls and creates files often, a
+/// checkpoint every few milliseconds so kills land in checkpoints, and capacity no more than
+/// the transactions the parent can hold open to read the whole queue.
+pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
+    FileChannelConfig {
+        capacity: 512,
+        transaction_capacity: 16,
+        max_transactions: 64,
+        max_file_bytes: 64 * 1024,
+        log_files: 8,
+        max_event_bytes: MAX_EVENT as u32,
+        minimum_required_space_bytes: 0,
+        checkpoint_interval_ms,
+        keep_alive_ms: 0,
+        ..FileChannelConfig::in_dir(dir)
+    }
+}
+
+/// The child's side: random transactions until killed (or `steps` operations). Ids start at
+/// `first_id`. Returns an error message if the channel misbehaves in a way the child can see.
+pub fn child(dir: &Path, seed: u64, first_id: u64, steps: u64) -> Result<(), String> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let ch =
+        FileChannel::open(config(dir, rng.random_range(1..8))).map_err(|e| format!("open: {e}"))?;
+    let out = std::io::stdout();
+    let say = |line: String| {
+        let mut o = out.lock();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    };
+    say("ready".into());
+    let mut next_id = first_id;
+    let mut buf = vec![0u8; MAX_EVENT];
+    for _ in 0..steps {
+        let take = rng.random_bool(0.45);
+        let target = rng.random_range(1..=16);
+        let mut tx = ch.begin().map_err(|e| format!("begin: {e}"))?;
+        let mut ids = Vec::new();
+        for _ in 0..target {
+            if take {
+                match tx.take(&mut buf) {
+                    Ok(Some(n)) => match decode_event(&buf[..n], MAX_EVENT) {
+                        Some(id) => ids.push(id),
+                        None => {
+                            return Err(format!("take delivered bytes never put: {:?}", &buf[..n]))
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("take: {e}")),
+                }
+            } else {
+                match tx.put(&event_bytes(next_id, MAX_EVENT)) {
+                    Ok(()) => {
+                        ids.push(next_id);
+                        next_id += 1;
+                    }
+                    Err(FileChannelError::Full(_)) => break,
+                    Err(e) => return Err(format!("put: {e}")),
+                }
+            }
+        }
+        if ids.is_empty() || rng.random_bool(0.15) {
+            tx.rollback().map_err(|e| format!("rollback: {e}"))?;
+            continue;
+        }
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        say(format!(
+            "{} {}",
+            if take { "T" } else { "P" },
+            list.join(" ")
+        ));
+        match tx.commit() {
+            Ok(()) => say("A".into()),
+            // A failed commit rolls the transaction back.
+            Err(FileChannelError::Channel(e)) if e.is_full() => say("R".into()),
+            Err(e) => return Err(format!("commit: {e}")),
+        }
+    }
+    ch.close().map_err(|e| format!("close: {e}"))
+}
+
+/// What one round of the parent did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KillOutcome {
+    /// Children killed with SIGKILL (rounds where the child finished first are not counted).
+    pub kills: u64,
+    /// Recoveries checked.
+    pub recoveries: u64,
+    /// Commits acknowledged by children.
+    pub acknowledged: u64,
+    /// Kills that landed with a commit in flight.
+    pub in_flight_at_kill: u64,
+}
+
+/// Rounds run on one set of directories before the next starts empty, so that kills also land
+/// while log files are first created.
+pub const ROUNDS_PER_DIR: u64 = 5;
+
+/// Runs `rounds` rounds under `root`: start the child, let it run a random while, SIGKILL it,
+/// reopen, check. `child_exe` is the `crash-child` binary. Returns the first violation.
+pub fn run_kills(
+    child_exe: &Path,
+    root: &Path,
+    seed: u64,
+    rounds: u64,
+    mut progress: impl FnMut(u64, &KillOutcome),
+) -> Result<KillOutcome, String> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut model: VecDeque<u64> = VecDeque::new();
+    let mut outcome = KillOutcome::default();
+    for round in 0..rounds {
+        let fail = |what: String| {
+            format!("seed {seed} round {round}: {what}\n  rerun: cargo xtask kill --seed {seed} --rounds {} (kill moments vary from run to run)", round + 1)
+        };
+        if round % ROUNDS_PER_DIR == 0 {
+            model.clear();
+        }
+        let dir = &root.join(format!("dirs-{}", round / ROUNDS_PER_DIR));
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        let child_seed: u64 = rng.random();
+        let mut child = Command::new(child_exe)
+            .arg(dir)
+            .arg(child_seed.to_string())
+            .arg(((round + 1) * 1_000_000).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {}: {e}", child_exe.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        // Wait until the child has opened the channel, then let it run.
+        match lines.next() {
+            Some(Ok(l)) if l == "ready" => {}
+            other => {
+                let _ = child.kill();
+                let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+                return Err(fail(format!(
+                    "child did not start: {other:?}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+        // Half the kills come within 3 ms of the open, when the run's first log file is being
+        // created and its first segment opened; the rest anywhere in 40 ms.
+        let max_us = if rng.random_bool(0.5) { 3_000 } else { 40_000 };
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..max_us)));
+        let finished_first = child.try_wait().map_err(|e| fail(e.to_string()))?.is_some();
+        let _ = child.kill();
+        let status = child.wait().map_err(|e| fail(e.to_string()))?;
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        if finished_first && !status.success() {
+            return Err(fail(format!("child failed: {status}: {stderr}")));
+        }
+        if !finished_first {
+            outcome.kills += 1;
+        }
+        // Replay the child's report against the model.
+        let mut announced: Option<InFlight> = None;
+        for line in lines {
+            let line = line.map_err(|e| fail(e.to_string()))?;
+            let mut words = line.split_whitespace();
+            let word = words.next().unwrap_or_default();
+            let ids = || -> Result<Vec<u64>, String> {
+                line.split_whitespace()
+                    .skip(1)
+                    .map(|w| w.parse().map_err(|_| fail(format!("bad line {line:?}"))))
+                    .collect()
+            };
+            match word {
+                "P" => announced = Some(InFlight::Put(ids()?)),
+                "T" => announced = Some(InFlight::Take(ids()?)),
+                "A" => match announced.take() {
+                    Some(InFlight::Put(ids)) => model.extend(ids),
+                    Some(InFlight::Take(ids)) => {
+                        let front: Vec<u64> = model.iter().take(ids.len()).copied().collect();
+                        if front != ids {
+                            return Err(fail(format!(
+                                "a take delivered {ids:?}, the model's front is {front:?}"
+                            )));
+                        }
+                        model.drain(..ids.len());
+                    }
+                    None => return Err(fail("acknowledgement of nothing".into())),
+                },
+                "R" => announced = None,
+                "" => {}
+                other => return Err(fail(format!("unexpected report {other:?}"))),
+            }
+            if word == "A" {
+                outcome.acknowledged += 1;
+            }
+        }
+        if announced.is_some() {
+            outcome.in_flight_at_kill += 1;
+        }
+        // Recover and judge.
+        let seen = read_all(dir).map_err(&fail)?;
+        model = judge(&seen, &model, announced.as_ref()).map_err(&fail)?;
+        outcome.recoveries += 1;
+        progress(round + 1, &outcome);
+    }
+    Ok(outcome)
+}
+
+/// Opens the channel and reads the whole queue without consuming it.
+fn read_all(dir: &Path) -> Result<Vec<u64>, String> {
+    let ch = FileChannel::open(FileChannelConfig {
+        checkpoint_on_close: false,
+        ..config(dir, 0)
+    })
+    .map_err(|e| format!("reopen after the kill: {e}"))?;
+    let mut seen = Vec::new();
+    let mut txns = Vec::new();
+    let mut buf = vec![0u8; MAX_EVENT];
+    'all: for _ in 0..64 {
+        let mut tx = ch.begin().map_err(|e| format!("verify begin: {e}"))?;
+        for _ in 0..16 {
+            match tx.take(&mut buf).map_err(|e| format!("verify take: {e}"))? {
+                Some(n) => match decode_event(&buf[..n], MAX_EVENT) {
+                    Some(id) => seen.push(id),
+                    None => {
+                        return Err(format!("recovery delivered corrupt bytes {:?}", &buf[..n]))
+                    }
+                },
+                None => {
+                    txns.push(tx);
+                    break 'all;
+                }
+            }
+        }
+        txns.push(tx);
+    }
+    let skipped = ch.stats().channel.corrupt_events_skipped;
+    drop(txns);
+    if skipped != 0 {
+        return Err(format!(
+            "{skipped} committed events were unreadable after recovery"
+        ));
+    }
+    Ok(seen)
+}
