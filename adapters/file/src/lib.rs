@@ -18,6 +18,12 @@
 //! last sync of that region. Erasing writes zeros: the erased value is `0x00`. For group
 //! commit, a [`LogSyncTicket`] lets the log's `fdatasync` run without the channel's lock.
 //!
+//! Why `pwrite` and not stores into a writable map: with the same durability (`fdatasync`
+//! against `msync` of the written range), `examples/write_path.rs` measured the map at 0.32,
+//! 0.79 and 0.84 times the rate of `pwrite` for 272-byte appends synced every 1, 8 and 64
+//! records (ext4, this project's 2-core CI machine). A write through a map also cannot report
+//! an I/O error except by a signal.
+//!
 //! On top, [`FileChannel`] is what servers use: a `Send + Sync` handle for many producer and
 //! consumer threads, configured by a [`FileChannelConfig`] (Flume's names and defaults, from TOML
 //! or code). Concurrent commits share one `fdatasync` (group commit), a background thread writes
