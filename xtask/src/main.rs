@@ -395,27 +395,8 @@ fn mutants() -> Result {
         std::fs::copy(&lock, ws.join("Cargo.lock")).map_err(|e| e.to_string())?;
     }
     let envs = [("CARGO_TARGET_DIR", target_dir)];
-    let sim_args = [&SIM_RUN[..], &["--exhaustive", "10", "--seeds", "300"]].concat();
-    // The unmutated copy must pass, or a failure below would prove nothing.
-    println!("-- control: the unmutated core passes");
-    run_in(&ws, "cargo", &sim_args, &envs)?;
-    let mut caught = 0;
-    for m in MUTANTS.iter() {
-        let path = ws.join(m.file);
-        let original = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        let planted = plant(&original, m)?;
-        std::fs::write(&path, planted).map_err(|e| e.to_string())?;
-        println!("-- planted: {}", m.name);
-        let result = run_in(&ws, "cargo", &sim_args, &envs);
-        std::fs::write(&path, original).map_err(|e| e.to_string())?;
-        match result {
-            Err(_) => {
-                println!("-- caught: {}", m.name);
-                caught += 1;
-            }
-            Ok(()) => return Err(format!("the simulation did not catch: {}", m.name)),
-        }
-    }
+    let sim_args: Vec<&str> = [&SIM_RUN[..], &["--exhaustive", "10", "--seeds", "300"]].concat();
+    let mut caught = catch_all(&ws, &MUTANTS, "the simulation", &sim_args, &envs)?;
     // Bugs only a real process crash shows, caught by the kill test.
     let kill_args = [
         "test",
@@ -427,26 +408,37 @@ fn mutants() -> Result {
         "kill",
     ];
     let kill_envs = [envs[0], ("SLUICEGATE_KILLS", "200")];
-    println!("-- control: the unmutated file adapter survives the kill test");
-    run_in(&ws, "cargo", &kill_args, &kill_envs)?;
-    for m in KILL_MUTANTS.iter() {
+    caught += catch_all(&ws, &KILL_MUTANTS, "the kill test", &kill_args, &kill_envs)?;
+    let total = MUTANTS.len() + KILL_MUTANTS.len();
+    println!("mutants: {caught} of {total} planted bugs caught");
+    Ok(())
+}
+
+/// Runs `checker` (a cargo command in the scratch workspace `ws`) on the unmutated copy, which
+/// must pass, or a failure below would prove nothing; then once per planted bug, which it must
+/// fail. Returns the bugs caught.
+fn catch_all(
+    ws: &Path,
+    mutants: &[Mutant],
+    checker: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<usize> {
+    println!("-- control: the unmutated copy passes {checker}");
+    run_in(ws, "cargo", args, envs)?;
+    for m in mutants {
         let path = ws.join(m.file);
         let original = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
         std::fs::write(&path, plant(&original, m)?).map_err(|e| e.to_string())?;
         println!("-- planted: {}", m.name);
-        let result = run_in(&ws, "cargo", &kill_args, &kill_envs);
+        let result = run_in(ws, "cargo", args, envs);
         std::fs::write(&path, original).map_err(|e| e.to_string())?;
         match result {
-            Err(_) => {
-                println!("-- caught: {}", m.name);
-                caught += 1;
-            }
-            Ok(()) => return Err(format!("the kill test did not catch: {}", m.name)),
+            Err(_) => println!("-- caught: {}", m.name),
+            Ok(()) => return Err(format!("{checker} did not catch: {}", m.name)),
         }
     }
-    let total = MUTANTS.len() + KILL_MUTANTS.len();
-    println!("mutants: {caught} of {total} planted bugs caught");
-    Ok(())
+    Ok(mutants.len())
 }
 
 /// Bugs in the file adapter that the kill test must catch.

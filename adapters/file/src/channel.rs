@@ -424,6 +424,8 @@ fn checkpoint_thread(shared: &Shared) {
                 st.background_checkpoint_failures += 1;
             }
             drop(st);
+            // A checkpoint starts with a sync of the log, which may apply take commits.
+            shared.room.notify_all();
             if !more || *lock(&shared.stop) {
                 break;
             }
