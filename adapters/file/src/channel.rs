@@ -487,10 +487,19 @@ impl<'a> Transaction<'a> {
         Ok(st.core().take(self.txn, buf)?)
     }
 
-    /// Takes the next available event as a new vector.
+    /// Takes the next available event as a new vector of its exact size.
     pub fn take_vec(&mut self) -> Result<Option<Vec<u8>>, FileChannelError> {
-        let mut buf = vec![0u8; self.channel.shared.config.max_event_bytes as usize];
-        Ok(self.take(&mut buf)?.map(|n| {
+        // Most events are small: try a small buffer, and on a larger event (which is left in
+        // place, with its length reported) allocate exactly what it needs.
+        let mut buf = vec![0u8; 512];
+        let n = match self.take(&mut buf) {
+            Err(FileChannelError::Channel(Error::BufferTooSmall { needed })) => {
+                buf = vec![0u8; needed];
+                self.take(&mut buf)?
+            }
+            other => other?,
+        };
+        Ok(n.map(|n| {
             buf.truncate(n);
             buf
         }))

@@ -237,6 +237,24 @@ fn background_checkpoints_shorten_restart() {
     assert_eq!(ch.len(), 201);
 }
 
+/// `take_vec` returns events of every size exactly, small and larger than its first buffer.
+#[test]
+fn take_vec_returns_events_of_any_size() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    let sizes = [0usize, 1, 511, 512, 513, 4096];
+    for &n in &sizes {
+        put_one(&ch, &vec![n as u8; n]);
+    }
+    let mut tx = ch.begin().unwrap();
+    for &n in &sizes {
+        assert_eq!(tx.take_vec().unwrap().unwrap(), vec![n as u8; n]);
+    }
+    assert_eq!(tx.take_vec().unwrap(), None);
+    tx.commit().unwrap();
+    assert!(ch.is_empty());
+}
+
 /// An uncommitted transaction is rolled back when dropped: its puts vanish, its takes return
 /// in place.
 #[test]
