@@ -380,34 +380,54 @@ impl FileStorage {
         }
     }
 
-    /// Splits `[offset, offset + len)` of `region` into per-file pieces, after checking bounds:
-    /// `(segment or None for a slot file, offset in the file, range of the buffer)`.
-    fn pieces(&self, region: Region, offset: u64, len: usize) -> Result<Vec<Piece>, FileError> {
+    /// Splits `[offset, offset + len)` of `region` into per-file pieces, after checking bounds.
+    /// Allocates nothing: it runs on every read and write.
+    fn pieces(&self, region: Region, offset: u64, len: usize) -> Result<Pieces, FileError> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.capacity(region))
             .ok_or_else(|| FileError::bounds(region, offset, len))?;
-        if region != Region::Log {
-            return Ok(vec![(None, offset, 0..len)]);
-        }
-        let mut out = Vec::new();
-        let mut at = offset;
-        // Bounded: every turn moves into the next segment file.
-        while at < end {
-            let seg = (at / self.segment_bytes) as usize;
-            let within = at % self.segment_bytes;
-            let n = (self.segment_bytes - within).min(end - at);
-            let from = (at - offset) as usize;
-            out.push((Some(seg), within, from..from + n as usize));
-            at += n;
-        }
-        Ok(out)
+        // A slot file is one piece: treat it as a single segment as long as the region.
+        let (log, segment_bytes) = match region {
+            Region::Log => (true, self.segment_bytes),
+            _ => (false, end.max(1)),
+        };
+        Ok(Pieces {
+            log,
+            segment_bytes,
+            start: offset,
+            at: offset,
+            end,
+        })
     }
 }
 
-/// A piece of an access: the segment (`None` for a slot file), the offset in the file, and the
-/// range of the caller's buffer.
-type Piece = (Option<usize>, u64, std::ops::Range<usize>);
+/// The pieces of an access, one per file it touches: the segment (`None` for a slot file), the
+/// offset in the file, and the range of the caller's buffer.
+struct Pieces {
+    log: bool,
+    segment_bytes: u64,
+    start: u64,
+    at: u64,
+    end: u64,
+}
+
+impl Iterator for Pieces {
+    type Item = (Option<usize>, u64, std::ops::Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.end {
+            return None;
+        }
+        // Each piece moves into the next segment file, so the iteration is bounded.
+        let within = self.at % self.segment_bytes;
+        let n = (self.segment_bytes - within).min(self.end - self.at);
+        let from = (self.at - self.start) as usize;
+        let seg = self.log.then_some((self.at / self.segment_bytes) as usize);
+        self.at += n;
+        Some((seg, within, from..from + n as usize))
+    }
+}
 
 fn segment_name(slot: usize) -> String {
     format!("log-{slot:06}.seg")
