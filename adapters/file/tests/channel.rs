@@ -167,13 +167,13 @@ fn producers_and_consumers_deliver_exactly_once_in_order() {
 #[test]
 fn put_waits_keep_alive_for_room() {
     let root = tempfile::tempdir().unwrap();
-    let ch = FileChannel::open(FileChannelConfig {
+    let tiny = |keep_alive_ms| FileChannelConfig {
         capacity: 4,
         transaction_capacity: 4,
-        keep_alive_ms: 10_000,
+        keep_alive_ms,
         ..small(root.path())
-    })
-    .unwrap();
+    };
+    let ch = FileChannel::open(tiny(10_000)).unwrap();
     for i in 0..4u8 {
         put_one(&ch, &[i]);
     }
@@ -187,13 +187,7 @@ fn put_waits_keep_alive_for_room() {
     });
     assert_eq!(ch.len(), 4);
     drop(ch);
-    let ch = FileChannel::open(FileChannelConfig {
-        capacity: 4,
-        transaction_capacity: 4,
-        keep_alive_ms: 20,
-        ..small(root.path())
-    })
-    .unwrap();
+    let ch = FileChannel::open(tiny(20)).unwrap();
     let mut tx = ch.begin().unwrap();
     match tx.put(b"no room") {
         Err(FileChannelError::Full(_)) => {}
@@ -203,6 +197,51 @@ fn put_waits_keep_alive_for_room() {
     let mut tx = ch.begin().unwrap();
     let got: Vec<Vec<u8>> = (0..4).map(|_| tx.take_vec().unwrap().unwrap()).collect();
     assert_eq!(got, vec![vec![1], vec![2], vec![3], b"late".to_vec()]);
+}
+
+/// A full log takes the same path as a full channel: a put waits up to keep-alive for takes to
+/// free a segment, and fails with `Full` (holding `LogFull`) when none come; nothing is lost.
+#[test]
+fn put_waits_keep_alive_for_log_space() {
+    let root = tempfile::tempdir().unwrap();
+    let tight = |keep_alive_ms| FileChannelConfig {
+        log_files: 4,
+        max_file_bytes: 16 * 1024,
+        keep_alive_ms,
+        ..small(root.path())
+    };
+    let event = [9u8; 3000];
+    let mut queued = 0;
+    {
+        let ch = FileChannel::open(tight(20)).unwrap();
+        let err = loop {
+            let mut tx = ch.begin().unwrap();
+            if let Err(e) = tx.put(&event) {
+                break e;
+            }
+            tx.commit().unwrap();
+            queued += 1;
+            assert!(queued < 100, "the log never filled");
+        };
+        match err {
+            FileChannelError::Full(sluicegate_core::Error::LogFull) => {}
+            other => panic!("expected Full(LogFull), got {other:?}"),
+        }
+        assert_eq!(ch.len(), queued);
+    }
+    let ch = FileChannel::open(tight(10_000)).unwrap();
+    assert_eq!(ch.len(), queued, "nothing lost");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| put_one(&ch, &event));
+        std::thread::sleep(Duration::from_millis(50));
+        let mut tx = ch.begin().unwrap();
+        for _ in 0..queued {
+            tx.take_vec().unwrap().unwrap();
+        }
+        tx.commit().unwrap();
+        waiter.join().unwrap();
+    });
+    assert_eq!(ch.len(), 1);
 }
 
 /// The checkpoint thread writes timed checkpoints while producers run, so a restart without a
