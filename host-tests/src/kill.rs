@@ -197,34 +197,31 @@ pub fn run_kills(
             let line = line.map_err(|e| fail(e.to_string()))?;
             let mut words = line.split_whitespace();
             let word = words.next().unwrap_or_default();
-            let ids = || -> Result<Vec<u64>, String> {
-                line.split_whitespace()
-                    .skip(1)
-                    .map(|w| w.parse().map_err(|_| fail(format!("bad line {line:?}"))))
-                    .collect()
-            };
+            let ids: Result<Vec<u64>, String> = words
+                .map(|w| w.parse().map_err(|_| fail(format!("bad line {line:?}"))))
+                .collect();
             match word {
-                "P" => announced = Some(InFlight::Put(ids()?)),
-                "T" => announced = Some(InFlight::Take(ids()?)),
-                "A" => match announced.take() {
-                    Some(InFlight::Put(ids)) => model.extend(ids),
-                    Some(InFlight::Take(ids)) => {
-                        let front: Vec<u64> = model.iter().take(ids.len()).copied().collect();
-                        if front != ids {
-                            return Err(fail(format!(
-                                "a take delivered {ids:?}, the model's front is {front:?}"
-                            )));
+                "P" => announced = Some(InFlight::Put(ids?)),
+                "T" => announced = Some(InFlight::Take(ids?)),
+                "A" => {
+                    match announced.take() {
+                        Some(InFlight::Put(ids)) => model.extend(ids),
+                        Some(InFlight::Take(ids)) => {
+                            let front: Vec<u64> = model.iter().take(ids.len()).copied().collect();
+                            if front != ids {
+                                return Err(fail(format!(
+                                    "a take delivered {ids:?}, the model's front is {front:?}"
+                                )));
+                            }
+                            model.drain(..ids.len());
                         }
-                        model.drain(..ids.len());
+                        None => return Err(fail("acknowledgement of nothing".into())),
                     }
-                    None => return Err(fail("acknowledgement of nothing".into())),
-                },
+                    outcome.acknowledged += 1;
+                }
                 "R" => announced = None,
                 "" => {}
                 other => return Err(fail(format!("unexpected report {other:?}"))),
-            }
-            if word == "A" {
-                outcome.acknowledged += 1;
             }
         }
         if announced.is_some() {
