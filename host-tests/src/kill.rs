@@ -127,6 +127,19 @@ pub struct KillOutcome {
 /// while log files are first created.
 pub const ROUNDS_PER_DIR: u64 = 5;
 
+/// How a round's child dies.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// SIGKILL from the parent this long after the child said `ready`.
+    After(Duration),
+    /// SIGKILL the child sends itself at the `n`th hit of a named crash point
+    /// (`sluicegate_file::crash::POINTS`).
+    AtPoint(&'static str, u64),
+}
+
+/// Steps a child told to die at a named point may run before the point counts as unreachable.
+const POINT_STEPS: u64 = 5_000;
+
 /// Runs `rounds` rounds under `root`: start the child, let it run a random while, SIGKILL it,
 /// reopen, check. `child_exe` is the `crash-child` binary. Returns the first violation.
 pub fn run_kills(
@@ -147,93 +160,179 @@ pub fn run_kills(
             model.clear();
         }
         let dir = &root.join(format!("dirs-{}", round / ROUNDS_PER_DIR));
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         let child_seed: u64 = rng.random();
-        let mut child = Command::new(child_exe)
-            .arg(dir)
-            .arg(child_seed.to_string())
-            .arg(((round + 1) * 1_000_000).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", child_exe.display())))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| fail("no stdout".into()))?;
-        let mut lines = BufReader::new(stdout).lines();
-        // Wait until the child has opened the channel, then let it run.
-        match lines.next() {
-            Some(Ok(l)) if l == "ready" => {}
-            other => {
-                let _ = child.kill();
-                let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-                return Err(fail(format!(
-                    "child did not start: {other:?}; stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-        }
         // Half the kills come within 3 ms of the open, when the run's first log file is being
         // created and its first segment opened; the rest anywhere in 40 ms.
         let max_us = if rng.random_bool(0.5) { 3_000 } else { 40_000 };
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..max_us)));
-        let finished_first = child.try_wait().map_err(|e| fail(e.to_string()))?.is_some();
-        let _ = child.kill();
-        let status = child.wait().map_err(|e| fail(e.to_string()))?;
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-        }
-        if finished_first && !status.success() {
-            return Err(fail(format!("child failed: {status}: {stderr}")));
-        }
-        if !finished_first {
-            outcome.kills += 1;
-        }
-        // Replay the child's report against the model.
-        let mut announced: Option<InFlight> = None;
-        for line in lines {
-            let line = line.map_err(|e| fail(e.to_string()))?;
-            let mut words = line.split_whitespace();
-            let word = words.next().unwrap_or_default();
-            let ids: Result<Vec<u64>, String> = words
-                .map(|w| w.parse().map_err(|_| fail(format!("bad line {line:?}"))))
-                .collect();
-            match word {
-                "P" => announced = Some(InFlight::Put(ids?)),
-                "T" => announced = Some(InFlight::Take(ids?)),
-                "A" => {
-                    match announced.take() {
-                        Some(InFlight::Put(ids)) => model.extend(ids),
-                        Some(InFlight::Take(ids)) => {
-                            let front: Vec<u64> = model.iter().take(ids.len()).copied().collect();
-                            if front != ids {
-                                return Err(fail(format!(
-                                    "a take delivered {ids:?}, the model's front is {front:?}"
-                                )));
-                            }
-                            model.drain(..ids.len());
-                        }
-                        None => return Err(fail("acknowledgement of nothing".into())),
-                    }
-                    outcome.acknowledged += 1;
-                }
-                "R" => announced = None,
-                "" => {}
-                other => return Err(fail(format!("unexpected report {other:?}"))),
-            }
-        }
-        if announced.is_some() {
-            outcome.in_flight_at_kill += 1;
-        }
-        // Recover and judge.
-        let seen = read_all(dir).map_err(&fail)?;
-        model = judge(&seen, &model, announced.as_ref()).map_err(&fail)?;
-        outcome.recoveries += 1;
+        let death = Death::After(Duration::from_micros(rng.random_range(0..max_us)));
+        let first_id = (round + 1) * 1_000_000;
+        one_round(
+            child_exe,
+            dir,
+            child_seed,
+            first_id,
+            death,
+            &mut model,
+            &mut outcome,
+        )
+        .map_err(fail)?;
         progress(round + 1, &outcome);
     }
     Ok(outcome)
+}
+
+/// The hits of each named crash point the deterministic rounds die at (the kill test's ring has
+/// eight log files, so a ninth file creation never comes).
+pub const POINT_HITS: [u64; 5] = [1, 2, 3, 5, 7];
+
+/// One round per named crash point and hit in [`POINT_HITS`], each on empty directories: the
+/// child dies exactly there (random kills rarely land inside a window as short as a log file's
+/// creation). A point the child never reaches is an error, so the list cannot rot.
+pub fn run_crash_points(
+    child_exe: &Path,
+    root: &Path,
+    seed: u64,
+    mut progress: impl FnMut(u64, &KillOutcome),
+) -> Result<KillOutcome, String> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut outcome = KillOutcome::default();
+    let mut round = 0;
+    for point in sluicegate_file::crash::POINTS {
+        for n in POINT_HITS {
+            let child_seed: u64 = rng.random();
+            let dir = &root.join(format!("point-{point}-{n}"));
+            let mut model = VecDeque::new();
+            let death = Death::AtPoint(point, n);
+            one_round(
+                child_exe,
+                dir,
+                child_seed,
+                1_000_000,
+                death,
+                &mut model,
+                &mut outcome,
+            )
+            .map_err(|e| format!("crash point {point}:{n} (seed {seed}): {e}"))?;
+            round += 1;
+            progress(round, &outcome);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Starts a child on `dir`, kills it as `death` says, replays its report against `model`,
+/// reopens `dir` and judges the recovery; `model` becomes what the recovered queue holds.
+fn one_round(
+    child_exe: &Path,
+    dir: &Path,
+    child_seed: u64,
+    first_id: u64,
+    death: Death,
+    model: &mut VecDeque<u64>,
+    outcome: &mut KillOutcome,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut cmd = Command::new(child_exe);
+    cmd.arg(dir)
+        .arg(child_seed.to_string())
+        .arg(first_id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Death::AtPoint(point, n) = death {
+        cmd.arg(POINT_STEPS.to_string())
+            .env("SLUICEGATE_CRASH_AT", format!("{point}:{n}"));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", child_exe.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let killed = match death {
+        Death::After(wait) => {
+            // Wait until the child has opened the channel, then let it run.
+            match lines.next() {
+                Some(Ok(l)) if l == "ready" => {}
+                other => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+                    return Err(format!(
+                        "child did not start: {other:?}; stderr: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            std::thread::sleep(wait);
+            let finished_first = child.try_wait().map_err(|e| e.to_string())?.is_some();
+            let _ = child.kill();
+            !finished_first
+        }
+        // The child may die before it is ready (a point inside the open).
+        Death::AtPoint(..) => true,
+    };
+    let mut report = Vec::new();
+    for line in lines {
+        report.push(line.map_err(|e| e.to_string())?);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let by_sigkill = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+    match death {
+        Death::After(_) if !killed && !status.success() => {
+            return Err(format!("child failed: {status}: {stderr}"))
+        }
+        Death::AtPoint(..) if !by_sigkill => {
+            return Err(format!(
+                "the child was to die at the crash point but ended with {status}: {stderr}"
+            ))
+        }
+        _ => {}
+    }
+    if killed {
+        outcome.kills += 1;
+    }
+    // Replay the child's report against the model.
+    let mut announced: Option<InFlight> = None;
+    for line in report {
+        let mut words = line.split_whitespace();
+        let word = words.next().unwrap_or_default();
+        let ids: Result<Vec<u64>, String> = words
+            .map(|w| w.parse().map_err(|_| format!("bad line {line:?}")))
+            .collect();
+        match word {
+            "P" => announced = Some(InFlight::Put(ids?)),
+            "T" => announced = Some(InFlight::Take(ids?)),
+            "A" => {
+                match announced.take() {
+                    Some(InFlight::Put(ids)) => model.extend(ids),
+                    Some(InFlight::Take(ids)) => {
+                        let front: Vec<u64> = model.iter().take(ids.len()).copied().collect();
+                        if front != ids {
+                            return Err(format!(
+                                "a take delivered {ids:?}, the model's front is {front:?}"
+                            ));
+                        }
+                        model.drain(..ids.len());
+                    }
+                    None => return Err("acknowledgement of nothing".into()),
+                }
+                outcome.acknowledged += 1;
+            }
+            "R" => announced = None,
+            "ready" | "" => {}
+            other => return Err(format!("unexpected report {other:?}")),
+        }
+    }
+    if announced.is_some() {
+        outcome.in_flight_at_kill += 1;
+    }
+    // Recover and judge.
+    let seen = read_all(dir)?;
+    *model = judge(&seen, model, announced.as_ref())?;
+    outcome.recoveries += 1;
+    Ok(())
 }
 
 /// Opens the channel and reads the whole queue without consuming it.

@@ -2,7 +2,7 @@
 //! recovery is judged like the simulation's. `SLUICEGATE_KILLS` sets the number of rounds
 //! (200 by default); `cargo xtask kill --rounds N` runs more.
 
-use sluicegate_sim::kill::run_kills;
+use sluicegate_sim::kill::{run_crash_points, run_kills, POINT_HITS};
 
 /// At least 200 kills (by default) at random moments, each followed by a checked recovery: no
 /// acknowledged commit lost, no committed take delivered again, in-flight commits all or
@@ -29,5 +29,24 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     assert!(
         outcome.in_flight_at_kill > 0,
         "some kills land mid-commit: {outcome:?}"
+    );
+}
+
+/// The child dies at every named crash point of the file adapter (`file-half-created`,
+/// `log-written`, `slot-written`, `synced`), at several hits each, and every recovery is
+/// judged. These windows are too short for random kills to find reliably.
+#[test]
+fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
+    let outcome =
+        run_crash_points(exe, dir.path(), 11, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    println!("named crash points: {outcome:?}");
+    let rounds = (sluicegate_file::crash::POINTS.len() * POINT_HITS.len()) as u64;
+    assert_eq!(outcome.kills, rounds, "every round dies at its point");
+    assert_eq!(outcome.recoveries, rounds);
+    assert!(
+        outcome.acknowledged > 0,
+        "the children did work: {outcome:?}"
     );
 }

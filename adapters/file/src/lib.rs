@@ -49,6 +49,8 @@
 
 mod channel;
 mod config;
+#[doc(hidden)]
+pub mod crash;
 mod dirs;
 mod space;
 mod storage;

@@ -150,7 +150,9 @@ impl Mapped {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| FileError::io("create", &tmp, e))?;
-            write_zeros(&file, &tmp, 0, len)?;
+            write_zeros(&file, &tmp, 0, len / 2)?;
+            crate::crash::point("file-half-created");
+            write_zeros(&file, &tmp, len / 2, len)?;
             file.sync_all()
                 .map_err(|e| FileError::io("sync", &tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| FileError::io("rename", &tmp, e))?;
@@ -244,6 +246,7 @@ impl LogSyncTicket {
             file.sync_data()
                 .map_err(|e| FileError::io("sync", path, e))?;
         }
+        crate::crash::point("synced");
         Ok(())
     }
 
@@ -564,6 +567,10 @@ impl Storage for FileStorage {
                 Some(s) => self.segment(s)?.write(at, &data[range])?,
             }
         }
+        crate::crash::point(match region {
+            Region::Log => "log-written",
+            _ => "slot-written",
+        });
         Ok(())
     }
 
@@ -592,6 +599,7 @@ impl Storage for FileStorage {
             Region::Backup => self.backup.sync()?,
         };
         self.fsyncs += synced;
+        crate::crash::point("synced");
         Ok(())
     }
 }

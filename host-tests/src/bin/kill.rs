@@ -1,5 +1,6 @@
 //! `cargo xtask kill [--rounds N] [--seed S]`: kills a child process running transactions on a
-//! file channel N times (default 1,000) and checks every recovery. See `sluicegate_sim::kill`.
+//! file channel N times (default 1,000) and checks every recovery, after one death at each named
+//! crash point of the file adapter. See `sluicegate_sim::kill`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,17 @@ fn main() -> ExitCode {
         root.display()
     );
     let started = Instant::now();
+    match sluicegate_sim::kill::run_crash_points(&child, &root, seed, |_, _| {}) {
+        Ok(o) => println!(
+            "kill: named crash points: {} deaths, {} recoveries checked, {} commits acknowledged",
+            o.kills, o.recoveries, o.acknowledged
+        ),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&root);
+            eprintln!("kill: VIOLATION: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let mut last = Instant::now();
     let result = sluicegate_sim::kill::run_kills(&child, &root, seed, rounds, |done, o| {
         if last.elapsed().as_secs() >= 10 {

@@ -1,0 +1,53 @@
+//! Named crash points for the kill tests (feature `crash-points`, off by default).
+//!
+//! With the feature on and `SLUICEGATE_CRASH_AT=NAME:N` in the environment, the process sends
+//! itself SIGKILL the `N`th time it reaches the point `NAME` (N counts from 1). Random kills
+//! rarely land inside a short window such as a log file's creation; a named point lands there
+//! every time, so a bug in that window fails the kill test on every run. Without the feature,
+//! [`point`] compiles to nothing.
+
+/// Where the adapter can be told to die.
+pub const POINTS: [&str; 4] = [
+    // Half of a new file's zeros are written (a log segment or a checkpoint slot).
+    "file-half-created",
+    // A record (or part of one) was written to the log, not yet synced.
+    "log-written",
+    // Bytes of a checkpoint or backup slot were written, not yet synced.
+    "slot-written",
+    // A sync of any region returned.
+    "synced",
+];
+
+/// Dies here if the environment asks for it (feature `crash-points` only).
+#[inline]
+pub(crate) fn point(name: &'static str) {
+    #[cfg(feature = "crash-points")]
+    armed::hit(name);
+    #[cfg(not(feature = "crash-points"))]
+    let _ = name;
+}
+
+#[cfg(feature = "crash-points")]
+mod armed {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn hit(name: &'static str) {
+        let target = TARGET.get_or_init(|| {
+            let spec = std::env::var("SLUICEGATE_CRASH_AT").ok()?;
+            let (point, n) = spec.split_once(':')?;
+            Some((point.to_string(), n.parse().ok()?))
+        });
+        let Some((point, n)) = target else { return };
+        if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            // SAFETY: kill(2) on our own pid with a valid signal number; it has no memory
+            // effects. SIGKILL cannot be caught, so this is the same death the kill test gives.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
