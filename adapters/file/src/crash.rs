@@ -4,7 +4,7 @@
 //! itself SIGKILL the `N`th time it reaches the point `NAME` (N counts from 1). Random kills
 //! rarely land inside a short window such as a log file's creation; a named point lands there
 //! every time, so a bug in that window fails the kill test on every run. Without the feature,
-//! [`point`] compiles to nothing.
+//! the points compile to nothing.
 
 /// Where the adapter can be told to die.
 pub const POINTS: [&str; 4] = [
