@@ -74,6 +74,10 @@ pub struct Stats {
     pub corrupt_events_skipped: u64,
     /// Segments opened (erased and given a header).
     pub segments_opened: u64,
+    /// The sequence number of the newest segment (the one being written). Segment `seq` lives
+    /// in slot `seq % segments`, so this also tells how often each slot has been erased (see
+    /// `sluicegate-flash`'s wear report).
+    pub newest_segment: u64,
     /// Segments from the oldest one a queued event or a pending put points into, to the newest:
     /// what one old unconsumed event keeps from being reused.
     pub segments_pinned_by_events: u64,
@@ -322,6 +326,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         stats.open_transactions = open;
         stats.segments = self.geo.segments;
         stats.segments_pinned = self.seq - self.min_pinned + 1;
+        stats.newest_segment = self.seq;
         stats.segments_free = self.free_ahead();
         stats.segments_pinned_by_events = self.seq - self.oldest_event_seq() + 1;
         stats.checkpoint_in_progress = self.ckpt.in_progress.is_some();

@@ -87,6 +87,16 @@ impl Queue {
         true
     }
 
+    /// Drops the entries from `len` on, which must all have been appended untagged since the
+    /// queue was `len` long (replay undoing a commit it could not read the same way twice).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+            self.first_free = self.first_free.min(len);
+            self.span = self.span.min(len);
+        }
+    }
+
     /// Tags the first available entry for `tag` and returns its index and pointer.
     pub fn take_next(&mut self, mem: &mut [u64], tag: u8) -> Option<(usize, Pointer)> {
         let mut i = self.first_free;

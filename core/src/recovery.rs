@@ -24,7 +24,9 @@ use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
 use crate::error::Error;
-use crate::log::{payload_matches, read_record_header, read_segment_header, Geometry};
+use crate::log::{
+    payload_matches, read_record_header, read_segment_header, stream_payload, Geometry,
+};
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
@@ -587,14 +589,17 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             Some(RecordKind::Put) => self.recovery.puts += 1,
             Some(RecordKind::PutCommit) => {
                 let suspect = state.suspect;
-                let damaged = self.count_damaged_puts(here, record, suspect)?;
+                let Some(damaged) = self.count_damaged_puts(here, record, suspect)? else {
+                    self.unstable(here, state);
+                    return Ok(());
+                };
                 if damaged > 0 && !self.acknowledged(seg, offset, index, record, state)? {
                     self.recovery.torn_commits_dropped += 1;
                     return Ok(());
                 }
-                self.recovery.put_commits += 1;
-                self.recovery.corrupt_events_dropped += damaged;
-                self.for_each_pointer(here, record, |ch, p, live| {
+                let before = self.queue.len();
+                let mut pushed = 0;
+                let stable = self.for_each_pointer(here, record, |ch, p, live| {
                     if !live
                         || (damaged > 0
                             && ch.is_suspect(p, here, suspect)
@@ -608,24 +613,39 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                             needed: ch.queue.len() as u64 + 1,
                         });
                     }
-                    ch.recovery.events_committed += 1;
+                    pushed += 1;
                     Ok(())
                 })?;
+                if !stable {
+                    self.queue.truncate(before);
+                    self.unstable(here, state);
+                    return Ok(());
+                }
+                self.recovery.put_commits += 1;
+                self.recovery.corrupt_events_dropped += damaged;
+                self.recovery.events_committed += pushed;
             }
             Some(RecordKind::TakeCommit) => {
-                self.recovery.take_commits += 1;
                 let mut cursor = 0usize;
+                let mut unmatched = 0;
                 // No liveness filter here: a checkpoint may hold an event whose segment was
                 // reclaimed after this take consumed it, and it must still leave the queue.
-                self.for_each_pointer(here, record, |ch, p, _| {
+                let stable = self.for_each_pointer(here, record, |ch, p, _| {
                     let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
                     match ch.queue.mark(qmem, p, TAG_REPLAY, cursor) {
                         Some(i) => cursor = i + 1,
-                        None => ch.recovery.unmatched_takes += 1,
+                        None => unmatched += 1,
                     }
                     Ok(())
                 })?;
                 let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                if !stable {
+                    self.queue.untag_all(qmem, TAG_REPLAY);
+                    self.unstable(here, state);
+                    return Ok(());
+                }
+                self.recovery.take_commits += 1;
+                self.recovery.unmatched_takes += unmatched;
                 self.recovery.events_taken +=
                     self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;
             }
@@ -643,32 +663,47 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         suspect.is_some_and(|s| at >= s)
     }
 
-    /// Counts the puts a commit lists that lie where damage was seen and are not intact. A
-    /// pointer at or after the commit itself makes the record corrupt.
+    /// A commit record that passed its CRC check once and failed it when read again: the cells
+    /// of a program interrupted by a power cut can read differently from one read to the next.
+    /// It is skipped like a damaged record, and nothing it listed is applied.
+    fn unstable(&mut self, here: Position, state: &mut Replay) {
+        self.recovery.corrupt_records_skipped += 1;
+        state.suspect.get_or_insert(here);
+    }
+
+    /// Counts the puts a commit lists that lie where damage was seen and are not intact, or
+    /// `None` if the record read differently this time. A pointer at or after the commit
+    /// itself makes the record corrupt.
     fn count_damaged_puts(
         &mut self,
         here: Position,
         record: &RecordHeader,
         suspect: Option<Position>,
-    ) -> Result<u64, Error<S::Error>> {
+    ) -> Result<Option<u64>, Error<S::Error>> {
         let mut damaged = 0;
-        self.for_each_pointer(here, record, |ch, p, live| {
+        let mut forward = false;
+        let stable = self.for_each_pointer(here, record, |ch, p, live| {
             let at = Position {
                 seq: ch.geo.seq_of_slot(p.slot, here.seq),
                 offset: p.offset as u64,
             };
             if at >= here {
-                return Err(Error::Corrupted {
-                    region: Region::Log,
-                    offset: ch.geo.segment_start(ch.geo.slot_of(here.seq)) + here.offset,
-                });
-            }
-            if live && ch.is_suspect(p, here, suspect) && !ch.intact_put(p, here)? {
+                forward = true;
+            } else if live && ch.is_suspect(p, here, suspect) && !ch.intact_put(p, here)? {
                 damaged += 1;
             }
             Ok(())
         })?;
-        Ok(damaged)
+        if !stable {
+            return Ok(None);
+        }
+        if forward {
+            return Err(Error::Corrupted {
+                region: Region::Log,
+                offset: self.geo.segment_start(self.geo.slot_of(here.seq)) + here.offset,
+            });
+        }
+        Ok(Some(damaged))
     }
 
     /// True if a commit with a damaged put was acknowledged, not in flight at the power cut: the
@@ -690,16 +725,24 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         let next = (offset + self.geo.record_span(record.len as u64), index + 1);
         let mut proven = false;
         self.walk(seg, next, state.limit, &mut |ch, at, _, rec| {
-            if rec.is_some_and(|r| r.kind != RecordKind::Put as u8) {
+            if let Some(r) = rec.filter(|r| r.kind != RecordKind::Put as u8) {
+                // The mark is used only if the bytes it was read with pass the CRC again.
                 let mut mark = [0u8; COMMIT_PREFIX_BYTES];
-                ch.storage
-                    .read(
-                        Region::Log,
-                        base + at + RECORD_HEADER_BYTES as u64,
-                        &mut mark,
-                    )
-                    .map_err(Error::Storage)?;
-                proven = u64::from_le_bytes(mark) > wid;
+                let mut digest = r.digest(seg.seq);
+                let mut seen = 0usize;
+                stream_payload(
+                    &mut ch.storage,
+                    base + at + RECORD_HEADER_BYTES as u64,
+                    r.len as u64,
+                    |c| {
+                        digest.update(c);
+                        let n = c.len().min(COMMIT_PREFIX_BYTES.saturating_sub(seen));
+                        mark[seen..seen + n].copy_from_slice(&c[..n]);
+                        seen += n;
+                    },
+                )
+                .map_err(Error::Storage)?;
+                proven = digest.finalize() == r.crc && u64::from_le_bytes(mark) > wid;
             }
             Ok(!proven)
         })?;
@@ -721,22 +764,31 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     }
 
     /// Calls `f` with each pointer of a commit record, and whether it points into a replayed
-    /// segment (older ones were reclaimed). A pointer outside the log's geometry makes the
-    /// record corrupt.
+    /// segment (older ones were reclaimed). The record's CRC is checked again over the very
+    /// bytes the pointers are read from: returns false if it fails this time (a record whose
+    /// cells read differently from one read to the next), and then the caller must undo what
+    /// `f` did. A pointer outside the log's geometry makes a stable record corrupt.
     fn for_each_pointer(
         &mut self,
         here: Position,
         record: &RecordHeader,
         mut f: impl FnMut(&mut Self, Pointer, bool) -> Result<(), Error<S::Error>>,
-    ) -> Result<(), Error<S::Error>> {
+    ) -> Result<bool, Error<S::Error>> {
         let geo: Geometry = self.geo;
         let count = (record.len as usize - COMMIT_PREFIX_BYTES) / POINTER_BYTES;
-        let pointers = geo.segment_start(geo.slot_of(here.seq))
-            + here.offset
-            + (RECORD_HEADER_BYTES + COMMIT_PREFIX_BYTES) as u64;
+        let prefix_at =
+            geo.segment_start(geo.slot_of(here.seq)) + here.offset + RECORD_HEADER_BYTES as u64;
+        let pointers = prefix_at + COMMIT_PREFIX_BYTES as u64;
         let start = self.recovery.first_segment;
+        let mut digest = record.digest(here.seq);
+        let mut prefix = [0u8; COMMIT_PREFIX_BYTES];
+        self.storage
+            .read(Region::Log, prefix_at, &mut prefix)
+            .map_err(Error::Storage)?;
+        digest.update(&prefix);
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
         let mut done = 0usize;
+        let mut out_of_bounds = false;
         // Bounded by the record's length, which replay checked against the writer's limit.
         while done < count {
             let n = (count - done).min(POINTERS_PER_CHUNK);
@@ -744,19 +796,27 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             self.storage
                 .read(Region::Log, pointers + (done * POINTER_BYTES) as u64, chunk)
                 .map_err(Error::Storage)?;
+            digest.update(chunk);
             for raw in chunk.chunks_exact(POINTER_BYTES) {
                 let p = Pointer::decode(raw);
                 if !geo.pointer_in_bounds(p) {
-                    return Err(Error::Corrupted {
-                        region: Region::Log,
-                        offset: pointers,
-                    });
+                    out_of_bounds = true;
+                    continue;
                 }
                 let live = geo.seq_of_slot(p.slot, here.seq) >= start;
                 f(self, p, live)?;
             }
             done += n;
         }
-        Ok(())
+        if digest.finalize() != record.crc {
+            return Ok(false);
+        }
+        if out_of_bounds {
+            return Err(Error::Corrupted {
+                region: Region::Log,
+                offset: pointers,
+            });
+        }
+        Ok(true)
     }
 }

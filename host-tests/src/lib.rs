@@ -5,6 +5,9 @@
 //! - [`sim::SimStorage`]: a simulated NOR medium with live and durable images, power cuts that
 //!   keep an arbitrary subset of unsynced writes and tear the interrupted one, interrupted
 //!   erases, NOR-rule enforcement, injected I/O errors and operation counters;
+//! - [`nor::SimNor`]: a simulated NOR flash part behind `embedded_storage`'s `NorFlash`
+//!   (write-once words, AND/OR writes, torn programs, interrupted erases that leave garbage,
+//!   unstable reads), on which the flash adapter runs as [`model::FlashSim`];
 //! - [`model`]: a model-based checker that runs random transactions against a `VecDeque` and
 //!   checks every recovery, at random cut points or at every cut point of a workload;
 //! - [`kill`]: the same verdict on the file channel, across real processes killed with SIGKILL.
@@ -29,7 +32,9 @@
 
 pub mod kill;
 pub mod model;
+pub mod nor;
 pub mod sim;
 
-pub use model::{Outcome, Scenario};
+pub use model::{FlashSim, Medium, Outcome, Scenario};
+pub use nor::{NorCounters, NorError, SimNor};
 pub use sim::{Counters, CrashPolicy, OpKind, SimError, SimStorage};

@@ -22,7 +22,10 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sluicegate_core::{Channel, Config, Error, RecoveryPath, Region, StorageErrorKind, Txn};
 
+use crate::nor::{NorError, SimNor};
 use crate::sim::{CrashPolicy, SimError, SimStorage};
+use sluicegate_core::Storage;
+use sluicegate_flash::{FlashError, FlashStorage};
 
 /// The shape of a checked run.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,9 @@ pub struct Scenario {
     pub slot_bytes: usize,
     /// Probability that a checkpoint region is damaged before a recovery (0 to 1).
     pub damage_checkpoints: f64,
+    /// On NOR media ([`FlashSim`]): bits a program interrupted by a power cut did not finish
+    /// read differently from one read to the next, until their block is erased.
+    pub unstable_reads: bool,
 }
 
 impl Scenario {
@@ -83,6 +89,7 @@ impl Scenario {
             concurrent: 2,
             slot_bytes: 0,
             damage_checkpoints: 0.0,
+            unstable_reads: true,
         }
     }
 }
@@ -172,14 +179,135 @@ pub enum InFlight {
     Take(Vec<u64>),
 }
 
-type Sim<const W: usize, const E: usize> = SimStorage<W, E>;
-type Chan<'a, const W: usize, const E: usize> = Channel<&'a mut Sim<W, E>, &'a mut [u64]>;
+/// A simulated medium the checker can run the channel on, cut the power of, and damage: the
+/// core's own [`SimStorage`], or the flash adapter over [`SimNor`] parts ([`FlashSim`]).
+pub trait Medium: Storage + Clone {
+    /// The program word in bytes, for messages.
+    const WORD: usize;
+    /// The flag `cargo xtask sim` needs to replay a run on this medium.
+    const REPLAY_FLAG: &'static str;
+    /// A blank medium for the scenario: its log, and its checkpoint regions if it has any.
+    fn blank(scenario: &Scenario) -> Self;
+    /// Cuts the power during the `n`th mutation from now.
+    fn cut_power_after(&mut self, n: u64);
+    /// True once the power has been cut.
+    fn is_powered_off(&self) -> bool;
+    /// Powers up again, building what survived the cut as `policy` says.
+    fn reboot(&mut self, seed: u64, policy: CrashPolicy);
+    /// The first rule of the medium the core broke, if any.
+    fn first_violation(&self) -> Option<String>;
+    /// Offsets in `region` whose byte differs from the erased value.
+    fn written(&self, region: Region, erased: u8) -> Vec<usize>;
+    /// Flips one bit (media decay).
+    fn flip(&mut self, region: Region, offset: usize, bit: u8);
+    /// Mutations (writes, erases, syncs) made so far.
+    fn mutations(&self) -> u64;
+    /// True if the error means the power is off.
+    fn is_power_loss(e: &Self::Error) -> bool;
+}
 
-fn is_power_loss(e: &Error<SimError>) -> bool {
-    match e {
-        Error::Storage(s) => s.kind == StorageErrorKind::PowerLoss,
-        Error::Poisoned => true,
-        _ => false,
+impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
+    const WORD: usize = W;
+    const REPLAY_FLAG: &'static str = "";
+    fn blank(scenario: &Scenario) -> Self {
+        let slots = scenario.slot_bytes;
+        SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased)
+    }
+    fn cut_power_after(&mut self, n: u64) {
+        SimStorage::cut_power_after(self, n)
+    }
+    fn is_powered_off(&self) -> bool {
+        SimStorage::is_powered_off(self)
+    }
+    fn reboot(&mut self, seed: u64, policy: CrashPolicy) {
+        SimStorage::reboot(self, seed, policy)
+    }
+    fn first_violation(&self) -> Option<String> {
+        self.violations().first().cloned()
+    }
+    fn written(&self, region: Region, erased: u8) -> Vec<usize> {
+        written_offsets(self.image(region), erased)
+    }
+    fn flip(&mut self, region: Region, offset: usize, bit: u8) {
+        self.flip_bit(region, offset, bit)
+    }
+    fn mutations(&self) -> u64 {
+        self.counters().mutations()
+    }
+    fn is_power_loss(e: &SimError) -> bool {
+        e.kind == StorageErrorKind::PowerLoss
+    }
+}
+
+/// The flash adapter over three simulated NOR parts (log, checkpoint, backup).
+pub type FlashSim<const W: usize, const E: usize> =
+    FlashStorage<SimNor<W, E>, SimNor<W, E>, SimNor<W, E>>;
+
+impl<const W: usize, const E: usize> Medium for FlashSim<W, E> {
+    const WORD: usize = W;
+    const REPLAY_FLAG: &'static str = " --flash";
+    fn blank(scenario: &Scenario) -> Self {
+        // A scenario without checkpoints gets empty slot partitions.
+        let slots = scenario.slot_bytes;
+        let part = |bytes| {
+            let mut p = SimNor::new(bytes, scenario.erased);
+            p.set_unstable_reads(scenario.unstable_reads);
+            p
+        };
+        let log = part(scenario.log_bytes);
+        let mut checkpoint = part(slots);
+        let mut backup = part(slots);
+        checkpoint.share_power_with(&log);
+        backup.share_power_with(&log);
+        FlashStorage::new(log, checkpoint, backup)
+            .expect("the scenario's sizes are whole erase blocks")
+    }
+    fn cut_power_after(&mut self, n: u64) {
+        // The three parts share one power line, so one countdown covers them all.
+        self.devices_mut().0.cut_power_after(n);
+    }
+    fn is_powered_off(&self) -> bool {
+        self.devices().0.is_powered_off()
+    }
+    fn reboot(&mut self, seed: u64, _policy: CrashPolicy) {
+        // NOR keeps every completed operation; only the one under way at the cut was torn.
+        let (l, c, b) = self.devices_mut();
+        for (i, part) in [l, c, b].into_iter().enumerate() {
+            part.reboot(seed.wrapping_add(i as u64));
+        }
+    }
+    fn first_violation(&self) -> Option<String> {
+        let (l, c, b) = self.devices();
+        [l, c, b]
+            .into_iter()
+            .find_map(|p| p.violations().first().cloned())
+    }
+    fn written(&self, region: Region, erased: u8) -> Vec<usize> {
+        let (l, c, b) = self.devices();
+        let part = match region {
+            Region::Log => l,
+            Region::Checkpoint => c,
+            Region::Backup => b,
+        };
+        written_offsets(part.image(), erased)
+    }
+    fn flip(&mut self, region: Region, offset: usize, bit: u8) {
+        let (l, c, b) = self.devices_mut();
+        match region {
+            Region::Log => l.flip_bit(offset, bit),
+            Region::Checkpoint => c.flip_bit(offset, bit),
+            Region::Backup => b.flip_bit(offset, bit),
+        }
+    }
+    fn mutations(&self) -> u64 {
+        let (l, c, b) = self.devices();
+        [l, c, b]
+            .into_iter()
+            .map(|p| p.counters().writes + p.counters().erases)
+            .sum()
+    }
+    fn is_power_loss(e: &FlashError<NorError>) -> bool {
+        e.device_error() == Some(&NorError::PowerLoss)
     }
 }
 
@@ -192,9 +320,21 @@ pub fn run<const W: usize, const E: usize>(
     cut: Option<u64>,
     epochs: usize,
 ) -> Result<Outcome, String> {
+    run_on::<SimStorage<W, E>>(scenario, seed, cut, epochs)
+}
+
+/// [`run`] on any simulated medium.
+pub fn run_on<M: Medium>(
+    scenario: &Scenario,
+    seed: u64,
+    cut: Option<u64>,
+    epochs: usize,
+) -> Result<Outcome, String> {
+    let w = M::WORD;
+    let flag = M::REPLAY_FLAG;
     let fail = |what: String| {
         let cut_arg = cut.map(|k| format!(" --cut {k}")).unwrap_or_default();
-        format!("word {W}: seed {seed} cut {cut:?}: {what}\n  replay: cargo xtask sim --word {W} --seed {seed}{cut_arg}")
+        format!("word {w}{flag}: seed {seed} cut {cut:?}: {what}\n  replay: cargo xtask sim{flag} --word {w} --seed {seed}{cut_arg}")
     };
     let config = scenario.config;
     assert_eq!(
@@ -203,7 +343,7 @@ pub fn run<const W: usize, const E: usize>(
         "the checker reads the whole queue through max_transactions take transactions"
     );
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
-    let mut sim: Sim<W, E> = new_sim(scenario);
+    let mut sim = M::blank(scenario);
     let mut memory = vec![0u64; config.memory_words()];
     let mut model: VecDeque<u64> = VecDeque::new();
     let mut next_id = 0u64;
@@ -221,7 +361,7 @@ pub fn run<const W: usize, const E: usize>(
         let in_flight = {
             let opened = Channel::open(&mut sim, &mut memory[..], config);
             match opened {
-                Err(e) if is_power_loss(&e) => None,
+                Err(e) if is_power_loss::<M>(&e) => None,
                 Err(e) => return Err(fail(format!("open failed: {e}"))),
                 Ok(mut channel) => {
                     let r = epoch_workload(
@@ -246,7 +386,7 @@ pub fn run<const W: usize, const E: usize>(
             _ => CrashPolicy::Random,
         };
         sim.reboot(rng.random(), policy);
-        if let Some(v) = sim.violations().first() {
+        if let Some(v) = sim.first_violation() {
             return Err(fail(format!("NOR rule broken: {v}")));
         }
         if scenario.slot_bytes > 0 && rng.random_bool(scenario.damage_checkpoints) {
@@ -271,6 +411,7 @@ pub fn run<const W: usize, const E: usize>(
         outcome.corrupt_records_skipped += r.corrupt_records_skipped;
         outcome.uncommitted_puts += r.uncommitted_puts;
         model = verify(channel, scenario, &model, in_flight.as_ref()).map_err(&fail)?;
+
         outcome.recoveries += 1;
         outcome.decayed_events_refused +=
             decay_check(&sim, scenario, &mut rng, next_id).map_err(&fail)?;
@@ -278,29 +419,29 @@ pub fn run<const W: usize, const E: usize>(
     Ok(outcome)
 }
 
-/// A blank medium for the scenario: its log, and its checkpoint regions if it has any.
-fn new_sim<const W: usize, const E: usize>(scenario: &Scenario) -> Sim<W, E> {
-    let slots = scenario.slot_bytes;
-    SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased)
+fn is_power_loss<M: Medium>(e: &Error<M::Error>) -> bool {
+    match e {
+        Error::Storage(s) => M::is_power_loss(s),
+        Error::Poisoned => true,
+        _ => false,
+    }
 }
 
-/// Flips one random bit among the written bytes of a region, if it has any.
-fn damage_written<const W: usize, const E: usize>(
-    sim: &mut Sim<W, E>,
-    region: Region,
-    erased: u8,
-    rng: &mut Pcg64Mcg,
-) {
-    let written: Vec<usize> = sim
-        .image(region)
+fn written_offsets(image: &[u8], erased: u8) -> Vec<usize> {
+    image
         .iter()
         .enumerate()
         .filter(|(_, &b)| b != erased)
         .map(|(i, _)| i)
-        .collect();
+        .collect()
+}
+
+/// Flips one random bit among the written bytes of a region, if it has any.
+fn damage_written<M: Medium>(sim: &mut M, region: Region, erased: u8, rng: &mut Pcg64Mcg) {
+    let written = sim.written(region, erased);
     if !written.is_empty() {
         let at = written[rng.random_range(0..written.len())];
-        sim.flip_bit(region, at, rng.random_range(0..8));
+        sim.flip(region, at, rng.random_range(0..8));
     }
 }
 
@@ -308,8 +449,8 @@ fn damage_written<const W: usize, const E: usize>(
 /// Media decay may lose events, or bring back one whose take record it destroyed, but nothing
 /// delivered may differ from what was put, nothing may panic, and no NOR rule may break.
 /// Returns how many damaged events the channel refused to deliver.
-fn decay_check<const W: usize, const E: usize>(
-    sim: &Sim<W, E>,
+fn decay_check<M: Medium>(
+    sim: &M,
     scenario: &Scenario,
     rng: &mut Pcg64Mcg,
     next_id: u64,
@@ -317,13 +458,7 @@ fn decay_check<const W: usize, const E: usize>(
     let config = scenario.config;
     let max_event = config.max_event_bytes() as usize;
     let mut decayed = sim.clone();
-    let written: Vec<usize> = decayed
-        .image(Region::Log)
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b != scenario.erased)
-        .map(|(i, _)| i)
-        .collect();
+    let written = decayed.written(Region::Log, scenario.erased);
     if written.is_empty() {
         return Ok(0);
     }
@@ -340,7 +475,7 @@ fn decay_check<const W: usize, const E: usize>(
     let while_open = rng.random_bool(0.5);
     if !while_open {
         for &(at, bit) in &flips {
-            decayed.flip_bit(Region::Log, at, bit);
+            decayed.flip(Region::Log, at, bit);
         }
     }
     let mut memory = vec![0u64; config.memory_words()];
@@ -354,7 +489,7 @@ fn decay_check<const W: usize, const E: usize>(
     };
     if while_open {
         for &(at, bit) in &flips {
-            channel.storage_mut().flip_bit(Region::Log, at, bit);
+            channel.storage_mut().flip(Region::Log, at, bit);
         }
     }
     let mut buf = vec![0u8; max_event];
@@ -387,7 +522,7 @@ fn decay_check<const W: usize, const E: usize>(
         }
     }
     let refused = channel.stats().corrupt_events_skipped;
-    if let Some(v) = channel.storage().violations().first() {
+    if let Some(v) = channel.storage().first_violation() {
         return Err(format!("decay: NOR rule broken: {v}"));
     }
     Ok(refused)
@@ -395,8 +530,8 @@ fn decay_check<const W: usize, const E: usize>(
 
 /// Runs random transactions until the step budget is spent or the power fails. Returns the
 /// commit that was in flight when the power failed, if any.
-fn epoch_workload<const W: usize, const E: usize>(
-    channel: &mut Chan<'_, W, E>,
+fn epoch_workload<M: Medium>(
+    channel: &mut Channel<&mut M, &mut [u64]>,
     scenario: &Scenario,
     rng: &mut Pcg64Mcg,
     model: &mut VecDeque<u64>,
@@ -418,7 +553,7 @@ fn epoch_workload<const W: usize, const E: usize>(
             // A checkpoint on demand, with transactions open around it.
             match channel.checkpoint() {
                 Ok(()) => {}
-                Err(e) if is_power_loss(&e) => return Ok(None),
+                Err(e) if is_power_loss::<M>(&e) => return Ok(None),
                 Err(e) => return Err(format!("checkpoint failed: {e}")),
             }
             continue;
@@ -465,7 +600,7 @@ fn epoch_workload<const W: usize, const E: usize>(
                             outcome.log_full += 1;
                             t.target = t.ids.len();
                         }
-                        Err(e) if is_power_loss(&e) => return Ok(None),
+                        Err(e) if is_power_loss::<M>(&e) => return Ok(None),
                         Err(e) => return Err(format!("put failed: {e}")),
                     }
                 }
@@ -477,7 +612,8 @@ fn epoch_workload<const W: usize, const E: usize>(
                         let expected = model.iter().copied().find(|id| !taken.contains(id));
                         if expected != Some(id) {
                             return Err(format!(
-                                "take delivered {id}, the model expected {expected:?}"
+                                "take delivered {id}, the model expected {expected:?}; {:?}",
+                                channel.stats()
                             ));
                         }
                         taken.push(id);
@@ -494,7 +630,7 @@ fn epoch_workload<const W: usize, const E: usize>(
                         t.target = t.ids.len();
                     }
                     // A checkpoint step after a durable commit may be what lost the power.
-                    Err(e) if is_power_loss(&e) => return Ok(None),
+                    Err(e) if is_power_loss::<M>(&e) => return Ok(None),
                     Err(e) => return Err(format!("take failed: {e}")),
                 },
                 Kind::Unknown => unreachable!("kind was just chosen"),
@@ -522,7 +658,7 @@ fn epoch_workload<const W: usize, const E: usize>(
                     .map_err(|e| format!("rollback after LogFull failed: {e}"))?;
                 finish(model, &mut taken, &mut pending_puts, &t, false);
             }
-            Err(e) if is_power_loss(&e) => {
+            Err(e) if is_power_loss::<M>(&e) => {
                 return Ok(Some(match t.kind {
                     Kind::Take => InFlight::Take(t.ids),
                     _ => InFlight::Put(t.ids),
@@ -561,8 +697,8 @@ fn finish(
 
 /// Reads the whole queue without consuming it (takes, then rollbacks) and checks it against the
 /// model and the in-flight commit. Returns the model as it now stands.
-fn verify<const W: usize, const E: usize>(
-    mut channel: Chan<'_, W, E>,
+fn verify<M: Medium>(
+    mut channel: Channel<&mut M, &mut [u64]>,
     scenario: &Scenario,
     model: &VecDeque<u64>,
     in_flight: Option<&InFlight>,
@@ -644,10 +780,15 @@ pub fn exhaustive<const W: usize, const E: usize>(
     scenario: &Scenario,
     seed: u64,
 ) -> Result<(u64, Outcome), String> {
-    let total = mutations_of_first_epoch::<W, E>(scenario, seed)?;
+    exhaustive_on::<SimStorage<W, E>>(scenario, seed)
+}
+
+/// [`exhaustive`] on any simulated medium.
+pub fn exhaustive_on<M: Medium>(scenario: &Scenario, seed: u64) -> Result<(u64, Outcome), String> {
+    let total = mutations_of_first_epoch_on::<M>(scenario, seed)?;
     let mut outcome = Outcome::default();
     for k in 0..total {
-        outcome += run::<W, E>(scenario, seed, Some(k), 2)?;
+        outcome += run_on::<M>(scenario, seed, Some(k), 2)?;
     }
     Ok((total, outcome))
 }
@@ -658,10 +799,18 @@ pub fn mutations_of_first_epoch<const W: usize, const E: usize>(
     scenario: &Scenario,
     seed: u64,
 ) -> Result<u64, String> {
+    mutations_of_first_epoch_on::<SimStorage<W, E>>(scenario, seed)
+}
+
+/// [`mutations_of_first_epoch`] on any simulated medium.
+pub fn mutations_of_first_epoch_on<M: Medium>(
+    scenario: &Scenario,
+    seed: u64,
+) -> Result<u64, String> {
     // Run with a cut far beyond the end: the epoch completes, then count.
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let config = scenario.config;
-    let mut sim: Sim<W, E> = new_sim(scenario);
+    let mut sim = M::blank(scenario);
     let mut memory = vec![0u64; config.memory_words()];
     let mut model = VecDeque::new();
     let mut next_id = 0;
@@ -677,5 +826,5 @@ pub fn mutations_of_first_epoch<const W: usize, const E: usize>(
         &mut outcome,
     )
     .map_err(|e| format!("seed {seed} (no cut): {e}"))?;
-    Ok(channel.storage().counters().mutations())
+    Ok(channel.storage().mutations())
 }

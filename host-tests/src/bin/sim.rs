@@ -2,7 +2,14 @@
 //!
 //! ```text
 //! sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K]
+//!     [--core | --flash]
 //! ```
+//!
+//! Each run is made on two media unless one is chosen: `--core`, the core's simulated storage
+//! (`SimStorage`: unsynced writes lost or kept at a cut), and `--flash`, the flash adapter over
+//! simulated NOR parts (`SimNor`: torn programs, garbage erases, unstable reads).
+//! `--stable-reads` makes bits left by an interrupted program keep their value on the NOR parts
+//! (see docs/guarantees.md for what unstable reads still break).
 //!
 //! `--seeds N` runs N random seeds of several epochs, each ending in a power cut at a random
 //! point; `--exhaustive N` runs N seeds with a cut at every mutation of their first epoch;
@@ -13,7 +20,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sluicegate_sim::model::{exhaustive, run, Outcome, Scenario};
+use sluicegate_sim::model::{exhaustive_on, run_on, FlashSim, Medium, Outcome, Scenario};
+use sluicegate_sim::SimStorage;
 
 const ERASE: usize = 256;
 const WORDS: [usize; 5] = [1, 4, 8, 16, 32];
@@ -23,6 +31,8 @@ struct Args {
     exhaustive: u64,
     first_seed: u64,
     word: Option<usize>,
+    media: Vec<Media>,
+    unstable_reads: bool,
     steps: usize,
     replay: Option<(u64, Option<u64>)>,
 }
@@ -33,6 +43,8 @@ fn parse() -> Result<Args, String> {
         exhaustive: 0,
         first_seed: 0,
         word: None,
+        media: vec![Media::Core, Media::Flash],
+        unstable_reads: true,
         steps: 60,
         replay: None,
     };
@@ -56,10 +68,13 @@ fn parse() -> Result<Args, String> {
                 }
                 a.word = Some(w);
             }
+            "--core" => a.media = vec![Media::Core],
+            "--flash" => a.media = vec![Media::Flash],
+            "--stable-reads" => a.unstable_reads = false,
             "--seed" => seed = Some(value("--seed")?),
             "--cut" => cut = Some(value("--cut")?),
             "-h" | "--help" => {
-                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K]".into())
+                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K] [--core | --flash] [--stable-reads]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -72,17 +87,41 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Which simulated medium the channel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// The core's `SimStorage`.
+    Core,
+    /// The flash adapter over `SimNor` parts.
+    Flash,
+}
+
+impl Media {
+    fn name(self) -> &'static str {
+        match self {
+            Media::Core => "storage",
+            Media::Flash => "flash",
+        }
+    }
+}
+
 /// Dispatches to the medium with write size `word`.
 fn with_word(
+    media: Media,
     word: usize,
     f: &mut dyn FnMut(&dyn Runner) -> Result<(), String>,
 ) -> Result<(), String> {
-    match word {
-        1 => f(&Word::<1>),
-        4 => f(&Word::<4>),
-        8 => f(&Word::<8>),
-        16 => f(&Word::<16>),
-        32 => f(&Word::<32>),
+    match (media, word) {
+        (Media::Core, 1) => f(&On::<SimStorage<1, ERASE>>::default()),
+        (Media::Core, 4) => f(&On::<SimStorage<4, ERASE>>::default()),
+        (Media::Core, 8) => f(&On::<SimStorage<8, ERASE>>::default()),
+        (Media::Core, 16) => f(&On::<SimStorage<16, ERASE>>::default()),
+        (Media::Core, 32) => f(&On::<SimStorage<32, ERASE>>::default()),
+        (Media::Flash, 1) => f(&On::<FlashSim<1, ERASE>>::default()),
+        (Media::Flash, 4) => f(&On::<FlashSim<4, ERASE>>::default()),
+        (Media::Flash, 8) => f(&On::<FlashSim<8, ERASE>>::default()),
+        (Media::Flash, 16) => f(&On::<FlashSim<16, ERASE>>::default()),
+        (Media::Flash, 32) => f(&On::<FlashSim<32, ERASE>>::default()),
         _ => Err(format!("unsupported word size {word}")),
     }
 }
@@ -98,9 +137,15 @@ trait Runner {
     fn exhaustive(&self, s: &Scenario, seed: u64) -> Result<(u64, Outcome), String>;
 }
 
-struct Word<const W: usize>;
+struct On<M>(std::marker::PhantomData<M>);
 
-impl<const W: usize> Runner for Word<W> {
+impl<M> Default for On<M> {
+    fn default() -> Self {
+        On(std::marker::PhantomData)
+    }
+}
+
+impl<M: Medium> Runner for On<M> {
     fn run(
         &self,
         s: &Scenario,
@@ -108,10 +153,10 @@ impl<const W: usize> Runner for Word<W> {
         cut: Option<u64>,
         epochs: usize,
     ) -> Result<Outcome, String> {
-        run::<W, ERASE>(s, seed, cut, epochs)
+        run_on::<M>(s, seed, cut, epochs)
     }
     fn exhaustive(&self, s: &Scenario, seed: u64) -> Result<(u64, Outcome), String> {
-        exhaustive::<W, ERASE>(s, seed)
+        exhaustive_on::<M>(s, seed)
     }
 }
 
@@ -129,13 +174,16 @@ fn main() -> ExitCode {
     let mut total = Outcome::default();
     let result = (|| -> Result<(), String> {
         if let Some((seed, cut)) = args.replay {
-            for &w in &words {
-                let scenario = Scenario::varied(seed, args.steps);
-                with_word(w, &mut |r| {
+            for (&w, &m) in words
+                .iter()
+                .flat_map(|w| args.media.iter().map(move |m| (w, m)))
+            {
+                let scenario = scenario(seed, &args);
+                with_word(m, w, &mut |r| {
                     // Exhaustive runs have two epochs after their cut; random ones four.
                     let epochs = if cut.is_some() { 2 } else { 4 };
                     let o = r.run(&scenario, seed, cut, epochs)?;
-                    println!("word {w}: seed {seed} cut {cut:?}: ok ({o:?})");
+                    println!("{} word {w}: seed {seed} cut {cut:?}: ok ({o:?})", m.name());
                     crash_points += o.crashes;
                     total += o;
                     Ok(())
@@ -143,21 +191,24 @@ fn main() -> ExitCode {
             }
             return Ok(());
         }
-        for &w in &words {
+        for (&w, &m) in words
+            .iter()
+            .flat_map(|w| args.media.iter().map(move |m| (w, m)))
+        {
             let mut points = 0;
             let seeds = args.exhaustive + args.seeds;
             let mut progress = Progress::new(w, seeds, started);
-            with_word(w, &mut |r| {
+            with_word(m, w, &mut |r| {
                 for i in 0..args.exhaustive {
                     let seed = args.first_seed + i;
-                    let (n, o) = r.exhaustive(&Scenario::varied(seed, args.steps), seed)?;
+                    let (n, o) = r.exhaustive(&scenario(seed, &args), seed)?;
                     points += n;
                     total += o;
                     progress.tick(i + 1, points);
                 }
                 for i in 0..args.seeds {
                     let seed = args.first_seed + 1_000_000 + i;
-                    let o = r.run(&Scenario::varied(seed, args.steps), seed, None, 4)?;
+                    let o = r.run(&scenario(seed, &args), seed, None, 4)?;
                     points += o.crashes;
                     total += o;
                     progress.tick(args.exhaustive + i + 1, points);
@@ -165,8 +216,10 @@ fn main() -> ExitCode {
                 Ok(())
             })?;
             println!(
-                "word {w:>2} bytes: {points} crash points ({} exhaustive seeds, {} random seeds)",
-                args.exhaustive, args.seeds
+                "{:>7} word {w:>2} bytes: {points} crash points ({} exhaustive seeds, {} random seeds)",
+                m.name(),
+                args.exhaustive,
+                args.seeds
             );
             crash_points += points;
         }
@@ -228,4 +281,11 @@ impl Progress {
             self.last = Instant::now();
         }
     }
+}
+
+/// The scenario for `seed`, with the medium options of the command line.
+fn scenario(seed: u64, args: &Args) -> Scenario {
+    let mut s = Scenario::varied(seed, args.steps);
+    s.unstable_reads = args.unstable_reads;
+    s
 }
