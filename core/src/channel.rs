@@ -272,6 +272,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         channel.seq = replayed.newest.unwrap_or(0);
         channel.roll_to = replayed.roll_to;
         channel.refresh_pins();
+        #[cfg(feature = "defmt")]
+        defmt::info!("sluicegate: opened: {}", channel.recovery);
         Ok(channel)
     }
 
