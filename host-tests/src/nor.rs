@@ -13,7 +13,8 @@
 //! every later one fails until [`SimNor::reboot`]:
 //! - a program keeps a prefix of its words (the last one partly), or a random subset of the
 //!   bits it was to program, or all of them but one bit; the bits it did not finish read
-//!   *unstable*: each read returns them at random until the block is erased;
+//!   *unstable*: each read returns them at random until the block is erased (on by default for
+//!   a part; [`SimNor::set_unstable_reads`]);
 //! - an erase leaves each block of the range erased, untouched, or full of garbage with some
 //!   unstable bits.
 //!
