@@ -221,18 +221,10 @@ impl<const W: usize, const E: usize> SimNor<W, E> {
     /// Counts a mutation; true if the power fails during it.
     fn cut_now(&mut self) -> bool {
         let mut supply = self.supply.get();
-        let cut = match supply.cut_in {
-            Some(0) => {
-                supply.cut_in = None;
-                supply.powered = false;
-                true
-            }
-            Some(n) => {
-                supply.cut_in = Some(n - 1);
-                false
-            }
-            None => false,
-        };
+        let cut = crate::sim::count_down(&mut supply.cut_in);
+        if cut {
+            supply.powered = false;
+        }
         self.supply.set(supply);
         cut
     }

@@ -105,6 +105,23 @@ pub enum OpKind {
     Sync,
 }
 
+/// Counts one mutation against a scheduled cut (`None`: none scheduled); true, and the schedule
+/// cleared, if the power fails during this one. Shared by [`SimStorage`] and
+/// [`crate::nor::SimNor`].
+pub(crate) fn count_down(cut_in: &mut Option<u64>) -> bool {
+    match *cut_in {
+        Some(0) => {
+            *cut_in = None;
+            true
+        }
+        Some(n) => {
+            *cut_in = Some(n - 1);
+            false
+        }
+        None => false,
+    }
+}
+
 /// What happens to unsynced operations at a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPolicy {
@@ -324,18 +341,11 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
 
     /// Counts down to a scheduled power cut; true if this mutation is the interrupted one.
     fn cut_now(&mut self) -> bool {
-        match self.cut_in {
-            Some(0) => {
-                self.cut_in = None;
-                self.powered = false;
-                true
-            }
-            Some(n) => {
-                self.cut_in = Some(n - 1);
-                false
-            }
-            None => false,
+        let cut = count_down(&mut self.cut_in);
+        if cut {
+            self.powered = false;
         }
+        cut
     }
 
     fn violation(&mut self, what: String) -> SimError {
