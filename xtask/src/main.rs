@@ -4,7 +4,10 @@
 //!   clippy, cargo-fuzz), ending with `cargo test`'s own summary;
 //! - `sim [args]`: the crash simulation at any length (see `sim --help`);
 //! - `fuzz [--seconds N]`: every fuzz target for N seconds each (default 300);
-//! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each.
+//! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each;
+//! - `kill [--rounds N] [--seed S]`: SIGKILLs a process using a file channel, again and again;
+//! - `firmware [--boots N] [--seed S]`: builds the firmware example and runs it in QEMU
+//!   (installing qemu-system-arm, the target and defmt-print when missing).
 //!
 //! Everything it runs is printed before it runs, so a failure names its command.
 
@@ -38,6 +41,10 @@ const CI_SIM_FLASH: [&str; 7] = [
     "100",
 ];
 const CI_FUZZ_SECONDS: u64 = 20;
+/// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
+const CI_FIRMWARE_BOOTS: u32 = 1000;
+/// Seconds the firmware may run in QEMU before it is stopped as hung.
+const FIRMWARE_TIMEOUT_SECONDS: u32 = 1800;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -53,8 +60,9 @@ fn main() -> ExitCode {
         "fuzz" => fuzz_cmd(rest),
         "mutants" => mutants(),
         "kill" => kill(rest),
+        "firmware" => firmware_cmd(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | fuzz [--seconds N] | mutants>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | firmware [--boots N] [--seed S] | fuzz [--seconds N] | mutants>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -302,6 +310,11 @@ fn ci() -> Result {
     let ci_sim: Vec<String> = CI_SIM_FLASH.iter().map(|s| s.to_string()).collect();
     sim(&ci_sim)?;
 
+    step(&format!(
+        "the firmware example in QEMU: {CI_FIRMWARE_BOOTS} boots, each ending in a power cut"
+    ));
+    firmware_cmd(&["--boots".to_string(), CI_FIRMWARE_BOOTS.to_string()])?;
+
     step("planted bugs: the simulation must catch each one");
     mutants()?;
 
@@ -404,7 +417,13 @@ fn mutants() -> Result {
     let target_dir = scratch.join("target");
     let target_dir = target_dir.to_str().ok_or("non-UTF-8 path")?;
     let _ = std::fs::remove_dir_all(&ws);
-    for dir in ["core", "host-tests", "adapters/file", "adapters/flash"] {
+    for dir in [
+        "core",
+        "host-tests",
+        "adapters/file",
+        "adapters/flash",
+        "firmware-example",
+    ] {
         copy_dir(&root.join(dir), &ws.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
     }
     std::fs::write(
@@ -435,7 +454,8 @@ fn mutants() -> Result {
     ];
     let kill_envs = [envs[0], ("SLUICEGATE_KILLS", "200")];
     caught += catch_all(&ws, &KILL_MUTANTS, "the kill test", &kill_args, &kill_envs)?;
-    let total = MUTANTS.len() + KILL_MUTANTS.len();
+    caught += catch_all_firmware(&ws, &FIRMWARE_MUTANTS)?;
+    let total = MUTANTS.len() + KILL_MUTANTS.len() + FIRMWARE_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
 }
@@ -476,6 +496,47 @@ const KILL_MUTANTS: [Mutant; 1] = [Mutant {
     to: "let tmp = path.clone();",
 }];
 
+/// Bugs the firmware example must catch on its emulated NOR part, in QEMU.
+const FIRMWARE_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "replay ignores take commits (the firmware sees readings come back)",
+        file: "core/src/recovery.rs",
+        from: "self.recovery.take_commits += 1;",
+        to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
+    },
+    Mutant {
+        name: "a run appends after the last run's tail (the firmware's flash part sees words programmed twice)",
+        file: "core/src/channel.rs",
+        from: "restart_pending: true,",
+        to: "restart_pending: false,",
+    },
+];
+
+/// As [`catch_all`], with the firmware example run in QEMU as the checker.
+fn catch_all_firmware(ws: &Path, mutants: &[Mutant]) -> Result<usize> {
+    const BOOTS: u32 = 200;
+    let dir = ws.join("firmware-example");
+    ensure_target()?;
+    ensure_qemu()?;
+    ensure_defmt_print()?;
+    let check = || build_firmware(&dir, BOOTS, 1).and_then(|elf| run_firmware(&elf));
+    println!("-- control: the unmutated copy passes the firmware run");
+    check()?;
+    for m in mutants {
+        let path = ws.join(m.file);
+        let original = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        std::fs::write(&path, plant(&original, m)?).map_err(|e| e.to_string())?;
+        println!("-- planted: {}", m.name);
+        let result = check();
+        std::fs::write(&path, original).map_err(|e| e.to_string())?;
+        match result {
+            Err(e) => println!("-- caught: {} ({e})", m.name),
+            Ok(()) => return Err(format!("the firmware run did not catch: {}", m.name)),
+        }
+    }
+    Ok(mutants.len())
+}
+
 fn plant(original: &str, m: &Mutant) -> Result<String> {
     let from = m.from;
     if original.matches(from).count() != 1 {
@@ -501,4 +562,217 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs qemu-system-arm through apt-get when it is missing (as root; otherwise says how).
+fn ensure_qemu() -> Result {
+    if output("qemu-system-arm", &["--version"]).is_some() {
+        println!("qemu-system-arm is installed");
+        return Ok(());
+    }
+    let is_root = output("id", &["-u"]).is_some_and(|o| o.trim() == "0");
+    if !is_root || output("apt-get", &["--version"]).is_none() {
+        return Err(
+            "qemu-system-arm is missing; install it (Debian and Ubuntu: `apt-get install qemu-system-arm`)"
+                .into(),
+        );
+    }
+    println!("installing qemu-system-arm with apt-get");
+    let quiet = [("DEBIAN_FRONTEND", "noninteractive")];
+    run("apt-get", &["update", "-q"], &quiet)?;
+    run(
+        "apt-get",
+        &["install", "-y", "-q", "qemu-system-arm"],
+        &quiet,
+    )
+}
+
+/// Installs defmt-print (the host side of defmt) when it is missing.
+fn ensure_defmt_print() -> Result {
+    if output("defmt-print", &["--version"]).is_some() {
+        println!("defmt-print is installed");
+        return Ok(());
+    }
+    println!("installing defmt-print (decodes the firmware's log)");
+    run(
+        "cargo",
+        &["install", "defmt-print", "--version", "1.2.0", "--locked"],
+        &[],
+    )
+}
+
+fn firmware_cmd(args: &[String]) -> Result {
+    let mut boots = 200u32;
+    let mut seed = 1u32;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .parse::<u32>()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--boots" if value > 0 => boots = value,
+            "--seed" => seed = value,
+            _ => return Err("usage: cargo xtask firmware [--boots N (> 0)] [--seed S]".into()),
+        }
+    }
+    ensure_target()?;
+    ensure_qemu()?;
+    ensure_defmt_print()?;
+    let dir = root().join("firmware-example");
+    run_in(&dir, "cargo", &["fmt", "--check"], &[])?;
+    let envs = firmware_env(&dir, boots, seed)?;
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_in(
+        &dir,
+        "cargo",
+        &["clippy", "--release", "--", "-D", "warnings"],
+        &envs,
+    )?;
+    let elf = build_firmware(&dir, boots, seed)?;
+    report_firmware_size(&elf)?;
+    run_firmware(&elf)
+}
+
+fn firmware_env(dir: &Path, boots: u32, seed: u32) -> Result<Vec<(&'static str, String)>> {
+    let target = dir.join("target");
+    Ok(vec![
+        ("SLUICEGATE_BOOTS", boots.to_string()),
+        ("SLUICEGATE_SEED", seed.to_string()),
+        (
+            "CARGO_TARGET_DIR",
+            target.to_str().ok_or("non-UTF-8 path")?.to_string(),
+        ),
+    ])
+}
+
+/// Builds the firmware in `dir` for `boots` boots; returns the ELF's path.
+fn build_firmware(dir: &Path, boots: u32, seed: u32) -> Result<PathBuf> {
+    let envs = firmware_env(dir, boots, seed)?;
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_in(dir, "cargo", &["build", "--release"], &envs)?;
+    Ok(dir
+        .join("target")
+        .join(THUMB)
+        .join("release")
+        .join("sluicegate-firmware-example"))
+}
+
+/// Runs the firmware in QEMU, its defmt output decoded by defmt-print. Fails if QEMU exits
+/// non-zero (the firmware found a violation, panicked or faulted), hangs, or the summary's
+/// violation count is missing or not zero.
+fn run_firmware(elf: &Path) -> Result {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let elf = elf.to_str().ok_or("non-UTF-8 path")?;
+    let limit = FIRMWARE_TIMEOUT_SECONDS.to_string();
+    let qemu_args = [
+        limit.as_str(),
+        "qemu-system-arm",
+        "-machine",
+        "mps2-an386",
+        "-cpu",
+        "cortex-m4",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        // Time follows the instruction count, so a run is the same every time.
+        "-icount",
+        "shift=4,sleep=off",
+        "-kernel",
+        elf,
+    ];
+    println!("$ timeout {} | defmt-print -e {elf}", qemu_args.join(" "));
+    let mut qemu = Command::new("timeout")
+        .args(qemu_args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-system-arm: {e}"))?;
+    let qemu_out = qemu.stdout.take().ok_or("no pipe from QEMU")?;
+    let mut decoder = Command::new("defmt-print")
+        .args(["-e", elf])
+        .stdin(qemu_out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run defmt-print: {e}"))?;
+    let decoded = decoder.stdout.take().ok_or("no pipe from defmt-print")?;
+    let mut violations = None;
+    for line in BufReader::new(decoded).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(n) = line.trim().strip_prefix("summary: violations=") {
+            violations = n.trim().parse::<u64>().ok();
+        }
+    }
+    let status = qemu.wait().map_err(|e| e.to_string())?;
+    let _ = decoder.wait();
+    match (status.code(), violations) {
+        (Some(0), Some(0)) => Ok(()),
+        (Some(124), _) => Err(format!(
+            "the firmware did not finish within {FIRMWARE_TIMEOUT_SECONDS} s"
+        )),
+        (_, Some(n)) if n > 0 => Err(format!("the firmware found {n} violations")),
+        (_, None) => Err(format!(
+            "the firmware printed no summary (QEMU exit: {status})"
+        )),
+        _ => Err(format!("the firmware failed (QEMU exit: {status})")),
+    }
+}
+
+/// Prints the firmware's flash and RAM use, read from the ELF's section headers.
+fn report_firmware_size(elf: &Path) -> Result {
+    let bytes = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let sections = elf32_sections(&bytes).ok_or("not a 32-bit little-endian ELF file")?;
+    let size = |name: &str| {
+        sections
+            .iter()
+            .find(|s| s.0 == name)
+            .map_or(0, |s| s.1 as u64)
+    };
+    let (vectors, text, rodata, data, bss, uninit) = (
+        size(".vector_table"),
+        size(".text"),
+        size(".rodata"),
+        size(".data"),
+        size(".bss"),
+        size(".uninit"),
+    );
+    println!(
+        "firmware size: {} bytes of flash (.vector_table {vectors}, .text {text}, .rodata {rodata}, .data {data}); \
+         {} bytes of static RAM (.data {data}, .bss {bss}) plus the stack; \
+         {uninit} bytes of .uninit hold the emulated flash part and the witness ledger, which a real gateway does not have",
+        vectors + text + rodata + data,
+        data + bss,
+    );
+    Ok(())
+}
+
+/// (name, size) of every section of a 32-bit little-endian ELF file.
+fn elf32_sections(b: &[u8]) -> Option<Vec<(String, u32)>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    if b.get(..6)? != b"\x7fELF\x01\x01" {
+        return None;
+    }
+    let shoff = u32_at(0x20)? as usize;
+    let shentsize = u16_at(0x2E)? as usize;
+    let shnum = u16_at(0x30)? as usize;
+    let shstrndx = u16_at(0x32)? as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    let names = u32_at(header(shstrndx) + 16)? as usize;
+    let mut out = Vec::with_capacity(shnum);
+    for i in 0..shnum {
+        let h = header(i);
+        let name_at = names + u32_at(h)? as usize;
+        let end = name_at + b.get(name_at..)?.iter().position(|&c| c == 0)?;
+        let name = String::from_utf8_lossy(&b[name_at..end]).into_owned();
+        out.push((name, u32_at(h + 20)?));
+    }
+    Some(out)
 }

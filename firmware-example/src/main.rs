@@ -1,0 +1,526 @@
+//! An edge gateway on Sluicegate, run in QEMU (`mps2-an386`, Cortex-M4).
+//!
+//! - A timer interrupt (SysTick, every millisecond) samples a "sensor" and puts the reading
+//!   through the interrupt-safe [`SharedChannel`], one committed transaction per reading.
+//! - The main loop is the uplink. It is up or down in phases; when up it takes a batch in a take
+//!   transaction, sends it to the "server", waits for the acknowledgement and commits the take.
+//!   Sometimes the acknowledgement never comes and the take is rolled back.
+//! - The power fails at a pseudo-random point of every boot: inside a flash program or erase
+//!   (tearing it), or from the timer interrupt between two operations. A reset stands for the
+//!   cut; the flash image and the witness ledger live in RAM that startup does not clear.
+//! - At every boot the firmware opens the channel (recovery), takes everything queued in one
+//!   transaction, rolls it back, and compares with the ledger: every acknowledged reading is
+//!   delivered or still queued; no reading whose take committed is queued or delivered again;
+//!   none that was refused appears; none appears twice; every payload is intact.
+//! - After the configured number of boots, the uplink drains the channel without cuts, the final
+//!   check runs, the summary is printed and the firmware exits through semihosting: 0 if no
+//!   violation was found, 1 otherwise.
+
+#![no_std]
+#![no_main]
+
+mod kept;
+mod nor;
+
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::debug;
+use critical_section::Mutex;
+use defmt_semihosting as _;
+use sluicegate_core::{Channel, Config, Error};
+use sluicegate_flash::{FlashStorage, Partition, SharedChannel, Wear};
+
+use kept::State;
+use nor::{Nor, BLOCK};
+
+/// Readings are 32 bytes: the sequence number, a "temperature" and filler derived from it.
+const READING: usize = 32;
+/// The channel: 64 readings, take batches of up to 64 (the boot check takes all at once),
+/// two transactions at a time (the interrupt's put and the uplink's take), 4 KiB segments.
+const CONFIG: Config =
+    Config::new(64, 64, 2, READING as u32, BLOCK as u32).with_checkpoints(16, 0, 0);
+const MEMORY_WORDS: usize = CONFIG.memory_words();
+/// The partitions of the one flash part: 16 log segments, and two 2-block checkpoint regions.
+const LOG_BYTES: u32 = 16 * BLOCK as u32;
+const SLOT_BYTES: u32 = 2 * BLOCK as u32;
+/// The uplink sends up to this many readings per take transaction.
+const BATCH: usize = 16;
+/// SysTick reload: the mps2 board clocks the core at 25 MHz, so this is 1 ms.
+const TICK_RELOAD: u32 = 25_000;
+
+/// Boots before the final drain and check (`SLUICEGATE_BOOTS` at build time).
+const BOOTS: u32 = match option_env!("SLUICEGATE_BOOTS") {
+    Some(s) => parse_u32(s),
+    None => 200,
+};
+/// The seed of the first boot (`SLUICEGATE_SEED` at build time).
+const SEED: u32 = match option_env!("SLUICEGATE_SEED") {
+    Some(s) => parse_u32(s),
+    None => 1,
+};
+
+const fn parse_u32(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v: u32 = 0;
+    assert!(!b.is_empty(), "expected a number");
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "expected a number");
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+type Part = Partition<'static, Nor>;
+type Store = FlashStorage<Part, Part, Part>;
+type Memory = &'static mut [u64];
+
+static DEVICE: Mutex<RefCell<Nor>> = Mutex::new(RefCell::new(Nor::new()));
+static CHANNEL: SharedChannel<Store, Memory> = SharedChannel::new();
+
+/// Milliseconds since this boot's timer started.
+static TICKS: AtomicU32 = AtomicU32::new(0);
+/// The tick at which the timer cuts the power (0: never).
+static TIMER_CUT_AT: AtomicU32 = AtomicU32::new(0);
+/// False once the run is draining: the interrupt stops sampling.
+static SAMPLING: AtomicBool = AtomicBool::new(true);
+
+/// Violations printed in full; later ones are only counted.
+const PRINTED_VIOLATIONS: u32 = 20;
+
+fn violation(what: &str, seq: u32) {
+    let n = kept::with(|l| {
+        l.violations += 1;
+        l.violations
+    });
+    if n <= PRINTED_VIOLATIONS {
+        defmt::error!("VIOLATION: {=str} (reading {=u32})", what, seq);
+    }
+}
+
+/// The payload of reading `seq`.
+fn reading(seq: u32) -> [u8; READING] {
+    let mut r = [0u8; READING];
+    r[..4].copy_from_slice(&seq.to_le_bytes());
+    let mut x = seq.wrapping_mul(0x9E37_79B9) | 1;
+    for chunk in r[4..].chunks_mut(4) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    r
+}
+
+/// The sequence number of a reading read back, if its payload is intact.
+fn decode(bytes: &[u8]) -> Option<u32> {
+    let seq = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    (bytes.len() == READING && (seq as usize) < kept::MAX_READINGS && reading(seq) == bytes)
+        .then_some(seq)
+}
+
+#[entry]
+fn main() -> ! {
+    kept::paint_stack();
+    let mut core = cortex_m::Peripherals::take().expect("taken once, at boot");
+    if kept::boot(SEED) {
+        nor::erase_chip();
+        defmt::println!(
+            "sluicegate firmware example: {=u32} boots, seed {=u32}; the flash is new",
+            BOOTS,
+            SEED
+        );
+    }
+    let boot = kept::with(|l| l.boots);
+    let finishing = boot > BOOTS;
+
+    let storage = match FlashStorage::new(
+        Partition::new(&DEVICE, 0, LOG_BYTES).expect("whole blocks"),
+        Partition::new(&DEVICE, LOG_BYTES, SLOT_BYTES).expect("whole blocks"),
+        Partition::new(&DEVICE, LOG_BYTES + SLOT_BYTES, SLOT_BYTES).expect("whole blocks"),
+    ) {
+        Ok(s) => s,
+        Err(e) => fatal_geometry(e),
+    };
+    let memory: Memory = cortex_m::singleton!(: [u64; MEMORY_WORDS] = [0; MEMORY_WORDS])
+        .expect("taken once, at boot");
+    match Channel::open(storage, memory, CONFIG) {
+        Ok(channel) => {
+            CHANNEL.install(channel);
+        }
+        Err(e) => {
+            defmt::error!("boot {=u32}: the channel did not open: {}", boot, e);
+            violation("the channel did not open", 0);
+            finish();
+        }
+    }
+    check_recovered(boot);
+    if boot % 50 == 0 {
+        let l = kept::with(|l| (l.next_seq, l.acked, l.taken, l.violations));
+        defmt::println!(
+            "boot {=u32}: {=u32} readings sampled, {=u32} acknowledged, {=u32} delivered for good, {=u32} violations",
+            boot,
+            l.0,
+            l.1,
+            l.2,
+            l.3
+        );
+    }
+    if finishing {
+        SAMPLING.store(false, Ordering::Relaxed);
+        drain();
+        check_recovered(boot);
+        finish();
+    }
+
+    // This boot ends with a power cut: always one from the timer, and usually an earlier one
+    // inside a flash operation.
+    let (flash_cut, timer_cut) = kept::with(|l| (l.random(), l.random()));
+    if flash_cut % 4 != 0 {
+        nor::arm_cut(1 + flash_cut % 300);
+    }
+    TIMER_CUT_AT.store(1 + timer_cut % 600, Ordering::Relaxed);
+
+    core.SYST.set_clock_source(SystClkSource::Core);
+    core.SYST.set_reload(TICK_RELOAD - 1);
+    core.SYST.clear_current();
+    core.SYST.enable_counter();
+    core.SYST.enable_interrupt();
+
+    loop {
+        let tick = TICKS.load(Ordering::Relaxed);
+        // The uplink is up or down in 40 ms phases, down one phase in four.
+        let up = kept::with(|l| (tick / 40).wrapping_mul(0x2545_F491) ^ l.boots) % 4 != 0;
+        if !up || !uplink_batch(true) {
+            cortex_m::asm::wfi();
+        }
+    }
+}
+
+/// One sensor reading per tick, put and committed from the interrupt.
+#[exception]
+fn SysTick() {
+    let tick = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+    if tick == TIMER_CUT_AT.load(Ordering::Relaxed) {
+        kept::power_cut(false);
+    }
+    if !SAMPLING.load(Ordering::Relaxed) {
+        return;
+    }
+    let seq = kept::with(|l| {
+        let seq = l.next_seq;
+        if seq as usize >= kept::MAX_READINGS {
+            return None;
+        }
+        l.next_seq += 1;
+        l.set(seq, State::PutInFlight);
+        Some(seq)
+    });
+    let Some(seq) = seq else { return };
+    let outcome = CHANNEL.put_committed(&reading(seq));
+    let unexpected = kept::with(|l| match outcome {
+        Ok(()) => {
+            l.set(seq, State::Acked);
+            l.acked += 1;
+            false
+        }
+        // Full while the uplink is down: the reading is dropped, as a gateway must.
+        Err(Some(Error::ChannelFull | Error::LogFull)) => {
+            l.set(seq, State::Refused);
+            l.refused += 1;
+            false
+        }
+        Err(_) => {
+            l.set(seq, State::Refused);
+            l.refused += 1;
+            true
+        }
+    });
+    if unexpected {
+        violation("a put failed for a reason other than a full channel", seq);
+    }
+}
+
+/// Sends one batch up the link. Returns false if there was nothing to send. While the timer
+/// runs, the acknowledgement takes a tick to come back and is sometimes lost (`live`); the
+/// final drain runs without the timer and every acknowledgement arrives.
+fn uplink_batch(live: bool) -> bool {
+    let Some(Ok(tx)) = CHANNEL.with(|ch| ch.begin()) else {
+        violation("could not begin a take transaction", 0);
+        return false;
+    };
+    let mut batch = [0u32; BATCH];
+    let mut n = 0;
+    let mut buf = [0u8; READING + 1];
+    while n < BATCH {
+        match CHANNEL.with(|ch| ch.take(tx, &mut buf)) {
+            Some(Ok(Some(len))) => match decode(&buf[..len]) {
+                Some(seq) => {
+                    batch[n] = seq;
+                    n += 1;
+                }
+                None => violation("a reading came back damaged", 0),
+            },
+            Some(Ok(None)) => break,
+            _ => {
+                violation("a take failed", 0);
+                break;
+            }
+        }
+    }
+    if n == 0 {
+        let _ = CHANNEL.with(|ch| ch.rollback(tx));
+        return false;
+    }
+    // The server receives the batch.
+    for &seq in &batch[..n] {
+        let state = kept::with(|l| {
+            l.deliver(seq);
+            l.state(seq)
+        });
+        match state {
+            State::Acked => {}
+            State::Taken => violation("delivered again after its take committed", seq),
+            _ => violation("delivered but never acknowledged", seq),
+        }
+    }
+    // The acknowledgement takes a tick to come back, and sometimes never comes.
+    if live {
+        cortex_m::asm::wfi();
+    }
+    if live && kept::with(|l| l.random()) % 8 == 0 {
+        let _ = CHANNEL.with(|ch| ch.rollback(tx));
+        return true;
+    }
+    kept::with(|l| {
+        for &seq in &batch[..n] {
+            l.set(seq, State::TakeInFlight);
+        }
+    });
+    match CHANNEL.with(|ch| ch.commit(tx)) {
+        Some(Ok(())) => kept::with(|l| {
+            for &seq in &batch[..n] {
+                l.set(seq, State::Taken);
+                l.taken += 1;
+            }
+        }),
+        Some(Err(Error::LogFull)) => {
+            let _ = CHANNEL.with(|ch| ch.rollback(tx));
+            kept::with(|l| {
+                for &seq in &batch[..n] {
+                    l.set(seq, State::Acked);
+                }
+            });
+        }
+        _ => violation("a take commit failed", batch[0]),
+    }
+    true
+}
+
+/// The last boot: the uplink stays up and drains everything, with no cuts.
+fn drain() {
+    while uplink_batch(false) {}
+}
+
+/// Compares what recovery found with the ledger.
+fn check_recovered(boot: u32) {
+    let Some(Ok(tx)) = CHANNEL.with(|ch| ch.begin()) else {
+        violation("could not begin the check's transaction", 0);
+        return;
+    };
+    let mut buf = [0u8; READING + 1];
+    let mut queued = 0u32;
+    loop {
+        match CHANNEL.with(|ch| ch.take(tx, &mut buf)) {
+            Some(Ok(Some(len))) => {
+                queued += 1;
+                let Some(seq) = decode(&buf[..len]) else {
+                    violation("a queued reading is damaged", 0);
+                    continue;
+                };
+                let state = kept::with(|l| {
+                    let s = l.state(seq);
+                    match s {
+                        State::PutInFlight => {
+                            // Its commit landed before the cut: it counts as acknowledged.
+                            l.acked += 1;
+                            l.set(seq, State::Seen);
+                        }
+                        State::Acked | State::TakeInFlight => l.set(seq, State::Seen),
+                        _ => {}
+                    }
+                    s
+                });
+                match state {
+                    State::PutInFlight | State::Acked | State::TakeInFlight => {}
+                    State::Seen => violation("queued twice", seq),
+                    State::Taken => violation("queued again after its take committed", seq),
+                    State::Refused => violation("queued though its put was refused", seq),
+                    State::Never | State::Lost => violation("queued but never acknowledged", seq),
+                }
+            }
+            Some(Ok(None)) => break,
+            _ => {
+                violation("a take failed during the boot check", 0);
+                break;
+            }
+        }
+    }
+    let _ = CHANNEL.with(|ch| ch.rollback(tx));
+    let mut lost = [0u32; 4];
+    let mut lost_n = 0;
+    kept::with(|l| {
+        for seq in l.settled..l.next_seq {
+            match l.state(seq) {
+                State::Seen => l.set(seq, State::Acked),
+                State::PutInFlight => {
+                    l.set(seq, State::Lost);
+                    l.lost += 1;
+                }
+                State::TakeInFlight => {
+                    l.set(seq, State::Taken);
+                    l.taken += 1;
+                }
+                State::Acked => {
+                    if lost_n < lost.len() {
+                        lost[lost_n] = seq;
+                    }
+                    lost_n += 1;
+                }
+                State::Taken if l.delivered(seq) == 0 => {
+                    if lost_n < lost.len() {
+                        lost[lost_n] = seq;
+                    }
+                    lost_n += 1;
+                }
+                _ => {}
+            }
+        }
+        while l.settled < l.next_seq
+            && matches!(
+                l.state(l.settled),
+                State::Taken | State::Refused | State::Lost
+            )
+        {
+            l.settled += 1;
+        }
+    });
+    for &seq in &lost[..lost_n.min(lost.len())] {
+        violation("acknowledged, but neither queued nor delivered", seq);
+    }
+    for _ in lost.len()..lost_n {
+        violation("acknowledged, but neither queued nor delivered", 0);
+    }
+    defmt::debug!(
+        "boot {=u32}: {=u32} readings queued after recovery",
+        boot,
+        queued
+    );
+}
+
+/// Prints the summary and exits: 0 if no violation was found.
+fn finish() -> ! {
+    let stack = kept::stack_used();
+    kept::with(|l| l.stack_bytes = l.stack_bytes.max(stack));
+    let stats = CHANNEL.stats();
+    let l = kept::with(|l| {
+        (
+            l.boots,
+            l.cuts_in_flash,
+            l.cuts_in_timer,
+            l.next_seq,
+            l.acked,
+            l.refused,
+            l.lost,
+            l.deliveries,
+            l.redeliveries,
+            l.taken,
+            l.violations,
+            l.flash_rule_breaks,
+        )
+    });
+    let (erases_min, erases_max) = kept::with(|l| {
+        let log = &l.block_erases[..(LOG_BYTES as usize / BLOCK)];
+        (
+            log.iter().copied().min().unwrap_or(0),
+            log.iter().copied().max().unwrap_or(0),
+        )
+    });
+    defmt::println!(
+        "summary: boots={=u32} cuts={=u32} (in flash operations {=u32}, from the timer {=u32})",
+        l.0,
+        l.1 + l.2,
+        l.1,
+        l.2
+    );
+    defmt::println!(
+        "summary: readings={=u32} acknowledged={=u32} refused_full={=u32} lost_unacknowledged={=u32}",
+        l.3,
+        l.4,
+        l.5,
+        l.6
+    );
+    defmt::println!(
+        "summary: delivered={=u32} (deliveries {=u32}, redeliveries after uncommitted takes {=u32})",
+        l.9,
+        l.7,
+        l.8
+    );
+    if let Some(stats) = stats {
+        let wear = Wear::of_log(&stats);
+        defmt::println!(
+            "summary: log wear from the segment headers: min={=u64} max={=u64} total={=u64}; erases counted by the driver per log block: min={=u32} max={=u32}",
+            wear.min,
+            wear.max,
+            wear.total,
+            erases_min,
+            erases_max
+        );
+    }
+    defmt::println!(
+        "summary: channel RAM: {=usize} bytes of memory + {=usize} bytes of Channel struct; deepest stack {=u32} bytes; flash words programmed twice: {=u32}",
+        CONFIG.memory_bytes(),
+        core::mem::size_of::<Channel<Store, Memory>>(),
+        kept::with(|l| l.stack_bytes),
+        l.11
+    );
+    defmt::println!("summary: violations={=u32}", l.10);
+    if l.10 == 0 {
+        debug::exit(debug::EXIT_SUCCESS);
+    } else {
+        debug::exit(debug::EXIT_FAILURE);
+    }
+    loop {
+        cortex_m::asm::bkpt();
+    }
+}
+
+fn fatal_geometry(e: sluicegate_flash::GeometryError) -> ! {
+    defmt::error!("the partitions do not fit the flash part: {}", e);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::bkpt();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::bkpt();
+    }
+}
+
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    defmt::error!("hard fault at pc {=u32:#x}", frame.pc());
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::bkpt();
+    }
+}
