@@ -198,8 +198,13 @@ pub struct Channel<S: Storage, M> {
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     /// Opens a channel: checks the configuration against the storage and replays the log.
-    /// Opening writes nothing; the run's first write starts a new segment.
     /// [`Channel::recovery`] tells what replay did.
+    ///
+    /// Opening writes to the log never; the run's first write starts a new segment. With
+    /// checkpoints on, an open that replayed log written after the last checkpoint then writes
+    /// a checkpoint, so that the verdict on a record a power cut left half-programmed is final
+    /// (`Recovery::checkpointed`); if that checkpoint fails, the open fails. An open that finds
+    /// nothing after its checkpoint writes nothing at all.
     pub fn open(storage: S, memory: M, config: Config) -> Result<Self, Error<S::Error>> {
         const {
             assert!(
@@ -272,6 +277,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         channel.seq = replayed.newest.unwrap_or(0);
         channel.roll_to = replayed.roll_to;
         channel.refresh_pins();
+        if channel.ckpt.enabled && replayed.read_tail {
+            // Make this recovery's verdict final before anyone sees it. The record in flight at
+            // the cut may sit in cells a cut program left half-done, which can read differently
+            // next time: a later replay could then judge it the other way. A checkpoint taken
+            // now replays from the segment this run will open, so no later recovery that uses
+            // it reads that tail again. It costs one checkpoint per open that follows a run
+            // which wrote after its last checkpoint, and nothing per idle reboot after that.
+            channel.checkpoint()?;
+            channel.recovery.checkpointed = true;
+        }
         #[cfg(feature = "defmt")]
         defmt::info!("sluicegate: opened: {}", channel.recovery);
         Ok(channel)

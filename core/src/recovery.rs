@@ -58,6 +58,9 @@ pub(crate) struct Replayed {
     pub newest: Option<u64>,
     /// The sequence number this run's first segment gets.
     pub roll_to: u64,
+    /// True if the log held segments past the checkpoint used (or no checkpoint was used), so
+    /// replay read a tail the previous run may have left torn.
+    pub read_tail: bool,
 }
 
 /// What reading a checkpoint slot found.
@@ -112,6 +115,9 @@ pub struct Recovery {
     pub first_segment: u64,
     /// See `first_segment`.
     pub last_segment: u64,
+    /// True if the open wrote a checkpoint to make this recovery's verdict final (see
+    /// [`Channel::open`](crate::Channel::open)).
+    pub checkpointed: bool,
 }
 
 /// Where a record lies in the log.
@@ -187,6 +193,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             return Ok(Replayed {
                 newest: None,
                 roll_to: from.map_or(0, |f| f.seq),
+                read_tail: false,
             });
         };
         let from = match from {
@@ -201,7 +208,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
         };
         self.next_wid = from.wid;
-        if from.seq <= newest {
+        let read_tail = from.seq <= newest;
+        if read_tail {
             self.replay_segments(from, newest)?;
         }
         let r = &mut self.recovery;
@@ -213,6 +221,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         Ok(Replayed {
             newest: Some(newest),
             roll_to: (newest + 1).max(from.seq),
+            read_tail,
         })
     }
 

@@ -80,6 +80,8 @@ pub struct Ledger {
     pub taken: u32,
     /// Broken promises found.
     pub violations: u32,
+    /// Opens that wrote a checkpoint to make their recovery's verdict final.
+    pub checkpointed_opens: u32,
     /// Words programmed twice without an erase (ECC flash would reject them).
     pub flash_rule_breaks: u32,
     rng: u32,

@@ -150,6 +150,9 @@ fn main() -> ! {
         .expect("taken once, at boot");
     match Channel::open(storage, memory, CONFIG) {
         Ok(channel) => {
+            if channel.recovery().checkpointed {
+                kept::with(|l| l.checkpointed_opens += 1);
+            }
             CHANNEL.install(channel);
         }
         Err(e) => {
@@ -451,11 +454,12 @@ fn finish() -> ! {
         )
     });
     defmt::println!(
-        "summary: boots={=u32} cuts={=u32} (in flash operations {=u32}, from the timer {=u32})",
+        "summary: boots={=u32} cuts={=u32} (in flash operations {=u32}, from the timer {=u32}); opens that checkpointed their verdict: {=u32}",
         l.0,
         l.1 + l.2,
         l.1,
-        l.2
+        l.2,
+        kept::with(|l| l.checkpointed_opens)
     );
     defmt::println!(
         "summary: readings={=u32} acknowledged={=u32} refused_full={=u32} lost_unacknowledged={=u32}",

@@ -46,9 +46,9 @@ pub struct Scenario {
     /// Probability that a checkpoint region is damaged before a recovery (0 to 1).
     pub damage_checkpoints: f64,
     /// On NOR media ([`FlashSim`]): bits a program interrupted by a power cut did not finish
-    /// read differently from one read to the next, until their block is erased. Off by default:
-    /// with it on, the verdict on the commit in flight at a cut can still change between two
-    /// recoveries (docs/guarantees.md, "On NOR flash").
+    /// read differently from one read to the next, until their block is erased. Off by default.
+    /// The first recovery's verdict on such a record is kept by the checkpoint the open writes,
+    /// so runs with this on need intact checkpoint regions (docs/guarantees.md, "On NOR flash").
     pub unstable_reads: bool,
 }
 

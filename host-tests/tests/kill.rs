@@ -2,13 +2,23 @@
 //! recovery is judged like the simulation's. `SLUICEGATE_KILLS` sets the number of rounds
 //! (200 by default); `cargo xtask kill --rounds N` runs more.
 
+use std::sync::Mutex;
+
 use sluicegate_sim::kill::{run_crash_points, run_kills, POINT_HITS};
+
+/// The tests here run one at a time. Side by side in one process, a child failed to start
+/// twice in six runs of the suite on a busy machine: its directories were "in use" by the test
+/// process itself. The likely cause: one test forks a child while the other test's own channel
+/// (its check after a kill) holds its directory lock; the forked copy shares that lock until it
+/// execs, past the moment the other test starts its next child.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// At least 200 kills (by default) at random moments, each followed by a checked recovery: no
 /// acknowledged commit lost, no committed take delivered again, in-flight commits all or
 /// nothing, FIFO order, no corrupt byte.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let rounds: u64 = std::env::var("SLUICEGATE_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -37,6 +47,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 /// judged. These windows are too short for random kills to find reliably.
 #[test]
 fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome =
