@@ -320,22 +320,33 @@ fn shared_handle_on_partitions_of_one_part() {
     assert_eq!(ch.take(tx, &mut buf).unwrap(), None);
 }
 
+/// Crash points of a power cut at every program and erase of seeds `0..seeds`, for word sizes
+/// 1, 4, 8, 16 and 32; each recovery judged by the model checker.
+fn exhaustive_every_word_size(seeds: u64, scenario: fn(u64) -> Scenario) -> [u64; 5] {
+    fn all<const W: usize>(seeds: u64, scenario: fn(u64) -> Scenario) -> u64 {
+        (0..seeds)
+            .map(|seed| {
+                exhaustive_on::<FlashSim<W, 256>>(&scenario(seed), seed)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .0
+            })
+            .sum()
+    }
+    [
+        all::<1>(seeds, scenario),
+        all::<4>(seeds, scenario),
+        all::<8>(seeds, scenario),
+        all::<16>(seeds, scenario),
+        all::<32>(seeds, scenario),
+    ]
+}
+
 /// Exhaustive power cuts through the flash adapter for every word size: a cut at every program
-/// and erase of small workloads, each recovery judged by the model checker. (Bits an
-/// interrupted program left keep their value here; the next test makes them read differently.)
+/// and erase of small workloads. (Bits an interrupted program left keep their value here; the
+/// next test makes them read differently.)
 #[test]
 fn power_cut_at_every_program_and_erase_for_every_word_size() {
-    fn all<const W: usize>() -> u64 {
-        let mut points = 0;
-        for seed in 0..4 {
-            let s = Scenario::varied(seed, 60);
-            let (n, _) =
-                exhaustive_on::<FlashSim<W, 256>>(&s, seed).unwrap_or_else(|e| panic!("{e}"));
-            points += n;
-        }
-        points
-    }
-    let points = [all::<1>(), all::<4>(), all::<8>(), all::<16>(), all::<32>()];
+    let points = exhaustive_every_word_size(4, |seed| Scenario::varied(seed, 60));
     println!("crash points per word size 1, 4, 8, 16, 32: {points:?}");
     assert!(points.iter().all(|&n| n > 100), "{points:?}");
 }
@@ -345,21 +356,14 @@ fn power_cut_at_every_program_and_erase_for_every_word_size() {
 /// record in flight holds for every later recovery, because the open checkpoints it.
 #[test]
 fn power_cut_at_every_program_and_erase_with_unstable_reads() {
-    fn all<const W: usize>() -> u64 {
-        let mut points = 0;
-        for seed in 0..8 {
-            let mut s = Scenario::small(60).with_checkpoints(1 + seed as u32 % 3);
-            s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
-            s.concurrent = 1 + (seed / 2 % 3) as usize;
-            s.damage_checkpoints = 0.0;
-            s.unstable_reads = true;
-            let (n, _) =
-                exhaustive_on::<FlashSim<W, 256>>(&s, seed).unwrap_or_else(|e| panic!("{e}"));
-            points += n;
-        }
-        points
-    }
-    let points = [all::<1>(), all::<4>(), all::<8>(), all::<16>(), all::<32>()];
+    let points = exhaustive_every_word_size(8, |seed| {
+        let mut s = Scenario::small(60).with_checkpoints(1 + seed as u32 % 3);
+        s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
+        s.concurrent = 1 + (seed / 2 % 3) as usize;
+        s.damage_checkpoints = 0.0;
+        s.unstable_reads = true;
+        s
+    });
     println!("crash points per word size 1, 4, 8, 16, 32: {points:?}");
     assert!(points.iter().all(|&n| n > 100), "{points:?}");
 }
