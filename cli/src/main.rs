@@ -1,295 +1,200 @@
-//! `sluicegate`: the operator program. Today it has one command, `load`, which runs producer and
-//! consumer threads through a file channel with live progress, then reopens the channel and
-//! shows what recovery did and how long it took.
+//! `sluicegate`: the operator program for file channels. See `sluicegate --help` and the
+//! README's session.
+//!
+//! Exit codes: 0 success; 1 a failure at run time (and, for `verify`, corruption found); 2 bad
+//! usage (unknown flags, bad values), found before anything changed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
+
+mod archive;
+mod fail;
+mod home;
+mod inspect;
+mod load;
+mod pipe;
+mod progress;
+mod repair;
+mod scan;
+
+use home::{CreateArgs, HomeArgs};
 
 #[derive(Parser)]
-#[command(name = "sluicegate", version, about = "Operate Sluicegate channels")]
+#[command(
+    name = "sluicegate",
+    version,
+    about = "Operate Sluicegate file channels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Runs producer and consumer threads through a file channel, then reopens it and shows
-    /// what recovery did.
-    Load(LoadArgs),
+/// A batch size: 1 or more.
+fn batch() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
 }
 
-#[derive(clap::Args)]
-struct LoadArgs {
-    /// The channel's directory (checkpoint, backup and data directories go inside), used when
-    /// no --config is given.
-    #[arg(long, default_value = "sluicegate-load")]
-    dir: PathBuf,
-    /// A TOML configuration file (see `FileChannelConfig`); replaces --dir.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// How long producers run, in seconds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Producer threads.
-    #[arg(long, default_value_t = 4)]
-    producers: u32,
-    /// Consumer threads.
-    #[arg(long, default_value_t = 4)]
-    consumers: u32,
-    /// Events per transaction.
-    #[arg(long, default_value_t = 100)]
-    batch: u32,
-    /// Bytes per event.
-    #[arg(long, default_value_t = 256)]
-    event_bytes: usize,
+#[derive(Subcommand)]
+enum Command {
+    /// Put each line of stdin as an event; commit every --batch lines and at the end.
+    Put {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Lines per transaction.
+        #[arg(long, default_value_t = 100, value_parser = batch())]
+        batch: u32,
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Write events to stdout, one per line, committing each batch after it is flushed.
+    Take {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Events per transaction.
+        #[arg(long, default_value_t = 100, value_parser = batch())]
+        batch: u32,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// When the channel is empty, wait for more instead of stopping. The channel is
+        /// released while waiting, so a producer can open it, and a producer holding it makes
+        /// the follower wait rather than fail.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Depth, capacity, segments, checkpoint age and how the channel recovers (read-only).
+    Stats {
+        #[command(flatten)]
+        home: HomeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scan every record, the checkpoint and the backup offline; exit 1 if anything is corrupt.
+    Verify {
+        #[command(flatten)]
+        home: HomeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a damaged channel open again without losing intact events; keeps a copy of every
+    /// file it changes.
+    Repair {
+        #[command(flatten)]
+        home: HomeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint now.
+    Checkpoint {
+        #[command(flatten)]
+        home: HomeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the whole channel to a new directory, atomically.
+    Backup {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The backup directory to create (it must not exist).
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup or a savepoint into DIR.
+    Restore {
+        /// The backup or savepoint directory.
+        #[arg(long, value_name = "SRC")]
+        from: PathBuf,
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Replace a channel already in DIR.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a self-contained savepoint: the checkpoint, the log files still needed, and
+    /// metadata.
+    Savepoint {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The savepoint directory to create (it must not exist).
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print segments, records and checkpoint slots in readable form (read-only).
+    Dump {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run producer and consumer threads through a file channel, then reopen it and show what
+    /// recovery did.
+    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Like other Unix tools, end quietly when the reader of stdout goes away (`dump | head`).
+    // For `take` that means the batch being written is not committed, and is delivered again.
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("sluicegate: internal error{at} (please report it)");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     let result = match cli.command {
-        Command::Load(args) => load(&args),
+        Command::Put {
+            home,
+            batch,
+            create,
+        } => pipe::put(&home, batch, &create),
+        Command::Take {
+            home,
+            batch,
+            limit,
+            follow,
+        } => pipe::take(&home, batch, limit, follow),
+        Command::Stats { home, json } => inspect::stats(&home, json),
+        Command::Verify { home, json } => inspect::verify(&home, json),
+        Command::Dump { home, json } => inspect::dump(&home, json),
+        Command::Checkpoint { home, json } => pipe::checkpoint(&home, json),
+        Command::Repair { home, json } => repair::repair(&home, json),
+        Command::Backup { home, to, json } => archive::backup(&home, &to, json),
+        Command::Savepoint { home, to, json } => archive::savepoint(&home, &to, json),
+        Command::Restore {
+            from,
+            home,
+            force,
+            json,
+        } => archive::restore(&from, &home, force, json),
+        Command::Load(args) => load::load(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(fail::Fail::runtime),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluicegate: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(code) => code,
+        Err(f) => f.exit(),
     }
-}
-
-fn load(args: &LoadArgs) -> Result<(), String> {
-    let config = match &args.config {
-        Some(path) => FileChannelConfig::from_toml_file(path).map_err(|e| e.to_string())?,
-        None => {
-            std::fs::create_dir_all(&args.dir)
-                .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
-            FileChannelConfig::in_dir(&args.dir)
-        }
-    };
-    if args.event_bytes < 16 || args.event_bytes > config.max_event_bytes as usize {
-        return Err(format!(
-            "--event-bytes must be 16 to max_event_bytes ({})",
-            config.max_event_bytes
-        ));
-    }
-    if args.batch == 0 || args.batch > config.transaction_capacity {
-        return Err(format!(
-            "--batch must be 1 to transaction_capacity ({})",
-            config.transaction_capacity
-        ));
-    }
-    if args.producers == 0 || args.consumers == 0 {
-        return Err("--producers and --consumers must be at least 1".into());
-    }
-    println!(
-        "opening a file channel in {} (capacity {}, transaction capacity {}, log files of {} MiB)",
-        config
-            .checkpoint_dir
-            .parent()
-            .unwrap_or(&config.checkpoint_dir)
-            .display(),
-        config.capacity,
-        config.transaction_capacity,
-        config.max_file_bytes >> 20
-    );
-    let ch = FileChannel::open(config.clone()).map_err(|e| e.to_string())?;
-    report_open("opened", &ch);
-
-    let produced = AtomicU64::new(0);
-    let consumed = AtomicU64::new(0);
-    let producing = AtomicBool::new(true);
-    let failure = std::sync::Mutex::new(None::<String>);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for p in 0..args.producers {
-            let (ch, produced, producing, failure) = (&ch, &produced, &producing, &failure);
-            s.spawn(move || {
-                let mut event = vec![0u8; args.event_bytes];
-                let mut n = 0u64;
-                while producing.load(Ordering::Relaxed) {
-                    let r = (|| -> Result<(), FileChannelError> {
-                        let mut tx = ch.begin()?;
-                        for _ in 0..args.batch {
-                            event[..4].copy_from_slice(&p.to_le_bytes());
-                            event[4..12].copy_from_slice(&n.to_le_bytes());
-                            n += 1;
-                            tx.put(&event)?;
-                        }
-                        tx.commit()
-                    })();
-                    match r {
-                        Ok(()) => {
-                            produced.fetch_add(args.batch as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            *failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(format!("producer {p}: {e}"));
-                            producing.store(false, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-        for c in 0..args.consumers {
-            let (ch, produced, consumed, producing, failure) =
-                (&ch, &produced, &consumed, &producing, &failure);
-            s.spawn(move || {
-                let mut buf = vec![0u8; args.event_bytes];
-                loop {
-                    let r = (|| -> Result<u64, FileChannelError> {
-                        let mut tx = ch.begin()?;
-                        let mut got = 0u64;
-                        while got < args.batch as u64 {
-                            match tx.take(&mut buf)? {
-                                Some(_) => got += 1,
-                                None => break,
-                            }
-                        }
-                        tx.commit()?;
-                        Ok(got)
-                    })();
-                    match r {
-                        Ok(0) => {
-                            if !producing.load(Ordering::Relaxed)
-                                && consumed.load(Ordering::Relaxed)
-                                    >= produced.load(Ordering::Relaxed)
-                            {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Ok(n) => {
-                            consumed.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            *failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(format!("consumer {c}: {e}"));
-                            producing.store(false, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-        // Progress, once a second, until the producers stop and the consumers drain.
-        let mut last = (Instant::now(), 0u64, 0u64);
-        let bytes = args.event_bytes as f64;
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if producing.load(Ordering::Relaxed)
-                && started.elapsed() >= Duration::from_secs(args.seconds)
-            {
-                producing.store(false, Ordering::Relaxed);
-            }
-            let (p, c) = (
-                produced.load(Ordering::Relaxed),
-                consumed.load(Ordering::Relaxed),
-            );
-            let drained = !producing.load(Ordering::Relaxed) && c >= p;
-            let dt = last.0.elapsed().as_secs_f64();
-            if dt >= 1.0 || drained {
-                let stats = ch.stats();
-                println!(
-                    "{:>5.1} s  put {:>9.0}/s  take {:>9.0}/s  ({:.1} MB/s in)  depth {:>8}  fsyncs {:>6}  commits per fsync {:.1}  checkpoints {}",
-                    started.elapsed().as_secs_f64(),
-                    (p - last.1) as f64 / dt,
-                    (c - last.2) as f64 / dt,
-                    (p - last.1) as f64 * bytes / dt / 1e6,
-                    stats.channel.depth,
-                    stats.fsyncs,
-                    stats.commits_acknowledged as f64 / stats.fsyncs.max(1) as f64,
-                    stats.channel.checkpoints,
-                );
-                last = (Instant::now(), p, c);
-            }
-            if drained || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                producing.store(false, Ordering::Relaxed);
-                if drained {
-                    break;
-                }
-            }
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    let (p, c) = (produced.into_inner(), consumed.into_inner());
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "done: {p} events put and {c} taken in {secs:.1} s ({:.0} events/s each way)",
-        p as f64 / secs
-    );
-    let stats = ch.stats();
-    println!(
-        "      {} commits acknowledged with {} fdatasync calls; {} log files created; {} checkpoints",
-        stats.commits_acknowledged, stats.fsyncs, stats.files_created, stats.channel.checkpoints
-    );
-
-    // Close with a checkpoint, reopen: recovery reads the checkpoint and nothing after it.
-    let closing = Instant::now();
-    ch.close().map_err(|e| e.to_string())?;
-    println!(
-        "closed (with a checkpoint) in {:.0} ms",
-        closing.elapsed().as_secs_f64() * 1e3
-    );
-    // Closing without a checkpoint is what a crash leaves behind (the log is synced at every
-    // commit either way).
-    let as_if_crashing = FileChannelConfig {
-        checkpoint_on_close: false,
-        ..config.clone()
-    };
-    let ch = FileChannel::open(as_if_crashing.clone()).map_err(|e| e.to_string())?;
-    report_open("reopened after a clean close", &ch);
-    if !ch.is_empty() {
-        return Err(format!("{} events left after draining", ch.len()));
-    }
-    // Put a batch and stop without a checkpoint: the next open replays the log's tail.
-    {
-        let mut tx = ch.begin().map_err(|e| e.to_string())?;
-        for _ in 0..args.batch {
-            tx.put(&vec![7u8; args.event_bytes])
-                .map_err(|e| e.to_string())?;
-        }
-        tx.commit().map_err(|e| e.to_string())?;
-    }
-    drop(ch);
-    let ch = FileChannel::open(config.clone()).map_err(|e| e.to_string())?;
-    report_open("reopened as after a crash", &ch);
-    let left = {
-        let mut tx = ch.begin().map_err(|e| e.to_string())?;
-        let mut left = 0;
-        while tx.take_vec().map_err(|e| e.to_string())?.is_some() {
-            left += 1;
-        }
-        tx.commit().map_err(|e| e.to_string())?;
-        left
-    };
-    ch.close().map_err(|e| e.to_string())?;
-    if left != args.batch {
-        return Err(format!(
-            "expected {} events after the reopen, found {left}",
-            args.batch
-        ));
-    }
-    println!("all {p} events put were taken; the channel is empty");
-    Ok(())
-}
-
-fn report_open(what: &str, ch: &FileChannel) {
-    let r = ch.recovery();
-    println!(
-        "{what} in {:.1} ms: recovery path {:?}, {} events from the checkpoint, {} records replayed, {} events queued",
-        ch.open_duration().as_secs_f64() * 1e3,
-        r.path,
-        r.checkpoint_events,
-        r.records_read,
-        ch.len()
-    );
 }

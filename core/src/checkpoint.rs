@@ -156,13 +156,18 @@ impl Complete {
 
 /// Where the parts of a slot lie, for a slot whose entries have room for `max_entries`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SlotLayout {
+pub struct SlotLayout {
+    /// The offset of the first entry.
     pub entries_at: u64,
+    /// The offset of the complete mark.
     pub complete_at: u64,
+    /// The end of the slot's used bytes.
     pub end: u64,
 }
 
 impl SlotLayout {
+    /// The layout for `max_entries` entries, with each part aligned to `align` (the storage's
+    /// `WRITE_SIZE`).
     pub fn new(max_entries: u64, align: u64) -> Self {
         let entries_at = align_up(STARTED_BYTES as u64, align);
         let complete_at = entries_at + align_up(max_entries * POINTER_BYTES as u64, align);

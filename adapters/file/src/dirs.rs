@@ -66,6 +66,35 @@ pub(crate) fn claim(dir: &Path, role: DirRole) -> Result<DirLock, FileError> {
             dir.display()
         )));
     }
+    let lock = take_lock(dir)?;
+    check_format(dir, role)?;
+    Ok(lock)
+}
+
+/// Takes the lock of an existing directory and checks its format file, creating nothing but the
+/// lock file: for the operator's read-only commands.
+pub(crate) fn lock_existing(dir: &Path, role: DirRole) -> Result<DirLock, FileError> {
+    if !dir.is_dir() {
+        return Err(FileError::config(format!(
+            "{} does not exist or is not a directory",
+            dir.display()
+        )));
+    }
+    let lock = take_lock(dir)?;
+    let path = dir.join(FORMAT_FILE);
+    if !path.exists() {
+        return Err(FileError::config(format!(
+            "{} has no {FORMAT_FILE}: not a Sluicegate {} directory",
+            dir.display(),
+            role.name()
+        )));
+    }
+    check_format(dir, role)?;
+    Ok(lock)
+}
+
+/// Takes the exclusive lock of `dir`, or names the process holding it.
+fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
     let lock_path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -94,7 +123,6 @@ pub(crate) fn claim(dir: &Path, role: DirRole) -> Result<DirLock, FileError> {
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| writeln!(file, "{}", std::process::id()))
         .map_err(|e| FileError::io("write the lock file", &lock_path, e))?;
-    check_format(dir, role)?;
     Ok(DirLock { _file: file })
 }
 

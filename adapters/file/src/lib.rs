@@ -52,6 +52,7 @@ mod config;
 #[doc(hidden)]
 pub mod crash;
 mod dirs;
+mod snapshot;
 mod space;
 mod storage;
 
@@ -60,4 +61,5 @@ pub use config::{ConfigError, FileChannelConfig};
 pub use space::available_bytes;
 
 pub use dirs::{DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
+pub use snapshot::{SnapshotOptions, SnapshotStorage};
 pub use storage::{FileError, FileStorage, Layout, LogSyncTicket};

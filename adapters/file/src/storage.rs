@@ -62,7 +62,7 @@ impl FileError {
         }
     }
 
-    fn bounds(region: Region, offset: u64, len: usize) -> Self {
+    pub(crate) fn bounds(region: Region, offset: u64, len: usize) -> Self {
         FileError {
             kind: StorageErrorKind::OutOfBounds,
             what: format!("{region:?}: {len} bytes at {offset} are outside the region"),
@@ -291,7 +291,7 @@ impl FileStorage {
         for dir in &layout.data_dirs {
             locks.push(claim(dir, DirRole::Data)?);
         }
-        let found = scan_data_dirs(layout)?;
+        let found = scan_data_dirs(layout, true)?;
         let mut segments = Vec::with_capacity(layout.segments as usize);
         for present in found {
             segments.push(match present {
@@ -432,14 +432,17 @@ impl Iterator for Pieces {
     }
 }
 
-fn segment_name(slot: usize) -> String {
+pub(crate) fn segment_name(slot: usize) -> String {
     format!("log-{slot:06}.seg")
 }
 
-/// Lists the data directories: removes temporary files a crash left behind, and refuses segment
-/// files the layout does not place there (another segment count or another list of data
-/// directories would misread the log). Returns the path of each segment present.
-fn scan_data_dirs(layout: &Layout) -> Result<Vec<Option<PathBuf>>, FileError> {
+/// Lists the data directories: removes temporary files a crash left behind (if `remove_tmp`),
+/// and refuses segment files the layout does not place there (another segment count or another
+/// list of data directories would misread the log). Returns the path of each segment present.
+pub(crate) fn scan_data_dirs(
+    layout: &Layout,
+    remove_tmp: bool,
+) -> Result<Vec<Option<PathBuf>>, FileError> {
     let mut found = vec![None; layout.segments as usize];
     let dirs = layout.data_dirs.len();
     for (d, dir) in layout.data_dirs.iter().enumerate() {
@@ -452,6 +455,9 @@ fn scan_data_dirs(layout: &Layout) -> Result<Vec<Option<PathBuf>>, FileError> {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
             if name.ends_with(".tmp") {
+                if !remove_tmp {
+                    continue;
+                }
                 std::fs::remove_file(&path).map_err(|e| FileError::io("remove", &path, e))?;
                 removed = true;
                 continue;
@@ -481,7 +487,7 @@ fn scan_data_dirs(layout: &Layout) -> Result<Vec<Option<PathBuf>>, FileError> {
     Ok(found)
 }
 
-fn validate(layout: &Layout) -> Result<(), FileError> {
+pub(crate) fn validate(layout: &Layout) -> Result<(), FileError> {
     let mut seen: Vec<&PathBuf> = Vec::new();
     for dir in std::iter::once(&layout.checkpoint_dir)
         .chain(std::iter::once(&layout.backup_dir))

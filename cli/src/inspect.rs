@@ -1,0 +1,394 @@
+//! `stats`, `verify` and `dump`: read-only commands. They open a [`SnapshotStorage`], which
+//! locks the channel like an open does but writes nothing to disk, and run the core's recovery
+//! on it exactly as an open would.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use serde_json::json;
+use sluicegate_core::record::Pointer;
+use sluicegate_core::{Channel, Recovery, RecoveryPath, Stats};
+use sluicegate_file::{FileChannelConfig, SnapshotOptions, SnapshotStorage};
+
+use crate::fail::Fail;
+use crate::home::HomeArgs;
+use crate::scan::{self, Severity};
+
+type Core = Channel<SnapshotStorage, Vec<u64>>;
+
+pub fn path_name(p: RecoveryPath) -> &'static str {
+    match p {
+        RecoveryPath::New => "new",
+        RecoveryPath::Checkpoint => "checkpoint",
+        RecoveryPath::Backup => "backup",
+        RecoveryPath::FullReplay => "replay",
+        _ => "other",
+    }
+}
+
+/// Opens a snapshot of the channel (locking it) with the given options.
+pub fn snapshot(
+    config: &FileChannelConfig,
+    options: SnapshotOptions,
+) -> Result<SnapshotStorage, Fail> {
+    config
+        .core_config()
+        .map_err(|e| Fail::runtime(format!("bad channel settings: {e}")))?;
+    Ok(SnapshotStorage::open(&config.layout(), options)?)
+}
+
+/// Runs the core's recovery on the snapshot, as an open would.
+pub fn recover(config: &FileChannelConfig, st: SnapshotStorage) -> Result<Core, Fail> {
+    let core_config = config
+        .core_config()
+        .map_err(|e| Fail::runtime(e.to_string()))?;
+    let memory = vec![0u64; core_config.memory_words()];
+    Channel::open(st, memory, core_config)
+        .map_err(|e| Fail::runtime(format!("recovery fails: {e}")))
+}
+
+pub fn recovery_json(r: &Recovery) -> serde_json::Value {
+    json!({
+        "path": path_name(r.path),
+        "segments_replayed": r.segments_replayed,
+        "records_read": r.records_read,
+        "puts": r.puts,
+        "put_commits": r.put_commits,
+        "take_commits": r.take_commits,
+        "events_committed": r.events_committed,
+        "events_taken": r.events_taken,
+        "uncommitted_puts": r.uncommitted_puts,
+        "torn_commits_dropped": r.torn_commits_dropped,
+        "corrupt_events_dropped": r.corrupt_events_dropped,
+        "corrupt_records_skipped": r.corrupt_records_skipped,
+        "records_lost": r.records_lost,
+        "unmatched_takes": r.unmatched_takes,
+        "events": r.events,
+        "checkpoint": r.checkpoint,
+        "checkpoint_events": r.checkpoint_events,
+    })
+}
+
+/// `stats`.
+pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    let config = home.existing()?;
+    let mut st = snapshot(&config, SnapshotOptions::default())?;
+    let slots = scan::slots(&mut st)?;
+    let newest = slots.iter().find(|s| s.newest).cloned();
+    let age = newest
+        .as_ref()
+        .and_then(|s| s.file.as_ref())
+        .and_then(|f| std::fs::metadata(f).ok()?.modified().ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs_f64());
+    let spinner = crate::progress::spinner("recovering (read-only)");
+    let core = recover(&config, st);
+    spinner.finish_and_clear();
+    let mut core = core?;
+    let r = *core.recovery();
+    let s: Stats = core.stats();
+    let fill = s.depth as f64 / s.capacity.max(1) as f64;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "depth": s.depth,
+                "capacity": s.capacity,
+                "fill": fill,
+                "segments": s.segments,
+                "segments_pinned": s.segments_pinned,
+                "segments_pinned_by_events": s.segments_pinned_by_events,
+                "segments_free": s.segments_free,
+                "newest_segment": s.newest_segment,
+                "checkpoint": newest.as_ref().and_then(|n| n.ckpt_seq),
+                "checkpoint_slot": newest.as_ref().map(|n| n.region),
+                "checkpoint_age_seconds": age,
+                "recovery": path_name(r.path),
+                "replay": recovery_json(&r),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("depth       {} events", s.depth);
+    println!(
+        "capacity    {} events ({:.2}% full)",
+        s.capacity,
+        fill * 100.0
+    );
+    println!(
+        "segments    {} in the ring: {} pinned ({} by queued events), {} free",
+        s.segments, s.segments_pinned, s.segments_pinned_by_events, s.segments_free
+    );
+    match (&newest, age) {
+        (Some(n), Some(age)) => println!(
+            "checkpoint  #{} in the {} slot, written {age:.0} s ago",
+            n.ckpt_seq.unwrap_or(0),
+            n.region
+        ),
+        _ => println!("checkpoint  none"),
+    }
+    println!(
+        "recovery    {}: {} segments replayed, {} records read ({} put commits, {} take commits), {} events from the checkpoint",
+        path_name(r.path),
+        r.segments_replayed,
+        r.records_read,
+        r.put_commits,
+        r.take_commits,
+        r.checkpoint_events
+    );
+    println!(
+        "            dropped: {} torn commits, {} corrupt events, {} corrupt records skipped, {} records lost; {} uncommitted puts ignored",
+        r.torn_commits_dropped,
+        r.corrupt_events_dropped,
+        r.corrupt_records_skipped,
+        r.records_lost,
+        r.uncommitted_puts
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Recovers on the snapshot, writes a checkpoint into its memory, and returns the queue (as
+/// pointers) and the snapshot.
+fn queue_after_recovery(
+    config: &FileChannelConfig,
+    st: SnapshotStorage,
+) -> Result<(Vec<Pointer>, Recovery, SnapshotStorage), Fail> {
+    let mut core = recover(config, st)?;
+    core.checkpoint()
+        .map_err(|e| Fail::runtime(format!("checkpoint in memory failed: {e}")))?;
+    let r = *core.recovery();
+    let (mut st, _) = core.into_parts();
+    let slots = scan::slots(&mut st)?;
+    let queue = match slots.iter().find(|s| s.newest) {
+        Some(s) => scan::slot_entries(&mut st, s)?,
+        None => Vec::new(),
+    };
+    Ok((queue, r, st))
+}
+
+/// `verify`: exit 0 clean, 1 corrupt.
+pub fn verify(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    let config = home.existing()?;
+    let mut st = snapshot(&config, SnapshotOptions::default())?;
+    let total = (st.segments() as u64) * st.segment_bytes();
+    let bar = crate::progress::bytes("verifying", total);
+    let mut report = scan::scan(&mut st, |r, _| bar.inc(16 + r.len as u64))?;
+    bar.finish_and_clear();
+    // The queue recovery rebuilds from the checkpoint must be the one full replay rebuilds.
+    let mut agreement = serde_json::Value::Null;
+    st.reset(SnapshotOptions::default());
+    match queue_after_recovery(&config, st) {
+        Err(f) => report.findings.push(scan::Finding {
+            severity: Severity::Corruption,
+            file: config.checkpoint_dir.display().to_string(),
+            offset: 0,
+            what: f.message,
+            fix: None,
+        }),
+        Ok((with_ckpt, r1, mut st)) => {
+            st.reset(SnapshotOptions {
+                hide_checkpoints: true,
+            });
+            match queue_after_recovery(&config, st) {
+                Err(f) => report.findings.push(scan::Finding {
+                    severity: Severity::Corruption,
+                    file: "(log)".into(),
+                    offset: 0,
+                    what: format!("full replay without checkpoints: {}", f.message),
+                    fix: None,
+                }),
+                Ok((replayed, _, _)) => {
+                    agreement = json!({"recovery": path_name(r1.path), "events": with_ckpt.len(),
+                                       "events_by_full_replay": replayed.len(),
+                                       "agree": with_ckpt == replayed});
+                    if with_ckpt != replayed {
+                        let first = with_ckpt
+                            .iter()
+                            .zip(&replayed)
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(with_ckpt.len().min(replayed.len()));
+                        report.findings.push(scan::Finding {
+                            severity: Severity::Corruption,
+                            file: config.checkpoint_dir.display().to_string(),
+                            offset: 0,
+                            what: format!(
+                                "recovery by {} rebuilds {} events, full replay of the log {}: they differ from position {first}",
+                                path_name(r1.path),
+                                with_ckpt.len(),
+                                replayed.len()
+                            ),
+                            fix: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let corrupt = report.corruptions();
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "clean": corrupt == 0,
+                "corruptions": corrupt,
+                "warnings": report.findings.len() - corrupt,
+                "records": report.records,
+                "segments_in_log": report.segments.iter().filter(|s| s.in_log).count(),
+                "slots": report.slots,
+                "queue": agreement,
+                "findings": report.findings,
+            })
+        );
+    } else {
+        println!(
+            "{} records in {} segments; checkpoint slot {}, backup slot {}",
+            report.records,
+            report.segments.iter().filter(|s| s.in_log).count(),
+            slot_word(&report, 0),
+            slot_word(&report, 1)
+        );
+        if let Some(events) = agreement.get("events") {
+            println!(
+                "recovery ({}) and full replay agree on {} queued events: {}",
+                agreement["recovery"].as_str().unwrap_or(""),
+                events,
+                if agreement["agree"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+        for f in &report.findings {
+            let tag = match f.severity {
+                Severity::Corruption => "CORRUPT",
+                Severity::Warning => "warning",
+            };
+            println!("{tag}: {} @ {}: {}", f.file, f.offset, f.what);
+        }
+        println!(
+            "{}",
+            if corrupt == 0 {
+                "clean".to_string()
+            } else {
+                format!("{corrupt} corruption(s) found; `sluicegate repair` mends what it can")
+            }
+        );
+    }
+    Ok(if corrupt == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn slot_word(report: &scan::Scan, i: usize) -> String {
+    report
+        .slots
+        .get(i)
+        .map(|s| match s.ckpt_seq {
+            Some(n) if s.state == "valid" => format!("valid (#{n})"),
+            _ => s.state.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// `dump`.
+pub fn dump(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    let config = home.existing()?;
+    let mut st = snapshot(&config, SnapshotOptions::default())?;
+    let stdout = std::io::stdout();
+    let mut failed = None;
+    let report = scan::scan(&mut st, |r, _| {
+        use std::io::Write;
+        let line = if json_out {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["type"] = "record".into();
+            v.to_string()
+        } else {
+            let mut l = format!(
+                "segment {} (slot {}) @{}: {} len {} wid {} txn {}",
+                r.seq, r.slot, r.offset, r.kind, r.len, r.wid, r.txn
+            );
+            if let Some(b) = &r.body {
+                l.push_str(&format!(" \"{b}\""));
+            }
+            if let Some(w) = r.synced_wid {
+                l.push_str(&format!(" synced_wid {w} [{}]", r.pointers.join(" ")));
+            }
+            l
+        };
+        if failed.is_none() {
+            if let Err(e) = writeln!(stdout.lock(), "{line}") {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(crate::fail::io("cannot write stdout", e));
+    }
+    let mut entries = Vec::new();
+    for s in &report.slots {
+        entries.push(if s.state == "valid" {
+            scan::slot_entries(&mut st, s)?
+        } else {
+            Vec::new()
+        });
+    }
+    let ptr = |p: &Pointer| format!("{}:{}", p.slot, p.offset);
+    if json_out {
+        for s in &report.segments {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["type"] = "segment".into();
+            println!("{v}");
+        }
+        for (s, e) in report.slots.iter().zip(&entries) {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["type"] = "slot".into();
+            v["queue"] = e.iter().map(ptr).collect::<Vec<_>>().into();
+            println!("{v}");
+        }
+        for f in &report.findings {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            v["type"] = "finding".into();
+            println!("{v}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in report.segments.iter().filter(|s| s.header != "absent") {
+        println!(
+            "segment slot {}: header {}{}{}; {} records ({} puts, {} put commits, {} take commits), end @{}{}",
+            s.slot,
+            s.header,
+            s.seq.map(|q| format!(", seq {q}")).unwrap_or_default(),
+            s.base_wid.map(|w| format!(", base wid {w}")).unwrap_or_default(),
+            s.records,
+            s.puts,
+            s.put_commits,
+            s.take_commits,
+            s.end,
+            if s.opened_by_a_run { ", first of a run" } else { "" }
+        );
+    }
+    for (s, e) in report.slots.iter().zip(&entries) {
+        print!("{} slot: {}", s.region, s.state);
+        if let (Some(q), Some(seq), Some(off)) = (s.ckpt_seq, s.replay_seq, s.replay_offset) {
+            print!(" #{q}, replay from segment {seq} @{off}");
+        }
+        if s.newest {
+            print!(" (newest)");
+        }
+        println!();
+        if !e.is_empty() {
+            println!(
+                "  queue ({} events): {}",
+                e.len(),
+                e.iter().map(ptr).collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
+    for f in &report.findings {
+        println!("{:?}: {} @ {}: {}", f.severity, f.file, f.offset, f.what);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,400 @@
+//! `repair`: makes a damaged channel open again without losing an intact event.
+//!
+//! Every file it changes is first copied to `DIR/repair-<unix time>/` (a file it moves out of
+//! the log goes there whole). In order:
+//!
+//! 1. the temporary directory of an interrupted backup is removed;
+//! 2. files: a log or slot file of the wrong size (cut short, say) is copied, then padded with
+//!    zeros (or cut) to its size, which keeps every record before the damage; a log file the
+//!    layout would not place where it lies is moved out;
+//! 3. records, found by the same scan as `verify`: a damaged record whose length no longer leads
+//!    to the intact record after it gets its length rewritten (its CRC still fails), so replay
+//!    steps over it and keeps reading the segment instead of stopping there; an intact record
+//!    recovery refuses (unknown kind, pointers outside the log) gets its CRC spoilt, so replay
+//!    steps over it the same way; a segment header in the wrong slot moves its file out;
+//! 4. recovery is run (read-only); a checkpoint slot it refuses is moved out (recovery then
+//!    uses the other one or replays the log), and a log holding more events than the capacity
+//!    raises the capacity in `sluicegate.toml` (the slot files, sized by capacity, are moved out
+//!    and made again). Repeated until recovery succeeds, at most 64 rounds.
+//!
+//! Damaged bytes stay where they were (replay skips them), so `verify` still reports them; the
+//! events they held are gone either way.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::json;
+use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
+use sluicegate_core::{Channel, Error, Region};
+use sluicegate_file::{FileChannelConfig, SnapshotOptions, FORMAT_FILE};
+
+use crate::fail::{io, Fail};
+use crate::home::HomeArgs;
+use crate::scan::{self, Fix};
+
+struct Repair {
+    dir: PathBuf,
+    copies: Option<PathBuf>,
+    copied: BTreeSet<PathBuf>,
+    actions: Vec<String>,
+}
+
+impl Repair {
+    fn copies_dir(&mut self) -> Result<PathBuf, Fail> {
+        if let Some(d) = &self.copies {
+            return Ok(d.clone());
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut d = self.dir.join(format!("repair-{stamp}"));
+        let mut k = 1;
+        while d.exists() {
+            d = self.dir.join(format!("repair-{stamp}-{k}"));
+            k += 1;
+        }
+        std::fs::create_dir(&d).map_err(|e| io(format!("cannot create {}", d.display()), e))?;
+        self.copies = Some(d.clone());
+        Ok(d)
+    }
+
+    /// A name for `path`'s copy that tells where it came from.
+    fn copy_name(&mut self, path: &Path) -> Result<PathBuf, Fail> {
+        let parent = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(self.copies_dir()?.join(format!("{parent}--{name}")))
+    }
+
+    /// Copies `path` aside once, before its first change.
+    fn keep_copy(&mut self, path: &Path) -> Result<(), Fail> {
+        if self.copied.contains(path) {
+            return Ok(());
+        }
+        let to = self.copy_name(path)?;
+        std::fs::copy(path, &to).map_err(|e| {
+            io(
+                format!("cannot copy {} to {}", path.display(), to.display()),
+                e,
+            )
+        })?;
+        self.copied.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Moves `path` into the copies directory.
+    fn move_out(&mut self, path: &Path, why: &str) -> Result<(), Fail> {
+        let to = self.copy_name(path)?;
+        std::fs::rename(path, &to).map_err(|e| {
+            io(
+                format!("cannot move {} to {}", path.display(), to.display()),
+                e,
+            )
+        })?;
+        self.actions.push(format!(
+            "moved {} out to {} ({why})",
+            path.display(),
+            to.display()
+        ));
+        Ok(())
+    }
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), Fail> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(format!("cannot open {}", path.display()), e))?;
+    f.write_all_at(bytes, offset)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io(format!("cannot write {}", path.display()), e))
+}
+
+fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(buf, offset))
+        .map_err(|e| io(format!("cannot read {}", path.display()), e))
+}
+
+/// Step 2: file sizes and stray log files.
+fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
+    let layout = config.layout();
+    let mut expect: Vec<(PathBuf, u64)> = vec![
+        (
+            layout.checkpoint_dir.join("checkpoint.slot"),
+            layout.slot_bytes,
+        ),
+        (layout.backup_dir.join("backup.slot"), layout.slot_bytes),
+    ];
+    for (d, dir) in layout.data_dirs.iter().enumerate() {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(slot) = name
+                .strip_prefix("log-")
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if slot >= layout.segments as usize || slot % layout.data_dirs.len() != d {
+                r.move_out(&p, "a log file this layout does not place here")?;
+            } else {
+                expect.push((p, layout.segment_bytes as u64));
+            }
+        }
+    }
+    for (p, len) in expect {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.len() == len {
+            continue;
+        }
+        r.keep_copy(&p)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(len).and_then(|()| f.sync_all()))
+            .map_err(|e| io(format!("cannot resize {}", p.display()), e))?;
+        r.actions.push(format!(
+            "{} was {} bytes, the layout says {len}: {} (kept a copy)",
+            p.display(),
+            meta.len(),
+            if meta.len() < len {
+                "padded with zeros"
+            } else {
+                "cut"
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Step 3: applies the scan's fixes. Returns how many it applied.
+fn mend_records(r: &mut Repair, config: &FileChannelConfig) -> Result<usize, Fail> {
+    let mut st = crate::inspect::snapshot(config, SnapshotOptions::default())?;
+    let report = scan::scan(&mut st, |_, _| {})?;
+    let paths: Vec<Option<PathBuf>> = (0..st.segments())
+        .map(|s| st.segment_path(s).map(Path::to_path_buf))
+        .collect();
+    drop(st);
+    let mut applied = 0;
+    for f in &report.findings {
+        let Some(fix) = f.fix else { continue };
+        match fix {
+            Fix::Bridge { slot, offset, next } => {
+                let Some(path) = paths[slot].clone() else {
+                    continue;
+                };
+                r.keep_copy(&path)?;
+                let mut hb = [0u8; RECORD_HEADER_BYTES];
+                read_at(&path, offset, &mut hb)?;
+                let len = (next - offset - RECORD_HEADER_BYTES as u64) as u32;
+                hb[5..8].copy_from_slice(&len.to_le_bytes()[..3]);
+                // The record must stay damaged: if the new length happens to make its CRC
+                // match, spoil the CRC.
+                let mut payload = vec![0u8; len as usize];
+                read_at(&path, offset + RECORD_HEADER_BYTES as u64, &mut payload)?;
+                let seq = report.segments[slot].seq.unwrap_or(0);
+                if RecordHeader::decode(&hb).check(seq, &payload) {
+                    hb[0] ^= 1;
+                }
+                write_at(&path, offset, &hb)?;
+                r.actions.push(format!(
+                    "{} @ {offset}: damaged record ({}); its length now leads to the intact record at {next}, so replay steps over it",
+                    path.display(),
+                    f.what
+                ));
+            }
+            Fix::Spoil { slot, offset } => {
+                let Some(path) = paths[slot].clone() else {
+                    continue;
+                };
+                r.keep_copy(&path)?;
+                let mut b = [0u8; 1];
+                read_at(&path, offset, &mut b)?;
+                write_at(&path, offset, &[b[0] ^ 1])?;
+                r.actions.push(format!(
+                    "{} @ {offset}: {}; its CRC is spoilt so replay steps over it",
+                    path.display(),
+                    f.what
+                ));
+            }
+            Fix::MoveSegment { slot } => {
+                let Some(path) = paths[slot].clone() else {
+                    continue;
+                };
+                r.move_out(&path, &f.what)?;
+            }
+        }
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Step 4: one recovery. `Ok(true)` if it succeeded; `Ok(false)` if it changed something and
+/// should run again.
+fn mend_recovery(
+    r: &mut Repair,
+    home: &HomeArgs,
+    config: &mut FileChannelConfig,
+) -> Result<Option<String>, Fail> {
+    let st = crate::inspect::snapshot(config, SnapshotOptions::default())?;
+    let core_config = config
+        .core_config()
+        .map_err(|e| Fail::runtime(e.to_string()))?;
+    let memory = vec![0u64; core_config.memory_words()];
+    let layout = config.layout();
+    let slot_file = |region: Region| match region {
+        Region::Backup => layout.backup_dir.join("backup.slot"),
+        _ => layout.checkpoint_dir.join("checkpoint.slot"),
+    };
+    match Channel::open(st, memory, core_config) {
+        Ok(core) => Ok(Some(format!(
+            "recovery succeeds by {} with {} events",
+            crate::inspect::path_name(core.recovery().path),
+            core.len()
+        ))),
+        Err(Error::Corrupted { region, offset }) if region != Region::Log => {
+            let p = slot_file(region);
+            r.move_out(&p, &format!("recovery refuses this checkpoint slot (offset {offset})"))?;
+            Ok(None)
+        }
+        Err(Error::UnsupportedFormat { found }) => {
+            // A slot of another version is the likely cause; a segment's would be in the scan.
+            let mut moved = false;
+            for region in [Region::Checkpoint, Region::Backup] {
+                let p = slot_file(region);
+                let mut b = [0u8; sluicegate_core::checkpoint::STARTED_BYTES];
+                if read_at(&p, 0, &mut b).is_ok()
+                    && matches!(sluicegate_core::checkpoint::Started::decode(&b), Some(Err(_)))
+                {
+                    r.move_out(&p, &format!("a checkpoint of format version {found}"))?;
+                    moved = true;
+                }
+            }
+            if moved {
+                Ok(None)
+            } else {
+                Err(Fail::runtime(format!(
+                    "the log holds data of format version {found}: use a build that reads it"
+                )))
+            }
+        }
+        Err(Error::CapacityTooSmall { needed }) => {
+            let capacity = u32::try_from(needed.saturating_mul(2).max(config.capacity as u64 * 2))
+                .unwrap_or(u32::MAX);
+            for region in [Region::Checkpoint, Region::Backup] {
+                let p = slot_file(region);
+                if p.exists() {
+                    r.move_out(&p, "slot files are sized by capacity")?;
+                }
+            }
+            r.actions.push(format!(
+                "the log holds at least {needed} events, above the capacity {}: capacity raised to {capacity} in {}",
+                config.capacity,
+                home.dir.join(crate::home::SETTINGS_FILE).display()
+            ));
+            config.capacity = capacity;
+            // The slot files must exist at their new size before the next read-only round.
+            let create = FileChannelConfig {
+                checkpoint_on_close: false,
+                checkpoint_interval_ms: 0,
+                ..config.clone()
+            };
+            crate::home::write_settings(&home.dir, config)?;
+            let layout = create.layout();
+            for p in [
+                layout.checkpoint_dir.join("checkpoint.slot"),
+                layout.backup_dir.join("backup.slot"),
+            ] {
+                std::fs::File::create(&p)
+                    .and_then(|f| f.set_len(layout.slot_bytes).and_then(|()| f.sync_all()))
+                    .map_err(|e| io(format!("cannot create {}", p.display()), e))?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(Fail::runtime(format!(
+            "recovery still fails ({e}) and repair has no mend for it; the copies are in the repair directory"
+        ))),
+    }
+}
+
+/// `repair`.
+pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    if !home.dir.is_dir() {
+        return Err(Fail::runtime(format!(
+            "{} does not exist",
+            home.dir.display()
+        )));
+    }
+    home.refuse_half_restored()?;
+    let mut config = home.config()?;
+    if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
+        return Err(Fail::runtime(format!(
+            "{} holds no channel",
+            home.dir.display()
+        )));
+    }
+    let mut r = Repair {
+        dir: home.dir.clone(),
+        copies: None,
+        copied: BTreeSet::new(),
+        actions: Vec::new(),
+    };
+    if let Some(p) = crate::archive::clean_interrupted_backup(&home.dir)? {
+        r.actions
+            .push(format!("removed an interrupted backup: {}", p.display()));
+    }
+    // Bounded: each round mends at least one thing or ends.
+    let mut outcome = None;
+    for _ in 0..64 {
+        mend_files(&mut r, &config)?;
+        let fixed = mend_records(&mut r, &config)?;
+        let recovered = mend_recovery(&mut r, home, &mut config)?;
+        if recovered.is_some() && fixed == 0 {
+            outcome = recovered;
+            break;
+        }
+    }
+    let Some(outcome) = outcome else {
+        return Err(Fail::runtime("repair did not converge in 64 rounds"));
+    };
+    let changed = !r.actions.is_empty();
+    r.actions.push(outcome);
+    let copies = r.copies.as_ref().map(|p| p.display().to_string());
+    if json_out {
+        println!(
+            "{}",
+            json!({"repaired": changed, "actions": r.actions, "copies": copies})
+        );
+    } else {
+        if !changed {
+            println!("nothing to repair");
+        }
+        for a in &r.actions {
+            println!("{a}");
+        }
+        if let Some(c) = copies {
+            println!("copies of every file changed or moved are in {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,693 @@
+//! The operator program, run as a real process on real directories.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn sg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+}
+
+/// Runs the program with `stdin` as input.
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = sg()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluicegate");
+    let mut input = child.stdin.take().expect("stdin");
+    // A program that fails at once may close its stdin first: that is not the test's failure.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(args: &[&str], stdin: &str) -> String {
+    let out = run(args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&ok(args, "")).expect("JSON report")
+}
+
+/// A fresh channel home with small log files (so segments roll) and no free-space floor.
+struct Home {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    dir: String,
+}
+
+impl Home {
+    fn new(file_bytes: u32) -> Home {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let dir = root.join("ch").display().to_string();
+        let fb = file_bytes.to_string();
+        ok(
+            &[
+                "put",
+                "--dir",
+                &dir,
+                "--file-bytes",
+                &fb,
+                "--min-free-bytes",
+                "0",
+            ],
+            "",
+        );
+        Home {
+            _tmp: tmp,
+            root,
+            dir,
+        }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    fn put(&self, lines: &[String], batch: u32) -> String {
+        let mut input = lines.join("\n");
+        input.push('\n');
+        ok(
+            &["put", "--dir", &self.dir, "--batch", &batch.to_string()],
+            &input,
+        )
+    }
+
+    fn take_all(&self) -> Vec<String> {
+        ok(&["take", "--dir", &self.dir], "")
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn stats(&self) -> Value {
+        json(&["stats", "--dir", &self.dir, "--json"])
+    }
+}
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in: {err}"
+    );
+}
+
+#[test]
+fn put_commits_every_batch_and_take_delivers_in_order() {
+    let h = Home::new(65536);
+    let ev = lines("ev", 7);
+    assert_eq!(h.put(&ev, 3), "committed 3\ncommitted 6\ncommitted 7\n");
+    // A last line without a newline is an event too; an empty line is an empty event.
+    assert_eq!(
+        ok(&["put", "--dir", &h.dir], "\nlast-without-newline"),
+        "committed 2\n"
+    );
+    let first = ok(
+        &["take", "--dir", &h.dir, "--batch", "2", "--limit", "5"],
+        "",
+    );
+    assert_eq!(first, ev[..5].join("\n") + "\n");
+    let rest = h.take_all();
+    assert_eq!(rest, ["ev-00005", "ev-00006", "", "last-without-newline"]);
+    assert_eq!(
+        ok(&["take", "--dir", &h.dir], ""),
+        "",
+        "empty channel: nothing"
+    );
+    assert_eq!(h.stats()["depth"], 0);
+}
+
+#[test]
+fn put_on_default_settings_creates_the_home_and_its_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("new-home");
+    let d = dir.display().to_string();
+    assert_eq!(ok(&["put", "--dir", &d], "one\ntwo\n"), "committed 2\n");
+    for sub in ["checkpoint", "backup", "data", "sluicegate.toml"] {
+        assert!(dir.join(sub).exists(), "{sub} missing");
+    }
+    let s = json(&["stats", "--dir", &d, "--json"]);
+    assert_eq!(s["depth"], 2);
+    assert_eq!(s["capacity"], 1_000_000);
+    assert_eq!(s["recovery"], "checkpoint");
+    assert_eq!(ok(&["take", "--dir", &d], ""), "one\ntwo\n");
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1_with_one_line() {
+    let h = Home::new(65536);
+    assert_one_line_error(
+        &run(&["take", "--dir", &h.dir, "--batch", "0"], ""),
+        2,
+        "--batch",
+    );
+    assert_one_line_error(
+        &run(&["put", "--dir", &h.dir, "--batch", "0"], ""),
+        2,
+        "--batch",
+    );
+    assert_one_line_error(
+        &run(&["take", "--dir", &h.dir, "--frobnicate"], ""),
+        2,
+        "--frobnicate",
+    );
+    assert_one_line_error(&run(&["verify"], ""), 2, "--dir");
+    assert_one_line_error(&run(&["nonsense"], ""), 2, "nonsense");
+    // A batch above the channel's transaction capacity is a usage error too.
+    assert_one_line_error(
+        &run(&["put", "--dir", &h.dir, "--batch", "999999"], "x\n"),
+        2,
+        "transaction_capacity",
+    );
+    // A fixed setting cannot change after creation.
+    assert_one_line_error(
+        &run(&["put", "--dir", &h.dir, "--capacity", "5"], "x\n"),
+        2,
+        "--capacity",
+    );
+    let missing = h.path("missing");
+    for cmd in ["take", "stats", "verify", "dump", "checkpoint", "repair"] {
+        let out = run(&[cmd, "--dir", &missing], "");
+        assert_one_line_error(&out, 1, "does not exist");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    }
+    assert!(
+        !Path::new(&missing).exists(),
+        "take must not create a missing DIR"
+    );
+    // An event above max_event_bytes fails the put, names the line, and keeps earlier commits.
+    let big = "x".repeat(70_000);
+    let out = run(
+        &["put", "--dir", &h.dir, "--batch", "1"],
+        &format!("fine\n{big}\n"),
+    );
+    assert_one_line_error(&out, 1, "line 2");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "committed 1\n");
+    assert_eq!(h.take_all(), ["fine"]);
+}
+
+/// Starts `put --batch 1` and feeds it `n` lines, waiting for each commit, then returns it still
+/// running (holding the channel).
+fn running_put(
+    dir: &str,
+    n: usize,
+) -> (
+    Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = sg()
+        .args(["put", "--dir", dir, "--batch", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn put");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    for i in 0..n {
+        writeln!(input, "line-{i:05}").expect("feed");
+        input.flush().expect("flush");
+        let mut l = String::new();
+        out.read_line(&mut l).expect("read committed");
+        assert_eq!(l, format!("committed {}\n", i + 1));
+    }
+    (child, input, out)
+}
+
+#[test]
+fn a_second_process_fails_at_once_naming_the_lock() {
+    let h = Home::new(65536);
+    let (mut child, input, _out) = running_put(&h.dir, 3);
+    for args in [
+        vec!["take", "--dir", &h.dir],
+        vec!["put", "--dir", &h.dir],
+        vec!["stats", "--dir", &h.dir],
+        vec!["verify", "--dir", &h.dir],
+        vec!["backup", "--dir", &h.dir, "--to", &h.path("bk")],
+    ] {
+        let started = Instant::now();
+        let out = run(&args, "x\n");
+        assert_one_line_error(&out, 1, "sluicegate.lock");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "must not wait for the lock"
+        );
+    }
+    drop(input);
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(h.take_all(), lines("line", 3));
+}
+
+#[test]
+fn a_killed_take_redelivers_only_what_it_did_not_commit() {
+    let h = Home::new(1 << 20);
+    let ev = lines("ev", 3000);
+    h.put(&ev, 500);
+    let mut child = sg()
+        .args(["take", "--dir", &h.dir, "--batch", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn take");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut before = Vec::new();
+    for _ in 0..100 {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("read");
+        before.push(l.trim_end().to_string());
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    // Everything it wrote to stdout before dying counts as delivered.
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("drain");
+    before.extend(rest.lines().map(String::from));
+    let after = h.take_all();
+    // At least once: every event is delivered; the overlap is at most the batch that was
+    // written but not committed.
+    let mut all: Vec<&String> = before.iter().chain(&after).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), ev.len(), "an event was lost");
+    let overlap = after.iter().filter(|e| before.contains(e)).count();
+    assert!(
+        overlap <= 7,
+        "{overlap} events redelivered, more than one batch"
+    );
+    // Order: what comes after the kill continues where the committed part stopped.
+    assert_eq!(after.last(), ev.last());
+}
+
+#[test]
+fn stats_reports_each_recovery_path() {
+    let h = Home::new(65536);
+    let s = h.stats();
+    assert_eq!(
+        (s["depth"].as_u64(), s["recovery"].as_str()),
+        (Some(0), Some("checkpoint"))
+    );
+    // A producer killed after three commits: no checkpoint since, so the log is replayed.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fresh = tmp.path().join("fresh").display().to_string();
+    let (mut child, _input, _out) = running_put(&fresh, 3);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let s = json(&["stats", "--dir", &fresh, "--json"]);
+    assert_eq!(s["recovery"], "replay", "{s}");
+    assert_eq!(s["depth"], 3);
+    assert_eq!(s["replay"]["put_commits"], 3);
+    // stats wrote nothing: it recovers the same way again.
+    assert_eq!(
+        json(&["stats", "--dir", &fresh, "--json"])["recovery"],
+        "replay"
+    );
+    // A producer killed before its first line: nothing in the log, no checkpoint: new.
+    let empty = tmp.path().join("empty").display().to_string();
+    let (mut child, _input, _out) = running_put(&empty, 0);
+    // Wait until it has created the channel.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !Path::new(&empty).join("data/sluicegate.dir").exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(
+        json(&["stats", "--dir", &empty, "--json"])["recovery"],
+        "new"
+    );
+    // The newest checkpoint damaged: the backup slot is used.
+    h.put(&lines("a", 5), 5);
+    ok(&["checkpoint", "--dir", &h.dir], "");
+    let s = h.stats();
+    let slot = s["checkpoint_slot"]
+        .as_str()
+        .expect("a checkpoint")
+        .to_string();
+    let file = if slot == "checkpoint" {
+        Path::new(&h.dir).join("checkpoint/checkpoint.slot")
+    } else {
+        Path::new(&h.dir).join("backup/backup.slot")
+    };
+    damage(&file, 70);
+    let s = h.stats();
+    assert_eq!(s["recovery"], "backup", "{s}");
+    assert_eq!(s["depth"], 5);
+}
+
+/// Flips every bit of one byte.
+fn damage(path: &Path, offset: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for damage");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read");
+    f.write_all_at(&[!b[0]], offset).expect("write");
+}
+
+/// The file and offset of the put record whose body is `body`, from `dump --json`.
+fn record_of(h: &Home, body: &str) -> (PathBuf, u64) {
+    let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
+    for l in dump.lines() {
+        let v: Value = serde_json::from_str(l).expect("JSON line");
+        if v["type"] == "record" && v["body"] == body {
+            let slot = v["slot"].as_u64().expect("slot");
+            let file = Path::new(&h.dir).join(format!("data/log-{slot:06}.seg"));
+            return (file, v["offset"].as_u64().expect("offset"));
+        }
+    }
+    panic!("no record {body}");
+}
+
+#[test]
+fn verify_is_clean_on_a_healthy_channel_and_finds_a_damaged_event() {
+    let h = Home::new(65536);
+    h.put(&lines("ev", 50), 10);
+    ok(&["take", "--dir", &h.dir, "--limit", "5"], "");
+    let v = json(&["verify", "--dir", &h.dir, "--json"]);
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["queue"]["agree"], true);
+    assert_eq!(v["queue"]["events"], 45);
+    let text = ok(&["verify", "--dir", &h.dir], "");
+    assert!(text.contains("clean"), "{text}");
+    let dump = ok(&["dump", "--dir", &h.dir], "");
+    assert!(
+        dump.contains("put len 8") && dump.contains("\"ev-00049\""),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("take-commit") && dump.contains("(newest)"),
+        "{dump}"
+    );
+
+    // One byte of an event's body decays.
+    let (file, offset) = record_of(&h, "ev-00020");
+    damage(&file, offset + 16 + 3);
+    let out = run(&["verify", "--dir", &h.dir, "--json"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["clean"], false);
+    let f = &v["findings"][0];
+    assert_eq!(f["severity"], "corruption");
+    assert_eq!(f["offset"], offset);
+    assert!(f["file"].as_str().unwrap_or("").ends_with(".seg"));
+    // The damaged event is never delivered; every other one is.
+    let got = h.take_all();
+    assert_eq!(got.len(), 44);
+    assert!(!got.contains(&"ev-00020".to_string()));
+    let out = run(&["verify", "--dir", &h.dir, "--bogus"], "");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn repair_steps_over_a_damaged_length_so_later_events_survive() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ch").display().to_string();
+    // A producer killed after 20 commits: no checkpoint, recovery replays the log.
+    let (mut child, _i, _o) = running_put(&dir, 20);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let h = Home {
+        _tmp: tmp,
+        root: PathBuf::new(),
+        dir,
+    };
+    let (file, offset) = record_of(&h, "line-00005");
+    // The length field of one put: replay can no longer find the record after it.
+    damage(&file, offset + 6);
+    assert_eq!(h.stats()["depth"], 5, "replay stops at the damage");
+    let out = run(&["verify", "--dir", &h.dir], "");
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&["repair", "--dir", &h.dir, "--json"]);
+    assert_eq!(r["repaired"], true, "{r}");
+    let actions = r["actions"].to_string();
+    assert!(actions.contains("replay steps over it"), "{actions}");
+    // A copy of the file as it was.
+    let copies = PathBuf::from(r["copies"].as_str().expect("copies dir"));
+    let copy = std::fs::read_dir(&copies).expect("copies").count();
+    assert_eq!(copy, 1);
+    let s = h.stats();
+    assert_eq!(s["depth"], 19, "{s}");
+    let mut want = lines("line", 20);
+    want.remove(5);
+    assert_eq!(h.take_all(), want);
+    // Repairing a healthy channel does nothing.
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("nothing to repair"), "{r}");
+}
+
+#[test]
+fn repair_pads_a_truncated_log_file_and_keeps_its_events() {
+    let h = Home::new(65536);
+    h.put(&lines("ev", 30), 5);
+    let seg = Path::new(&h.dir).join("data/log-000000.seg");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(8192))
+        .expect("truncate");
+    let out = run(&["take", "--dir", &h.dir], "");
+    assert_one_line_error(&out, 1, "bytes");
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("padded with zeros"), "{r}");
+    assert_eq!(h.take_all(), lines("ev", 30));
+}
+
+#[test]
+fn backup_restore_and_an_interrupted_backup() {
+    let h = Home::new(65536);
+    let ev = lines("ev", 200);
+    h.put(&ev, 20);
+    ok(&["take", "--dir", &h.dir, "--limit", "50"], "");
+    let b = h.path("b1");
+    let r = json(&["backup", "--dir", &h.dir, "--to", &b, "--json"]);
+    assert_eq!(r["events"], 150);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&b).join("sluicegate-backup.json")).expect("manifest"),
+    )
+    .expect("JSON manifest");
+    assert_eq!(manifest["kind"], "backup");
+    assert_eq!(manifest["events"], 150);
+    // Restore into a new home; the channel goes on from where the backup was taken.
+    let target = h.path("restored");
+    let r = json(&["restore", "--from", &b, "--dir", &target, "--json"]);
+    assert_eq!(
+        (r["events"].as_u64(), r["already"].as_bool()),
+        (Some(150), Some(false))
+    );
+    assert_eq!(r["recovery"], "checkpoint");
+    // Idempotent: the same restore again changes nothing.
+    let r = json(&["restore", "--from", &b, "--dir", &target, "--json"]);
+    assert_eq!(r["already"], true);
+    let got = ok(&["take", "--dir", &target], "");
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ev[50..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // Now the home differs from the backup: refused without --force, replaced with it.
+    let out = run(&["restore", "--from", &b, "--dir", &target], "");
+    assert_one_line_error(&out, 1, "--force");
+    ok(&["restore", "--from", &b, "--dir", &target, "--force"], "");
+    assert_eq!(json(&["stats", "--dir", &target, "--json"])["depth"], 150);
+    // Into data directories of another layout: segments are placed by number.
+    let spread = h.path("spread");
+    ok(
+        &[
+            "restore",
+            "--from",
+            &b,
+            "--dir",
+            &spread,
+            "--data-dir",
+            &h.path("d1"),
+            "--data-dir",
+            &h.path("d2"),
+        ],
+        "",
+    );
+    assert_eq!(json(&["stats", "--dir", &spread, "--json"])["depth"], 150);
+
+    // A backup killed in the middle of its copy.
+    let b2 = h.path("b2");
+    let out = sg()
+        .args(["backup", "--dir", &h.dir, "--to", &b2])
+        .env("SLUICEGATE_TEST_ABORT_BACKUP_AFTER_FILES", "1")
+        .stderr(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let partial = h.path(".b2.partial");
+    assert!(Path::new(&partial).join("IN-PROGRESS").exists());
+    assert!(!Path::new(&b2).exists());
+    // Never restored.
+    assert_one_line_error(
+        &run(&["restore", "--from", &partial, "--dir", &h.path("r2")], ""),
+        1,
+        "incomplete",
+    );
+    assert_one_line_error(
+        &run(&["restore", "--from", &b2, "--dir", &h.path("r2")], ""),
+        1,
+        "does not exist",
+    );
+    // The next backup cleans it up.
+    let b3 = h.path("b3");
+    let out = ok(&["backup", "--dir", &h.dir, "--to", &b3], "");
+    assert!(out.contains("removed an interrupted backup"), "{out}");
+    assert!(!Path::new(&partial).exists());
+    // And so does repair.
+    let out = sg()
+        .args(["backup", "--dir", &h.dir, "--to", &h.path("b4")])
+        .env("SLUICEGATE_TEST_ABORT_BACKUP_AFTER_FILES", "2")
+        .stderr(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(Path::new(&h.path(".b4.partial")).exists());
+    let out = ok(&["repair", "--dir", &h.dir], "");
+    assert!(out.contains("removed an interrupted backup"), "{out}");
+    assert!(!Path::new(&h.path(".b4.partial")).exists());
+
+    // A damaged backup is refused.
+    let seg = std::fs::read_dir(Path::new(&b3).join("segments"))
+        .expect("segments")
+        .next()
+        .expect("a segment")
+        .expect("entry")
+        .path();
+    damage(&seg, 100);
+    assert_one_line_error(
+        &run(&["restore", "--from", &b3, "--dir", &h.path("r3")], ""),
+        1,
+        "damaged",
+    );
+}
+
+#[test]
+fn a_savepoint_holds_only_needed_log_files_and_restores_from_anywhere() {
+    // Small files, so the log spans several and the consumed ones are not needed.
+    let h = Home::new(8192);
+    let ev = lines("ev", 600);
+    h.put(&ev, 10);
+    ok(&["take", "--dir", &h.dir, "--limit", "500"], "");
+    let sp = h.path("sp");
+    let r = json(&["savepoint", "--dir", &h.dir, "--to", &sp, "--json"]);
+    assert_eq!(r["events"], 100);
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&sp).join("sluicegate-backup.json")).expect("manifest"),
+    )
+    .expect("JSON");
+    assert_eq!(m["kind"], "savepoint");
+    assert!(m["created_utc"].as_str().unwrap_or("").ends_with('Z'));
+    let in_savepoint = m["files"].as_array().expect("files").len() - 1;
+    let in_channel = std::fs::read_dir(Path::new(&h.dir).join("data"))
+        .expect("data")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
+        .count();
+    assert!(
+        in_savepoint < in_channel,
+        "savepoint has {in_savepoint} log files, the channel {in_channel}"
+    );
+    // Move it somewhere else, then restore from there.
+    let moved = h.path("elsewhere/sp-moved");
+    std::fs::create_dir(h.path("elsewhere")).expect("mkdir");
+    std::fs::rename(&sp, &moved).expect("move");
+    let target = h.path("from-savepoint");
+    let r = json(&["restore", "--from", &moved, "--dir", &target, "--json"]);
+    assert_eq!(r["events"], 100);
+    assert_eq!(r["kind"], "savepoint");
+    let got = ok(&["take", "--dir", &target], "");
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ev[500..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // The source channel still has its 100 events: a savepoint takes nothing.
+    assert_eq!(h.stats()["depth"], 100);
+}
+
+#[test]
+fn checkpoint_forces_one_and_the_next_open_replays_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ch").display().to_string();
+    let (mut child, _i, _o) = running_put(&dir, 4);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let before = json(&["stats", "--dir", &dir, "--json"]);
+    assert_eq!(before["recovery"], "replay");
+    let c = json(&["checkpoint", "--dir", &dir, "--json"]);
+    assert_eq!(c["checkpoint"], "written");
+    assert_eq!(c["events"], 4);
+    let after = json(&["stats", "--dir", &dir, "--json"]);
+    assert_eq!(after["recovery"], "checkpoint");
+    assert_eq!(after["replay"]["records_read"], 0);
+    assert_eq!(after["depth"], 4);
+}
+
+#[test]
+fn take_follow_waits_for_a_producer() {
+    let h = Home::new(65536);
+    let mut child = sg()
+        .args(["take", "--dir", &h.dir, "--follow", "--batch", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn take --follow");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    // The follower releases the channel while it waits; a producer gets in within a few tries.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = run(&["put", "--dir", &h.dir], "late-1\nlate-2\n");
+        if o.status.success() {
+            break;
+        }
+        assert!(Instant::now() < until, "producer never got the channel");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("read");
+        got.push(l.trim_end().to_string());
+    }
+    child.kill().expect("kill");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    child.wait().expect("wait");
+    assert_eq!(got, ["late-1", "late-2"], "follower's stderr: {err}");
+}
