@@ -95,33 +95,48 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Reads `from` to its end, computing its size and CRC-32C, writing it to `to` (then synced) if
+/// given, and advancing `bar`.
+fn stream(
+    from: &Path,
+    mut to: Option<&mut File>,
+    bar: Option<&indicatif::ProgressBar>,
+) -> std::io::Result<(u64, u32)> {
+    let mut src = File::open(from)?;
+    let mut digest = CRC32C.digest();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    // Bounded by the file's length.
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        digest.update(&buf[..n]);
+        if let Some(dst) = to.as_deref_mut() {
+            dst.write_all(&buf[..n])?;
+        }
+        total += n as u64;
+        if let Some(b) = bar {
+            b.inc(n as u64);
+        }
+    }
+    if let Some(dst) = to {
+        dst.sync_all()?;
+    }
+    Ok((total, digest.finalize()))
+}
+
 /// Copies `from` to `to` (created), syncing it, and returns its size and CRC-32C.
 fn copy_file(from: &Path, to: &Path, bar: &indicatif::ProgressBar) -> Result<FileEntry, Fail> {
-    let r = (|| -> std::io::Result<(u64, u32)> {
-        let mut src = File::open(from)?;
-        let mut dst = File::create(to)?;
-        let mut digest = CRC32C.digest();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = src.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            digest.update(&buf[..n]);
-            dst.write_all(&buf[..n])?;
-            total += n as u64;
-            bar.inc(n as u64);
-        }
-        dst.sync_all()?;
-        Ok((total, digest.finalize()))
-    })();
-    let (bytes, crc32c) = r.map_err(|e| {
-        io(
-            format!("cannot copy {} to {}", from.display(), to.display()),
-            e,
-        )
-    })?;
+    let (bytes, crc32c) = File::create(to)
+        .and_then(|mut dst| stream(from, Some(&mut dst), Some(bar)))
+        .map_err(|e| {
+            io(
+                format!("cannot copy {} to {}", from.display(), to.display()),
+                e,
+            )
+        })?;
     Ok(FileEntry {
         path: String::new(),
         bytes,
@@ -131,22 +146,7 @@ fn copy_file(from: &Path, to: &Path, bar: &indicatif::ProgressBar) -> Result<Fil
 
 /// The size and CRC-32C of a file.
 fn checksum(path: &Path, bar: Option<&indicatif::ProgressBar>) -> std::io::Result<(u64, u32)> {
-    let mut f = File::open(path)?;
-    let mut digest = CRC32C.digest();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        digest.update(&buf[..n]);
-        total += n as u64;
-        if let Some(b) = bar {
-            b.inc(n as u64);
-        }
-    }
-    Ok((total, digest.finalize()))
+    stream(path, None, bar)
 }
 
 /// Checks a backup directory against its manifest: complete (no marker), the same files, sizes
@@ -585,7 +585,8 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
         .ok()
         .map(|s| s.trim().to_string());
     let occupied = home.has_channel(&config);
-    if resuming.is_none() && occupied {
+    let non_empty = std::fs::read_dir(&home.dir).is_ok_and(|mut d| d.next().is_some());
+    if resuming.is_none() && (occupied || non_empty) {
         if restored_from.as_deref() == Some(&id) && holds(&config, &m) {
             if json_out {
                 println!(
@@ -603,8 +604,13 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
         }
         if !force {
             return Err(Fail::runtime(format!(
-                "{} already holds a channel: refusing to overwrite it (use --force to replace it)",
-                home.dir.display()
+                "{} is not empty{}: refusing to restore into it (use --force to replace it)",
+                home.dir.display(),
+                if occupied {
+                    " (it holds a channel)"
+                } else {
+                    ""
+                }
             )));
         }
     }
@@ -622,9 +628,17 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
     // Clear what is there (under the channel's lock, so no process is using it), then lay out
     // an empty channel and copy the files over it.
     if occupied || resuming.is_some() {
-        let lock = crate::inspect::snapshot(&config, SnapshotOptions::default());
-        drop(lock?);
-        for d in config.all_dirs() {
+        // The channel there may have other settings, or be damaged: only a lock held by another
+        // process stops a forced replace.
+        let current = home.config()?;
+        if let Err(e) = crate::inspect::snapshot(&current, SnapshotOptions::default()) {
+            if e.message.contains("is in use") {
+                return Err(e);
+            }
+        }
+        let mut dirs = config.all_dirs();
+        dirs.extend(current.all_dirs());
+        for d in dirs {
             if d.exists() {
                 std::fs::remove_dir_all(&d)
                     .map_err(|e| io(format!("cannot clear {}", d.display()), e))?;

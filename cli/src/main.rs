@@ -43,9 +43,10 @@ enum Command {
     Put {
         #[command(flatten)]
         home: HomeArgs,
-        /// Lines per transaction.
-        #[arg(long, default_value_t = 100, value_parser = batch())]
-        batch: u32,
+        /// Lines per transaction [default: 100, or the channel's transaction_capacity if
+        /// smaller].
+        #[arg(long, value_parser = batch())]
+        batch: Option<u32>,
         #[command(flatten)]
         create: CreateArgs,
     },
@@ -53,9 +54,10 @@ enum Command {
     Take {
         #[command(flatten)]
         home: HomeArgs,
-        /// Events per transaction.
-        #[arg(long, default_value_t = 100, value_parser = batch())]
-        batch: u32,
+        /// Events per transaction [default: 100, or the channel's transaction_capacity if
+        /// smaller].
+        #[arg(long, value_parser = batch())]
+        batch: Option<u32>,
         /// Stop after this many events.
         #[arg(long)]
         limit: Option<u64>,

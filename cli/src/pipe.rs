@@ -10,20 +10,22 @@ use sluicegate_file::{FileChannel, FileChannelConfig};
 use crate::fail::{io, Fail};
 use crate::home::{self, CreateArgs, HomeArgs};
 
-fn check_batch(batch: u32, config: &FileChannelConfig) -> Result<(), Fail> {
-    if batch > config.transaction_capacity {
-        return Err(Fail::usage(format!(
-            "--batch {batch} is above the channel's transaction_capacity ({})",
+/// The batch size: the one given, which must fit a transaction, or 100 (or less, to fit).
+fn check_batch(batch: Option<u32>, config: &FileChannelConfig) -> Result<u32, Fail> {
+    match batch {
+        Some(b) if b > config.transaction_capacity => Err(Fail::usage(format!(
+            "--batch {b} is above the channel's transaction_capacity ({})",
             config.transaction_capacity
-        )));
+        ))),
+        Some(b) => Ok(b),
+        None => Ok(100.min(config.transaction_capacity).max(1)),
     }
-    Ok(())
 }
 
 /// `put`: one event per line of stdin.
-pub fn put(home: &HomeArgs, batch: u32, create: &CreateArgs) -> Result<ExitCode, Fail> {
+pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<ExitCode, Fail> {
     let (config, new) = home.for_create(create)?;
-    check_batch(batch, &config)?;
+    let batch = check_batch(batch, &config)?;
     config
         .core_config()
         .map_err(|e| Fail::usage(format!("bad channel settings: {e}")))?;
@@ -78,12 +80,12 @@ pub fn put(home: &HomeArgs, batch: u32, create: &CreateArgs) -> Result<ExitCode,
 /// `take`: events to stdout; a batch is committed only after stdout took it.
 pub fn take(
     home: &HomeArgs,
-    batch: u32,
+    batch: Option<u32>,
     limit: Option<u64>,
     follow: bool,
 ) -> Result<ExitCode, Fail> {
     let config = home.existing()?;
-    check_batch(batch, &config)?;
+    let batch = check_batch(batch, &config)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut taken: u64 = 0;

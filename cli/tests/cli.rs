@@ -375,13 +375,23 @@ fn damage(path: &Path, offset: u64) {
 
 /// The file and offset of the put record whose body is `body`, from `dump --json`.
 fn record_of(h: &Home, body: &str) -> (PathBuf, u64) {
+    let (file, offset, _) = record_and_seq(h, body);
+    (file, offset)
+}
+
+/// Also the record's segment number.
+fn record_and_seq(h: &Home, body: &str) -> (PathBuf, u64, u64) {
     let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
     for l in dump.lines() {
         let v: Value = serde_json::from_str(l).expect("JSON line");
         if v["type"] == "record" && v["body"] == body {
             let slot = v["slot"].as_u64().expect("slot");
             let file = Path::new(&h.dir).join(format!("data/log-{slot:06}.seg"));
-            return (file, v["offset"].as_u64().expect("offset"));
+            return (
+                file,
+                v["offset"].as_u64().expect("offset"),
+                v["seq"].as_u64().expect("seq"),
+            );
         }
     }
     panic!("no record {body}");
@@ -515,8 +525,26 @@ fn backup_restore_and_an_interrupted_backup() {
     // Now the home differs from the backup: refused without --force, replaced with it.
     let out = run(&["restore", "--from", &b, "--dir", &target], "");
     assert_one_line_error(&out, 1, "--force");
+    // A forced restore over a running channel still respects its lock.
+    let (mut child, input, _o) = running_put(&target, 1);
+    assert_one_line_error(
+        &run(&["restore", "--from", &b, "--dir", &target, "--force"], ""),
+        1,
+        "sluicegate.lock",
+    );
+    drop(input);
+    assert!(child.wait().expect("wait").success());
     ok(&["restore", "--from", &b, "--dir", &target, "--force"], "");
     assert_eq!(json(&["stats", "--dir", &target, "--json"])["depth"], 150);
+    // A directory holding anything else is refused too.
+    let other = h.path("not-empty");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::fs::write(Path::new(&other).join("notes.txt"), "mine").expect("write");
+    assert_one_line_error(
+        &run(&["restore", "--from", &b, "--dir", &other], ""),
+        1,
+        "not empty",
+    );
     // Into data directories of another layout: segments are placed by number.
     let spread = h.path("spread");
     ok(
@@ -690,4 +718,84 @@ fn take_follow_waits_for_a_producer() {
         .expect("stderr");
     child.wait().expect("wait");
     assert_eq!(got, ["late-1", "late-2"], "follower's stderr: {err}");
+}
+
+/// A home whose producer was killed after `n` commits of one line each: no checkpoint, so every
+/// recovery replays the log.
+fn crashed_home(n: usize) -> Home {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ch").display().to_string();
+    let (mut child, _i, _o) = running_put(&dir, n);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    Home {
+        root: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        dir,
+    }
+}
+
+#[test]
+fn repair_steps_over_an_intact_record_that_recovery_refuses() {
+    use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
+    let h = crashed_home(20);
+    let (file, offset, seq) = record_and_seq(&h, "line-00007");
+    // Forge a record of a kind this build does not know, with a correct CRC: recovery refuses
+    // the whole log rather than guess.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .expect("open");
+    let mut hb = [0u8; RECORD_HEADER_BYTES];
+    f.read_exact_at(&mut hb, offset).expect("read");
+    let mut rec = RecordHeader::decode(&hb);
+    let mut payload = vec![0u8; rec.len as usize];
+    f.read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES as u64)
+        .expect("read");
+    rec.kind = 9;
+    let mut d = rec.digest(seq);
+    d.update(&payload);
+    rec.crc = d.finalize();
+    f.write_all_at(&rec.encode(), offset).expect("write");
+    drop(f);
+    assert_one_line_error(&run(&["stats", "--dir", &h.dir], ""), 1, "corrupt");
+    assert_one_line_error(&run(&["take", "--dir", &h.dir], ""), 1, "corrupt");
+    let v = run(&["verify", "--dir", &h.dir, "--json"], "");
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("unknown kind 9"));
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("CRC is spoilt"), "{r}");
+    let mut want = lines("line", 20);
+    want.remove(7);
+    assert_eq!(h.take_all(), want);
+}
+
+#[test]
+fn repair_raises_a_capacity_too_small_for_the_log() {
+    let h = crashed_home(30);
+    // Someone lowered the capacity below what the log holds.
+    let settings = Path::new(&h.dir).join("sluicegate.toml");
+    let text = std::fs::read_to_string(&settings).expect("settings");
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("capacity =") {
+                "capacity = 10".to_string()
+            } else if l.starts_with("transaction_capacity =") {
+                "transaction_capacity = 10".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&settings, text).expect("write settings");
+    assert_one_line_error(&run(&["take", "--dir", &h.dir], ""), 1, "");
+    let r = json(&["repair", "--dir", &h.dir, "--json"]);
+    assert!(r["actions"].to_string().contains("capacity raised"), "{r}");
+    let s = h.stats();
+    assert_eq!(s["depth"], 30, "{s}");
+    assert!(s["capacity"].as_u64().unwrap_or(0) >= 30);
+    assert_eq!(h.take_all(), lines("line", 30));
 }
