@@ -86,9 +86,16 @@ pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), Fail> {
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
+        sync_dir(parent_of(path))
     })();
     r.map_err(|e| io(format!("cannot write {}", path.display()), e))
+}
+
+/// The directory holding `path`: `.` for a bare name.
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -368,7 +375,7 @@ fn write_archive(
         )));
     }
     std::fs::rename(&tmp, dest)
-        .and_then(|()| sync_dir(dest.parent().unwrap_or(Path::new("."))))
+        .and_then(|()| sync_dir(parent_of(dest)))
         .map_err(|e| {
             io(
                 format!("cannot rename {} to {}", tmp.display(), dest.display()),
