@@ -71,7 +71,15 @@ impl Repair {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(self.copies_dir()?.join(format!("{parent}--{name}")))
+        // Never over an earlier copy: a file cut to size and later moved out keeps both.
+        let dir = self.copies_dir()?;
+        let mut to = dir.join(format!("{parent}--{name}"));
+        let mut k = 2;
+        while to.exists() {
+            to = dir.join(format!("{parent}--{name}.{k}"));
+            k += 1;
+        }
+        Ok(to)
     }
 
     /// Copies `path` aside once, before its first change.

@@ -823,6 +823,15 @@ fn repair_raises_a_capacity_too_small_for_the_log() {
     assert_one_line_error(&run(&["take", "--dir", &h.dir], ""), 1, "");
     let r = json(&["repair", "--dir", &h.dir, "--json"]);
     assert!(r["actions"].to_string().contains("capacity raised"), "{r}");
+    // The slot files were cut to the new layout, then moved out: both versions are kept, the
+    // first one whole.
+    let copies = PathBuf::from(r["copies"].as_str().expect("copies"));
+    let whole = std::fs::metadata(copies.join("checkpoint--checkpoint.slot")).expect("copy");
+    assert!(
+        whole.len() > 4096,
+        "the copy kept before the cut was overwritten"
+    );
+    assert!(copies.join("checkpoint--checkpoint.slot.2").exists());
     let s = h.stats();
     assert_eq!(s["depth"], 30, "{s}");
     assert!(s["capacity"].as_u64().unwrap_or(0) >= 30);
