@@ -28,7 +28,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluicegate_core::record::CRC32C;
-use sluicegate_file::{FileChannelConfig, SnapshotOptions};
+use sluicegate_file::{
+    segment_name, segment_slot, FileChannel, FileChannelConfig, SnapshotOptions,
+};
 
 use crate::fail::{io, Fail};
 use crate::home::{self, HomeArgs, BACKUP_JOURNAL, RESTORING_FILE, SETTINGS_FILE};
@@ -440,9 +442,19 @@ fn report(json_out: bool, what: &str, dest: &Path, m: &Manifest, cleaned: Option
     }
 }
 
-/// Opens the channel for a backup: no timed checkpoints and none at close, so nothing changes
-/// while files are copied; one checkpoint first, so the backup restores fast.
-fn open_still(home: &HomeArgs) -> Result<(FileChannelConfig, sluicegate_file::FileChannel), Fail> {
+/// Writes a backup or savepoint of `kind` to `dest`, holding `files` as `choose` picks them.
+///
+/// The channel is opened with no timed checkpoints and none at close, so nothing changes while
+/// its files are copied, and stays open (and locked) until the copy is done; one checkpoint is
+/// written first, so the copy restores fast.
+fn archive(
+    home: &HomeArgs,
+    dest: &Path,
+    json_out: bool,
+    kind: &str,
+    choose: impl FnOnce(&FileChannelConfig, &FileChannel) -> Vec<(PathBuf, String)>,
+) -> Result<ExitCode, Fail> {
+    let cleaned = prepare_dest(home, dest)?;
     let config = FileChannelConfig {
         checkpoint_on_close: false,
         checkpoint_interval_ms: 0,
@@ -450,82 +462,69 @@ fn open_still(home: &HomeArgs) -> Result<(FileChannelConfig, sluicegate_file::Fi
     };
     let ch = home::open(config.clone())?;
     ch.checkpoint()?;
-    Ok((config, ch))
+    let plan = Plan {
+        files: choose(&config, &ch),
+        events: ch.len() as u64,
+    };
+    let m = write_archive(home, &config, dest, kind, plan)?;
+    ch.close()?;
+    report(json_out, kind, dest, &m, cleaned);
+    Ok(ExitCode::SUCCESS)
 }
 
+/// The log files of `slots` that exist, with their names in a backup.
 fn segment_files(
     config: &FileChannelConfig,
     slots: impl Iterator<Item = usize>,
 ) -> Vec<(PathBuf, String)> {
     slots
         .filter_map(|slot| {
-            let name = format!("log-{slot:06}.seg");
+            let name = segment_name(slot);
             let p = config.data_dirs[slot % config.data_dirs.len()].join(&name);
             p.exists().then(|| (p, format!("segments/{name}")))
         })
         .collect()
 }
 
-/// `backup`.
+/// `backup`: both slots and every log file.
 pub fn backup(home: &HomeArgs, dest: &Path, json_out: bool) -> Result<ExitCode, Fail> {
-    let cleaned = prepare_dest(home, dest)?;
-    let (config, ch) = open_still(home)?;
-    let layout = config.layout();
-    let mut files = vec![
-        (
-            layout.checkpoint_dir.join("checkpoint.slot"),
-            "checkpoint.slot".to_string(),
-        ),
-        (
-            layout.backup_dir.join("backup.slot"),
-            "backup.slot".to_string(),
-        ),
-    ];
-    files.extend(segment_files(&config, 0..config.log_files as usize));
-    let plan = Plan {
-        files,
-        events: ch.len() as u64,
-    };
-    // The channel stays open (and locked) while its files are copied.
-    let m = write_archive(home, &config, dest, "backup", plan)?;
-    ch.close()?;
-    report(json_out, "backup", dest, &m, cleaned);
-    Ok(ExitCode::SUCCESS)
+    archive(home, dest, json_out, "backup", |config, _| {
+        let layout = config.layout();
+        let mut files = vec![
+            (
+                layout.checkpoint_dir.join("checkpoint.slot"),
+                "checkpoint.slot".to_string(),
+            ),
+            (
+                layout.backup_dir.join("backup.slot"),
+                "backup.slot".to_string(),
+            ),
+        ];
+        files.extend(segment_files(config, 0..config.log_files as usize));
+        files
+    })
 }
 
 /// `savepoint`: the newest checkpoint and the log files the queue still needs.
 pub fn savepoint(home: &HomeArgs, dest: &Path, json_out: bool) -> Result<ExitCode, Fail> {
-    let cleaned = prepare_dest(home, dest)?;
-    let (config, ch) = open_still(home)?;
-    let stats = ch.stats().channel;
-    let layout = config.layout();
-    // The checkpoint just written is the newest; find its slot file.
-    let newest = {
+    archive(home, dest, json_out, "savepoint", |config, ch| {
+        let stats = ch.stats().channel;
+        let layout = config.layout();
+        // The checkpoint just written is the newest; find its slot file.
         let a = layout.checkpoint_dir.join("checkpoint.slot");
         let b = layout.backup_dir.join("backup.slot");
-        if slot_seq(&a) >= slot_seq(&b) {
-            a
-        } else {
-            b
-        }
-    };
-    let mut files = vec![(newest, "checkpoint.slot".to_string())];
-    let segments = config.log_files as u64;
-    let newest_seq = stats.newest_segment;
-    let keep = stats.segments_pinned_by_events.max(1).min(segments);
-    let first = (newest_seq + 1).saturating_sub(keep);
-    files.extend(segment_files(
-        &config,
-        (first..=newest_seq).map(|s| (s % segments) as usize),
-    ));
-    let plan = Plan {
-        files,
-        events: ch.len() as u64,
-    };
-    let m = write_archive(home, &config, dest, "savepoint", plan)?;
-    ch.close()?;
-    report(json_out, "savepoint", dest, &m, cleaned);
-    Ok(ExitCode::SUCCESS)
+        let newest = if slot_seq(&a) >= slot_seq(&b) { a } else { b };
+        let mut files = vec![(newest, "checkpoint.slot".to_string())];
+        let segments = config.log_files as u64;
+        let newest_seq = stats.newest_segment;
+        let keep = stats.segments_pinned_by_events.max(1).min(segments);
+        let first = (newest_seq + 1).saturating_sub(keep);
+        files.extend(segment_files(
+            config,
+            (first..=newest_seq).map(|s| (s % segments) as usize),
+        ));
+        files
+    })
 }
 
 /// The checkpoint number in a slot file's started mark (0 if none is valid).
@@ -549,11 +548,7 @@ fn destination(config: &FileChannelConfig, name: &str) -> Option<PathBuf> {
         "backup.slot" => Some(layout.backup_dir.join(name)),
         _ => {
             let file = name.strip_prefix("segments/")?;
-            let slot: usize = file
-                .strip_prefix("log-")?
-                .strip_suffix(".seg")?
-                .parse()
-                .ok()?;
+            let slot = segment_slot(file)?;
             Some(config.data_dirs[slot % config.data_dirs.len()].join(file))
         }
     }

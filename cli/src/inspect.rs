@@ -314,7 +314,8 @@ pub fn dump(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
                 l.push_str(&format!(" \"{b}\""));
             }
             if let Some(w) = r.synced_wid {
-                l.push_str(&format!(" synced_wid {w} [{}]", r.pointers.join(" ")));
+                let ptrs: Vec<String> = r.pointers.iter().map(scan::pointer_text).collect();
+                l.push_str(&format!(" synced_wid {w} [{}]", ptrs.join(" ")));
             }
             l
         };
@@ -335,7 +336,7 @@ pub fn dump(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
             Vec::new()
         });
     }
-    let ptr = |p: &Pointer| format!("{}:{}", p.slot, p.offset);
+    let ptr = scan::pointer_text;
     if json_out {
         for s in &report.segments {
             let mut v = serde_json::to_value(s).unwrap_or_default();

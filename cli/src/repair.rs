@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use serde_json::json;
 use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
 use sluicegate_core::{Channel, Error, Region};
-use sluicegate_file::{FileChannelConfig, SnapshotOptions, FORMAT_FILE};
+use sluicegate_file::{segment_slot, FileChannelConfig, SnapshotOptions, FORMAT_FILE};
 
 use crate::fail::{io, Fail};
 use crate::home::HomeArgs;
@@ -154,11 +154,7 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let Some(slot) = name
-                .strip_prefix("log-")
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<usize>().ok())
-            else {
+            let Some(slot) = segment_slot(&name) else {
                 continue;
             };
             if slot >= layout.segments as usize || slot % layout.data_dirs.len() != d {

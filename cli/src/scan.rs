@@ -80,8 +80,11 @@ pub struct RecordInfo {
     /// For commits: the durable mark and the pointers as `slot:offset`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synced_wid: Option<u64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pointers: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "pointers_as_text"
+    )]
+    pub pointers: Vec<Pointer>,
     /// For puts: the body, as text with escapes, cut at 64 bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -147,6 +150,15 @@ impl Scan {
     pub fn newest_slot(&self) -> Option<&SlotInfo> {
         self.slots.iter().find(|s| s.newest)
     }
+}
+
+/// A pointer as `slot:offset`.
+pub fn pointer_text(p: &Pointer) -> String {
+    format!("{}:{}", p.slot, p.offset)
+}
+
+fn pointers_as_text<S: serde::Serializer>(ps: &[Pointer], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ps.iter().map(pointer_text))
 }
 
 fn kind_name(k: RecordKind) -> &'static str {
@@ -357,7 +369,7 @@ pub fn scan(
     }
 
     // Then every record of every segment in the log, oldest first.
-    let mut intact_puts: HashSet<(u32, u32)> = HashSet::new();
+    let mut intact_puts: HashSet<Pointer> = HashSet::new();
     let mut payload = Vec::new();
     if let (Some(first), Some(last)) = (oldest, newest) {
         let mut rd = Reader { st, seg_bytes };
@@ -396,7 +408,10 @@ pub fn scan(
                                 match info.kind {
                                     "put" => {
                                         seg.puts += 1;
-                                        intact_puts.insert((slot as u32, at as u32));
+                                        intact_puts.insert(Pointer {
+                                            slot: slot as u32,
+                                            offset: at as u32,
+                                        });
                                     }
                                     "put-commit" => seg.put_commits += 1,
                                     _ => seg.take_commits += 1,
@@ -405,19 +420,17 @@ pub fn scan(
                                 on_record(info, &payload);
                                 if info.kind == "put-commit" {
                                     for p in &info.pointers {
-                                        let mut it = p.split(':').map(|x| x.parse::<u32>());
-                                        if let (Some(Ok(s)), Some(Ok(o))) = (it.next(), it.next()) {
-                                            if !intact_puts.contains(&(s, o)) {
-                                                out.findings.push(Finding {
-                                                    severity: Severity::Warning,
-                                                    file: file.clone(),
-                                                    offset: at,
-                                                    what: format!(
-                                                        "put commit (write-order id {wid}) lists {p}, which is not an intact put record: recovery drops that event"
-                                                    ),
-                                                    fix: None,
-                                                });
-                                            }
+                                        if !intact_puts.contains(p) {
+                                            out.findings.push(Finding {
+                                                severity: Severity::Warning,
+                                                file: file.clone(),
+                                                offset: at,
+                                                what: format!(
+                                                    "put commit (write-order id {wid}) lists {}, which is not an intact put record: recovery drops that event",
+                                                    pointer_text(p)
+                                                ),
+                                                fix: None,
+                                            });
                                         }
                                     }
                                 }
@@ -584,7 +597,7 @@ fn record_info(
                 p.slot, p.offset
             ));
         }
-        info.pointers.push(format!("{}:{}", p.slot, p.offset));
+        info.pointers.push(p);
     }
     Ok(info)
 }

@@ -100,6 +100,12 @@ impl Home {
     }
 }
 
+/// The manifest of a backup or savepoint directory.
+fn manifest(dir: &str) -> Value {
+    let text = std::fs::read_to_string(Path::new(dir).join("sluicegate-backup.json"));
+    serde_json::from_str(&text.expect("manifest")).expect("JSON manifest")
+}
+
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:05}")).collect()
 }
@@ -500,10 +506,7 @@ fn backup_restore_and_an_interrupted_backup() {
     let b = h.path("b1");
     let r = json(&["backup", "--dir", &h.dir, "--to", &b, "--json"]);
     assert_eq!(r["events"], 150);
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(&b).join("sluicegate-backup.json")).expect("manifest"),
-    )
-    .expect("JSON manifest");
+    let manifest = manifest(&b);
     assert_eq!(manifest["kind"], "backup");
     assert_eq!(manifest["events"], 150);
     // Restore into a new home; the channel goes on from where the backup was taken.
@@ -658,10 +661,7 @@ fn a_savepoint_holds_only_needed_log_files_and_restores_from_anywhere() {
     let sp = h.path("sp");
     let r = json(&["savepoint", "--dir", &h.dir, "--to", &sp, "--json"]);
     assert_eq!(r["events"], 100);
-    let m: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(&sp).join("sluicegate-backup.json")).expect("manifest"),
-    )
-    .expect("JSON");
+    let m = manifest(&sp);
     assert_eq!(m["kind"], "savepoint");
     assert!(m["created_utc"].as_str().unwrap_or("").ends_with('Z'));
     let in_savepoint = m["files"].as_array().expect("files").len() - 1;

@@ -62,4 +62,4 @@ pub use space::available_bytes;
 
 pub use dirs::{DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
 pub use snapshot::{SnapshotOptions, SnapshotStorage};
-pub use storage::{FileError, FileStorage, Layout, LogSyncTicket};
+pub use storage::{segment_name, segment_slot, FileError, FileStorage, Layout, LogSyncTicket};

@@ -432,8 +432,17 @@ impl Iterator for Pieces {
     }
 }
 
-pub(crate) fn segment_name(slot: usize) -> String {
+/// The file name of log segment `slot`: `log-NNNNNN.seg`.
+pub fn segment_name(slot: usize) -> String {
     format!("log-{slot:06}.seg")
+}
+
+/// The segment slot a file name stands for, if it is a log segment's name.
+pub fn segment_slot(name: &str) -> Option<usize> {
+    name.strip_prefix("log-")?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
 }
 
 /// Lists the data directories: removes temporary files a crash left behind (if `remove_tmp`),
@@ -462,11 +471,7 @@ pub(crate) fn scan_data_dirs(
                 removed = true;
                 continue;
             }
-            let Some(slot) = name
-                .strip_prefix("log-")
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<usize>().ok())
-            else {
+            let Some(slot) = segment_slot(name) else {
                 continue;
             };
             if slot >= layout.segments as usize || slot % dirs != d {
