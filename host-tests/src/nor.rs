@@ -103,6 +103,7 @@ pub struct SimNor<const W: usize, const E: usize> {
     supply: Rc<Cell<Supply>>,
     violations: Vec<String>,
     unstable_reads: bool,
+    multiwrite: bool,
 }
 
 /// A clone is a separate part with its own power line, in the state the original is in.
@@ -119,6 +120,7 @@ impl<const W: usize, const E: usize> Clone for SimNor<W, E> {
             supply: Rc::new(Cell::new(self.supply.get())),
             violations: self.violations.clone(),
             unstable_reads: self.unstable_reads,
+            multiwrite: self.multiwrite,
         }
     }
 }
@@ -141,7 +143,16 @@ impl<const W: usize, const E: usize> SimNor<W, E> {
             })),
             violations: Vec::new(),
             unstable_reads: true,
+            multiwrite: false,
         }
+    }
+
+    /// Lets a word be programmed again before its block is erased, as long as the program only
+    /// moves bits away from the erased value (off by default). Many SPI NOR parts allow this;
+    /// ECC flash does not. Sluicegate never needs it; the benchmark turns it on for
+    /// sequential-storage, whose queue marks popped items by programming their header again.
+    pub fn set_multiwrite(&mut self, on: bool) {
+        self.multiwrite = on;
     }
 
     /// Whether bits an interrupted program did not finish read differently from one read to
@@ -291,7 +302,7 @@ impl<const W: usize, const E: usize> NorFlash for SimNor<W, E> {
         self.counters.writes += 1;
         self.counters.bytes_written += bytes.len() as u64;
         for w in at / W..(at + bytes.len()) / W {
-            if self.programmed[w] {
+            if self.programmed[w] && !self.multiwrite {
                 self.violations.push(format!(
                     "word at {} programmed twice without an erase",
                     w * W

@@ -7,7 +7,10 @@
 //! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each;
 //! - `kill [--rounds N] [--seed S]`: SIGKILLs a process using a file channel, again and again;
 //! - `firmware [--boots N] [--seed S]`: builds the firmware example and runs it in QEMU
-//!   (installing qemu-system-arm, the target and defmt-print when missing).
+//!   (installing qemu-system-arm, the target and defmt-print when missing);
+//! - `bench [--full | --smoke] [--docs] [...]`: the benchmarks (`sluicegate-bench`; `bench
+//!   --help` lists its options); `bench --syncs` instead counts, under strace, the syncs each
+//!   system issues per commit (installing strace when missing).
 //!
 //! Everything it runs is printed before it runs, so a failure names its command.
 
@@ -59,8 +62,9 @@ fn main() -> ExitCode {
         "mutants" => mutants(),
         "kill" => kill(rest),
         "firmware" => firmware_cmd(rest),
+        "bench" => bench_cmd(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | firmware [--boots N] [--seed S] | fuzz [--seconds N] | mutants>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -319,6 +323,16 @@ fn ci() -> Result {
         "the firmware example in QEMU: {CI_FIRMWARE_BOOTS} boots, each ending in a power cut"
     ));
     firmware_cmd(&["--boots".to_string(), CI_FIRMWARE_BOOTS.to_string()])?;
+
+    step("benchmarks: every system syncs at every commit (counted with strace)");
+    bench_syncs()?;
+    step("benchmarks: a smoke run of every scenario, checking what each system returns");
+    // Figures from a shared CI machine mean nothing; `cargo xtask bench` measures.
+    bench_cmd(&[
+        "--smoke".to_string(),
+        "--out".to_string(),
+        "target/bench-smoke".to_string(),
+    ])?;
 
     step("planted bugs: the simulation must catch each one");
     mutants()?;
@@ -592,25 +606,124 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Installs qemu-system-arm through apt-get when it is missing (as root; otherwise says how).
 fn ensure_qemu() -> Result {
-    if output("qemu-system-arm", &["--version"]).is_some() {
-        println!("qemu-system-arm is installed");
+    ensure_apt("qemu-system-arm", &["--version"], "qemu-system-arm")
+}
+
+/// Installs a Debian package with apt-get (as root) when `program` does not run.
+fn ensure_apt(program: &str, probe: &[&str], package: &str) -> Result {
+    if output(program, probe).is_some() {
+        println!("{program} is installed");
         return Ok(());
     }
     let is_root = output("id", &["-u"]).is_some_and(|o| o.trim() == "0");
     if !is_root || output("apt-get", &["--version"]).is_none() {
-        return Err(
-            "qemu-system-arm is missing; install it (Debian and Ubuntu: `apt-get install qemu-system-arm`)"
-                .into(),
-        );
+        return Err(format!(
+            "{program} is missing; install it (Debian and Ubuntu: `apt-get install {package}`)"
+        ));
     }
-    println!("installing qemu-system-arm with apt-get");
+    println!("installing {package} with apt-get");
     let quiet = [("DEBIAN_FRONTEND", "noninteractive")];
     run("apt-get", &["update", "-q"], &quiet)?;
+    run("apt-get", &["install", "-y", "-q", package], &quiet)
+}
+
+/// `cargo xtask bench ARGS`: the benchmark binary, built for release, from the workspace root.
+fn bench_cmd(args: &[String]) -> Result {
+    if args.iter().any(|a| a == "--syncs") {
+        return bench_syncs();
+    }
+    let mut all = vec!["run", "--release", "-q", "-p", "sluicegate-bench", "--"];
+    all.extend(args.iter().map(|s| s.as_str()));
+    run("cargo", &all, &[])
+}
+
+/// The systems the benchmark compares, as `sluicegate-bench --probe-syncs` names them, and the
+/// control: the ceiling without its sync, which must count none, or the count proves nothing.
+const BENCH_SYSTEMS: [&str; 6] = [
+    "ceiling",
+    "sluicegate",
+    "queue-file",
+    "redb",
+    "sqlite",
+    "unsynced-control",
+];
+
+/// Counts, with strace, the sync calls each benchmarked system makes for N and for 2N put
+/// commits and as many take commits; fails unless each extra commit cost at least one sync.
+/// The difference cancels what opening and closing sync.
+fn bench_syncs() -> Result {
+    ensure_apt("strace", &["-V"], "strace")?;
     run(
-        "apt-get",
-        &["install", "-y", "-q", "qemu-system-arm"],
-        &quiet,
-    )
+        "cargo",
+        &["build", "--release", "-q", "-p", "sluicegate-bench"],
+        &[],
+    )?;
+    let bin = root().join("target/release/sluicegate-bench");
+    let dir = root().join("target/bench-syncs");
+    const N: u64 = 100;
+    println!(
+        "| system | sync calls, {N} + {N} commits | {} + {} commits | extra per extra commit |",
+        2 * N,
+        2 * N
+    );
+    println!("|---|--:|--:|--:|");
+    let mut failed = Vec::new();
+    for system in BENCH_SYSTEMS {
+        let count = |n: u64| -> Result<u64> {
+            let log = dir.with_extension(format!("{system}.strace"));
+            let status = Command::new("strace")
+                .args([
+                    "-f",
+                    "-c",
+                    "-e",
+                    "trace=fsync,fdatasync,msync,sync_file_range,syncfs",
+                    "-o",
+                ])
+                .arg(&log)
+                .arg(&bin)
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--probe-syncs", system, &n.to_string()])
+                .status()
+                .map_err(|e| format!("cannot run strace: {e}"))?;
+            if !status.success() {
+                return Err(format!("the sync probe of {system} failed ({status})"));
+            }
+            let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(&log);
+            Ok(strace_sync_calls(&text))
+        };
+        let (a, b) = (count(N)?, count(2 * N)?);
+        let per = b.saturating_sub(a) as f64 / (2 * N) as f64;
+        println!("| {system} | {a} | {b} | {per:.2} |");
+        let control = system == "unsynced-control";
+        if (per < 1.0) != control {
+            failed.push(system);
+        }
+    }
+    if failed.is_empty() {
+        println!("every system synced at least once per commit; the unsynced control did not");
+        Ok(())
+    } else {
+        Err(format!(
+            "fewer than one sync per commit (or, for the control, not fewer): {}",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// The total of the `calls` column of `strace -c`'s table for the sync system calls.
+fn strace_sync_calls(table: &str) -> u64 {
+    const SYNCS: [&str; 5] = ["fsync", "fdatasync", "msync", "sync_file_range", "syncfs"];
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = *f.last()?;
+            // "% time  seconds  usecs/call  calls  [errors]  syscall"
+            (SYNCS.contains(&name) && f.len() >= 5).then(|| f[3].parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// Installs defmt-print (the host side of defmt) when it is missing.

@@ -1,0 +1,671 @@
+//! The markdown report, the plot, and the machine they ran on.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use plotters::prelude::*;
+
+use crate::flash::{FlashResult, READING};
+use crate::recovery::RecoveryResults;
+use crate::scenarios::{Cell, Measured};
+use crate::systems::{Kind, Result};
+use crate::{CellResult, Plan};
+
+/// What the figures were measured on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub kernel: String,
+    pub disk: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Machine {
+    pub fn read(dir: &Path) -> Machine {
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let memory = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| format!("{:.0} GiB", kb as f64 / (1 << 20) as f64))
+            .unwrap_or_else(|| "unknown".into());
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // The mount holding the directory: the longest mount point it lies under.
+        let disk = read("/proc/mounts")
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), f[0], f[2], f[1]))
+            })
+            .max_by_key(|m| m.0)
+            .map(|(_, dev, fs, at)| format!("{fs} on {dev}, mounted at {at}"))
+            .unwrap_or_else(|| "unknown filesystem".into());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            disk,
+        }
+    }
+}
+
+/// Today's date (UTC) from the system clock.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// 12345.6 -> "12.3k".
+fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn size(b: usize) -> String {
+    if b >= 1024 && b.is_multiple_of(1024) {
+        format!("{} KiB", b / 1024)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn us(v: Option<u32>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v >= 10_000 => format!("{:.0} ms", v as f64 / 1e3),
+        Some(v) if v >= 1_000 => format!("{:.1} ms", v as f64 / 1e3),
+        Some(v) => format!("{v} µs"),
+    }
+}
+
+fn find(server: &[CellResult], cell: Cell, kind: Kind) -> Option<&CellResult> {
+    server.iter().find(|r| r.cell == cell && r.kind == kind)
+}
+
+fn cells_of(server: &[CellResult]) -> Vec<Cell> {
+    let mut v: Vec<Cell> = Vec::new();
+    for r in server {
+        if !v.contains(&r.cell) {
+            v.push(r.cell);
+        }
+    }
+    v
+}
+
+/// The figure a scenario is judged by: events per second (put and taken together when both run
+/// at once).
+fn figure(r: &CellResult, scenario: usize) -> f64 {
+    match scenario {
+        0 => r.put.events_per_sec(),
+        1 => r.take.events_per_sec(),
+        _ => r.both_put.events_per_sec() + r.both_take.events_per_sec(),
+    }
+}
+
+const SCENARIOS: [&str; 3] = ["put", "take", "put+take"];
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn best_peer(server: &[CellResult], cell: Cell, scenario: usize) -> Option<(Kind, f64)> {
+    Kind::PEERS
+        .into_iter()
+        .filter_map(|k| find(server, cell, k).map(|r| (k, figure(r, scenario))))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+pub fn markdown(
+    plan: &Plan,
+    machine: &Machine,
+    elapsed: Duration,
+    server: &[CellResult],
+    recovery: Option<&RecoveryResults>,
+    flash: &[FlashResult],
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "### A {} run, {} ({:.0} s)\n",
+        plan.mode,
+        today(),
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {}, {} cores seen, {} RAM, Linux {}; the systems wrote to {}.\n",
+        machine.cpu, machine.cores, machine.memory, machine.kernel, machine.disk
+    );
+    if !server.is_empty() {
+        server_tables(&mut o, plan, server);
+    }
+    if let Some(r) = recovery {
+        recovery_table(&mut o, r);
+    }
+    if !flash.is_empty() {
+        flash_table(&mut o, flash);
+    }
+    targets(&mut o, server, recovery, flash);
+    o
+}
+
+fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
+    let _ = writeln!(
+        o,
+        "#### Throughput, events per second\n\n\
+         Each figure is one run of {:.1} s (put, and put+take with as many consumers as \
+         producers) or the drain of everything the put run queued (take). `÷ ceiling` and \
+         `÷ best peer` are Sluicegate's figure divided by the ceiling's and by the best peer's \
+         in the same cell.\n",
+        plan.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | event | batch | threads | ceiling | sluicegate | ÷ ceiling | queue-file | redb | sqlite | ÷ best peer |"
+    );
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (s, name) in SCENARIOS.iter().enumerate() {
+        for cell in cells_of(server) {
+            let get = |k| find(server, cell, k).map(|r| figure(r, s));
+            let fmt = |v: Option<f64>| v.map_or("-".into(), rate);
+            let ours = get(Kind::Sluicegate).unwrap_or(0.0);
+            let ceiling = get(Kind::Ceiling).unwrap_or(0.0);
+            let best = best_peer(server, cell, s).map_or(0.0, |b| b.1);
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
+                size(cell.size),
+                cell.batch,
+                cell.threads,
+                fmt(get(Kind::Ceiling)),
+                rate(ours),
+                ratio(ours, ceiling),
+                fmt(get(Kind::QueueFile)),
+                fmt(get(Kind::Redb)),
+                fmt(get(Kind::Sqlite)),
+                ratio(ours, best)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n#### Put commit latency: p50 / p99 / p99.9\n\n\
+         From the put runs above: the time from the start of a transaction to its commit \
+         returning, durable.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for cell in cells_of(server) {
+        let lat = |k| {
+            find(server, cell, k).map_or("-".to_string(), |r| {
+                let m: &Measured = &r.put;
+                format!(
+                    "{} / {} / {}",
+                    us(m.percentile_us(0.5)),
+                    us(m.percentile_us(0.99)),
+                    us(m.percentile_us(0.999))
+                )
+            })
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            size(cell.size),
+            cell.batch,
+            cell.threads,
+            lat(Kind::Ceiling),
+            lat(Kind::Sluicegate),
+            lat(Kind::QueueFile),
+            lat(Kind::Redb),
+            lat(Kind::Sqlite)
+        );
+    }
+    o.push('\n');
+}
+
+fn recovery_table(o: &mut String, r: &RecoveryResults) {
+    let cache = if r.cold {
+        "with the page cache dropped before the sequential read and before the full replay"
+    } else {
+        "with a warm page cache (this process may not drop it)"
+    };
+    let _ = writeln!(
+        o,
+        "#### Recovery of {} queued events of {}\n\n\
+         Filled in {:.1} s (transactions of 1,000), closed, then opened three ways; the full \
+         replay ran {cache}.\n",
+        r.events,
+        size(r.event_bytes),
+        r.fill_secs
+    );
+    let _ = writeln!(
+        o,
+        "| open | time | segments replayed | records read | events |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|");
+    for (name, x) in [
+        ("from the checkpoint", r.from_checkpoint),
+        (
+            "from the backup (the newest checkpoint torn)",
+            r.from_backup,
+        ),
+        ("full replay (both checkpoints wiped)", r.full_replay),
+    ] {
+        let _ = writeln!(
+            o,
+            "| {name} | {:.3} s | {} | {} | {} |",
+            x.secs, x.segments_replayed, x.records_read, x.events
+        );
+    }
+    let record = crate::systems::put_commit_bytes(std::iter::once(r.event_bytes))
+        - crate::systems::commit_bytes(1);
+    let replay_rate = r.events as f64 * record as f64 / r.full_replay.secs.max(1e-9);
+    let _ = writeln!(
+        o,
+        "\nFull replay read the log at {:.0} MB/s of records; a sequential read of the log files \
+         ({:.0} MB in 1 MiB reads) ran at {:.0} MB/s: a ratio of {:.2}.\n",
+        replay_rate / 1e6,
+        r.log_bytes as f64 / 1e6,
+        r.sequential_read_bytes_per_sec / 1e6,
+        replay_rate / r.sequential_read_bytes_per_sec.max(1e-9)
+    );
+    let _ = writeln!(
+        o,
+        "RAM: the core's memory for this channel (capacity {} events, transactions of up to \
+         1,000, 4 at a time) is {} bytes; the whole process's heap grew by {} bytes while the \
+         channel was opened and filled: {:.2} bytes per queued event.\n",
+        r.capacity,
+        r.core_memory_bytes,
+        r.heap_bytes,
+        r.heap_bytes as f64 / r.events as f64
+    );
+    let _ = writeln!(
+        o,
+        "Checkpoint stall, with the {} events queued: a producer committing one {} event at a \
+         time for {:.1} s, and a probe taking the channel's lock every 200 µs (its wait is the \
+         stall any thread sees, without the producer's own `fdatasync`).\n",
+        r.events,
+        size(r.event_bytes),
+        r.quiet.secs
+    );
+    let _ = writeln!(
+        o,
+        "| background checkpoints | checkpoints written | commits | commit p50 / p99 / p99.9 | longest commit | lock waits | lock wait p99.9 | longest lock wait |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for (name, m, p, n) in [
+        ("off", &r.quiet, &r.quiet_probe, 0),
+        (
+            &*format!("every {} ms", r.stall_interval_ms),
+            &r.checkpointing,
+            &r.checkpointing_probe,
+            r.checkpoints_during,
+        ),
+    ] {
+        let _ = writeln!(
+            o,
+            "| {name} | {n} | {} | {} / {} / {} | {} | {} | {} | {} |",
+            m.commits,
+            us(m.percentile_us(0.5)),
+            us(m.percentile_us(0.99)),
+            us(m.percentile_us(0.999)),
+            us(m.percentile_us(1.0)),
+            p.commits,
+            us(p.percentile_us(0.999)),
+            us(p.percentile_us(1.0))
+        );
+    }
+    o.push('\n');
+}
+
+fn flash_table(o: &mut String, flash: &[FlashResult]) {
+    let _ = writeln!(
+        o,
+        "#### Flash: {} readings of 32 B through 80 KiB of simulated NOR (W25Q32JV timing)\n",
+        flash[0].readings
+    );
+    let _ = writeln!(
+        o,
+        "| system | programmed B per payload B | erases per payload MiB | reads / programs / erases per reading | modelled flash time per reading | RAM |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
+    for r in flash {
+        let (rd, pg, er) = r.ops_per_reading();
+        let _ = writeln!(
+            o,
+            "| {} | {:.2} | {:.0} | {:.1} / {:.2} / {:.3} | {:.0} µs | {} B |",
+            r.name,
+            r.programmed_per_payload_byte(),
+            r.erases_per_payload_mib(),
+            rd,
+            pg,
+            er,
+            r.busy_us_per_reading(),
+            r.ram_bytes
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nOperations per call (reads / programs / erases), checkpoints included in the commits \
+         that started them:\n"
+    );
+    let _ = writeln!(o, "| system | put | take | commit |");
+    let _ = writeln!(o, "|---|--:|--:|--:|");
+    for r in flash {
+        let f = |x: &crate::flash::Ops| {
+            if x.calls == 0 {
+                "-".to_string()
+            } else {
+                let (a, b, c) = x.per_call();
+                format!("{a:.1} / {b:.2} / {c:.3}")
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            r.name,
+            f(&r.put),
+            f(&r.take),
+            f(&r.commit)
+        );
+    }
+    o.push('\n');
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn targets(
+    o: &mut String,
+    server: &[CellResult],
+    recovery: Option<&RecoveryResults>,
+    flash: &[FlashResult],
+) {
+    let _ = writeln!(o, "#### Against the targets\n");
+    let _ = writeln!(o, "| target | measured | |");
+    let _ = writeln!(o, "|---|---|---|");
+    let at = |batch, threads| Cell {
+        size: 1024,
+        batch,
+        threads,
+    };
+    if let (Some(ours), Some(ceiling)) = (
+        find(server, at(100, 1), Kind::Sluicegate),
+        find(server, at(100, 1), Kind::Ceiling),
+    ) {
+        let a = figure(ours, 0);
+        let c = figure(ceiling, 0);
+        let _ = writeln!(
+            o,
+            "| put, 1 KiB, batch 100: ≥ 0.8 × ceiling | {:.2} × | {} |",
+            a / c,
+            verdict(a >= 0.8 * c)
+        );
+        if let Some((k, b)) = best_peer(server, at(100, 1), 0) {
+            let _ = writeln!(
+                o,
+                "| put, 1 KiB, batch 100: ≥ 2 × best peer | {:.2} × {} | {} |",
+                a / b,
+                k.name(),
+                verdict(a >= 2.0 * b)
+            );
+        }
+    }
+    if let (Some(one), Some(eight)) = (
+        find(server, at(1, 1), Kind::Sluicegate),
+        find(server, at(1, 8), Kind::Sluicegate),
+    ) {
+        let r = eight.put.commits_per_sec() / one.put.commits_per_sec().max(1e-9);
+        let _ = writeln!(
+            o,
+            "| put, 1 KiB, batch 1: 8 producers ≥ 4 × the commits/s of 1 | {r:.2} × ({} against {} commits/s) | {} |",
+            rate(eight.put.commits_per_sec()),
+            rate(one.put.commits_per_sec()),
+            verdict(r >= 4.0)
+        );
+    }
+    if let Some(r) = recovery {
+        let _ = writeln!(
+            o,
+            "| recovery from a checkpoint of 1,000,000 events < 0.5 s | {:.3} s for {} events | {} |",
+            r.from_checkpoint.secs,
+            r.events,
+            if r.events >= 1_000_000 {
+                verdict(r.from_checkpoint.secs < 0.5)
+            } else {
+                "not judged (quick mode)"
+            }
+        );
+        let longest = r.checkpointing.percentile_us(1.0).unwrap_or(0);
+        let quiet = r.quiet.percentile_us(1.0).unwrap_or(0);
+        let lock = r.checkpointing_probe.percentile_us(1.0).unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "| longest producer stall during a checkpoint ≤ 10 ms | longest lock wait {} with {} checkpoints of {} events; longest commit {} (without checkpoints: {}) | lock wait {}, commit {} |",
+            us(Some(lock)),
+            r.checkpoints_during,
+            r.events,
+            us(Some(longest)),
+            us(Some(quiet)),
+            verdict(lock <= 10_000 && r.checkpoints_during > 0),
+            verdict(longest <= 10_000 && r.checkpoints_during > 0)
+        );
+        let per = r.heap_bytes as f64 / r.events as f64;
+        let _ = writeln!(
+            o,
+            "| RAM ≤ 8 bytes per queued event | {per:.2} bytes | {} |",
+            verdict(per <= 8.0)
+        );
+    }
+    // Sequential-storage's best figure of its two configurations, for each measure.
+    let seq: Vec<&FlashResult> = flash
+        .iter()
+        .filter(|r| r.name.starts_with("sequential"))
+        .collect();
+    let ops = |r: &FlashResult| {
+        let (a, b, c) = r.ops_per_reading();
+        a + b + c
+    };
+    let seq_bytes = seq
+        .iter()
+        .map(|r| r.programmed_per_payload_byte() * READING as f64)
+        .reduce(f64::min);
+    let seq_ops = seq.iter().map(|r| ops(r)).reduce(f64::min);
+    if let (Some(seq_bytes), Some(seq_ops)) = (seq_bytes, seq_ops) {
+        for ours in flash.iter().filter(|r| r.name.starts_with("sluicegate")) {
+            let bytes = ours.programmed_per_payload_byte() * READING as f64;
+            let _ = writeln!(
+                o,
+                "| flash ({}): fewer bytes programmed and fewer operations per reading than sequential-storage (its better configuration for each) | {bytes:.1} against {seq_bytes:.1} B; {:.2} against {seq_ops:.2} operations | {} |",
+                ours.name,
+                ops(ours),
+                verdict(bytes < seq_bytes && ops(ours) < seq_ops)
+            );
+        }
+    }
+    o.push('\n');
+}
+
+/// Replaces what lies between the results markers of the docs page.
+pub fn into_docs(path: &Path, text: &str) -> Result<()> {
+    const BEGIN: &str = "<!-- results:begin -->";
+    const END: &str = "<!-- results:end -->";
+    let page = std::fs::read_to_string(path)?;
+    let (Some(b), Some(e)) = (page.find(BEGIN), page.find(END)) else {
+        return Err(format!("{} has no {BEGIN} ... {END} markers", path.display()).into());
+    };
+    let new = format!(
+        "{}{BEGIN}\n\n{text}\n![Put throughput against batch size](benchmarks-throughput.png)\n\n{}",
+        &page[..b],
+        &page[e..]
+    );
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// Put throughput against batch size, one panel per thread count, for the largest event size
+/// not above 1 KiB that was run (1 KiB in the quick and full modes).
+pub fn plot(server: &[CellResult], png: &Path) -> Result<()> {
+    plotters::style::register_font(
+        "sans-serif",
+        plotters::style::FontStyle::Normal,
+        dejavu::sans::regular(),
+    )
+    .map_err(|_| "the embedded font did not load")?;
+    let cells = cells_of(server);
+    let size = cells
+        .iter()
+        .map(|c| c.size)
+        .filter(|&s| s <= 1024)
+        .max()
+        .unwrap_or(cells[0].size);
+    let mut threads: Vec<usize> = cells.iter().map(|c| c.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let root = BitMapBackend::new(png, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, threads.len()));
+    let (lo, hi) = server
+        .iter()
+        .filter(|r| r.cell.size == size)
+        .map(|r| r.put.events_per_sec())
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let colors = [BLACK, RED, BLUE, GREEN, MAGENTA];
+    for (panel, &t) in panels.iter().zip(&threads) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("put, {} events, {t} thread(s)", size_label(size)),
+                ("sans-serif", 22),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                (0.8f64..1250f64).log_scale(),
+                ((lo / 1.5).max(1.0)..hi * 1.5).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("events per commit (batch)")
+            .y_desc("events per second")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| rate(*v))
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let mut pts: Vec<(f64, f64)> = server
+                .iter()
+                .filter(|r| r.kind == kind && r.cell.size == size && r.cell.threads == t)
+                .map(|r| (r.cell.batch as f64, r.put.events_per_sec().max(1.0)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = colors[i % colors.len()];
+            let width = if kind == Kind::Sluicegate { 3 } else { 2 };
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
+                .label(kind.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+                });
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn size_label(b: usize) -> String {
+    size(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_sizes_read_as_people_write_them() {
+        assert_eq!(rate(950.0), "950");
+        assert_eq!(rate(7_600.0), "7.6k");
+        assert_eq!(rate(233_000.0), "233k");
+        assert_eq!(rate(1_240_000.0), "1.24M");
+        assert_eq!(size(100), "100 B");
+        assert_eq!(size(16384), "16 KiB");
+        assert_eq!(us(Some(132)), "132 µs");
+        assert_eq!(us(Some(2_300)), "2.3 ms");
+        assert_eq!(us(Some(94_000)), "94 ms");
+    }
+
+    #[test]
+    fn results_replace_only_what_lies_between_the_markers() {
+        let dir = std::env::temp_dir().join(format!("sg-bench-docs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let page = dir.join("benchmarks.md");
+        std::fs::write(
+            &page,
+            "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n",
+        )
+        .unwrap();
+        into_docs(&page, "new table\n").unwrap();
+        into_docs(&page, "newer table\n").unwrap();
+        let text = std::fs::read_to_string(&page).unwrap();
+        assert!(text.starts_with("intro\n<!-- results:begin -->\n"));
+        assert!(text.contains("newer table"));
+        assert!(!text.contains("old") && !text.contains("new table"));
+        assert!(text.ends_with("<!-- results:end -->\noutro\n"));
+        std::fs::write(&page, "no markers").unwrap();
+        assert!(into_docs(&page, "x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

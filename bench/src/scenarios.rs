@@ -1,0 +1,290 @@
+//! Whole scenarios timed on the server: put-only, take-only (draining what put-only put) and
+//! concurrent put and take, for one cell of the matrix (event size, batch, threads).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::systems::{Result, System};
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell {
+    pub size: usize,
+    pub batch: usize,
+    pub threads: usize,
+}
+
+/// What one timed run did.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub events: u64,
+    pub commits: u64,
+    pub secs: f64,
+    /// Commit latencies in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    pub fn events_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.events as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    pub fn commits_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.commits as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The latency below which `p` (0 to 1) of the commits finished, in microseconds.
+    pub fn percentile_us(&self, p: f64) -> Option<u32> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize)
+            .clamp(1, self.latencies_us.len());
+        Some(self.latencies_us[i - 1])
+    }
+
+    fn merge(parts: Vec<(u64, u64, Vec<u32>)>, secs: f64) -> Measured {
+        let mut m = Measured {
+            secs,
+            ..Measured::default()
+        };
+        for (events, commits, lat) in parts {
+            m.events += events;
+            m.commits += commits;
+            m.latencies_us.extend(lat);
+        }
+        m.latencies_us.sort_unstable();
+        m
+    }
+}
+
+/// Event bodies: distinct bytes per event so no layer can compress or deduplicate them.
+pub fn bodies(cell: Cell, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    (0..cell.batch)
+        .map(|_| {
+            (0..cell.size)
+                .map(|_| {
+                    // xorshift64
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// `cell.threads` producers put batches until `duration` has passed or `max_events` are in.
+pub fn put_only(
+    sys: &dyn System,
+    cell: Cell,
+    duration: Duration,
+    max_events: u64,
+) -> Result<Measured> {
+    let reserved = AtomicU64::new(0);
+    let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
+    let start = Instant::now();
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cell.threads)
+            .map(|t| {
+                let (reserved, failed) = (&reserved, &failed);
+                s.spawn(move || {
+                    let owned = bodies(cell, 0x9E37_79B9 + t as u64);
+                    let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
+                    let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
+                    while start.elapsed() < duration {
+                        if reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= max_events {
+                            break;
+                        }
+                        let t0 = Instant::now();
+                        if let Err(e) = sys.put(&batch) {
+                            *failed.lock().unwrap() = Some(e);
+                            break;
+                        }
+                        lat.push(micros(t0.elapsed()));
+                        events += cell.batch as u64;
+                        commits += 1;
+                    }
+                    (events, commits, lat)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(Measured::merge(parts, secs))
+}
+
+/// `cell.threads` consumers take batches until exactly `total` events are out. Every take must
+/// deliver what it asked for and every event must be `cell.size` bytes: the queue holds them.
+pub fn take_only(sys: &dyn System, cell: Cell, total: u64, check_sizes: bool) -> Result<Measured> {
+    let left = AtomicU64::new(total);
+    let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
+    let start = Instant::now();
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cell.threads)
+            .map(|_| {
+                let (left, failed) = (&left, &failed);
+                s.spawn(move || {
+                    let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
+                    let reserve = || {
+                        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                            (l > 0).then(|| l - l.min(cell.batch as u64))
+                        })
+                    };
+                    while let Ok(l) = reserve() {
+                        let want = l.min(cell.batch as u64) as usize;
+                        let t0 = Instant::now();
+                        match sys.take(want) {
+                            Ok((got, bytes))
+                                if got == want && (!check_sizes || bytes == got * cell.size) => {}
+                            Ok((got, bytes)) => {
+                                *failed.lock().unwrap() = Some(
+                                    format!("asked for {want} events, got {got} of {bytes} bytes")
+                                        .into(),
+                                );
+                                break;
+                            }
+                            Err(e) => {
+                                *failed.lock().unwrap() = Some(e);
+                                break;
+                            }
+                        }
+                        lat.push(micros(t0.elapsed()));
+                        events += want as u64;
+                        commits += 1;
+                    }
+                    (events, commits, lat)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(Measured::merge(parts, secs))
+}
+
+/// `cell.threads` producers and as many consumers at once for `duration`; producers stop early
+/// once `max_events` are in. Returns what the producers put and what the consumers took.
+pub fn concurrent(
+    sys: &dyn System,
+    cell: Cell,
+    duration: Duration,
+    max_events: u64,
+) -> Result<(Measured, Measured)> {
+    let stop = AtomicBool::new(false);
+    let reserved = AtomicU64::new(0);
+    let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
+    let start = Instant::now();
+    let (puts, takes): (Vec<_>, Vec<_>) = std::thread::scope(|s| {
+        let mut producers = Vec::new();
+        let mut consumers = Vec::new();
+        for t in 0..cell.threads {
+            let (stop, failed, reserved) = (&stop, &failed, &reserved);
+            producers.push(s.spawn(move || {
+                let owned = bodies(cell, 0x5151 + t as u64);
+                let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
+                let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
+                while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+                    if reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= max_events {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    if let Err(e) = sys.put(&batch) {
+                        *failed.lock().unwrap() = Some(e);
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    lat.push(micros(t0.elapsed()));
+                    events += cell.batch as u64;
+                    commits += 1;
+                }
+                (events, commits, lat)
+            }));
+            consumers.push(s.spawn(move || {
+                let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
+                while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    match sys.take(cell.batch) {
+                        Ok((0, _)) => std::thread::yield_now(),
+                        Ok((got, _)) => {
+                            lat.push(micros(t0.elapsed()));
+                            events += got as u64;
+                            commits += 1;
+                        }
+                        Err(e) => {
+                            *failed.lock().unwrap() = Some(e);
+                            stop.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                (events, commits, lat)
+            }));
+        }
+        (
+            producers.into_iter().map(|h| h.join().unwrap()).collect(),
+            consumers.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
+    });
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok((Measured::merge(puts, secs), Measured::merge(takes, secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let m = Measured {
+            latencies_us: (1..=1000).collect(),
+            ..Measured::default()
+        };
+        assert_eq!(m.percentile_us(0.5), Some(500));
+        assert_eq!(m.percentile_us(0.99), Some(990));
+        assert_eq!(m.percentile_us(0.999), Some(999));
+        assert_eq!(m.percentile_us(1.0), Some(1000));
+        assert_eq!(Measured::default().percentile_us(0.5), None);
+    }
+
+    #[test]
+    fn bodies_differ_from_event_to_event() {
+        let b = bodies(
+            Cell {
+                size: 64,
+                batch: 3,
+                threads: 1,
+            },
+            1,
+        );
+        assert_eq!(b.len(), 3);
+        assert!(b.iter().all(|e| e.len() == 64));
+        assert_ne!(b[0], b[1]);
+        assert_ne!(b[1], b[2]);
+    }
+}
