@@ -85,6 +85,14 @@ pub fn bodies(cell: Cell, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The error a thread of a run met, if one did (the run stops at the first).
+fn first_failure(failed: Mutex<Option<crate::systems::Error>>) -> Result<()> {
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }
@@ -127,9 +135,7 @@ pub fn put_only(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let secs = start.elapsed().as_secs_f64();
-    if let Some(e) = failed.into_inner().unwrap() {
-        return Err(e);
-    }
+    first_failure(failed)?;
     Ok(Measured::merge(parts, secs))
 }
 
@@ -179,9 +185,7 @@ pub fn take_only(sys: &dyn System, cell: Cell, total: u64, check_sizes: bool) ->
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let secs = start.elapsed().as_secs_f64();
-    if let Some(e) = failed.into_inner().unwrap() {
-        return Err(e);
-    }
+    first_failure(failed)?;
     Ok(Measured::merge(parts, secs))
 }
 
@@ -249,9 +253,7 @@ pub fn concurrent(
         )
     });
     let secs = start.elapsed().as_secs_f64();
-    if let Some(e) = failed.into_inner().unwrap() {
-        return Err(e);
-    }
+    first_failure(failed)?;
     Ok((Measured::merge(puts, secs), Measured::merge(takes, secs)))
 }
 
