@@ -42,7 +42,6 @@ mod log;
 mod queue;
 pub mod record;
 mod recovery;
-pub mod seal;
 pub mod storage;
 
 pub use channel::{Channel, Stats, SyncMark, Txn};
@@ -50,5 +49,4 @@ pub use config::{Config, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS};
 pub use error::{ConfigError, Error};
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};
-pub use seal::{Key, KeyId, KeyProvider, NoKeys, StaticKeys};
 pub use storage::{ErrorType, Region, Storage, StorageError, StorageErrorKind};
