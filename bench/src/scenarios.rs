@@ -104,39 +104,63 @@ pub fn put_only(
     duration: Duration,
     max_events: u64,
 ) -> Result<Measured> {
-    let reserved = AtomicU64::new(0);
-    let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
-    let start = Instant::now();
+    let (reserved, failed, stop) = (AtomicU64::new(0), Mutex::new(None), AtomicBool::new(false));
+    let run = Producing {
+        start: Instant::now(),
+        duration,
+        max_events,
+        reserved: &reserved,
+        failed: &failed,
+        stop: &stop,
+    };
     let parts: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cell.threads)
             .map(|t| {
-                let (reserved, failed) = (&reserved, &failed);
-                s.spawn(move || {
-                    let owned = bodies(cell, 0x9E37_79B9 + t as u64);
-                    let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
-                    let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
-                    while start.elapsed() < duration {
-                        if reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= max_events {
-                            break;
-                        }
-                        let t0 = Instant::now();
-                        if let Err(e) = sys.put(&batch) {
-                            *failed.lock().unwrap() = Some(e);
-                            break;
-                        }
-                        lat.push(micros(t0.elapsed()));
-                        events += cell.batch as u64;
-                        commits += 1;
-                    }
-                    (events, commits, lat)
-                })
+                let run = &run;
+                s.spawn(move || produce(sys, cell, 0x9E37_79B9 + t as u64, run))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let secs = start.elapsed().as_secs_f64();
+    let secs = run.start.elapsed().as_secs_f64();
     first_failure(failed)?;
     Ok(Measured::merge(parts, secs))
+}
+
+/// What the producers of a timed run share.
+struct Producing<'a> {
+    start: Instant,
+    duration: Duration,
+    max_events: u64,
+    /// Events claimed so far, across producers.
+    reserved: &'a AtomicU64,
+    /// The first error a thread met.
+    failed: &'a Mutex<Option<crate::systems::Error>>,
+    /// Set on the first error, so every thread stops.
+    stop: &'a AtomicBool,
+}
+
+/// One producer: puts batches (bodies seeded by `seed`) until the run's time is up, its events
+/// are all claimed, or a thread failed. Returns its events, commits and commit latencies.
+fn produce(sys: &dyn System, cell: Cell, seed: u64, run: &Producing<'_>) -> (u64, u64, Vec<u32>) {
+    let owned = bodies(cell, seed);
+    let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
+    let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
+    while run.start.elapsed() < run.duration && !run.stop.load(Ordering::Relaxed) {
+        if run.reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= run.max_events {
+            break;
+        }
+        let t0 = Instant::now();
+        if let Err(e) = sys.put(&batch) {
+            *run.failed.lock().unwrap() = Some(e);
+            run.stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        lat.push(micros(t0.elapsed()));
+        events += cell.batch as u64;
+        commits += 1;
+    }
+    (events, commits, lat)
 }
 
 /// `cell.threads` consumers take batches until exactly `total` events are out. Every take must
@@ -197,35 +221,22 @@ pub fn concurrent(
     duration: Duration,
     max_events: u64,
 ) -> Result<(Measured, Measured)> {
-    let stop = AtomicBool::new(false);
-    let reserved = AtomicU64::new(0);
-    let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
-    let start = Instant::now();
+    let (reserved, failed, stop) = (AtomicU64::new(0), Mutex::new(None), AtomicBool::new(false));
+    let run = Producing {
+        start: Instant::now(),
+        duration,
+        max_events,
+        reserved: &reserved,
+        failed: &failed,
+        stop: &stop,
+    };
+    let start = run.start;
     let (puts, takes): (Vec<_>, Vec<_>) = std::thread::scope(|s| {
         let mut producers = Vec::new();
         let mut consumers = Vec::new();
         for t in 0..cell.threads {
-            let (stop, failed, reserved) = (&stop, &failed, &reserved);
-            producers.push(s.spawn(move || {
-                let owned = bodies(cell, 0x5151 + t as u64);
-                let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
-                let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
-                while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
-                    if reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= max_events {
-                        break;
-                    }
-                    let t0 = Instant::now();
-                    if let Err(e) = sys.put(&batch) {
-                        *failed.lock().unwrap() = Some(e);
-                        stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    lat.push(micros(t0.elapsed()));
-                    events += cell.batch as u64;
-                    commits += 1;
-                }
-                (events, commits, lat)
-            }));
+            let (run, stop, failed) = (&run, &stop, &failed);
+            producers.push(s.spawn(move || produce(sys, cell, 0x5151 + t as u64, run)));
             consumers.push(s.spawn(move || {
                 let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
                 while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {

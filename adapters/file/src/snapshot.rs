@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use sluicegate_core::{ErrorType, Region, Storage};
 
 use crate::dirs::{lock_existing, DirLock, DirRole};
-use crate::storage::{segment_name, FileError, Layout};
+use crate::storage::{segment_name, FileError, FileStorage, Layout};
 
 const PAGE: u64 = 4096;
 
@@ -218,9 +218,10 @@ impl ErrorType for SnapshotStorage {
 }
 
 impl Storage for SnapshotStorage {
-    const READ_SIZE: usize = 1;
-    const WRITE_SIZE: usize = 8;
-    const ERASE_SIZE: usize = 4096;
+    // The geometry of the files it views: recovery must lay out records exactly as it does there.
+    const READ_SIZE: usize = <FileStorage as Storage>::READ_SIZE;
+    const WRITE_SIZE: usize = <FileStorage as Storage>::WRITE_SIZE;
+    const ERASE_SIZE: usize = <FileStorage as Storage>::ERASE_SIZE;
 
     fn capacity(&self, region: Region) -> u64 {
         match region {
