@@ -103,10 +103,8 @@ fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
         .truncate(false)
         .open(&lock_path)
         .map_err(|e| FileError::io("open the lock file", &lock_path, e))?;
-    if file.try_lock().is_err() {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = holder.trim();
+    if !lock_with_patience(&file) {
+        let holder = lock_holder(&file);
         let who = if holder.is_empty() {
             "another process".to_string()
         } else {
@@ -124,6 +122,36 @@ fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
         .and_then(|_| writeln!(file, "{}", std::process::id()))
         .map_err(|e| FileError::io("write the lock file", &lock_path, e))?;
     Ok(DirLock { _file: file })
+}
+
+/// Tries the lock; if the lock file names this very process, waits up to two seconds for it.
+///
+/// A `flock` belongs to the open file description, and a child this process forks (any thread's
+/// `Command::spawn`) shares that description until it execs and its close-on-exec descriptors go.
+/// So a channel closed and reopened in one process can, for that instant, find its own old lock
+/// still held. Another process's lock is reported at once.
+fn lock_with_patience(file: &File) -> bool {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+    let start = std::time::Instant::now();
+    loop {
+        if file.try_lock().is_ok() {
+            return true;
+        }
+        let ours = lock_holder(file) == std::process::id().to_string();
+        if !ours || start.elapsed() >= PATIENCE {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The process id written in the lock file by its holder, or "" if it cannot be read.
+fn lock_holder(mut file: &File) -> String {
+    let mut holder = String::new();
+    if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_string(&mut holder).is_err() {
+        holder.clear();
+    }
+    holder.trim().to_string()
 }
 
 /// Checks the directory's format file, or writes one into a directory that has none and holds
@@ -193,4 +221,39 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FileError::io("sync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of our own lock's descriptor (what a forked child holds until it execs) delays a
+    /// reopen in this process instead of failing it.
+    #[test]
+    fn own_lock_held_by_a_forked_copy_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = take_lock(dir.path()).unwrap();
+        let child_copy = first._file.try_clone().unwrap();
+        drop(first);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(child_copy);
+        });
+        let second = take_lock(dir.path());
+        releaser.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+    }
+
+    /// A lock held under another pid is refused at once, naming that pid.
+    #[test]
+    fn another_process_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = take_lock(dir.path()).unwrap();
+        let mut f = &first._file;
+        f.set_len(0).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        writeln!(f, "1").unwrap();
+        let err = take_lock(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("process 1 holds the lock"), "{err}");
+    }
 }

@@ -77,8 +77,8 @@ fn channel_over_files_survives_reopen() {
     }
 }
 
-/// A second storage on the same directories fails at once, naming the lock file and the pid
-/// that holds it.
+/// A second storage on the same directories fails (after the two seconds' patience given to our
+/// own pid), naming the lock file and the pid that holds it.
 #[test]
 fn second_open_fails_naming_the_lock_and_pid() {
     let root = tempfile::tempdir().unwrap();
