@@ -122,7 +122,7 @@ fn tear_newest(slots: &[PathBuf; 2]) -> Result<()> {
         (None, Some(b)) => (&slots[1], b),
         (None, None) => return Err("neither slot holds a checkpoint".into()),
     };
-    let l = SlotLayout::new(s.max_entries, 8);
+    let l = SlotLayout::new(s.max_entries, 8, s.sealed());
     zero(path, l.complete_at, (l.end - l.complete_at) as usize)
 }
 

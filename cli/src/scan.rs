@@ -22,8 +22,10 @@ use serde::Serialize;
 use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES, STARTED_BYTES};
 use sluicegate_core::record::{
     align_up, Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES,
-    CRC32C, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_HEADER_BYTES,
+    CRC32C, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
+    SEGMENT_HEADER_BYTES,
 };
+use sluicegate_core::seal::TAG_BYTES;
 use sluicegate_core::{Region, Storage};
 use sluicegate_file::{FileError, SnapshotStorage};
 
@@ -126,6 +128,8 @@ pub struct SlotInfo {
     pub replay_wid: Option<u64>,
     /// True for the newest valid checkpoint.
     pub newest: bool,
+    /// True if the entries are sealed (encrypted).
+    pub sealed: bool,
 }
 
 /// Everything the scan found.
@@ -166,6 +170,7 @@ fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::Put => "put",
         RecordKind::PutCommit => "put-commit",
         RecordKind::TakeCommit => "take-commit",
+        RecordKind::Seal => "seal",
     }
 }
 
@@ -400,7 +405,10 @@ pub fn scan(
                 }
                 match rd.record_at(slot, seq, at, h.max_payload, &mut payload)? {
                     Some(r) if r.wid_delta as u64 == index => {
-                        let info = record_info(slot, seq, at, wid, &r, &payload, n, seg_bytes);
+                        let sealed = h.flags & SEGMENT_FLAG_SEALED != 0;
+                        let info = record_info(
+                            slot, seq, at, wid, &r, &payload, n, seg_bytes, sealed, index,
+                        );
                         match &info {
                             Ok(info) => {
                                 let seg = &mut out.segments[slot];
@@ -414,6 +422,7 @@ pub fn scan(
                                         });
                                     }
                                     "put-commit" => seg.put_commits += 1,
+                                    "seal" => {}
                                     _ => seg.take_commits += 1,
                                 }
                                 out.records += 1;
@@ -550,6 +559,8 @@ fn record_info(
     payload: &[u8],
     segments: usize,
     seg_bytes: u64,
+    sealed: bool,
+    index: u64,
 ) -> Result<RecordInfo, String> {
     let kind = RecordKind::from_u8(h.kind).ok_or_else(|| {
         format!(
@@ -569,6 +580,26 @@ fn record_info(
         pointers: Vec::new(),
         body: None,
     };
+    if (kind == RecordKind::Seal) != (sealed && index == 0) {
+        return Err("intact seal record out of place (recovery refuses it)".into());
+    }
+    if kind == RecordKind::Seal {
+        let key = u16::from_le_bytes([payload[0], payload[1]]);
+        info.body = Some(format!("key {key}"));
+        return Ok(info);
+    }
+    if sealed {
+        // Without the key the text is opaque; its CRC still proves it intact.
+        let text = payload.len().saturating_sub(TAG_BYTES);
+        if kind != RecordKind::Put
+            && (text < COMMIT_PREFIX_BYTES
+                || !(text - COMMIT_PREFIX_BYTES).is_multiple_of(POINTER_BYTES))
+        {
+            return Err("intact commit record of a malformed length (recovery refuses it)".into());
+        }
+        info.body = Some(format!("(sealed, {text} bytes)"));
+        return Ok(info);
+    }
     if kind == RecordKind::Put {
         info.body = Some(escape(payload, 64));
         return Ok(info);
@@ -630,7 +661,11 @@ pub fn slot_entries(st: &mut SnapshotStorage, slot: &SlotInfo) -> Result<Vec<Poi
     let (Some(n), Some(max)) = (slot.entries, slot.max_entries) else {
         return Ok(Vec::new());
     };
-    let layout = SlotLayout::new(max, ALIGN);
+    if slot.sealed {
+        // The entries are ciphertext; listing them needs the key.
+        return Ok(Vec::new());
+    }
+    let layout = SlotLayout::new(max, ALIGN, false);
     let mut raw = vec![0u8; (n * POINTER_BYTES as u64) as usize];
     st.read(region, layout.entries_at, &mut raw)?;
     Ok(raw
@@ -655,6 +690,7 @@ fn read_slot(st: &mut SnapshotStorage, region: Region) -> Result<SlotInfo, FileE
         replay_offset: None,
         replay_wid: None,
         newest: false,
+        sealed: false,
     };
     if info.file.is_none() {
         return Ok(info);
@@ -682,7 +718,8 @@ fn read_slot(st: &mut SnapshotStorage, region: Region) -> Result<SlotInfo, FileE
     info.replay_offset = Some(started.from.offset);
     info.replay_wid = Some(started.from.wid);
     info.state = "incomplete";
-    let layout = SlotLayout::new(started.max_entries, ALIGN);
+    info.sealed = started.sealed();
+    let layout = SlotLayout::new(started.max_entries, ALIGN, started.sealed());
     if layout.end > st.capacity(region) {
         return Ok(info);
     }
@@ -697,7 +734,12 @@ fn read_slot(st: &mut SnapshotStorage, region: Region) -> Result<SlotInfo, FileE
     let mut digest = CRC32C.digest();
     let mut buf = vec![0u8; 64 * 1024];
     let mut done = 0u64;
-    let total = c.entries * POINTER_BYTES as u64;
+    let total = c.entries * POINTER_BYTES as u64
+        + if started.sealed() {
+            TAG_BYTES as u64
+        } else {
+            0
+        };
     while done < total {
         let k = (total - done).min(buf.len() as u64) as usize;
         st.read(region, layout.entries_at + done, &mut buf[..k])?;

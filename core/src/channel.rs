@@ -16,12 +16,15 @@ use crate::checkpoint::{Checkpoints, SlotLayout};
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
+use crate::log::{read_segment_header, stream_payload};
 use crate::queue::Queue;
 use crate::record::{
-    align_up, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES, POINTER_BYTES,
-    RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+    align_up, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck, SegmentHeader,
+    COMMIT_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
+    SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
 };
 use crate::recovery::Recovery;
+use crate::seal::{nonce, Domain, Key, KeyId, KeyProvider, NoKeys, Sealer, SALT_BYTES, TAG_BYTES};
 use crate::storage::{Region, Storage, StorageError, StorageErrorKind};
 
 /// A handle on an open transaction. It is only a number: the state lives in the channel.
@@ -87,6 +90,10 @@ pub struct Stats {
     pub checkpoint_failures: u64,
     /// True while a checkpoint is being written.
     pub checkpoint_in_progress: bool,
+    /// Sealed records whose CRC held but whose authentication tag did not: the ciphertext was
+    /// altered on purpose (a random error fails the CRC first). Such an event is never
+    /// delivered; it is also counted in `corrupt_events_skipped`.
+    pub authentication_failures: u64,
 }
 
 const STATE_FREE: u8 = 0;
@@ -157,16 +164,38 @@ enum Body<'a> {
 /// Why an event could not be read for a take.
 enum ReadFail<E> {
     Storage(E),
+    /// The segment's key is missing or wrong.
+    Key(Error<E>),
     Corrupt,
     TooSmall(usize),
     TooLarge(usize),
 }
 
+/// The key and salt of a sealed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegSeal {
+    pub key: KeyId,
+    pub salt: [u8; SALT_BYTES],
+}
+
+/// How the records of a segment are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegKeys {
+    Plain,
+    Sealed(SegSeal),
+    /// The segment's header or seal record is unreadable: none of its records can be trusted.
+    Broken,
+}
+
+/// Segments whose keys are remembered for reads.
+const SEAL_CACHE: usize = 4;
+
 /// A durable, transactional FIFO of events over a [`Storage`].
 ///
 /// `M` is the caller's memory, [`Config::memory_words`] `u64` words: a `&mut [u64]` (a static
-/// array on firmware) or a `Vec<u64>` on a server.
-pub struct Channel<S: Storage, M> {
+/// array on firmware) or a `Vec<u64>` on a server. `K` gives the keys when the log is
+/// encrypted ([`Channel::open_with_keys`]); the default, [`NoKeys`], writes plaintext.
+pub struct Channel<S: Storage, M, K = NoKeys> {
     pub(crate) storage: S,
     pub(crate) memory: M,
     pub(crate) config: Config,
@@ -194,18 +223,46 @@ pub struct Channel<S: Storage, M> {
     pub(crate) stats: Stats,
     pub(crate) recovery: Recovery,
     pub(crate) ckpt: Checkpoints,
+    pub(crate) keys: K,
+    /// The key this run seals with (the provider's active key when the channel opened).
+    pub(crate) sealing: Option<KeyId>,
+    /// The key and salt of the segment being written, if it is sealed.
+    write_seal: Option<SegSeal>,
+    seal_cache: [Option<(u64, SegKeys)>; SEAL_CACHE],
+    seal_cache_next: usize,
+    /// Keys that opened at least one segment at open: a seal record that fails one of these
+    /// was altered, not sealed with another key.
+    pub(crate) proven_keys: [Option<KeyId>; 8],
 }
 
-impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M, NoKeys> {
+    /// Opens a plaintext channel: [`Channel::open_with_keys`] without keys. A log that holds
+    /// sealed segments is refused with [`Error::KeyMissing`].
+    pub fn open(storage: S, memory: M, config: Config) -> Result<Self, Error<S::Error>> {
+        Self::open_with_keys(storage, memory, config, NoKeys)
+    }
+}
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Opens a channel: checks the configuration against the storage and replays the log.
     /// [`Channel::recovery`] tells what replay did.
+    ///
+    /// With an active key in `keys`, every segment and checkpoint this run writes is sealed
+    /// with it (see docs/guarantees.md). Segments and checkpoints already on the medium are
+    /// read with the key they name, which `keys` must have: a missing key is
+    /// [`Error::KeyMissing`], a key that does not match is [`Error::WrongKey`].
     ///
     /// Opening writes to the log never; the run's first write starts a new segment. With
     /// checkpoints on, an open that replayed log written after the last checkpoint then writes
     /// a checkpoint, so that the verdict on a record a power cut left half-programmed is final
     /// (`Recovery::checkpointed`); if that checkpoint fails, the open fails. An open that finds
     /// nothing after its checkpoint writes nothing at all.
-    pub fn open(storage: S, memory: M, config: Config) -> Result<Self, Error<S::Error>> {
+    pub fn open_with_keys(
+        storage: S,
+        memory: M,
+        config: Config,
+        keys: K,
+    ) -> Result<Self, Error<S::Error>> {
         const {
             assert!(
                 S::READ_SIZE == 1,
@@ -237,11 +294,23 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         if segments > MAX_SEGMENTS {
             return Err(ConfigError::TooManySegments.into());
         }
+        let sealing = keys.active();
+        if let Some(id) = sealing {
+            if id == 0 || keys.key(id).is_none() {
+                return Err(ConfigError::ActiveKeyMissing { key: id }.into());
+            }
+        }
         let geo = Geometry::new(segments, segment_bytes, S::WRITE_SIZE);
-        if geo.first_record + geo.record_span(config.max_payload_bytes()) > segment_bytes {
+        let (tag, seal) = match sealing {
+            Some(_) => (TAG_BYTES as u64, geo.record_span(SEAL_PAYLOAD_BYTES as u64)),
+            None => (0, 0),
+        };
+        if geo.first_record + seal + geo.record_span(config.max_payload_bytes() + tag)
+            > segment_bytes
+        {
             return Err(ConfigError::SegmentTooSmall.into());
         }
-        let checkpoints = checkpoint_slots_usable(&storage, &config, &geo)?;
+        let checkpoints = checkpoint_slots_usable(&storage, &config, &geo, sealing.is_some())?;
         let mut channel = Channel {
             storage,
             memory,
@@ -268,6 +337,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             stats: Stats::default(),
             recovery: Recovery::default(),
             ckpt: Checkpoints::new(),
+            keys,
+            sealing,
+            write_seal: None,
+            seal_cache: [None; SEAL_CACHE],
+            seal_cache_next: 0,
+            proven_keys: [None; 8],
         };
         channel.ckpt.enabled = checkpoints;
         // Transaction slots start free whatever the memory held before.
@@ -315,6 +390,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     /// Gives back the storage and the memory.
     pub fn into_parts(self) -> (S, M) {
         (self.storage, self.memory)
+    }
+
+    /// The key provider.
+    pub fn keys(&self) -> &K {
+        &self.keys
+    }
+
+    /// The key this run seals new segments and checkpoints with (`None`: plaintext).
+    pub fn sealing_key(&self) -> Option<KeyId> {
+        self.sealing
     }
 
     /// Borrows the storage (for counters in tests and adapters).
@@ -455,6 +540,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                     self.queue.untag_at(qmem, index);
                     return Err(match fail {
                         ReadFail::Storage(e) => Error::Storage(e),
+                        ReadFail::Key(e) => e,
                         ReadFail::TooSmall(needed) => Error::BufferTooSmall { needed },
                         ReadFail::TooLarge(len) => Error::EventTooLarge {
                             len,
@@ -675,6 +761,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     /// header can never wedge the queue.
     fn read_event(&mut self, ptr: Pointer, buf: &mut [u8]) -> Result<usize, ReadFail<S::Error>> {
         let seq = self.geo.seq_of_slot(ptr.slot, self.seq);
+        let keys = match self.segment_keys(seq) {
+            Ok(k) => k,
+            Err(Error::Storage(e)) => return Err(ReadFail::Storage(e)),
+            Err(e) => return Err(ReadFail::Key(e)),
+        };
+        match keys {
+            SegKeys::Plain => {}
+            SegKeys::Broken => return Err(ReadFail::Corrupt),
+            SegKeys::Sealed(seal) => return self.read_sealed_event(ptr, seq, seal, buf),
+        }
         let offset = self.geo.record_offset(ptr);
         let header = read_record_header(&mut self.storage, offset).map_err(ReadFail::Storage)?;
         let len = header.len as usize;
@@ -704,7 +800,132 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         Ok(len)
     }
 
-    /// Appends one record to the log, rolling to a new segment if it does not fit.
+    /// [`Channel::read_event`] in a sealed segment: the CRC, then the tag, then the plaintext.
+    /// Nothing decrypted reaches the caller unless the tag matches.
+    fn read_sealed_event(
+        &mut self,
+        ptr: Pointer,
+        seq: u64,
+        seal: SegSeal,
+        buf: &mut [u8],
+    ) -> Result<usize, ReadFail<S::Error>> {
+        let offset = self.geo.record_offset(ptr);
+        let header = read_record_header(&mut self.storage, offset).map_err(ReadFail::Storage)?;
+        let len = header.len as usize;
+        let room = self.geo.segment_bytes - ptr.offset as u64 - RECORD_HEADER_BYTES as u64;
+        if header.kind != RecordKind::Put as u8 || len as u64 > room || len < TAG_BYTES {
+            return Err(ReadFail::Corrupt);
+        }
+        let Some(key) = self.keys.key(seal.key).copied() else {
+            return Err(ReadFail::Key(Error::KeyMissing { key: seal.key }));
+        };
+        let text = len - TAG_BYTES;
+        let payload = offset + RECORD_HEADER_BYTES as u64;
+        let mut sealer = Sealer::new(&key, &nonce(&seal.salt, seq, header.wid_delta, Domain::Log));
+        sealer.ad(&header.encode()[4..]);
+        let mut digest = header.digest(seq);
+        let mut tag = [0u8; TAG_BYTES];
+        if text > buf.len() || text > self.config.max_event_bytes() as usize {
+            // Report the length only once the record proves genuine.
+            stream_payload(&mut self.storage, payload, text as u64, |c| {
+                digest.update(c);
+                sealer.authenticate(c);
+            })
+            .map_err(ReadFail::Storage)?;
+        } else {
+            self.storage
+                .read(Region::Log, payload, &mut buf[..text])
+                .map_err(ReadFail::Storage)?;
+            digest.update(&buf[..text]);
+            sealer.decrypt(&mut buf[..text]);
+        }
+        self.storage
+            .read(Region::Log, payload + text as u64, &mut tag)
+            .map_err(ReadFail::Storage)?;
+        digest.update(&tag);
+        if digest.finalize() != header.crc {
+            let n = text.min(buf.len());
+            buf[..n].fill(0);
+            return Err(ReadFail::Corrupt);
+        }
+        if !sealer.verify(&tag) {
+            let n = text.min(buf.len());
+            buf[..n].fill(0);
+            self.stats.authentication_failures += 1;
+            return Err(ReadFail::Corrupt);
+        }
+        if text > self.config.max_event_bytes() as usize {
+            return Err(ReadFail::TooLarge(text));
+        }
+        if text > buf.len() {
+            return Err(ReadFail::TooSmall(text));
+        }
+        Ok(text)
+    }
+
+    /// How to read the records of segment `seq`: plaintext, sealed with a key and salt, or not
+    /// at all. A sealed segment's seal record is checked against its key the first time.
+    pub(crate) fn segment_keys(&mut self, seq: u64) -> Result<SegKeys, Error<S::Error>> {
+        if seq == self.seq && !self.restart_pending {
+            return Ok(self.write_seal.map_or(SegKeys::Plain, SegKeys::Sealed));
+        }
+        if let Some((_, keys)) = self.seal_cache.iter().flatten().find(|(s, _)| *s == seq) {
+            return Ok(*keys);
+        }
+        let keys = self.read_segment_keys(seq)?;
+        self.seal_cache[self.seal_cache_next] = Some((seq, keys));
+        self.seal_cache_next = (self.seal_cache_next + 1) % SEAL_CACHE;
+        Ok(keys)
+    }
+
+    pub(crate) fn read_segment_keys(&mut self, seq: u64) -> Result<SegKeys, Error<S::Error>> {
+        let geo = self.geo;
+        let slot = geo.slot_of(seq);
+        let header =
+            match read_segment_header(&mut self.storage, &geo, slot).map_err(Error::Storage)? {
+                SegmentCheck::Valid(h) if h.seq == seq => h,
+                _ => return Ok(SegKeys::Broken),
+            };
+        if header.flags & SEGMENT_FLAG_SEALED == 0 {
+            return Ok(SegKeys::Plain);
+        }
+        let at = geo.segment_start(slot) + geo.first_record;
+        let record = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        let mut payload = [0u8; SEAL_PAYLOAD_BYTES];
+        self.storage
+            .read(Region::Log, at + RECORD_HEADER_BYTES as u64, &mut payload)
+            .map_err(Error::Storage)?;
+        let seal = match SealRecord::decode(&payload) {
+            Some(seal)
+                if record.kind == RecordKind::Seal as u8
+                    && record.len as usize == SEAL_PAYLOAD_BYTES
+                    && record.wid_delta == 0
+                    && record.check(seq, &payload) =>
+            {
+                seal
+            }
+            _ => return Ok(SegKeys::Broken),
+        };
+        let key = self
+            .keys
+            .key(seal.key)
+            .ok_or(Error::KeyMissing { key: seal.key })?;
+        if !SealRecord::verify(key, &seal, &header, &record) {
+            if self.proven_keys.contains(&Some(seal.key)) {
+                // The key opens other segments: this seal record was altered.
+                self.recovery.authentication_failures += 1;
+                return Ok(SegKeys::Broken);
+            }
+            return Err(Error::WrongKey { key: seal.key });
+        }
+        Ok(SegKeys::Sealed(SegSeal {
+            key: seal.key,
+            salt: seal.salt,
+        }))
+    }
+
+    /// Appends one record to the log, rolling to a new segment if it does not fit. `len` is
+    /// the plaintext length of the body; a sealed record carries a tag after it.
     fn append(
         &mut self,
         kind: RecordKind,
@@ -714,7 +935,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         class: WriteClass,
     ) -> Result<Pointer, Error<S::Error>> {
         self.check_writable()?;
-        let span = self.geo.record_span(len as u64);
+        let tag = if self.sealing.is_some() {
+            TAG_BYTES as u32
+        } else {
+            0
+        };
+        let record_len = len + tag;
+        let span = self.geo.record_span(record_len as u64);
         // Pair assertion with replay's checks: what we write, replay must accept.
         if len as u64 > self.config.max_payload_bytes() {
             return Err(Error::LogicBug("record longer than the configured maximum"));
@@ -745,26 +972,55 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 queue.for_each_tagged(qmem, tag, |p| sink(&p.encode()))
             }
         };
-        let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
-            emit(&mut |b| d.update(b))
-        });
         let start = self.geo.record_offset(ptr);
-        let mut writer = WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
-        let mut result = writer.push(&header.encode());
-        let mut written = 0u64;
-        emit(&mut |b| {
-            written += b.len() as u64;
-            if result.is_ok() {
-                result = writer.push(b);
+        let outcome = match self.write_seal {
+            Some(seal) if tag > 0 => {
+                let Some(key) = self.keys.key(seal.key) else {
+                    return Err(Error::LogicBug("the sealing key vanished"));
+                };
+                let header = RecordHeader {
+                    crc: 0,
+                    kind: kind as u8,
+                    len: record_len,
+                    wid_delta,
+                    txn: txn_id,
+                };
+                let sealed = SealedWrite {
+                    key,
+                    salt: &seal.salt,
+                    seq: self.seq,
+                    header,
+                    align: self.geo.align,
+                    start,
+                };
+                sealed.write(&mut self.storage, &emit)
             }
-        });
-        let end = result.and_then(|()| writer.finish());
-        match end {
+            None if tag == 0 => {
+                let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
+                    emit(&mut |b| d.update(b))
+                });
+                let mut writer =
+                    WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
+                let mut result = writer.push(&header.encode());
+                let mut written = 0u64;
+                emit(&mut |b| {
+                    written += b.len() as u64;
+                    if result.is_ok() {
+                        result = writer.push(b);
+                    }
+                });
+                result
+                    .and_then(|()| writer.finish())
+                    .map(|end| (end, written))
+            }
+            _ => return Err(Error::LogicBug("segment sealing differs from the run's")),
+        };
+        match outcome {
             Err(e) => {
                 self.poisoned = true;
                 Err(Error::Storage(e))
             }
-            Ok(end) if end != start + span || written != len as u64 => {
+            Ok((end, written)) if end != start + span || written != len as u64 => {
                 self.poisoned = true;
                 Err(Error::LogicBug("record length differs from its header"))
             }
@@ -874,7 +1130,20 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             segment_bytes: self.geo.segment_bytes as u32,
             seq,
             base_wid: self.next_wid,
-            max_payload: self.config.max_payload_bytes() as u32,
+            max_payload: (self.config.max_payload_bytes()
+                + if self.sealing.is_some() {
+                    TAG_BYTES as u64
+                } else {
+                    0
+                }) as u32,
+        };
+        let header = SegmentHeader {
+            flags: if self.sealing.is_some() {
+                header.flags | SEGMENT_FLAG_SEALED
+            } else {
+                header.flags
+            },
+            ..header
         };
         let storage = &mut self.storage;
         if let Err(e) = storage.erase(Region::Log, start, start + first_block) {
@@ -914,6 +1183,52 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         self.seq = seq;
         self.seg_base_wid = self.next_wid;
         self.write_offset = self.geo.first_record;
+        self.write_seal = None;
+        if let Some(key_id) = self.sealing {
+            self.write_seal_record(key_id, &header)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the seal record that opens a sealed segment, with a fresh salt.
+    fn write_seal_record(
+        &mut self,
+        key_id: KeyId,
+        segment: &SegmentHeader,
+    ) -> Result<(), Error<S::Error>> {
+        let Some(key) = self.keys.key(key_id).copied() else {
+            return Err(Error::LogicBug("the sealing key vanished"));
+        };
+        let salt = self.keys.fresh_salt();
+        let mut record = RecordHeader {
+            crc: 0,
+            kind: RecordKind::Seal as u8,
+            len: SEAL_PAYLOAD_BYTES as u32,
+            wid_delta: 0,
+            txn: 0,
+        };
+        let payload = SealRecord {
+            key: key_id,
+            salt,
+            tag: SealRecord::tag_for(&key, key_id, &salt, segment, &record),
+        }
+        .encode();
+        let mut digest = record.digest(segment.seq);
+        digest.update(&payload);
+        record.crc = digest.finalize();
+        let start = self.geo.segment_start(self.geo.slot_of(segment.seq)) + self.write_offset;
+        let mut w = WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
+        let written = w
+            .push(&record.encode())
+            .and_then(|()| w.push(&payload))
+            .and_then(|()| w.finish());
+        if let Err(e) = written {
+            self.poisoned = true;
+            return Err(Error::Storage(e));
+        }
+        self.write_offset += self.geo.record_span(SEAL_PAYLOAD_BYTES as u64);
+        self.next_wid += 1;
+        self.write_seal = Some(SegSeal { key: key_id, salt });
         Ok(())
     }
 }
@@ -924,6 +1239,7 @@ fn checkpoint_slots_usable<S: Storage, E>(
     storage: &S,
     config: &Config,
     geo: &Geometry,
+    sealed: bool,
 ) -> Result<bool, Error<E>> {
     let sizes = [
         storage.capacity(Region::Checkpoint),
@@ -936,7 +1252,7 @@ fn checkpoint_slots_usable<S: Storage, E>(
     }
     let erase = S::ERASE_SIZE as u64;
     let needed = align_up(
-        SlotLayout::new(config.capacity() as u64, geo.align).end,
+        SlotLayout::new(config.capacity() as u64, geo.align, sealed).end,
         erase,
     );
     let given = sizes[0].min(sizes[1]);
@@ -975,4 +1291,102 @@ pub(crate) fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m 
     let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
     let t = config.max_transactions() as usize * TXN_WORDS;
     (&mem[..q], &mem[q..q + p], &mem[q + p..q + p + t])
+}
+
+/// One sealed record to write: the body is encrypted in stack-sized chunks, each chunk fed to
+/// the CRC and the MAC and handed to the storage, so no buffer the size of the event is needed
+/// and plaintext never reaches the storage.
+struct SealedWrite<'a> {
+    key: &'a Key,
+    salt: &'a [u8; SALT_BYTES],
+    seq: u64,
+    /// The header with the final length and no CRC yet.
+    header: RecordHeader,
+    align: u64,
+    start: u64,
+}
+
+/// Hands a record's body, piece by piece, to a sink.
+type Emit<'e> = &'e dyn Fn(&mut dyn FnMut(&[u8]));
+
+/// The plaintext staged and encrypted at a time.
+const SEAL_CHUNK: usize = 256;
+
+impl SealedWrite<'_> {
+    /// Writes the record; returns its end offset and the plaintext bytes written.
+    ///
+    /// When a record header fills whole write words (`WRITE_SIZE` at most 16), the body goes
+    /// first and the header, whose CRC covers the ciphertext, last: one encryption pass. A
+    /// power cut between the two leaves a record without a header, which reads as torn. With
+    /// larger words the header shares its word with the body, so the body is encrypted twice:
+    /// once for the CRC, once to write it after the header.
+    fn write<S: Storage>(&self, storage: &mut S, emit: Emit<'_>) -> Result<(u64, u64), S::Error> {
+        if RECORD_HEADER_BYTES as u64 % self.align == 0 {
+            let body_at = self.start + RECORD_HEADER_BYTES as u64;
+            let mut w = WordWriter::new(&mut *storage, Region::Log, self.align, body_at);
+            let (crc, written, result) = self.pass(emit, &mut |b| w.push(b));
+            result?;
+            let end = w.finish()?;
+            let mut header = self.header;
+            header.crc = crc;
+            let mut w = WordWriter::new(storage, Region::Log, self.align, self.start);
+            w.push(&header.encode())?;
+            w.finish()?;
+            Ok((end, written))
+        } else {
+            let (crc, _, _) = self.pass::<S::Error>(emit, &mut |_| Ok(()));
+            let mut header = self.header;
+            header.crc = crc;
+            let mut w = WordWriter::new(storage, Region::Log, self.align, self.start);
+            w.push(&header.encode())?;
+            let (_, written, result) = self.pass(emit, &mut |b| w.push(b));
+            result?;
+            Ok((w.finish()?, written))
+        }
+    }
+
+    /// Encrypts the body and appends the tag, handing each piece of ciphertext to `out`.
+    /// Returns the record's CRC, the plaintext length and the first error `out` returned.
+    fn pass<E>(
+        &self,
+        emit: Emit<'_>,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> (u32, u64, Result<(), E>) {
+        let n = nonce(self.salt, self.seq, self.header.wid_delta, Domain::Log);
+        let mut sealer = Sealer::new(self.key, &n);
+        sealer.ad(&self.header.encode()[4..]);
+        let mut digest = self.header.digest(self.seq);
+        let mut chunk = [0u8; SEAL_CHUNK];
+        let mut fill = 0;
+        let mut written = 0u64;
+        let mut result = Ok(());
+        let mut flush = |chunk: &mut [u8], result: &mut Result<(), E>| {
+            sealer.encrypt(chunk);
+            digest.update(chunk);
+            if result.is_ok() {
+                *result = out(chunk);
+            }
+        };
+        emit(&mut |mut b: &[u8]| {
+            written += b.len() as u64;
+            while !b.is_empty() {
+                let k = (SEAL_CHUNK - fill).min(b.len());
+                chunk[fill..fill + k].copy_from_slice(&b[..k]);
+                fill += k;
+                b = &b[k..];
+                if fill == SEAL_CHUNK {
+                    flush(&mut chunk, &mut result);
+                    fill = 0;
+                }
+            }
+        });
+        flush(&mut chunk[..fill], &mut result);
+        let tag = sealer.tag();
+        digest.update(&tag);
+        if result.is_ok() {
+            result = out(&tag);
+        }
+        chunk.fill(0);
+        (digest.finalize(), written, result)
+    }
 }

@@ -31,6 +31,7 @@ use crate::channel::{split_ref, Channel};
 use crate::error::Error;
 use crate::log::WordWriter;
 use crate::record::{align_up, u32_at, u64_at, Pointer, CRC32C, FORMAT_VERSION, POINTER_BYTES};
+use crate::seal::{nonce, Domain, Key, KeyId, KeyProvider, Sealer, SALT_BYTES, TAG_BYTES};
 use crate::storage::{Region, Storage};
 
 /// The magic of a checkpoint's started mark: `SGCK`.
@@ -71,6 +72,28 @@ pub struct Started {
     pub segment_bytes: u32,
     /// Room for entries: the queue's length at `from`.
     pub max_entries: u64,
+    /// The key the entries are sealed with, or 0 for plaintext entries.
+    pub key: KeyId,
+    /// The salt of the entries' nonce (zero when `key` is 0).
+    pub salt: [u8; SALT_BYTES],
+}
+
+impl Started {
+    /// True if the entries are sealed.
+    pub fn sealed(&self) -> bool {
+        self.key != 0
+    }
+
+    /// The seal of this checkpoint's entries: the nonce binds its number and salt, and the
+    /// associated data is the whole started mark.
+    pub(crate) fn sealer(&self, key: &Key) -> Sealer {
+        let mut s = Sealer::new(
+            key,
+            &nonce(&self.salt, self.ckpt_seq, 0, Domain::Checkpoint),
+        );
+        s.ad(&self.encode());
+        s
+    }
 }
 
 impl Started {
@@ -86,6 +109,8 @@ impl Started {
         b[40..44].copy_from_slice(&self.from.offset.to_le_bytes());
         b[44..48].copy_from_slice(&self.next_txn.to_le_bytes());
         b[48..56].copy_from_slice(&self.max_entries.to_le_bytes());
+        b[10..12].copy_from_slice(&self.key.to_le_bytes());
+        b[56..64].copy_from_slice(&self.salt);
         let crc = CRC32C.checksum(&b[4..]);
         b[0..4].copy_from_slice(&crc.to_le_bytes());
         b
@@ -98,9 +123,12 @@ impl Started {
             return None;
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != FORMAT_VERSION || b[10..12] != [0, 0] || b[56..64] != [0; 8] {
+        let key = u16::from_le_bytes([b[10], b[11]]);
+        if version != FORMAT_VERSION || (key == 0 && b[56..64] != [0; 8]) {
             return Some(Err(version));
         }
+        let mut salt = [0u8; SALT_BYTES];
+        salt.copy_from_slice(&b[56..64]);
         Some(Ok(Started {
             segment_bytes: u32_at(b, 12),
             ckpt_seq: u64_at(b, 16),
@@ -111,6 +139,8 @@ impl Started {
             },
             next_txn: u32_at(b, 44),
             max_entries: u64_at(b, 48),
+            key,
+            salt,
         }))
     }
 }
@@ -123,7 +153,7 @@ pub struct Complete {
     pub ckpt_seq: u64,
     /// Entries written (at most the started mark's `max_entries`).
     pub entries: u64,
-    /// CRC-32C of the entries' bytes.
+    /// CRC-32C of the entries' bytes as stored (ciphertext and tag, when sealed).
     pub entries_crc: u32,
 }
 
@@ -167,10 +197,11 @@ pub struct SlotLayout {
 
 impl SlotLayout {
     /// The layout for `max_entries` entries, with each part aligned to `align` (the storage's
-    /// `WRITE_SIZE`).
-    pub fn new(max_entries: u64, align: u64) -> Self {
+    /// `WRITE_SIZE`). Sealed entries are followed by their tag.
+    pub fn new(max_entries: u64, align: u64, sealed: bool) -> Self {
         let entries_at = align_up(STARTED_BYTES as u64, align);
-        let complete_at = entries_at + align_up(max_entries * POINTER_BYTES as u64, align);
+        let tag = if sealed { TAG_BYTES as u64 } else { 0 };
+        let complete_at = entries_at + align_up(max_entries * POINTER_BYTES as u64 + tag, align);
         SlotLayout {
             entries_at,
             complete_at,
@@ -188,7 +219,6 @@ pub(crate) struct Found {
 }
 
 /// A checkpoint being written.
-#[derive(Clone)]
 pub(crate) struct InProgress {
     pub region: Region,
     pub started: Started,
@@ -200,59 +230,11 @@ pub(crate) struct InProgress {
     pub written: u64,
     /// CRC of the entries written so far.
     pub crc: crc::Digest<'static, u32>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Both marks survive a round trip and any flipped bit invalidates them.
-    #[test]
-    fn marks_round_trip_and_detect_flips() {
-        let s = Started {
-            ckpt_seq: 9,
-            from: ReplayFrom {
-                seq: 4,
-                offset: 64,
-                wid: 1000,
-            },
-            next_txn: 77,
-            segment_bytes: 4096,
-            max_entries: 12,
-        };
-        let b = s.encode();
-        assert_eq!(Started::decode(&b), Some(Ok(s)));
-        for bit in 0..STARTED_BYTES * 8 {
-            let mut c = b;
-            c[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(Started::decode(&c), None, "bit {bit}");
-        }
-        let c = Complete {
-            ckpt_seq: 9,
-            entries: 11,
-            entries_crc: 0xdead_beef,
-        };
-        let b = c.encode();
-        assert_eq!(Complete::decode(&b), Some(c));
-        for bit in 0..COMPLETE_BYTES * 8 {
-            let mut d = b;
-            d[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(Complete::decode(&d), None, "bit {bit}");
-        }
-    }
-
-    /// The complete mark lies after the room for every entry, aligned.
-    #[test]
-    fn layout_leaves_room_for_entries() {
-        let l = SlotLayout::new(3, 32);
-        assert_eq!(l.entries_at, 64);
-        assert_eq!(l.complete_at, 64 + 32);
-        assert_eq!(l.end, 64 + 32 + 32);
-    }
+    /// The seal of the entries, when sealed.
+    pub sealer: Option<Sealer>,
 }
 
 /// The channel's checkpoint bookkeeping.
-#[derive(Clone)]
 pub(crate) struct Checkpoints {
     /// False when the storage has no checkpoint regions.
     pub enabled: bool,
@@ -296,7 +278,7 @@ impl Checkpoints {
     }
 }
 
-impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Writes a checkpoint now, to completion (finishing one already under way first), so that
     /// the next open replays only what comes after it.
     pub fn checkpoint(&mut self) -> Result<(), Error<S::Error>> {
@@ -392,14 +374,27 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 wid: self.next_wid,
             }
         };
+        let (key, salt) = match self.sealing {
+            Some(id) => (id, self.keys.fresh_salt()),
+            None => (0, [0; SALT_BYTES]),
+        };
         let started = Started {
             ckpt_seq: self.ckpt.next_seq,
             from,
             next_txn: self.next_txn_id,
             segment_bytes: self.geo.segment_bytes as u32,
             max_entries: self.queue.len() as u64,
+            key,
+            salt,
         };
-        let layout = SlotLayout::new(started.max_entries, self.geo.align);
+        let sealer = match self.sealing {
+            Some(id) => match self.keys.key(id) {
+                Some(k) => Some(started.sealer(k)),
+                None => return Err(Error::LogicBug("the sealing key vanished")),
+            },
+            None => None,
+        };
+        let layout = SlotLayout::new(started.max_entries, self.geo.align, started.sealed());
         let erase_to = align_up(layout.end, S::ERASE_SIZE as u64);
         // The slot stops counting as valid before its erase begins.
         self.ckpt.valid[slot] = None;
@@ -424,6 +419,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             remaining: self.queue.len(),
             written: 0,
             crc: CRC32C.digest(),
+            sealer,
         });
         Ok(())
     }
@@ -431,10 +427,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
     /// Step 3, one bounded chunk of entries; then steps 4 to 6 once every entry is written.
     /// Returns true when the checkpoint completed.
     fn checkpoint_step(&mut self) -> Result<bool, Error<S::Error>> {
-        let Some(mut ip) = self.ckpt.in_progress.clone() else {
+        let Some(mut ip) = self.ckpt.in_progress.take() else {
             return Ok(false);
         };
-        let layout = SlotLayout::new(ip.started.max_entries, self.geo.align);
+        let layout = SlotLayout::new(ip.started.max_entries, self.geo.align, ip.started.sealed());
         let n = ip
             .remaining
             .min(self.config.checkpoint_step_entries() as usize);
@@ -444,17 +440,26 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             let mut w = WordWriter::new(&mut self.storage, ip.region, self.geo.align, at);
             for k in 0..n {
                 // An entry is the same 8-byte pointer form as in commit records.
-                let bytes = Pointer::from_word(self.queue.get(qmem, ip.cursor + k)).encode();
+                let mut bytes = Pointer::from_word(self.queue.get(qmem, ip.cursor + k)).encode();
+                if let Some(sealer) = ip.sealer.as_mut() {
+                    sealer.encrypt(&mut bytes);
+                }
                 ip.crc.update(&bytes);
                 w.push(&bytes)?;
             }
-            w.finish()?;
             ip.cursor += n;
             ip.remaining -= n;
             ip.written += n as u64;
             if ip.remaining > 0 {
+                w.finish()?;
                 return Ok(false);
             }
+            if let Some(sealer) = ip.sealer.take() {
+                let tag = sealer.tag();
+                ip.crc.update(&tag);
+                w.push(&tag)?;
+            }
+            w.finish()?;
             let complete = Complete {
                 ckpt_seq: ip.started.ckpt_seq,
                 entries: ip.written,
@@ -491,5 +496,62 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 Ok(true)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both marks survive a round trip and any flipped bit invalidates them.
+    #[test]
+    fn marks_round_trip_and_detect_flips() {
+        let s = Started {
+            ckpt_seq: 9,
+            from: ReplayFrom {
+                seq: 4,
+                offset: 64,
+                wid: 1000,
+            },
+            next_txn: 77,
+            segment_bytes: 4096,
+            max_entries: 12,
+            key: 0,
+            salt: [0; 8],
+        };
+        let b = s.encode();
+        assert_eq!(Started::decode(&b), Some(Ok(s)));
+        for bit in 0..STARTED_BYTES * 8 {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Started::decode(&c), None, "bit {bit}");
+        }
+        let c = Complete {
+            ckpt_seq: 9,
+            entries: 11,
+            entries_crc: 0xdead_beef,
+        };
+        let b = c.encode();
+        assert_eq!(Complete::decode(&b), Some(c));
+        for bit in 0..COMPLETE_BYTES * 8 {
+            let mut d = b;
+            d[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Complete::decode(&d), None, "bit {bit}");
+        }
+    }
+
+    /// The complete mark lies after the room for every entry, aligned.
+    #[test]
+    fn layout_leaves_room_for_entries() {
+        let l = SlotLayout::new(3, 32, false);
+        assert_eq!(l.entries_at, 64);
+        assert_eq!(l.complete_at, 64 + 32);
+        assert_eq!(l.end, 64 + 32 + 32);
+        let sealed = SlotLayout::new(3, 32, true);
+        assert_eq!(
+            sealed.complete_at,
+            64 + 64,
+            "24 bytes of entries and a 16-byte tag"
+        );
     }
 }

@@ -62,6 +62,18 @@ pub enum Error<E> {
     },
     /// A checkpoint was asked for, but the storage has no checkpoint regions.
     CheckpointsDisabled,
+    /// The log or a checkpoint is sealed with a key the key provider does not have. Nothing
+    /// sealed with it can be read until the key is given back.
+    KeyMissing {
+        /// The id of the missing key.
+        key: crate::seal::KeyId,
+    },
+    /// The key provider's key with this id does not open the log: another key was given the
+    /// same id, or the segment's seal record was altered.
+    WrongKey {
+        /// The id of the key.
+        key: crate::seal::KeyId,
+    },
     /// The configuration does not fit the storage or the memory given.
     Config(ConfigError),
     /// An internal invariant does not hold: a bug in Sluicegate. Please report it.
@@ -134,6 +146,14 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Error::CheckpointsDisabled => {
                 f.write_str("the storage has no checkpoint regions, so checkpoints are off")
             }
+            Error::KeyMissing { key } => write!(
+                f,
+                "the log is sealed with key {key}, which the key provider does not have"
+            ),
+            Error::WrongKey { key } => write!(
+                f,
+                "key {key} does not open the log: a different key was given that id, or the log was altered"
+            ),
             Error::Config(e) => write!(f, "bad configuration: {e}"),
             Error::LogicBug(what) => write!(f, "logic bug in sluicegate: {what}"),
         }
@@ -185,6 +205,12 @@ pub enum ConfigError {
         /// Bytes the smaller region has.
         given: u64,
     },
+    /// The key provider names an active key it does not have (or key id 0, which means
+    /// "no key").
+    ActiveKeyMissing {
+        /// The active key's id.
+        key: crate::seal::KeyId,
+    },
     /// The log on the medium was written with another segment size.
     SegmentSizeMismatch {
         /// The size recorded on the medium.
@@ -221,6 +247,9 @@ impl ConfigError {
             ConfigError::SegmentSizeMismatch { .. } => {
                 "the log on the medium was written with another segment_bytes"
             }
+            ConfigError::ActiveKeyMissing { .. } => {
+                "the key provider's active key is not among its keys (or is id 0)"
+            }
             ConfigError::BadCheckpointStep => {
                 "checkpoint_step_entries must be a multiple of 8, at least 8"
             }
@@ -252,6 +281,9 @@ impl fmt::Display for ConfigError {
                 "{} (medium: {on_media}, configured: {configured})",
                 self.message()
             ),
+            ConfigError::ActiveKeyMissing { key } => {
+                write!(f, "{} (active key {key})", self.message())
+            }
             ConfigError::CheckpointRegionTooSmall { needed, given } => {
                 write!(
                     f,

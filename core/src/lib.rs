@@ -42,6 +42,7 @@ mod log;
 mod queue;
 pub mod record;
 mod recovery;
+pub mod seal;
 pub mod storage;
 
 pub use channel::{Channel, Stats, SyncMark, Txn};
@@ -49,4 +50,5 @@ pub use config::{Config, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS};
 pub use error::{ConfigError, Error};
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};
+pub use seal::{Key, KeyId, KeyProvider, NoKeys, StaticKeys};
 pub use storage::{ErrorType, Region, Storage, StorageError, StorageErrorKind};

@@ -32,7 +32,12 @@ pub const MAX_PAYLOAD_BYTES: u32 = (1 << 24) - 1;
 /// Segment header flag: this is the first segment a channel wrote after it was opened. Replay
 /// uses it to know that no transaction of an earlier run can continue past this point.
 pub const SEGMENT_FLAG_OPENED: u16 = 1;
-const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED;
+/// Segment header flag: the segment is sealed (encrypted and authenticated). Its first record
+/// is a [`RecordKind::Seal`] record naming the key and the salt of every record after it.
+pub const SEGMENT_FLAG_SEALED: u16 = 2;
+const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED;
+/// The payload of a seal record: key id (2), zero (2), salt (8), tag (16).
+pub const SEAL_PAYLOAD_BYTES: usize = 28;
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +52,10 @@ pub enum RecordKind {
     /// Commits a take transaction: the payload is the durable mark, then a pointer to each event
     /// it took. Those events leave the queue for good.
     TakeCommit = 3,
+    /// The first record of a sealed segment, and only there: the id of the key and the salt
+    /// every record of the segment is sealed with, and a tag over the segment header, which
+    /// proves the key right before anything is decrypted. See [`SealRecord`].
+    Seal = 4,
 }
 
 impl RecordKind {
@@ -56,6 +65,7 @@ impl RecordKind {
             1 => Some(RecordKind::Put),
             2 => Some(RecordKind::PutCommit),
             3 => Some(RecordKind::TakeCommit),
+            4 => Some(RecordKind::Seal),
             _ => None,
         }
     }
@@ -213,6 +223,82 @@ impl RecordHeader {
         let mut d = self.digest(seq);
         d.update(payload);
         d.finalize() == self.crc
+    }
+}
+
+/// The payload of a [`RecordKind::Seal`] record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SealRecord {
+    /// The key every record of the segment is sealed with (never 0).
+    pub key: crate::seal::KeyId,
+    /// The segment's salt: the first 8 bytes of every nonce in it.
+    pub salt: [u8; crate::seal::SALT_BYTES],
+    /// The tag of an empty text under the segment's first nonce, over the segment header
+    /// (after its CRC), this record's header (after its CRC), and the key id and salt.
+    pub tag: [u8; crate::seal::TAG_BYTES],
+}
+
+impl SealRecord {
+    /// Encodes the payload.
+    pub fn encode(&self) -> [u8; SEAL_PAYLOAD_BYTES] {
+        let mut b = [0u8; SEAL_PAYLOAD_BYTES];
+        b[0..2].copy_from_slice(&self.key.to_le_bytes());
+        b[4..12].copy_from_slice(&self.salt);
+        b[12..28].copy_from_slice(&self.tag);
+        b
+    }
+
+    /// Decodes a payload whose CRC was checked; `None` if its reserved bytes are not zero or it
+    /// names key 0.
+    pub fn decode(b: &[u8; SEAL_PAYLOAD_BYTES]) -> Option<Self> {
+        let key = u16::from_le_bytes([b[0], b[1]]);
+        if key == 0 || b[2..4] != [0, 0] {
+            return None;
+        }
+        let mut salt = [0u8; 8];
+        salt.copy_from_slice(&b[4..12]);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&b[12..28]);
+        Some(SealRecord { key, salt, tag })
+    }
+
+    /// The tag a seal record of key `key_id` (whose bytes are `key`) and `salt` carries in the
+    /// segment whose header is `segment`, with the record header `record`.
+    pub fn tag_for(
+        key: &crate::seal::Key,
+        key_id: crate::seal::KeyId,
+        salt: &[u8; crate::seal::SALT_BYTES],
+        segment: &SegmentHeader,
+        record: &RecordHeader,
+    ) -> [u8; crate::seal::TAG_BYTES] {
+        Self::sealer(key, key_id, salt, segment, record).tag()
+    }
+
+    /// True if `seal`'s tag is right for `key` (compared in constant time).
+    pub fn verify(
+        key: &crate::seal::Key,
+        seal: &SealRecord,
+        segment: &SegmentHeader,
+        record: &RecordHeader,
+    ) -> bool {
+        Self::sealer(key, seal.key, &seal.salt, segment, record).verify(&seal.tag)
+    }
+
+    fn sealer(
+        key: &crate::seal::Key,
+        key_id: crate::seal::KeyId,
+        salt: &[u8; crate::seal::SALT_BYTES],
+        segment: &SegmentHeader,
+        record: &RecordHeader,
+    ) -> crate::seal::Sealer {
+        use crate::seal::{nonce, Domain, Sealer};
+        let mut s = Sealer::new(key, &nonce(salt, segment.seq, 0, Domain::Log));
+        s.ad(&segment.encode()[4..]);
+        s.ad(&record.encode()[4..]);
+        s.ad(&key_id.to_le_bytes());
+        s.ad(salt);
+        s
     }
 }
 

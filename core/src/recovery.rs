@@ -19,7 +19,7 @@
 //! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
 //! loop in it is bounded by the geometry of the log.
 
-use crate::channel::{split, Channel};
+use crate::channel::{split, Channel, SegKeys};
 use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
@@ -33,6 +33,7 @@ use crate::record::{
     Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C,
     POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
+use crate::seal::{nonce, Domain, KeyProvider, Sealer, TAG_BYTES};
 use crate::storage::{Region, Storage};
 
 /// How an open rebuilt the queue.
@@ -118,6 +119,21 @@ pub struct Recovery {
     /// True if the open wrote a checkpoint to make this recovery's verdict final (see
     /// [`Channel::open`](crate::Channel::open)).
     pub checkpointed: bool,
+    /// Sealed records, seal records and checkpoints whose CRC held but whose authentication
+    /// tag did not: altered on purpose. Each is treated as damaged.
+    pub authentication_failures: u64,
+    /// Segments of the log that are sealed (encrypted).
+    pub sealed_segments: u64,
+}
+
+/// What streaming a record's payload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Integrity {
+    Intact,
+    /// The CRC fails: torn or decayed.
+    Damaged,
+    /// The CRC holds but the tag does not: altered on purpose.
+    Forged,
 }
 
 /// Where a record lies in the log.
@@ -157,7 +173,7 @@ const POINTERS_PER_CHUNK: usize = 32;
 type Visit<'v, T, E> =
     dyn FnMut(&mut T, u64, u64, Option<&RecordHeader>) -> Result<bool, Error<E>> + 'v;
 
-impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Rebuilds the queue: from the newest usable checkpoint plus the log after it, else by
     /// replaying the whole retained log.
     pub(crate) fn replay(&mut self) -> Result<Replayed, Error<S::Error>> {
@@ -209,8 +225,19 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         };
         self.next_wid = from.wid;
         let read_tail = from.seq <= newest;
+        // Keys are checked for the segments replay reads, then for older ones that queued
+        // events still point into; segments nothing needs may name a key already retired.
         if read_tail {
+            self.check_keys(from.seq.max(start), newest)?;
             self.replay_segments(from, newest)?;
+        }
+        let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+        let mut oldest = from.seq.min(newest + 1);
+        self.queue.for_each(qmem, |p| {
+            oldest = oldest.min(geo.seq_of_slot(p.slot, newest))
+        });
+        if oldest < from.seq.min(newest + 1) {
+            self.check_keys(oldest.max(start), from.seq.min(newest + 1) - 1)?;
         }
         let r = &mut self.recovery;
         r.last_segment = newest;
@@ -393,9 +420,20 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
             .into());
         }
+        let key = if started.sealed() {
+            match self.keys.key(started.key) {
+                Some(k) => Some(*k),
+                // Unusable without its key; the other slot or the log may do without it.
+                None => return Ok(SlotRead::Incomplete(started.ckpt_seq)),
+            }
+        } else {
+            None
+        };
         let room = self.storage.capacity(region);
         let layout = match started.max_entries.checked_mul(POINTER_BYTES as u64) {
-            Some(bytes) if bytes <= room => SlotLayout::new(started.max_entries, self.geo.align),
+            Some(bytes) if bytes <= room => {
+                SlotLayout::new(started.max_entries, self.geo.align, started.sealed())
+            }
             _ => return Ok(SlotRead::Invalid),
         };
         if layout.end > room {
@@ -410,6 +448,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             _ => return Ok(SlotRead::Incomplete(started.ckpt_seq)),
         };
         let mut digest = CRC32C.digest();
+        let mut sealer = key.map(|k| started.sealer(&k));
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
         let total = complete.entries * POINTER_BYTES as u64;
         let mut done = 0u64;
@@ -420,9 +459,23 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 .read(region, layout.entries_at + done, &mut buf[..n])
                 .map_err(Error::Storage)?;
             digest.update(&buf[..n]);
+            if let Some(s) = sealer.as_mut() {
+                s.authenticate(&buf[..n]);
+            }
             done += n as u64;
         }
+        let mut tag = [0u8; TAG_BYTES];
+        if sealer.is_some() {
+            self.storage
+                .read(region, layout.entries_at + total, &mut tag)
+                .map_err(Error::Storage)?;
+            digest.update(&tag);
+        }
         if digest.finalize() != complete.entries_crc {
+            return Ok(SlotRead::Incomplete(started.ckpt_seq));
+        }
+        if sealer.is_some_and(|s| !s.verify(&tag)) {
+            self.recovery.authentication_failures += 1;
             return Ok(SlotRead::Incomplete(started.ckpt_seq));
         }
         Ok(SlotRead::Valid(Found {
@@ -434,7 +487,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
 
     /// Puts a valid checkpoint's entries in the queue.
     fn load_entries(&mut self, f: &Found) -> Result<(), Error<S::Error>> {
-        let layout = SlotLayout::new(f.started.max_entries, self.geo.align);
+        let layout = SlotLayout::new(f.started.max_entries, self.geo.align, f.started.sealed());
+        let mut sealer = match f.started.sealed() {
+            true => match self.keys.key(f.started.key) {
+                Some(k) => Some(f.started.sealer(k)),
+                None => return Err(Error::KeyMissing { key: f.started.key }),
+            },
+            false => None,
+        };
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
         let mut done = 0u64;
         while done < f.entries {
@@ -443,6 +503,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             self.storage
                 .read(f.region, at, &mut buf[..n * POINTER_BYTES])
                 .map_err(Error::Storage)?;
+            if let Some(s) = sealer.as_mut() {
+                // The tag was checked when the slot was read.
+                s.decrypt_at(done * POINTER_BYTES as u64, &mut buf[..n * POINTER_BYTES]);
+            }
             for raw in buf[..n * POINTER_BYTES].chunks_exact(POINTER_BYTES) {
                 let p = Pointer::decode(raw);
                 if !self.geo.pointer_in_bounds(p) {
@@ -562,15 +626,30 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         {
             return Ok(None);
         }
-        if !payload_matches(&mut self.storage, &h, segment.seq, at).map_err(Error::Storage)? {
+        let keys = self.segment_keys(segment.seq)?;
+        let kind = RecordKind::from_u8(h.kind);
+        let (text, integrity) = match keys {
+            SegKeys::Broken => return Ok(None),
+            SegKeys::Sealed(_) if index == 0 => {
+                // The seal record, checked against its key when the segment's keys were read.
+                let ok = kind == Some(RecordKind::Seal)
+                    && payload_matches(&mut self.storage, &h, segment.seq, at)
+                        .map_err(Error::Storage)?;
+                return Ok(ok.then_some(h));
+            }
+            _ => (
+                text_len(keys, &h),
+                self.check_payload(keys, &h, segment.seq, at, |_, _| {})?,
+            ),
+        };
+        if integrity != Integrity::Intact {
             return Ok(None);
         }
-        let kind = RecordKind::from_u8(h.kind);
         let commit = matches!(kind, Some(RecordKind::PutCommit | RecordKind::TakeCommit));
         let malformed_commit = commit
-            && (h.len < COMMIT_PREFIX_BYTES as u32
-                || (h.len as usize - COMMIT_PREFIX_BYTES) % POINTER_BYTES != 0);
-        if kind.is_none() || malformed_commit {
+            && (text < COMMIT_PREFIX_BYTES as u64
+                || (text as usize - COMMIT_PREFIX_BYTES) % POINTER_BYTES != 0);
+        if kind.is_none() || kind == Some(RecordKind::Seal) || malformed_commit {
             // Intact, yet not something this build writes: never guess what it meant.
             return Err(Error::Corrupted {
                 region: Region::Log,
@@ -634,6 +713,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 self.recovery.corrupt_events_dropped += damaged;
                 self.recovery.events_committed += pushed;
             }
+            Some(RecordKind::Seal) => {}
             Some(RecordKind::TakeCommit) => {
                 let mut cursor = 0usize;
                 let mut unmatched = 0;
@@ -734,24 +814,23 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         let next = (offset + self.geo.record_span(record.len as u64), index + 1);
         let mut proven = false;
         self.walk(seg, next, state.limit, &mut |ch, at, _, rec| {
-            if let Some(r) = rec.filter(|r| r.kind != RecordKind::Put as u8) {
-                // The mark is used only if the bytes it was read with pass the CRC again.
+            let commit = |r: &&RecordHeader| {
+                r.kind == RecordKind::PutCommit as u8 || r.kind == RecordKind::TakeCommit as u8
+            };
+            if let Some(r) = rec.filter(commit) {
+                // The mark is used only if the bytes it was read with pass the checks again.
                 let mut mark = [0u8; COMMIT_PREFIX_BYTES];
-                let mut digest = r.digest(seg.seq);
-                let mut seen = 0usize;
-                stream_payload(
-                    &mut ch.storage,
-                    base + at + RECORD_HEADER_BYTES as u64,
-                    r.len as u64,
-                    |c| {
-                        digest.update(c);
-                        let n = c.len().min(COMMIT_PREFIX_BYTES.saturating_sub(seen));
-                        mark[seen..seen + n].copy_from_slice(&c[..n]);
-                        seen += n;
-                    },
-                )
-                .map_err(Error::Storage)?;
-                proven = digest.finalize() == r.crc && u64::from_le_bytes(mark) > wid;
+                let keys = ch.segment_keys(seg.seq)?;
+                let integrity = ch.check_payload(keys, r, seg.seq, base + at, |pos, c| {
+                    if pos < COMMIT_PREFIX_BYTES as u64 {
+                        let n = c.len().min(COMMIT_PREFIX_BYTES - pos as usize);
+                        mark[pos as usize..pos as usize + n].copy_from_slice(&c[..n]);
+                    }
+                })?;
+                if let SegKeys::Sealed(seal) = keys {
+                    ch.sealer_for(seal, seg.seq, r)?.decrypt_at(0, &mut mark);
+                }
+                proven = integrity == Integrity::Intact && u64::from_le_bytes(mark) > wid;
             }
             Ok(!proven)
         })?;
@@ -769,7 +848,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         {
             return Ok(false);
         }
-        payload_matches(&mut self.storage, &h, seq, at).map_err(Error::Storage)
+        let keys = self.segment_keys(seq)?;
+        Ok(self.check_payload(keys, &h, seq, at, |_, _| {})? == Integrity::Intact)
     }
 
     /// Calls `f` with each pointer of a commit record, and whether it points into a replayed
@@ -784,7 +864,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
         mut f: impl FnMut(&mut Self, Pointer, bool) -> Result<(), Error<S::Error>>,
     ) -> Result<bool, Error<S::Error>> {
         let geo: Geometry = self.geo;
-        let count = (record.len as usize - COMMIT_PREFIX_BYTES) / POINTER_BYTES;
+        let keys = self.segment_keys(here.seq)?;
+        let mut sealer = match keys {
+            SegKeys::Sealed(seal) => Some(self.sealer_for(seal, here.seq, record)?),
+            SegKeys::Plain => None,
+            SegKeys::Broken => return Ok(false),
+        };
+        let count = (text_len(keys, record) as usize - COMMIT_PREFIX_BYTES) / POINTER_BYTES;
         let prefix_at =
             geo.segment_start(geo.slot_of(here.seq)) + here.offset + RECORD_HEADER_BYTES as u64;
         let pointers = prefix_at + COMMIT_PREFIX_BYTES as u64;
@@ -795,6 +881,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             .read(Region::Log, prefix_at, &mut prefix)
             .map_err(Error::Storage)?;
         digest.update(&prefix);
+        if let Some(s) = sealer.as_mut() {
+            s.decrypt(&mut prefix);
+        }
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
         let mut done = 0usize;
         let mut out_of_bounds = false;
@@ -806,6 +895,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
                 .read(Region::Log, pointers + (done * POINTER_BYTES) as u64, chunk)
                 .map_err(Error::Storage)?;
             digest.update(chunk);
+            if let Some(s) = sealer.as_mut() {
+                s.decrypt(chunk);
+            }
             for raw in chunk.chunks_exact(POINTER_BYTES) {
                 let p = Pointer::decode(raw);
                 if !geo.pointer_in_bounds(p) {
@@ -817,7 +909,17 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             }
             done += n;
         }
-        if digest.finalize() != record.crc {
+        if let Some(s) = sealer {
+            let mut tag = [0u8; TAG_BYTES];
+            let at = pointers + (count * POINTER_BYTES) as u64;
+            self.storage
+                .read(Region::Log, at, &mut tag)
+                .map_err(Error::Storage)?;
+            digest.update(&tag);
+            if digest.finalize() != record.crc || !s.verify(&tag) {
+                return Ok(false);
+            }
+        } else if digest.finalize() != record.crc {
             return Ok(false);
         }
         if out_of_bounds {
@@ -827,5 +929,129 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M> {
             });
         }
         Ok(true)
+    }
+
+    /// Checks the key of every sealed segment from `start` to `newest` before anything is
+    /// read: a missing key is [`Error::KeyMissing`]; a key that opens none of the segments
+    /// naming it is [`Error::WrongKey`]. A seal record whose key opens other segments was
+    /// altered, and only its segment is lost (counted in `authentication_failures`).
+    fn check_keys(&mut self, start: u64, newest: u64) -> Result<(), Error<S::Error>> {
+        const TRACKED: usize = 8;
+        let mut proven: [Option<u16>; TRACKED] = self.proven_keys;
+        let mut failed: Option<u16> = None;
+        for seq in start..=newest {
+            match self.probe_seal(seq)? {
+                Some((key, true)) => {
+                    self.recovery.sealed_segments += 1;
+                    if !proven.contains(&Some(key)) {
+                        if let Some(free) = proven.iter_mut().find(|p| p.is_none()) {
+                            *free = Some(key);
+                        }
+                    }
+                }
+                Some((key, false)) => failed = failed.or(Some(key)),
+                None => {}
+            }
+        }
+        self.proven_keys = proven;
+        if let Some(key) = failed {
+            if !proven.contains(&Some(key)) {
+                return Err(Error::WrongKey { key });
+            }
+        }
+        Ok(())
+    }
+
+    /// The tag check of segment `seq`'s seal record: its key and whether the key opens it, or
+    /// `None` for a plaintext or unreadable segment.
+    fn probe_seal(&mut self, seq: u64) -> Result<Option<(u16, bool)>, Error<S::Error>> {
+        match self.read_segment_keys(seq) {
+            Ok(SegKeys::Sealed(seal)) => Ok(Some((seal.key, true))),
+            Ok(_) => Ok(None),
+            Err(Error::WrongKey { key }) => Ok(Some((key, false))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The seal of the record `record` in segment `seq`, positioned at the start of its text.
+    pub(crate) fn sealer_for(
+        &self,
+        seal: crate::channel::SegSeal,
+        seq: u64,
+        record: &RecordHeader,
+    ) -> Result<Sealer, Error<S::Error>> {
+        let key = self
+            .keys
+            .key(seal.key)
+            .ok_or(Error::KeyMissing { key: seal.key })?;
+        let mut s = Sealer::new(key, &nonce(&seal.salt, seq, record.wid_delta, Domain::Log));
+        s.ad(&record.encode()[4..]);
+        Ok(s)
+    }
+
+    /// Streams the payload of the record `h` at `at` (in segment `seq`, read with `keys`) once:
+    /// the CRC always, the tag when the segment is sealed. `text` sees each piece of the text
+    /// as stored (ciphertext when sealed) with its position in the text.
+    fn check_payload(
+        &mut self,
+        keys: SegKeys,
+        h: &RecordHeader,
+        seq: u64,
+        at: u64,
+        mut text: impl FnMut(u64, &[u8]),
+    ) -> Result<Integrity, Error<S::Error>> {
+        let payload = at + RECORD_HEADER_BYTES as u64;
+        let mut digest = h.digest(seq);
+        let mut pos = 0u64;
+        let seal = match keys {
+            SegKeys::Broken => return Ok(Integrity::Damaged),
+            SegKeys::Plain => {
+                stream_payload(&mut self.storage, payload, h.len as u64, |c| {
+                    digest.update(c);
+                    text(pos, c);
+                    pos += c.len() as u64;
+                })
+                .map_err(Error::Storage)?;
+                return Ok(if digest.finalize() == h.crc {
+                    Integrity::Intact
+                } else {
+                    Integrity::Damaged
+                });
+            }
+            SegKeys::Sealed(seal) => seal,
+        };
+        if (h.len as usize) < TAG_BYTES {
+            return Ok(Integrity::Damaged);
+        }
+        let len = text_len(keys, h);
+        let mut sealer = self.sealer_for(seal, seq, h)?;
+        stream_payload(&mut self.storage, payload, len, |c| {
+            digest.update(c);
+            sealer.authenticate(c);
+            text(pos, c);
+            pos += c.len() as u64;
+        })
+        .map_err(Error::Storage)?;
+        let mut tag = [0u8; TAG_BYTES];
+        self.storage
+            .read(Region::Log, payload + len, &mut tag)
+            .map_err(Error::Storage)?;
+        digest.update(&tag);
+        if digest.finalize() != h.crc {
+            return Ok(Integrity::Damaged);
+        }
+        if !sealer.verify(&tag) {
+            self.recovery.authentication_failures += 1;
+            return Ok(Integrity::Forged);
+        }
+        Ok(Integrity::Intact)
+    }
+}
+
+/// The length of a record's text: its payload less the tag, when sealed.
+fn text_len(keys: SegKeys, h: &RecordHeader) -> u64 {
+    match keys {
+        SegKeys::Sealed(_) => (h.len as u64).saturating_sub(TAG_BYTES as u64),
+        _ => h.len as u64,
     }
 }

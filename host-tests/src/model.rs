@@ -20,7 +20,16 @@ use std::collections::VecDeque;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sluicegate_core::{Channel, Config, Error, RecoveryPath, Region, StorageErrorKind, Txn};
+use std::collections::HashMap;
+
+use sluicegate_core::record::{
+    align_up, RecordHeader, SealRecord, SegmentCheck, SegmentHeader, RECORD_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
+};
+use sluicegate_core::seal::{Key, KeyId, SALT_BYTES};
+use sluicegate_core::{
+    Channel, Config, Error, RecoveryPath, Region, StaticKeys, StorageErrorKind, Txn,
+};
 
 use crate::nor::{NorError, SimNor};
 use crate::sim::{CrashPolicy, SimError, SimStorage};
@@ -50,14 +59,41 @@ pub struct Scenario {
     /// The first recovery's verdict on such a record is kept by the checkpoint the open writes,
     /// so runs with this on need intact checkpoint regions (docs/guarantees.md, "On NOR flash").
     pub unstable_reads: bool,
+    /// Seal the log and checkpoints with [`SIM_KEYS`]' first key. The salt is fixed (as on
+    /// firmware without an entropy source), so the run's nonce check proves that sequence
+    /// numbers alone keep nonces unique across every power cut.
+    pub sealed: bool,
+}
+
+/// The keys of sealed runs.
+pub const SIM_KEYS: [(KeyId, Key); 2] = [(1, [0x5a; 32]), (2, [0xa5; 32])];
+
+/// The channel every run drives: keys are always given, and used when the scenario is sealed.
+pub type SimChannel<'a, M> = Channel<&'a mut M, &'a mut [u64], StaticKeys<'static>>;
+
+/// Opens the scenario's channel on `medium`.
+pub fn open_on<'a, M: Storage>(
+    medium: &'a mut M,
+    memory: &'a mut [u64],
+    scenario: &Scenario,
+) -> Result<SimChannel<'a, M>, Error<M::Error>> {
+    let keys = StaticKeys::new(&SIM_KEYS, if scenario.sealed { Some(1) } else { None });
+    Channel::open_with_keys(medium, memory, scenario.config, keys)
 }
 
 impl Scenario {
+    /// The same scenario, sealed.
+    pub const fn sealed(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
     /// The scenario the runner uses for `seed`: [`Scenario::small`] on a medium that erases to
     /// `0xFF` or to `0x00`, with one to three transactions open at once, all chosen by the seed.
     ///
     /// Three seeds in four also take checkpoints, automatically every 1 to 3 commits, in steps
-    /// of 8 entries, and have their checkpoint regions damaged before some recoveries.
+    /// of 8 entries, and have their checkpoint regions damaged before some recoveries. Half the
+    /// seeds (in runs of six) seal the log and checkpoints.
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
@@ -65,6 +101,7 @@ impl Scenario {
         if seed % 4 != 0 {
             s = s.with_checkpoints((seed % 4) as u32);
         }
+        s.sealed = seed / 6 % 2 == 1;
         s
     }
 
@@ -92,6 +129,7 @@ impl Scenario {
             slot_bytes: 0,
             damage_checkpoints: 0.0,
             unstable_reads: false,
+            sealed: false,
         }
     }
 }
@@ -121,6 +159,8 @@ pub struct Outcome {
     pub paths: [u64; 4],
     /// Checkpoints completed.
     pub checkpoints: u64,
+    /// Distinct nonces of sealed records found on the medium and checked for reuse.
+    pub nonces_checked: u64,
 }
 
 impl std::ops::AddAssign for Outcome {
@@ -138,6 +178,7 @@ impl std::ops::AddAssign for Outcome {
             *a += b;
         }
         self.checkpoints += o.checkpoints;
+        self.nonces_checked += o.nonces_checked;
     }
 }
 
@@ -355,6 +396,7 @@ pub fn run_on<M: Medium>(
     let mut model: VecDeque<u64> = VecDeque::new();
     let mut next_id = 0u64;
     let mut outcome = Outcome::default();
+    let mut nonces = Nonces::new();
 
     for epoch in 0..epochs {
         let cut_at = match (epoch, cut) {
@@ -366,7 +408,7 @@ pub fn run_on<M: Medium>(
             sim.cut_power_after(k);
         }
         let in_flight = {
-            let opened = Channel::open(&mut sim, &mut memory[..], config);
+            let opened = open_on(&mut sim, &mut memory[..], scenario);
             match opened {
                 Err(e) if is_power_loss::<M>(&e) => None,
                 Err(e) => return Err(fail(format!("open failed: {e}"))),
@@ -396,6 +438,10 @@ pub fn run_on<M: Medium>(
         if let Some(v) = sim.first_violation() {
             return Err(fail(format!("NOR rule broken: {v}")));
         }
+        if scenario.sealed {
+            check_nonces(&mut sim, scenario, &mut nonces).map_err(&fail)?;
+            outcome.nonces_checked = nonces.len() as u64;
+        }
         if scenario.slot_bytes > 0 && rng.random_bool(scenario.damage_checkpoints) {
             // The log is intact: whatever happens to the checkpoints, nothing may be lost.
             let which = rng.random_range(0..3);
@@ -405,7 +451,7 @@ pub fn run_on<M: Medium>(
                 }
             }
         }
-        let channel = Channel::open(&mut sim, &mut memory[..], config)
+        let channel = open_on(&mut sim, &mut memory[..], scenario)
             .map_err(|e| fail(format!("reopen after the cut failed: {e}")))?;
         let r = channel.recovery();
         outcome.paths[match r.path {
@@ -486,7 +532,7 @@ fn decay_check<M: Medium>(
         }
     }
     let mut memory = vec![0u64; config.memory_words()];
-    let mut channel = match Channel::open(&mut decayed, &mut memory[..], config) {
+    let mut channel = match open_on(&mut decayed, &mut memory[..], scenario) {
         Ok(c) => c,
         // Refusing to open is allowed when the intact structures contradict each other, or when
         // a destroyed take record brought back more events than the capacity holds: both are
@@ -538,7 +584,7 @@ fn decay_check<M: Medium>(
 /// Runs random transactions until the step budget is spent or the power fails. Returns the
 /// commit that was in flight when the power failed, if any.
 fn epoch_workload<M: Medium>(
-    channel: &mut Channel<&mut M, &mut [u64]>,
+    channel: &mut SimChannel<'_, M>,
     scenario: &Scenario,
     rng: &mut Pcg64Mcg,
     model: &mut VecDeque<u64>,
@@ -705,7 +751,7 @@ fn finish(
 /// Reads the whole queue without consuming it (takes, then rollbacks) and checks it against the
 /// model and the in-flight commit. Returns the model as it now stands.
 fn verify<M: Medium>(
-    mut channel: Channel<&mut M, &mut [u64]>,
+    mut channel: SimChannel<'_, M>,
     scenario: &Scenario,
     model: &VecDeque<u64>,
     in_flight: Option<&InFlight>,
@@ -822,7 +868,7 @@ pub fn mutations_of_first_epoch_on<M: Medium>(
     let mut model = VecDeque::new();
     let mut next_id = 0;
     let mut outcome = Outcome::default();
-    let mut channel = Channel::open(&mut sim, &mut memory[..], config)
+    let mut channel = open_on(&mut sim, &mut memory[..], scenario)
         .map_err(|e| format!("seed {seed}: open failed: {e}"))?;
     epoch_workload(
         &mut channel,
@@ -834,4 +880,76 @@ pub fn mutations_of_first_epoch_on<M: Medium>(
     )
     .map_err(|e| format!("seed {seed} (no cut): {e}"))?;
     Ok(channel.storage().mutations())
+}
+
+/// Every nonce a run's sealed records were found under, with what was sealed under it.
+type Nonces = HashMap<([u8; SALT_BYTES], u64, u32), Vec<u8>>;
+
+/// Reads every sealed record on the medium and fails if a nonce (salt, segment, index) ever
+/// sealed two different texts: a power cut, a torn write or a replay must never make the
+/// channel reuse one. Records count only if intact (CRC), as replay would see them.
+fn check_nonces<M: Medium>(
+    sim: &mut M,
+    scenario: &Scenario,
+    seen: &mut Nonces,
+) -> Result<(), String> {
+    let seg = scenario.config.segment_bytes() as u64;
+    let align = M::WRITE_SIZE as u64;
+    let first = align_up(SEGMENT_HEADER_BYTES as u64, align);
+    let read = |sim: &mut M, at: u64, buf: &mut [u8]| {
+        sim.read(Region::Log, at, buf)
+            .map_err(|e| format!("nonce check: read failed: {e:?}"))
+    };
+    for slot in 0..scenario.log_bytes as u64 / seg {
+        let base = slot * seg;
+        let mut hb = [0u8; SEGMENT_HEADER_BYTES];
+        read(sim, base, &mut hb)?;
+        let SegmentCheck::Valid(h) = SegmentHeader::decode(&hb) else {
+            continue;
+        };
+        if h.flags & SEGMENT_FLAG_SEALED == 0 {
+            continue;
+        }
+        let mut at = first;
+        let mut index = 0u32;
+        let mut salt = [0u8; SALT_BYTES];
+        while at + RECORD_HEADER_BYTES as u64 <= seg {
+            let mut rb = [0u8; RECORD_HEADER_BYTES];
+            read(sim, base + at, &mut rb)?;
+            let r = RecordHeader::decode(&rb);
+            if r.wid_delta != index || at + RECORD_HEADER_BYTES as u64 + r.len as u64 > seg {
+                break;
+            }
+            let mut payload = vec![0u8; r.len as usize];
+            read(sim, base + at + RECORD_HEADER_BYTES as u64, &mut payload)?;
+            if !r.check(h.seq, &payload) {
+                break;
+            }
+            if index == 0 {
+                let b: [u8; SEAL_PAYLOAD_BYTES] = payload[..]
+                    .try_into()
+                    .map_err(|_| "seal record of the wrong length".to_string())?;
+                match SealRecord::decode(&b) {
+                    Some(seal) => salt = seal.salt,
+                    None => break,
+                }
+            }
+            // The sealed text with its header: the same nonce over other bytes is a reuse.
+            let mut sealed = rb[4..].to_vec();
+            sealed.extend_from_slice(&payload);
+            if let Some(before) = seen.get(&(salt, h.seq, index)) {
+                if *before != sealed {
+                    return Err(format!(
+                        "nonce reused: segment {} record {index} sealed two different texts",
+                        h.seq
+                    ));
+                }
+            } else {
+                seen.insert((salt, h.seq, index), sealed);
+            }
+            at += align_up(RECORD_HEADER_BYTES as u64 + r.len as u64, align);
+            index += 1;
+        }
+    }
+    Ok(())
 }

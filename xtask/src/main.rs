@@ -370,7 +370,7 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 9] = [
+const MUTANTS: [Mutant; 10] = [
     Mutant {
         name: "commit returns without syncing",
         file: "core/src/channel.rs",
@@ -382,6 +382,12 @@ const MUTANTS: [Mutant; 9] = [
         file: "core/src/channel.rs",
         from: "if !header.check(seq, &buf[..len]) {",
         to: "if false && !header.check(seq, &buf[..len]) {",
+    },
+    Mutant {
+        name: "a new run reuses the newest segment's number (and so its nonces)",
+        file: "core/src/recovery.rs",
+        from: "roll_to: (newest + 1).max(from.seq),",
+        to: "roll_to: newest.max(from.seq),",
     },
     Mutant {
         name: "replay ignores take commits",
