@@ -197,7 +197,8 @@ pub fn write_settings(home: &Path, config: &FileChannelConfig) -> Result<(), Fai
     let text = format!(
         "# Sluicegate channel settings, written when the channel was created.\n\
          # Relative directories are relative to this file. capacity, max_file_bytes and\n\
-         # log_files are fixed for the channel's life.\n{}",
+         # log_files are fixed for the channel's life. To encrypt, add an [encryption]\n\
+         # section (see `sluicegate key --help` and docs/operations.md).\n{}",
         toml::to_string(&c).map_err(|e| Fail::runtime(format!("cannot write settings: {e}")))?
     );
     crate::archive::write_file_durably(&home.join(SETTINGS_FILE), text.as_bytes())

@@ -14,7 +14,7 @@ use crate::fail::Fail;
 use crate::home::HomeArgs;
 use crate::scan::{self, Severity};
 
-type Core = Channel<SnapshotStorage, Vec<u64>>;
+type Core = Channel<SnapshotStorage, Vec<u64>, sluicegate_file::Keyring>;
 
 pub fn path_name(p: RecoveryPath) -> &'static str {
     match p {
@@ -42,8 +42,9 @@ pub fn recover(config: &FileChannelConfig, st: SnapshotStorage) -> Result<Core, 
     let core_config = config
         .core_config()
         .map_err(|e| Fail::runtime(e.to_string()))?;
+    let keys = config.keyring().map_err(|e| Fail::runtime(e.to_string()))?;
     let memory = vec![0u64; core_config.memory_words()];
-    Channel::open(st, memory, core_config)
+    Channel::open_with_keys(st, memory, core_config, keys)
         .map_err(|e| Fail::runtime(format!("recovery fails: {e}")))
 }
 

@@ -13,6 +13,7 @@ mod archive;
 mod fail;
 mod home;
 mod inspect;
+mod keys;
 mod load;
 mod pipe;
 mod progress;
@@ -141,6 +142,9 @@ enum Command {
     /// Run producer and consumer threads through a file channel, then reopen it and show what
     /// recovery did.
     Load(load::LoadArgs),
+    /// Make key files for encryption at rest (list them under [encryption] in sluicegate.toml).
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             force,
             json,
         } => archive::restore(&from, &home, force, json),
+        Command::Key(command) => keys::run(&command),
         Command::Load(args) => load::load(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(fail::Fail::runtime),

@@ -264,13 +264,14 @@ fn mend_recovery(
     let core_config = config
         .core_config()
         .map_err(|e| Fail::runtime(e.to_string()))?;
+    let keys = config.keyring().map_err(|e| Fail::runtime(e.to_string()))?;
     let memory = vec![0u64; core_config.memory_words()];
     let layout = config.layout();
     let slot_file = |region: Region| match region {
         Region::Backup => layout.backup_dir.join("backup.slot"),
         _ => layout.checkpoint_dir.join("checkpoint.slot"),
     };
-    match Channel::open(st, memory, core_config) {
+    match Channel::open_with_keys(st, memory, core_config, keys) {
         Ok(core) => Ok(Some(format!(
             "recovery succeeds by {} with {} events",
             crate::inspect::path_name(core.recovery().path),

@@ -837,3 +837,67 @@ fn repair_raises_a_capacity_too_small_for_the_log() {
     assert!(s["capacity"].as_u64().unwrap_or(0) >= 30);
     assert_eq!(h.take_all(), lines("line", 30));
 }
+
+/// `key new` and `key wrap` make key files; with them listed under `[encryption]` in the home's
+/// settings, put, take, stats and verify run on a sealed channel, and nothing is in the clear.
+#[test]
+fn key_files_made_by_the_cli_seal_a_channel() {
+    let h = Home::new(65536);
+    let raw = h.path("k1.key");
+    let wrapped = h.path("k1.wrapped");
+    let pw = h.path("k1.pass");
+    ok(&["key", "new", "--out", &raw], "");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&raw).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&raw).unwrap().trim().len(), 64);
+    // Never replaces a key file.
+    assert_one_line_error(&run(&["key", "new", "--out", &raw], ""), 1, "exists");
+    std::fs::write(&pw, "open sesame\n").unwrap();
+    ok(
+        &[
+            "key",
+            "wrap",
+            "--key-file",
+            &raw,
+            "--password-file",
+            &pw,
+            "--out",
+            &wrapped,
+            "--iterations",
+            "1000",
+        ],
+        "",
+    );
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let settings = Path::new(&h.dir).join("sluicegate.toml");
+    let mut text = std::fs::read_to_string(&settings).unwrap();
+    text.push_str(&format!(
+        "\n[encryption]\nactive_key = \"one\"\n\n[[encryption.keys]]\nid = 1\nalias = \"one\"\nkey_file = \"{wrapped}\"\npassword_file = \"{pw}\"\n"
+    ));
+    std::fs::write(&settings, &text).unwrap();
+    let events = lines("secret", 200);
+    h.put(&events, 50);
+    assert_eq!(h.stats()["depth"], 200, "{}", h.stats());
+    let verify = ok(&["verify", "--dir", &h.dir], "");
+    assert!(!verify.is_empty());
+    let mut stack = vec![PathBuf::from(&h.dir)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let bytes = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !bytes.windows(12).any(|w| w == b"secret-00100"),
+                    "{} holds an event in the clear",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert_eq!(h.take_all(), events);
+    // A wrong password is one clear line, exit 1.
+    std::fs::write(&pw, "open sesame!\n").unwrap();
+    assert_one_line_error(&run(&["take", "--dir", &h.dir], ""), 1, "wrong password");
+}

@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
+use sluicegate_file::{
+    new_key_line, write_secret_file, EncryptionConfig, FileChannel, FileChannelConfig,
+    FileChannelError, KeyConfig,
+};
 
 use crate::model::{decode_event, event_bytes, judge, InFlight};
 
@@ -32,8 +35,26 @@ pub const MAX_EVENT: usize = 600;
 /// The channel both processes open: small files so the log rolls and creates files often, a
 /// checkpoint every few milliseconds so kills land in checkpoints, and capacity no more than
 /// the transactions the parent can hold open to read the whole queue.
+///
+/// A directory holding [`KEY_FILE`] is a sealed run: its log and checkpoints are encrypted with
+/// that key (see [`seal_dir`]).
 pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
+    let key_file = dir.join(KEY_FILE);
+    let encryption = if key_file.exists() {
+        EncryptionConfig {
+            active_key: Some("kill".into()),
+            keys: vec![KeyConfig {
+                id: 7,
+                alias: "kill".into(),
+                key_file,
+                password_file: None,
+            }],
+        }
+    } else {
+        EncryptionConfig::default()
+    };
     FileChannelConfig {
+        encryption,
         capacity: 512,
         transaction_capacity: 16,
         max_transactions: 64,
@@ -45,6 +66,20 @@ pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
         keep_alive_ms: 0,
         ..FileChannelConfig::in_dir(dir)
     }
+}
+
+/// The key file that makes a kill-test directory sealed.
+pub const KEY_FILE: &str = "kill.key";
+
+/// Makes `dir` a sealed run's directory: a new random key in [`KEY_FILE`], unless one is there.
+pub fn seal_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(KEY_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let line = new_key_line().map_err(|e| e.to_string())?;
+    write_secret_file(&path, &line).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The child's side: random transactions until killed (or `steps` operations). Ids start at
@@ -147,6 +182,7 @@ pub fn run_kills(
     root: &Path,
     seed: u64,
     rounds: u64,
+    sealed: bool,
     mut progress: impl FnMut(u64, &KillOutcome),
 ) -> Result<KillOutcome, String> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
@@ -160,6 +196,9 @@ pub fn run_kills(
             model.clear();
         }
         let dir = &root.join(format!("dirs-{}", round / ROUNDS_PER_DIR));
+        if sealed {
+            seal_dir(dir).map_err(fail)?;
+        }
         let child_seed: u64 = rng.random();
         // Half the kills come within 3 ms of the open, when the run's first log file is being
         // created and its first segment opened; the rest anywhere in 40 ms.
@@ -192,6 +231,7 @@ pub fn run_crash_points(
     child_exe: &Path,
     root: &Path,
     seed: u64,
+    sealed: bool,
     mut progress: impl FnMut(u64, &KillOutcome),
 ) -> Result<KillOutcome, String> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
@@ -201,6 +241,9 @@ pub fn run_crash_points(
         for n in POINT_HITS {
             let child_seed: u64 = rng.random();
             let dir = &root.join(format!("point-{point}-{n}"));
+            if sealed {
+                seal_dir(dir)?;
+            }
             let mut model = VecDeque::new();
             let death = Death::AtPoint(point, n);
             one_round(

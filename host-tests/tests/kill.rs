@@ -26,7 +26,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome =
-        run_kills(exe, dir.path(), 7, rounds, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        run_kills(exe, dir.path(), 7, rounds, false, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
     println!("{rounds} rounds: {outcome:?}");
     assert!(
         outcome.kills >= rounds * 9 / 10,
@@ -40,6 +40,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         outcome.in_flight_at_kill > 0,
         "some kills land mid-commit: {outcome:?}"
     );
+    // The control for the sealed test's search: plaintext logs show their events.
+    assert!(events_in_the_clear(dir.path()) > 0);
 }
 
 /// The child dies at every named crash point of the file adapter (`file-half-created`,
@@ -51,7 +53,7 @@ fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome =
-        run_crash_points(exe, dir.path(), 11, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        run_crash_points(exe, dir.path(), 11, false, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
     println!("named crash points: {outcome:?}");
     let rounds = (sluicegate_file::crash::POINTS.len() * POINT_HITS.len()) as u64;
     assert_eq!(outcome.kills, rounds, "every round dies at its point");
@@ -60,4 +62,62 @@ fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
         outcome.acknowledged > 0,
         "the children did work: {outcome:?}"
     );
+}
+
+/// The same with encryption on: a random key per directory, so every segment and checkpoint is
+/// sealed, and every recovery after a kill (at random moments and at each named crash point) is
+/// judged the same way. `SLUICEGATE_SEALED_KILLS` sets the random rounds (60 by default).
+#[test]
+fn sigkill_of_a_sealed_channel_loses_nothing_acknowledged() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rounds: u64 = std::env::var("SLUICEGATE_SEALED_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
+    let points =
+        run_crash_points(exe, dir.path(), 13, true, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    let random =
+        run_kills(exe, dir.path(), 17, rounds, true, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    println!("sealed: named crash points {points:?}; {rounds} random rounds {random:?}");
+    let point_rounds = (sluicegate_file::crash::POINTS.len() * POINT_HITS.len()) as u64;
+    assert_eq!(points.recoveries, point_rounds);
+    assert!(random.kills >= rounds * 9 / 10, "{random:?}");
+    assert!(random.acknowledged > rounds, "{random:?}");
+    // The directories really were sealed: no log file holds an event in the clear (the plain
+    // test above finds them with the same search).
+    assert_eq!(events_in_the_clear(dir.path()), 0);
+}
+
+/// Events of the kill workload found in the clear in the log files under `dir`: an id the
+/// workload uses, followed by that event's next 8 bytes.
+fn events_in_the_clear(dir: &std::path::Path) -> usize {
+    let mut found = 0;
+    for seg in segments(dir) {
+        let bytes = std::fs::read(&seg).unwrap();
+        for w in bytes.windows(16) {
+            let id = u64::from_le_bytes(w[..8].try_into().unwrap());
+            if (1_000_000..1_000_000_000).contains(&id) && id % 1_000_000 < 100_000 {
+                let e = sluicegate_sim::model::event_bytes(id, sluicegate_sim::kill::MAX_EVENT);
+                if e.len() >= 16 && e[8..16] == w[8..] {
+                    found += 1;
+                }
+            }
+        }
+    }
+    found
+}
+
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            found.extend(segments(&p));
+        } else if p.extension().is_some_and(|e| e == "seg") {
+            found.push(p);
+        }
+    }
+    found
 }

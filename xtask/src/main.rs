@@ -5,7 +5,7 @@
 //! - `sim [args]`: the crash simulation at any length (see `sim --help`);
 //! - `fuzz [--seconds N]`: every fuzz target for N seconds each (default 300);
 //! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each;
-//! - `kill [--rounds N] [--seed S]`: SIGKILLs a process using a file channel, again and again;
+//! - `kill [--rounds N] [--seed S] [--sealed]`: SIGKILLs a process using a file channel, again and again;
 //! - `firmware [--boots N] [--seed S]`: builds the firmware example and runs it in QEMU
 //!   (installing qemu-system-arm, the target and defmt-print when missing);
 //! - `bench [--full | --smoke] [--docs] [...]`: the benchmarks (`sluicegate-bench`; `bench
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         "firmware" => firmware_cmd(rest),
         "bench" => bench_cmd(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),

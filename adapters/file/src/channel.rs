@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use sluicegate_core::{Channel, Error, Recovery, Stats, SyncMark, Txn};
 
 use crate::config::{ConfigError, FileChannelConfig};
+use crate::keys::Keyring;
 use crate::storage::{FileError, FileStorage};
 
-type Core = Channel<FileStorage, Vec<u64>>;
+type Core = Channel<FileStorage, Vec<u64>, Keyring>;
 
 /// Everything that can go wrong with a file channel.
 #[derive(Debug)]
@@ -54,6 +55,14 @@ impl fmt::Display for FileChannelError {
             FileChannelError::Config(e) => write!(f, "{e}"),
             FileChannelError::Storage(e) => write!(f, "{e}"),
             FileChannelError::Channel(Error::Storage(e)) => write!(f, "storage error: {e}"),
+            FileChannelError::Channel(e @ Error::KeyMissing { key }) => write!(
+                f,
+                "{e}: list the key with id {key} in [[encryption.keys]]"
+            ),
+            FileChannelError::Channel(e @ Error::WrongKey { key }) => write!(
+                f,
+                "{e}: check the key_file of id {key} in [[encryption.keys]]"
+            ),
             FileChannelError::Channel(e) => write!(f, "{e}"),
             FileChannelError::InsufficientSpace {
                 dir,
@@ -169,11 +178,12 @@ impl FileChannel {
     /// log from the newest usable checkpoint, and starts the checkpoint thread.
     pub fn open(config: FileChannelConfig) -> Result<Self, FileChannelError> {
         let started = Instant::now();
-        config.validate()?;
+        config.validate_dirs()?;
+        let keys = config.keyring()?;
         let core_config = config.core_config()?;
         let storage = FileStorage::open(&config.layout()).map_err(FileChannelError::Storage)?;
         let memory = vec![0u64; core_config.memory_words()];
-        let core = Channel::open(storage, memory, core_config)?;
+        let core = Channel::open_with_keys(storage, memory, core_config, keys)?;
         let recovery = *core.recovery();
         let shared = Arc::new(Shared {
             config,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sluicegate_core::{Config, MAX_TRANSACTIONS};
 
+use crate::keys::{EncryptionConfig, Keyring};
 use crate::storage::Layout;
 
 /// Where the file channel keeps its data, how much it holds, and how it behaves. Every field has
@@ -32,6 +33,11 @@ use crate::storage::Layout;
 /// | `max_event_bytes` | (none) | 1 MiB |
 /// | `max_transactions` | (none) | 64 |
 /// | `space_check_interval_ms` | (none) | 1,000 |
+/// | `[encryption]` | `encryption.*` | none: plaintext |
+///
+/// The `[encryption]` section names the key that seals new data (`active_key`, an alias) and
+/// every key the log may still need (`[[encryption.keys]]`: `id`, `alias`, `key_file` and, for a
+/// wrapped key, `password_file`); see [`Keyring`](crate::Keyring).
 ///
 /// Relative directories are resolved against the directory of the TOML file they come from
 /// ([`FileChannelConfig::from_toml_file`]) or the base given to
@@ -74,6 +80,9 @@ pub struct FileChannelConfig {
     /// How often free space is measured for the `minimum_required_space_bytes` check
     /// (0: before every put).
     pub space_check_interval_ms: u64,
+    /// Encryption at rest: the active key and the key files.
+    #[serde(skip_serializing_if = "EncryptionConfig::is_off")]
+    pub encryption: EncryptionConfig,
 }
 
 impl Default for FileChannelConfig {
@@ -94,6 +103,7 @@ impl Default for FileChannelConfig {
             max_event_bytes: 1 << 20,
             max_transactions: 64,
             space_check_interval_ms: 1_000,
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -105,7 +115,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         ConfigError {
             message: message.into(),
         }
@@ -152,14 +162,26 @@ impl FileChannelConfig {
         join(&mut self.checkpoint_dir);
         join(&mut self.backup_checkpoint_dir);
         self.data_dirs.iter_mut().for_each(join);
+        crate::keys::resolve(&mut self.encryption, base);
         self
     }
 
     /// Checks the configuration on its own and against the filesystem (without creating
-    /// anything): sizes and limits, distinct directories, and for each directory either an
+    /// anything): sizes and limits, distinct directories, for each directory either an
     /// existing writable directory or a missing one whose parent is an existing writable
-    /// directory.
+    /// directory, and every key file (read, and unwrapped with its password).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_dirs()?;
+        self.keyring().map(drop)
+    }
+
+    /// Loads the keys the `[encryption]` section names.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        Keyring::load(&self.encryption)
+    }
+
+    /// [`FileChannelConfig::validate`] without the key files.
+    pub(crate) fn validate_dirs(&self) -> Result<(), ConfigError> {
         self.core_config()?;
         if self.data_dirs.is_empty() {
             return Err(ConfigError::new(

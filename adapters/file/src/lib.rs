@@ -52,12 +52,17 @@ mod config;
 #[doc(hidden)]
 pub mod crash;
 mod dirs;
+mod keys;
 mod snapshot;
 mod space;
 mod storage;
 
 pub use channel::{FileChannel, FileChannelError, FileStats, PendingCommit, Transaction};
 pub use config::{ConfigError, FileChannelConfig};
+pub use keys::{
+    new_key_line, wrap_key, write_secret_file, EncryptionConfig, KeyConfig, Keyring,
+    DEFAULT_WRAP_ITERATIONS, WRAPPED_KEY_MAGIC,
+};
 pub use space::available_bytes;
 
 pub use dirs::{DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};

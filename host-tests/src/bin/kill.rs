@@ -1,6 +1,7 @@
-//! `cargo xtask kill [--rounds N] [--seed S]`: kills a child process running transactions on a
-//! file channel N times (default 1,000) and checks every recovery, after one death at each named
-//! crash point of the file adapter. See `sluicegate_sim::kill`.
+//! `cargo xtask kill [--rounds N] [--seed S] [--sealed]`: kills a child process running
+//! transactions on a file channel N times (default 1,000) and checks every recovery, after one
+//! death at each named crash point of the file adapter. `--sealed` encrypts the channel (a new
+//! random key per directory). See `sluicegate_sim::kill`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,14 +11,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rounds = 1000u64;
     let mut seed = 7u64;
+    let mut sealed = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--sealed" {
+            sealed = true;
+            continue;
+        }
         let value = it.next().and_then(|v| v.parse().ok());
         match (a.as_str(), value) {
             ("--rounds", Some(v)) => rounds = v,
             ("--seed", Some(v)) => seed = v,
             _ => {
-                eprintln!("usage: kill [--rounds N] [--seed S]");
+                eprintln!("usage: kill [--rounds N] [--seed S] [--sealed]");
                 return ExitCode::from(2);
             }
         }
@@ -38,11 +44,12 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "kill: {rounds} rounds, seed {seed}, under {}",
+        "kill: {rounds} rounds, seed {seed}, {}, under {}",
+        if sealed { "sealed" } else { "plaintext" },
         root.display()
     );
     let started = Instant::now();
-    match sluicegate_sim::kill::run_crash_points(&child, &root, seed, |_, _| {}) {
+    match sluicegate_sim::kill::run_crash_points(&child, &root, seed, sealed, |_, _| {}) {
         Ok(o) => println!(
             "kill: named crash points: {} deaths, {} recoveries checked, {} commits acknowledged",
             o.kills, o.recoveries, o.acknowledged
@@ -54,7 +61,7 @@ fn main() -> ExitCode {
         }
     }
     let mut last = Instant::now();
-    let result = sluicegate_sim::kill::run_kills(&child, &root, seed, rounds, |done, o| {
+    let result = sluicegate_sim::kill::run_kills(&child, &root, seed, rounds, sealed, |done, o| {
         if last.elapsed().as_secs() >= 10 {
             last = Instant::now();
             println!(
