@@ -15,6 +15,9 @@
 //! - After the configured number of boots, the uplink drains the channel without cuts, the final
 //!   check runs, the summary is printed and the firmware exits through semihosting: 0 if no
 //!   violation was found, 1 otherwise.
+//! - With the `sealed` feature, the channel is encrypted at rest with a key compiled in
+//!   ([`StaticKeys`], no TRNG on this board, so a fixed salt), and the final check also searches
+//!   the whole log partition for any reading in the clear: finding one is a violation.
 
 #![no_std]
 #![no_main]
@@ -30,7 +33,7 @@ use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use defmt_semihosting as _;
-use sluicegate_core::{Channel, Config, Error};
+use sluicegate_core::{Channel, Config, Error, KeyProvider};
 use sluicegate_flash::{FlashStorage, Partition, SharedChannel, Wear};
 
 use kept::State;
@@ -80,7 +83,28 @@ type Store = FlashStorage<Part, Part, Part>;
 type Memory = &'static mut [u64];
 
 static DEVICE: Mutex<RefCell<Nor>> = Mutex::new(RefCell::new(Nor::new()));
-static CHANNEL: SharedChannel<Store, Memory> = SharedChannel::new();
+static CHANNEL: SharedChannel<Store, Memory, Keys> = SharedChannel::new();
+
+/// The key provider: none (plaintext), or with the `sealed` feature one key compiled in.
+#[cfg(not(feature = "sealed"))]
+type Keys = sluicegate_core::NoKeys;
+#[cfg(feature = "sealed")]
+type Keys = sluicegate_core::StaticKeys<'static>;
+
+#[cfg(not(feature = "sealed"))]
+fn keys() -> Keys {
+    sluicegate_core::NoKeys
+}
+
+/// An example key: a real gateway keeps its key in protected storage, not in the image.
+#[cfg(feature = "sealed")]
+static KEYS: [(sluicegate_core::KeyId, sluicegate_core::Key); 1] =
+    [(1, *b"sluicegate example key, not real")];
+
+#[cfg(feature = "sealed")]
+fn keys() -> Keys {
+    sluicegate_core::StaticKeys::new(&KEYS, Some(1))
+}
 
 /// Milliseconds since this boot's timer started.
 static TICKS: AtomicU32 = AtomicU32::new(0);
@@ -148,7 +172,7 @@ fn main() -> ! {
     };
     let memory: Memory = cortex_m::singleton!(: [u64; MEMORY_WORDS] = [0; MEMORY_WORDS])
         .expect("taken once, at boot");
-    match Channel::open(storage, memory, CONFIG) {
+    match Channel::open_with_keys(storage, memory, CONFIG, keys()) {
         Ok(channel) => {
             if channel.recovery().checkpointed {
                 kept::with(|l| l.checkpointed_opens += 1);
@@ -483,12 +507,42 @@ fn finish() -> ! {
     defmt::println!(
         "summary: channel RAM: {=usize} bytes of memory + {=usize} bytes of Channel struct; deepest stack {=u32} bytes; flash words programmed twice: {=u32}",
         CONFIG.memory_bytes(),
-        core::mem::size_of::<Channel<Store, Memory>>(),
+        core::mem::size_of::<Channel<Store, Memory, Keys>>(),
         kept::with(|l| l.stack_bytes),
         l.11
     );
-    defmt::println!("summary: violations={=u32}", l.10);
-    exit(l.10 == 0)
+    let in_clear = readings_in_the_clear(l.3);
+    defmt::println!(
+        "summary: sealed={=bool}; readings found in the clear in the log partition: {=u32}",
+        keys().active().is_some(),
+        in_clear
+    );
+    match (keys().active().is_some(), in_clear) {
+        (true, n) if n > 0 => violation("a sealed channel left readings in the clear", n),
+        // The control: a plaintext log shows its readings, so the search can find them.
+        (false, 0) => violation("the search found no reading in a plaintext log", 0),
+        _ => {}
+    }
+    let violations = kept::with(|l| l.violations);
+    defmt::println!("summary: violations={=u32}", violations);
+    exit(violations == 0)
+}
+
+/// How many places in the log partition hold the first 12 bytes of one of the `sampled`
+/// readings: some in a plaintext run, none in a sealed one.
+fn readings_in_the_clear(sampled: u32) -> u32 {
+    let mut found = 0;
+    critical_section::with(|cs| {
+        let _device = DEVICE.borrow_ref_mut(cs);
+        let log = &nor::bytes()[..LOG_BYTES as usize];
+        for at in (0..log.len() - 12).step_by(4) {
+            let seq = u32::from_le_bytes([log[at], log[at + 1], log[at + 2], log[at + 3]]);
+            if seq < sampled && log[at..at + 12] == reading(seq)[..12] {
+                found += 1;
+            }
+        }
+    });
+    found
 }
 
 /// Ends the run through semihosting: QEMU exits 0 if `ok`, 1 otherwise.

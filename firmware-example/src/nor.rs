@@ -75,6 +75,12 @@ pub fn erase_chip() {
     unsafe { core::ptr::write_bytes(IMAGE.get().cast::<u8>(), ERASED, BYTES) };
 }
 
+/// The whole part, to read: call it only while holding the part's mutex (`DEVICE`), so no
+/// program or erase runs at the same time.
+pub fn bytes() -> &'static [u8; BYTES] {
+    image()
+}
+
 fn image() -> &'static mut [u8; BYTES] {
     // SAFETY: the image is only reached through the one `Nor`, which lives behind a
     // critical-section mutex, so there is never a second reference at the same time; the

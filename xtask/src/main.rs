@@ -565,7 +565,7 @@ fn catch_all_firmware(ws: &Path, mutants: &[Mutant]) -> Result<usize> {
     ensure_target()?;
     ensure_qemu()?;
     ensure_defmt_print()?;
-    let check = || build_firmware(&dir, BOOTS, 1).and_then(|elf| run_firmware(&elf));
+    let check = || build_firmware(&dir, BOOTS, 1, false).and_then(|elf| run_firmware(&elf));
     println!("-- control: the unmutated copy passes the firmware run");
     check()?;
     for m in mutants {
@@ -775,9 +775,36 @@ fn firmware_cmd(args: &[String]) -> Result {
         &["clippy", "--release", "--", "-D", "warnings"],
         &envs,
     )?;
-    let elf = build_firmware(&dir, boots, seed)?;
-    report_firmware_size(&elf)?;
-    run_firmware(&elf)
+    run_in(
+        &dir,
+        "cargo",
+        &[
+            "clippy",
+            "--release",
+            "--features",
+            "sealed",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &envs,
+    )?;
+    let elf = build_firmware(&dir, boots, seed, false)?;
+    let plain = report_firmware_size(&elf)?;
+    run_firmware(&elf)?;
+    println!("-- the same run with the channel sealed (feature `sealed`)");
+    let elf = build_firmware(&dir, boots, seed, true)?;
+    let sealed = report_firmware_size(&elf)?;
+    run_firmware(&elf)?;
+    println!(
+        "firmware size: sealing adds {} bytes of flash ({} -> {}, +{:.1}%) and {} bytes of static RAM",
+        sealed.0 as i64 - plain.0 as i64,
+        plain.0,
+        sealed.0,
+        100.0 * (sealed.0 as f64 - plain.0 as f64) / plain.0 as f64,
+        sealed.1 as i64 - plain.1 as i64
+    );
+    Ok(())
 }
 
 fn firmware_env(dir: &Path, boots: u32, seed: u32) -> Result<Vec<(&'static str, String)>> {
@@ -792,11 +819,16 @@ fn firmware_env(dir: &Path, boots: u32, seed: u32) -> Result<Vec<(&'static str, 
     ])
 }
 
-/// Builds the firmware in `dir` for `boots` boots; returns the ELF's path.
-fn build_firmware(dir: &Path, boots: u32, seed: u32) -> Result<PathBuf> {
+/// Builds the firmware in `dir` for `boots` boots (with the `sealed` feature if `sealed`);
+/// returns the ELF's path.
+fn build_firmware(dir: &Path, boots: u32, seed: u32, sealed: bool) -> Result<PathBuf> {
     let envs = firmware_env(dir, boots, seed)?;
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    run_in(dir, "cargo", &["build", "--release"], &envs)?;
+    let mut args = vec!["build", "--release"];
+    if sealed {
+        args.extend(["--features", "sealed"]);
+    }
+    run_in(dir, "cargo", &args, &envs)?;
     Ok(dir
         .join("target")
         .join(THUMB)
@@ -870,8 +902,9 @@ fn run_firmware(elf: &Path) -> Result {
     }
 }
 
-/// Prints the firmware's flash and RAM use, read from the ELF's section headers.
-fn report_firmware_size(elf: &Path) -> Result {
+/// Prints the firmware's flash and RAM use, read from the ELF's section headers; returns
+/// (flash bytes, static RAM bytes).
+fn report_firmware_size(elf: &Path) -> Result<(u64, u64)> {
     let bytes = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
     let sections = elf32_sections(&bytes).ok_or("not a 32-bit little-endian ELF file")?;
     let size = |name: &str| {
@@ -895,7 +928,7 @@ fn report_firmware_size(elf: &Path) -> Result {
         vectors + text + rodata + data,
         data + bss,
     );
-    Ok(())
+    Ok((vectors + text + rodata + data, data + bss))
 }
 
 /// (name, size) of every section of a 32-bit little-endian ELF file.

@@ -3,7 +3,7 @@
 use core::cell::RefCell;
 
 use critical_section::Mutex;
-use sluicegate_core::{Channel, Error, Stats, Storage, Txn};
+use sluicegate_core::{Channel, Error, KeyProvider, NoKeys, Stats, Storage, Txn};
 
 /// A [`Channel`] behind a critical-section mutex, for a `static`: an interrupt handler puts
 /// events while the main loop takes them, each call in its own critical section.
@@ -12,7 +12,8 @@ use sluicegate_core::{Channel, Error, Stats, Storage, Txn};
 /// the interrupts between them) while the main loop waits for the uplink's acknowledgement.
 /// Every call holds the critical section for the flash operations it makes: a put-and-commit
 /// from an interrupt programs a few words (see the pinned operation counts in `host-tests`), and
-/// interrupts of higher priority wait that long.
+/// interrupts of higher priority wait that long. `K` is the channel's key provider (`NoKeys`:
+/// plaintext; a `StaticKeys` for a sealed channel).
 ///
 /// ```
 /// # use sluicegate_flash::SharedChannel;
@@ -29,11 +30,11 @@ use sluicegate_core::{Channel, Error, Stats, Storage, Txn};
 /// }
 /// # }
 /// ```
-pub struct SharedChannel<S: Storage, M> {
-    inner: Mutex<RefCell<Option<Channel<S, M>>>>,
+pub struct SharedChannel<S: Storage, M, K = NoKeys> {
+    inner: Mutex<RefCell<Option<Channel<S, M, K>>>>,
 }
 
-impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> SharedChannel<S, M> {
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> SharedChannel<S, M, K> {
     /// An empty handle; [`SharedChannel::install`] puts an opened channel in it.
     pub const fn new() -> Self {
         SharedChannel {
@@ -42,17 +43,17 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> SharedChannel<S, M> {
     }
 
     /// Installs an opened channel, returning the one it replaces.
-    pub fn install(&self, channel: Channel<S, M>) -> Option<Channel<S, M>> {
+    pub fn install(&self, channel: Channel<S, M, K>) -> Option<Channel<S, M, K>> {
         critical_section::with(|cs| self.inner.borrow_ref_mut(cs).replace(channel))
     }
 
     /// Removes the channel (to close it or reopen it).
-    pub fn remove(&self) -> Option<Channel<S, M>> {
+    pub fn remove(&self) -> Option<Channel<S, M, K>> {
         critical_section::with(|cs| self.inner.borrow_ref_mut(cs).take())
     }
 
     /// Runs `f` on the channel inside a critical section; `None` if none is installed.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Channel<S, M>) -> R) -> Option<R> {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Channel<S, M, K>) -> R) -> Option<R> {
         critical_section::with(|cs| self.inner.borrow_ref_mut(cs).as_mut().map(f))
     }
 
@@ -70,8 +71,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> SharedChannel<S, M> {
     }
 }
 
-fn put_committed<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>>(
-    ch: &mut Channel<S, M>,
+fn put_committed<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider>(
+    ch: &mut Channel<S, M, K>,
     event: &[u8],
 ) -> Result<(), Option<Error<S::Error>>> {
     let tx: Txn = ch.begin()?;
@@ -85,7 +86,9 @@ fn put_committed<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>>(
     })
 }
 
-impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Default for SharedChannel<S, M> {
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Default
+    for SharedChannel<S, M, K>
+{
     fn default() -> Self {
         Self::new()
     }
