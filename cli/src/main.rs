@@ -142,7 +142,7 @@ enum Command {
     /// Run producer and consumer threads through a file channel, then reopen it and show what
     /// recovery did.
     Load(load::LoadArgs),
-    /// Make key files for encryption at rest (list them under [encryption] in sluicegate.toml).
+    /// Make key files for encryption at rest (list them in the `[encryption]` section of sluicegate.toml).
     #[command(subcommand)]
     Key(keys::KeyCommand),
 }
