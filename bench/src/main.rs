@@ -5,6 +5,7 @@
 //! Sluicegate's flash adapter against sequential-storage's queue. Prints a markdown table and
 //! writes it, with a plot, where `--out` says (or into docs/ with `--docs`).
 
+mod aead;
 mod flash;
 mod recovery;
 mod report;
@@ -98,7 +99,7 @@ struct Args {
     /// docs/benchmarks-throughput.png.
     #[arg(long)]
     docs: bool,
-    /// Only these sections (comma-separated): server, recovery, flash.
+    /// Only these sections (comma-separated): server, recovery, flash, aead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs SYSTEM for N put commits and N take commits of one 100-byte event each, and exits:
@@ -346,8 +347,10 @@ fn run(args: &Args) -> Result<()> {
         return probe_syncs(&args.dir, &args.probe_syncs[0], n);
     }
     for s in &args.only {
-        if !["server", "recovery", "flash"].contains(&s.as_str()) {
-            return Err(format!("--only: unknown section {s:?} (server, recovery, flash)").into());
+        if !["server", "recovery", "flash", "aead"].contains(&s.as_str()) {
+            return Err(
+                format!("--only: unknown section {s:?} (server, recovery, flash, aead)").into(),
+            );
         }
     }
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
@@ -358,7 +361,8 @@ fn run(args: &Args) -> Result<()> {
     } else {
         0
     } + if wants("recovery") { 6 } else { 0 }
-        + if wants("flash") { 4 } else { 0 };
+        + if wants("flash") { 4 } else { 0 }
+        + if wants("aead") { 1 } else { 0 };
     fresh_dir(&args.dir)?;
     let machine = report::Machine::read(&args.dir);
     eprintln!(
@@ -429,6 +433,12 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
+    let aead_results = if wants("aead") {
+        progress.step("aead: XChaCha20-Poly1305, ChaCha20-Poly1305, AES-256-GCM");
+        aead::run(plan.duration / 4)?
+    } else {
+        Vec::new()
+    };
     progress.finish();
     std::fs::remove_dir_all(&args.dir)?;
 
@@ -440,6 +450,7 @@ fn run(args: &Args) -> Result<()> {
         &server,
         recovery.as_ref(),
         &flash_results,
+        &aead_results,
     );
     print!("{text}");
     std::fs::create_dir_all(&args.out)?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
+use crate::aead::{AeadResult, ALGORITHMS, SIZES};
 use crate::flash::{FlashResult, READING};
 use crate::recovery::RecoveryResults;
 use crate::scenarios::{Cell, Measured};
@@ -158,6 +159,7 @@ pub fn markdown(
     server: &[CellResult],
     recovery: Option<&RecoveryResults>,
     flash: &[FlashResult],
+    aead: &[AeadResult],
 ) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -174,12 +176,16 @@ pub fn markdown(
     );
     if !server.is_empty() {
         server_tables(&mut o, plan, server);
+        sealing_table(&mut o, server);
     }
     if let Some(r) = recovery {
         recovery_table(&mut o, r);
     }
     if !flash.is_empty() {
         flash_table(&mut o, flash);
+    }
+    if !aead.is_empty() {
+        aead_table(&mut o, aead);
     }
     targets(&mut o, server, recovery, flash);
     o
@@ -258,6 +264,76 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
             lat(Kind::Redb),
             lat(Kind::Sqlite)
         );
+    }
+    o.push('\n');
+}
+
+/// The AEADs on this machine: MB/s of messages sealed, and AES-GCM's rate over XChaCha's.
+fn aead_table(o: &mut String, aead: &[AeadResult]) {
+    let _ = writeln!(
+        o,
+        "#### AEADs on this machine\n\n\
+         Messages sealed in place, one nonce each, for a quarter of the run length per figure; MB/s \
+         of message. The Cortex-M4 figures come from `cargo xtask firmware` (instructions per \
+         byte, in QEMU).\n"
+    );
+    let _ = write!(o, "| message |");
+    for a in ALGORITHMS {
+        let _ = write!(o, " {a} |");
+    }
+    let _ = writeln!(o, " AES-GCM ÷ XChaCha |");
+    let _ = writeln!(o, "|--:|--:|--:|--:|--:|");
+    for size_ in SIZES {
+        let get = |name: &str| {
+            aead.iter()
+                .find(|r| r.size == size_ && r.algorithm == name)
+                .map_or(0.0, AeadResult::bytes_per_sec)
+        };
+        let _ = write!(o, "| {} |", size(size_));
+        for a in ALGORITHMS {
+            let _ = write!(o, " {:.0} |", get(a) / 1e6);
+        }
+        let _ = writeln!(
+            o,
+            " {} |",
+            ratio(get("AES-256-GCM"), get("XChaCha20-Poly1305"))
+        );
+    }
+    o.push('\n');
+}
+
+/// The cost of encryption at rest: Sluicegate sealed against plaintext in each cell.
+fn sealing_table(o: &mut String, server: &[CellResult]) {
+    let _ = writeln!(
+        o,
+        "#### Encryption at rest\n\n\
+         `sluicegate-sealed` is the same channel with an active key (XChaCha20-Poly1305 on every \
+         record and checkpoint); `÷ plain` is its figure divided by plaintext Sluicegate's in the \
+         same cell.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | event | batch | threads | sluicegate | sluicegate-sealed | ÷ plain |"
+    );
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|");
+    for (s, name) in SCENARIOS.iter().enumerate() {
+        for cell in cells_of(server) {
+            let get = |k| find(server, cell, k).map(|r| figure(r, s));
+            let (Some(plain), Some(sealed)) = (get(Kind::Sluicegate), get(Kind::SluicegateSealed))
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                size(cell.size),
+                cell.batch,
+                cell.threads,
+                rate(plain),
+                rate(sealed),
+                ratio(sealed, plain)
+            );
+        }
     }
     o.push('\n');
 }
@@ -454,6 +530,20 @@ fn targets(
                 verdict(a >= 2.0 * b)
             );
         }
+    }
+    if let (Some(plain), Some(sealed)) = (
+        find(server, at(100, 1), Kind::Sluicegate),
+        find(server, at(100, 1), Kind::SluicegateSealed),
+    ) {
+        let (p, e) = (figure(plain, 0), figure(sealed, 0));
+        let _ = writeln!(
+            o,
+            "| put, 1 KiB, batch 100, sealed: ≥ 0.8 × plaintext | {:.2} × ({} against {} events/s) | {} |",
+            e / p.max(1e-9),
+            rate(e),
+            rate(p),
+            verdict(e >= 0.8 * p)
+        );
     }
     if let (Some(one), Some(eight)) = (
         find(server, at(1, 1), Kind::Sluicegate),

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use sluicegate_file::{FileChannel, FileChannelConfig};
+use sluicegate_file::{
+    new_key_line, write_secret_file, EncryptionConfig, FileChannel, FileChannelConfig, KeyConfig,
+};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, Error>;
@@ -27,15 +29,18 @@ pub trait System: Sync {
 pub enum Kind {
     Ceiling,
     Sluicegate,
+    /// Sluicegate with encryption at rest (a raw key file, XChaCha20-Poly1305).
+    SluicegateSealed,
     QueueFile,
     Redb,
     Sqlite,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Ceiling,
         Kind::Sluicegate,
+        Kind::SluicegateSealed,
         Kind::QueueFile,
         Kind::Redb,
         Kind::Sqlite,
@@ -46,6 +51,7 @@ impl Kind {
         match self {
             Kind::Ceiling => "ceiling",
             Kind::Sluicegate => "sluicegate",
+            Kind::SluicegateSealed => "sluicegate-sealed",
             Kind::QueueFile => "queue-file",
             Kind::Redb => "redb",
             Kind::Sqlite => "sqlite",
@@ -60,7 +66,8 @@ impl Kind {
     pub fn open(self, dir: &Path, threads: usize) -> Result<Box<dyn System>> {
         Ok(match self {
             Kind::Ceiling => Box::new(Ceiling::open(dir)?),
-            Kind::Sluicegate => Box::new(Sluicegate::open(dir, threads)?),
+            Kind::Sluicegate => Box::new(Sluicegate::open(dir, threads, false)?),
+            Kind::SluicegateSealed => Box::new(Sluicegate::open(dir, threads, true)?),
             Kind::QueueFile => Box::new(QueueFilePeer::open(dir)?),
             Kind::Redb => Box::new(RedbPeer::open(dir)?),
             Kind::Sqlite => Box::new(SqlitePeer::open(dir)?),
@@ -89,9 +96,24 @@ pub struct Sluicegate {
 }
 
 impl Sluicegate {
-    fn open(dir: &Path, threads: usize) -> Result<Self> {
+    /// Opens the channel in `dir`; `sealed`: with a new random key in `dir/bench.key`.
+    fn open(dir: &Path, threads: usize, sealed: bool) -> Result<Self> {
+        let mut config = sluicegate_config(dir, threads);
+        if sealed {
+            let key_file = dir.join("bench.key");
+            write_secret_file(&key_file, &new_key_line()?)?;
+            config.encryption = EncryptionConfig {
+                active_key: Some("bench".into()),
+                keys: vec![KeyConfig {
+                    id: 1,
+                    alias: "bench".into(),
+                    key_file,
+                    password_file: None,
+                }],
+            };
+        }
         Ok(Sluicegate {
-            channel: FileChannel::open(sluicegate_config(dir, threads))?,
+            channel: FileChannel::open(config)?,
         })
     }
 }

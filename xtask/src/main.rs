@@ -565,7 +565,9 @@ fn catch_all_firmware(ws: &Path, mutants: &[Mutant]) -> Result<usize> {
     ensure_target()?;
     ensure_qemu()?;
     ensure_defmt_print()?;
-    let check = || build_firmware(&dir, BOOTS, 1, false).and_then(|elf| run_firmware(&elf));
+    let check = || {
+        build_firmware(&dir, BOOTS, 1, false).and_then(|elf| run_firmware(&elf, FIRMWARE_ICOUNT))
+    };
     println!("-- control: the unmutated copy passes the firmware run");
     check()?;
     for m in mutants {
@@ -645,9 +647,10 @@ fn bench_cmd(args: &[String]) -> Result {
 
 /// The systems the benchmark compares, as `sluicegate-bench --probe-syncs` names them, and the
 /// control: the ceiling without its sync, which must count none, or the count proves nothing.
-const BENCH_SYSTEMS: [&str; 6] = [
+const BENCH_SYSTEMS: [&str; 7] = [
     "ceiling",
     "sluicegate",
+    "sluicegate-sealed",
     "queue-file",
     "redb",
     "sqlite",
@@ -789,13 +792,50 @@ fn firmware_cmd(args: &[String]) -> Result {
         ],
         &envs,
     )?;
+    run_in(
+        &dir,
+        "cargo",
+        &[
+            "clippy",
+            "--release",
+            "--features",
+            "aead-speed",
+            "--bin",
+            "aead-speed",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &envs,
+    )?;
+    println!("-- the AEAD comparison on the Cortex-M4 (instructions, QEMU -icount shift=0)");
+    run_in(
+        &dir,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--features",
+            "aead-speed",
+            "--bin",
+            "aead-speed",
+        ],
+        &envs,
+    )?;
+    run_firmware(
+        &dir.join("target")
+            .join(THUMB)
+            .join("release")
+            .join("aead-speed"),
+        "shift=0,sleep=off",
+    )?;
     let elf = build_firmware(&dir, boots, seed, false)?;
     let plain = report_firmware_size(&elf)?;
-    run_firmware(&elf)?;
+    run_firmware(&elf, FIRMWARE_ICOUNT)?;
     println!("-- the same run with the channel sealed (feature `sealed`)");
     let elf = build_firmware(&dir, boots, seed, true)?;
     let sealed = report_firmware_size(&elf)?;
-    run_firmware(&elf)?;
+    run_firmware(&elf, FIRMWARE_ICOUNT)?;
     println!(
         "firmware size: sealing adds {} bytes of flash ({} -> {}, +{:.1}%) and {} bytes of static RAM",
         sealed.0 as i64 - plain.0 as i64,
@@ -836,10 +876,14 @@ fn build_firmware(dir: &Path, boots: u32, seed: u32, sealed: bool) -> Result<Pat
         .join("sluicegate-firmware-example"))
 }
 
-/// Runs the firmware in QEMU, its defmt output decoded by defmt-print. Fails if QEMU exits
-/// non-zero (the firmware found a violation, panicked or faulted), hangs, or the summary's
-/// violation count is missing or not zero.
-fn run_firmware(elf: &Path) -> Result {
+/// QEMU's `-icount` for the firmware example: time follows the instruction count (16 ns each),
+/// so a run is the same every time.
+const FIRMWARE_ICOUNT: &str = "shift=4,sleep=off";
+
+/// Runs a firmware ELF in QEMU with `-icount icount`, its defmt output decoded by defmt-print.
+/// Fails if QEMU exits non-zero (the firmware found a violation, panicked or faulted), hangs,
+/// or the summary's violation count is missing or not zero.
+fn run_firmware(elf: &Path, icount: &str) -> Result {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let elf = elf.to_str().ok_or("non-UTF-8 path")?;
@@ -858,9 +902,8 @@ fn run_firmware(elf: &Path) -> Result {
         "none",
         "-semihosting-config",
         "enable=on,target=native",
-        // Time follows the instruction count, so a run is the same every time.
         "-icount",
-        "shift=4,sleep=off",
+        icount,
         "-kernel",
         elf,
     ];
