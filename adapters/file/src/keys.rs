@@ -84,9 +84,7 @@ impl fmt::Debug for Keyring {
 
 impl Drop for Keyring {
     fn drop(&mut self) {
-        for (_, _, key) in &mut self.keys {
-            key.zeroize();
-        }
+        self.wipe();
     }
 }
 
@@ -146,6 +144,13 @@ impl Keyring {
             ring.active = Some(*id);
         }
         Ok(ring)
+    }
+
+    /// Overwrites every key with zeros (what dropping the keyring does).
+    fn wipe(&mut self) {
+        for (_, _, key) in &mut self.keys {
+            key.zeroize();
+        }
     }
 
     /// The ids and aliases of the keys held.
@@ -381,6 +386,32 @@ mod tests {
         let last = altered.pop().unwrap();
         altered.push(if last == '0' { '1' } else { '0' });
         assert!(unwrap_key(&altered, b"hunter2").is_err());
+    }
+
+    /// The keyring's debug form names ids and aliases, never key bytes; wiping zeroes them.
+    #[test]
+    fn keys_stay_out_of_debug_output_and_are_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.key");
+        write_secret_file(&file, KEY).unwrap();
+        let mut ring = Keyring::load(&EncryptionConfig {
+            active_key: Some("k".into()),
+            keys: vec![KeyConfig {
+                id: 3,
+                alias: "k".into(),
+                key_file: file,
+                password_file: None,
+            }],
+        })
+        .unwrap();
+        assert_eq!(encode_hex(ring.key(3).unwrap()), KEY);
+        let shown = format!("{ring:?}");
+        assert!(
+            shown.contains("\"k\"") && !shown.contains("0001020304"),
+            "{shown}"
+        );
+        ring.wipe();
+        assert_eq!(ring.key(3).unwrap(), &[0u8; 32]);
     }
 
     #[test]
