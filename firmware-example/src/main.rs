@@ -511,14 +511,14 @@ fn finish() -> ! {
         kept::with(|l| l.stack_bytes),
         l.11
     );
-    let in_clear = readings_in_the_clear(l.3);
+    let (in_clear, first) = readings_in_the_clear(l.3);
     defmt::println!(
         "summary: sealed={=bool}; readings found in the clear in the log partition: {=u32}",
         keys().active().is_some(),
         in_clear
     );
     match (keys().active().is_some(), in_clear) {
-        (true, n) if n > 0 => violation("a sealed channel left readings in the clear", n),
+        (true, n) if n > 0 => violation("a sealed channel left a reading in the clear", first),
         // The control: a plaintext log shows its readings, so the search can find them.
         (false, 0) => violation("the search found no reading in a plaintext log", 0),
         _ => {}
@@ -529,20 +529,23 @@ fn finish() -> ! {
 }
 
 /// How many places in the log partition hold the first 12 bytes of one of the `sampled`
-/// readings: some in a plaintext run, none in a sealed one.
-fn readings_in_the_clear(sampled: u32) -> u32 {
-    let mut found = 0;
+/// readings (some in a plaintext run, none in a sealed one), and the first such reading.
+fn readings_in_the_clear(sampled: u32) -> (u32, u32) {
+    let (mut found, mut first) = (0, 0);
     critical_section::with(|cs| {
         let _device = DEVICE.borrow_ref_mut(cs);
         let log = &nor::bytes()[..LOG_BYTES as usize];
         for at in (0..log.len() - 12).step_by(4) {
             let seq = u32::from_le_bytes([log[at], log[at + 1], log[at + 2], log[at + 3]]);
             if seq < sampled && log[at..at + 12] == reading(seq)[..12] {
+                if found == 0 {
+                    first = seq;
+                }
                 found += 1;
             }
         }
     });
-    found
+    (found, first)
 }
 
 /// Ends the run through semihosting: QEMU exits 0 if `ok`, 1 otherwise.
