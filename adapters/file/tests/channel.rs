@@ -482,3 +482,33 @@ fn free_running_commits_share_syncs() {
     assert!(fsyncs <= commits);
     assert_eq!(ch.len(), 401);
 }
+
+/// With the fewest log files (4), events left queued in two runs' files leave the third run no
+/// room to put (`LogFull`: every run starts a new file and a put keeps two free in reserve);
+/// taking them frees the room. What `log_files`' documentation warns of.
+#[test]
+fn four_log_files_refuse_puts_after_two_restarts_with_events_queued() {
+    let root = tempfile::tempdir().unwrap();
+    let config = FileChannelConfig {
+        log_files: 4,
+        ..small(root.path())
+    };
+    for run in 0..2 {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        put_one(&ch, format!("run {run}").as_bytes());
+        ch.close().unwrap();
+    }
+    let ch = FileChannel::open(config.clone()).unwrap();
+    let mut tx = ch.begin().unwrap();
+    match tx.put(b"run 2") {
+        Err(FileChannelError::Full(e)) => assert!(e.to_string().contains("no free segment")),
+        other => panic!("expected LogFull, got {other:?}"),
+    }
+    drop(tx);
+    let mut tx = ch.begin().unwrap();
+    assert_eq!(tx.take_vec().unwrap().as_deref(), Some(&b"run 0"[..]));
+    assert_eq!(tx.take_vec().unwrap().as_deref(), Some(&b"run 1"[..]));
+    tx.commit().unwrap();
+    put_one(&ch, b"run 2");
+    ch.close().unwrap();
+}
