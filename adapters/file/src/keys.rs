@@ -18,7 +18,7 @@ use chacha20poly1305::aead::Aead;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use serde::{Deserialize, Serialize};
 use sluicegate_core::{Key, KeyId, KeyProvider};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::ConfigError;
 
@@ -185,26 +185,20 @@ impl KeyProvider for Keyring {
     }
 }
 
-/// Reads a key file (unwrapping it with the password file if one is given).
+/// Reads a key file (unwrapping it with the password file if one is given). The texts read are
+/// zeroed when dropped, on every path.
 fn load_key(path: &Path, password: Option<&Path>) -> Result<Key, String> {
-    let mut text = read_secret(path, "key file")?;
-    let result = if text.trim_start().starts_with(WRAPPED_KEY_MAGIC) {
-        match password {
-            None => Err(format!(
+    let text = Zeroizing::new(read_secret(path, "key file")?);
+    if text.trim_start().starts_with(WRAPPED_KEY_MAGIC) {
+        let Some(p) = password else {
+            return Err(format!(
                 "{} holds a wrapped key: set password_file",
                 path.display()
-            )),
-            Some(p) => {
-                let mut pw = read_secret(p, "password file")?;
-                let pw_line = pw.lines().next().unwrap_or("").to_string();
-                pw.zeroize();
-                let r = unwrap_key(text.trim(), pw_line.as_bytes())
-                    .map_err(|e| format!("{}: {e}", path.display()));
-                let mut pw_line = pw_line;
-                pw_line.zeroize();
-                r
-            }
-        }
+            ));
+        };
+        let pw = Zeroizing::new(read_secret(p, "password file")?);
+        let line = pw.lines().next().unwrap_or("");
+        unwrap_key(text.trim(), line.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
     } else if password.is_some() {
         Err(format!(
             "{} holds a raw key, not a wrapped one, yet password_file is set",
@@ -212,9 +206,7 @@ fn load_key(path: &Path, password: Option<&Path>) -> Result<Key, String> {
         ))
     } else {
         parse_hex_key(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    text.zeroize();
-    result
+    }
 }
 
 /// Reads a secret file, refusing one that other users can read.
