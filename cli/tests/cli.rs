@@ -567,26 +567,17 @@ fn backup_restore_and_an_interrupted_backup() {
     assert_eq!(json(&["stats", "--dir", &spread, "--json"])["depth"], 150);
 
     // Relative paths, from the directory the program runs in.
-    let out = sg()
-        .args(["backup", "--dir", "ch", "--to", "b-relative"])
-        .current_dir(&h.root)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = sg()
-        .args(["restore", "--from", "b-relative", "--dir", "r-relative"])
-        .current_dir(&h.root)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [
+        ["backup", "--dir", "ch", "--to", "b-relative"],
+        ["restore", "--from", "b-relative", "--dir", "r-relative"],
+    ] {
+        let out = sg().args(args).current_dir(&h.root).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(!Path::new(&h.dir)
         .join("sluicegate.backup-in-progress")
         .exists());

@@ -13,16 +13,21 @@ use sluicegate_sim::kill::{run_crash_points, run_kills, POINT_HITS};
 /// execs, past the moment the other test starts its next child.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The number of rounds `var` asks for, or `default`.
+fn rounds_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// At least 200 kills (by default) at random moments, each followed by a checked recovery: no
 /// acknowledged commit lost, no committed take delivered again, in-flight commits all or
 /// nothing, FIFO order, no corrupt byte.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let rounds: u64 = std::env::var("SLUICEGATE_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let rounds = rounds_from_env("SLUICEGATE_KILLS", 200);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome =
@@ -70,10 +75,7 @@ fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
 #[test]
 fn sigkill_of_a_sealed_channel_loses_nothing_acknowledged() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let rounds: u64 = std::env::var("SLUICEGATE_SEALED_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let rounds = rounds_from_env("SLUICEGATE_SEALED_KILLS", 60);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let points =

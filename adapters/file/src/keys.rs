@@ -152,11 +152,6 @@ impl Keyring {
             key.zeroize();
         }
     }
-
-    /// The ids and aliases of the keys held.
-    pub fn keys(&self) -> impl Iterator<Item = (KeyId, &str)> {
-        self.keys.iter().map(|(id, alias, _)| (*id, alias.as_str()))
-    }
 }
 
 impl KeyProvider for Keyring {
