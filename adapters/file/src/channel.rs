@@ -350,7 +350,7 @@ impl FileChannel {
             if core.is_finished(txn) {
                 return Ok(None);
             }
-            (core.sync_mark(), core.storage().log_sync_ticket())
+            (core.sync_mark(), core.storage_mut().log_sync_ticket())
         };
         let outcome = ticket.sync();
         let mut st = lock(&shared.state);

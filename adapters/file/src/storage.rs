@@ -62,6 +62,19 @@ impl FileError {
         }
     }
 
+    /// The error every log sync returns after a gathered write failed: the bytes it held are
+    /// lost, so nothing written since may be reported durable.
+    fn earlier(failed: &(StorageErrorKind, String)) -> Self {
+        FileError {
+            kind: failed.0,
+            what: format!(
+                "an earlier log write failed, so the log cannot be synced: {}",
+                failed.1
+            ),
+            source: None,
+        }
+    }
+
     pub(crate) fn bounds(region: Region, offset: u64, len: usize) -> Self {
         FileError {
             kind: StorageErrorKind::OutOfBounds,
@@ -177,11 +190,16 @@ impl Mapped {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FileError> {
-        self.writes += 1;
-        self.fresh = false;
+        self.count_write();
         self.file
             .write_all_at(data, offset)
             .map_err(|e| FileError::io("write", &self.path, e))
+    }
+
+    /// Counts a write, made now or gathered to be made before the next sync.
+    fn count_write(&mut self) {
+        self.writes += 1;
+        self.fresh = false;
     }
 
     fn erase(&mut self, from: u64, to: u64) -> Result<(), FileError> {
@@ -236,12 +254,17 @@ fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileE
 #[derive(Debug, Default)]
 pub struct LogSyncTicket {
     files: Vec<(usize, Arc<File>, PathBuf, u64)>,
+    /// Why the ticket cannot succeed: a gathered write failed.
+    failed: Option<(StorageErrorKind, String)>,
 }
 
 impl LogSyncTicket {
     /// Syncs (`fdatasync`) every file the ticket names. Safe to run while other threads write
     /// to the same files: it covers at least every write issued before the ticket was taken.
     pub fn sync(&self) -> Result<(), FileError> {
+        if let Some(failed) = &self.failed {
+            return Err(FileError::earlier(failed));
+        }
         for (_, file, path, _) in &self.files {
             file.sync_data()
                 .map_err(|e| FileError::io("sync", path, e))?;
@@ -256,6 +279,34 @@ impl LogSyncTicket {
     }
 }
 
+/// Log writes above this size go straight to the file, and gathered writes are made before
+/// they would span more than this.
+const GATHER_BYTES: usize = 64 << 10;
+/// The widest gap a gathered write may leave after the bytes gathered before it.
+const GATHER_GAP_BYTES: u64 = 4096;
+
+/// Log writes to one window of one segment file, waiting to be made in one `pwrite`.
+///
+/// The core writes a record in pieces (a sealed one in 256-byte chunks, sized for
+/// microcontrollers' stacks, and its header last, in front of its body); gathering them makes a
+/// commit of 100 records one system call instead of hundreds. A write may land anywhere in the
+/// window from the first gathered byte on: one that leaves a gap (a sealed record's body, whose
+/// header comes next) fills the gap with what the file holds there, so the final `pwrite`
+/// rewrites those bytes unchanged unless a later gathered write replaces them.
+///
+/// Gathered bytes are written before any read, erase or sync of the log, before a log write
+/// outside the window, and before a sync ticket is taken, so reads see every write and a sync
+/// covers every write made before it, as [`Storage`] requires. Until then they are as durable
+/// as any unsynced write: not at all.
+#[derive(Default)]
+struct Gather {
+    /// The segment, or `None` when nothing is gathered.
+    slot: Option<usize>,
+    /// The file offset of `bytes[0]`.
+    at: u64,
+    bytes: Vec<u8>,
+}
+
 /// The core's storage over directories of files. See the crate docs for the layout.
 pub struct FileStorage {
     /// One entry per segment of the ring; `None` until the segment is first used.
@@ -266,7 +317,20 @@ pub struct FileStorage {
     segment_bytes: u64,
     fsyncs: u64,
     files_created: u64,
+    gather: Gather,
+    /// Set when a gathered write failed: every later log sync fails with it (the writes it
+    /// held are lost; the PostgreSQL fsync lesson, docs/guarantees.md).
+    write_failed: Option<(StorageErrorKind, String)>,
     _locks: Vec<DirLock>,
+}
+
+impl Drop for FileStorage {
+    /// Makes the gathered writes, so a storage dropped without a sync leaves what it was given
+    /// in the page cache, as it did before writes were gathered. (Not durable: nothing
+    /// unsynced is.)
+    fn drop(&mut self) {
+        let _ = self.flush_gathered();
+    }
 }
 
 impl fmt::Debug for FileStorage {
@@ -311,6 +375,8 @@ impl FileStorage {
             segment_bytes: layout.segment_bytes as u64,
             fsyncs: 0,
             files_created: 0,
+            gather: Gather::default(),
+            write_failed: None,
             _locks: locks,
         })
     }
@@ -334,8 +400,11 @@ impl FileStorage {
     /// What a sync of the log must cover now, for a sync run without the channel's lock
     /// (group commit): take it, together with the core's `sync_mark`, under the lock; run
     /// [`LogSyncTicket::sync`] without it; then, under the lock again, [`FileStorage::settle`]
-    /// it and pass the outcome to the core's `finish_sync`.
-    pub fn log_sync_ticket(&self) -> LogSyncTicket {
+    /// it and pass the outcome to the core's `finish_sync`. Gathered writes are made first; if
+    /// that fails (or failed before), the ticket's sync fails.
+    pub fn log_sync_ticket(&mut self) -> LogSyncTicket {
+        let _ = self.flush_gathered();
+        let failed = self.write_failed.clone();
         let files = self
             .segments
             .iter()
@@ -344,7 +413,76 @@ impl FileStorage {
             .filter(|(_, m)| m.is_dirty())
             .map(|(i, m)| (i, Arc::clone(&m.file), m.path.clone(), m.writes))
             .collect();
-        LogSyncTicket { files }
+        LogSyncTicket { files, failed }
+    }
+
+    /// Makes the gathered log writes. A failure is remembered: the bytes are lost, so every
+    /// later log sync fails too.
+    fn flush_gathered(&mut self) -> Result<(), FileError> {
+        let Some(slot) = self.gather.slot.take() else {
+            return Ok(());
+        };
+        let at = self.gather.at;
+        let result = match self.segments[slot].as_ref() {
+            Some(m) => m
+                .file
+                .write_all_at(&self.gather.bytes, at)
+                .map_err(|e| FileError::io("write", &m.path, e)),
+            None => Err(FileError::config("a gathered segment vanished".into())),
+        };
+        self.gather.bytes.clear();
+        if self.gather.bytes.capacity() > GATHER_BYTES {
+            self.gather.bytes.shrink_to(GATHER_BYTES);
+        }
+        if let Err(e) = &result {
+            self.write_failed
+                .get_or_insert_with(|| (e.kind(), e.to_string()));
+        }
+        result
+    }
+
+    /// A log write to segment `slot` at file offset `at`: gathered when it lands in the window
+    /// of the writes gathered before it (see [`Gather`]), made at once when it is large.
+    fn write_log(&mut self, slot: usize, at: u64, data: &[u8]) -> Result<(), FileError> {
+        self.segment(slot)?.count_write();
+        let g = &self.gather;
+        let end = g.at + g.bytes.len() as u64;
+        let fits = g.slot == Some(slot)
+            && at >= g.at
+            && at <= end + GATHER_GAP_BYTES
+            && at + data.len() as u64 - g.at <= GATHER_BYTES as u64;
+        if !fits {
+            self.flush_gathered()?;
+        }
+        if data.len() >= GATHER_BYTES {
+            let m = self.segment(slot)?;
+            return m
+                .file
+                .write_all_at(data, at)
+                .map_err(|e| FileError::io("write", &m.path, e));
+        }
+        let FileStorage {
+            gather, segments, ..
+        } = self;
+        let Some(map) = segments[slot].as_ref().map(|m| &m.map) else {
+            return Err(FileError::config("a gathered segment vanished".into()));
+        };
+        if gather.slot.is_none() {
+            gather.slot = Some(slot);
+            gather.at = at;
+        }
+        let end = gather.at + gather.bytes.len() as u64;
+        if at > end {
+            // The gap keeps what the file holds.
+            gather
+                .bytes
+                .extend_from_slice(&map[end as usize..at as usize]);
+        }
+        let from = (at - gather.at) as usize;
+        let overlap = (gather.bytes.len() - from).min(data.len());
+        gather.bytes[from..from + overlap].copy_from_slice(&data[..overlap]);
+        gather.bytes.extend_from_slice(&data[overlap..]);
+        Ok(())
     }
 
     /// Records that `ticket` was synced successfully, so `Storage::sync` does not sync those
@@ -553,6 +691,9 @@ impl Storage for FileStorage {
     }
 
     fn read(&mut self, region: Region, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
+        if region == Region::Log {
+            self.flush_gathered()?;
+        }
         for (seg, at, range) in self.pieces(region, offset, buf.len())? {
             let at = at as usize;
             let map = match seg {
@@ -575,7 +716,7 @@ impl Storage for FileStorage {
         for (seg, at, range) in self.pieces(region, offset, data.len())? {
             match seg {
                 None => self.slot_file(region).write(at, &data[range])?,
-                Some(s) => self.segment(s)?.write(at, &data[range])?,
+                Some(s) => self.write_log(s, at, &data[range])?,
             }
         }
         crate::crash::point(match region {
@@ -586,6 +727,9 @@ impl Storage for FileStorage {
     }
 
     fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), FileError> {
+        if region == Region::Log {
+            self.flush_gathered()?;
+        }
         let len = to.saturating_sub(from) as usize;
         for (seg, at, range) in self.pieces(region, from, len)? {
             let end = at + range.len() as u64;
@@ -600,6 +744,10 @@ impl Storage for FileStorage {
     fn sync(&mut self, region: Region) -> Result<(), FileError> {
         let synced = match region {
             Region::Log => {
+                self.flush_gathered()?;
+                if let Some(failed) = &self.write_failed {
+                    return Err(FileError::earlier(failed));
+                }
                 let mut n = 0;
                 for m in self.segments.iter_mut().flatten() {
                     n += m.sync()?;
@@ -612,5 +760,40 @@ impl Storage for FileStorage {
         self.fsyncs += synced;
         crate::crash::point("synced");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gathered write that fails when it is made loses its bytes, so that sync fails, and so
+    /// does every later log sync and sync ticket, even once writes work again.
+    #[test]
+    fn a_failed_gathered_write_fails_every_later_sync() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            checkpoint_dir: root.path().join("checkpoint"),
+            backup_dir: root.path().join("backup"),
+            data_dirs: vec![root.path().join("data")],
+            segment_bytes: 64 * 1024,
+            segments: 4,
+            slot_bytes: 16 * 1024,
+        };
+        let mut s = FileStorage::open(&layout).unwrap();
+        s.write(Region::Log, 8, &[1; 8]).unwrap();
+        s.sync(Region::Log).unwrap();
+        // Swap the segment's descriptor for a read-only one: the next pwrite fails.
+        let m = s.segments[0].as_mut().unwrap();
+        let writable = Arc::clone(&m.file);
+        m.file = Arc::new(File::open(&m.path).unwrap());
+        s.write(Region::Log, 16, &[2; 8]).unwrap();
+        let err = s.sync(Region::Log).unwrap_err().to_string();
+        assert!(err.contains("cannot write"), "{err}");
+        s.segments[0].as_mut().unwrap().file = writable;
+        s.write(Region::Log, 24, &[3; 8]).unwrap();
+        let err = s.sync(Region::Log).unwrap_err().to_string();
+        assert!(err.contains("an earlier log write failed"), "{err}");
+        assert!(s.log_sync_ticket().sync().is_err());
     }
 }
