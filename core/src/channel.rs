@@ -1309,8 +1309,12 @@ struct SealedWrite<'a> {
 /// Hands a record's body, piece by piece, to a sink.
 type Emit<'e> = &'e dyn Fn(&mut dyn FnMut(&[u8]));
 
-/// The plaintext staged and encrypted at a time.
+/// The plaintext staged and encrypted at a time: a stack buffer, small on firmware.
+#[cfg(not(feature = "server"))]
 const SEAL_CHUNK: usize = 256;
+/// The plaintext staged and encrypted at a time: a stack buffer, small on firmware.
+#[cfg(feature = "server")]
+const SEAL_CHUNK: usize = 4096;
 
 impl SealedWrite<'_> {
     /// Writes the record; returns its end offset and the plaintext bytes written.

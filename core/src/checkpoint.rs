@@ -229,7 +229,7 @@ pub(crate) struct InProgress {
     /// Entries written so far.
     pub written: u64,
     /// CRC of the entries written so far.
-    pub crc: crc::Digest<'static, u32>,
+    pub crc: crate::record::CrcDigest,
     /// The seal of the entries, when sealed.
     pub sealer: Option<Sealer>,
 }
