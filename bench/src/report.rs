@@ -307,9 +307,11 @@ fn sealing_table(o: &mut String, server: &[CellResult]) {
     let _ = writeln!(
         o,
         "#### Encryption at rest\n\n\
-         `sluicegate-sealed` is the same channel with an active key (XChaCha20-Poly1305 on every \
-         record and checkpoint); `÷ plain` is its figure divided by plaintext Sluicegate's in the \
-         same cell.\n"
+         `sluicegate-sealed` is the same channel with an active key and the default \
+         `encryption.algorithm` (`auto`), which on this machine seals log records with {} \
+         (checkpoints always with XChaCha20-Poly1305); `÷ plain` is its figure divided by \
+         plaintext Sluicegate's in the same cell.\n",
+        sluicegate_file::AlgorithmChoice::Auto.resolve().name()
     );
     let _ = writeln!(
         o,

@@ -110,6 +110,7 @@ impl Sluicegate {
                     key_file,
                     password_file: None,
                 }],
+                ..EncryptionConfig::default()
             };
         }
         Ok(Sluicegate {

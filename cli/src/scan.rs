@@ -21,9 +21,9 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES, STARTED_BYTES};
 use sluicegate_core::record::{
-    align_up, Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES,
-    CRC32C, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
-    SEGMENT_HEADER_BYTES,
+    align_up, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck, SegmentHeader,
+    COMMIT_PREFIX_BYTES, CRC32C, POINTER_BYTES, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
+    SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
 };
 use sluicegate_core::seal::TAG_BYTES;
 use sluicegate_core::{Region, Storage};
@@ -584,8 +584,11 @@ fn record_info(
         return Err("intact seal record out of place (recovery refuses it)".into());
     }
     if kind == RecordKind::Seal {
-        let key = u16::from_le_bytes([payload[0], payload[1]]);
-        info.body = Some(format!("key {key}"));
+        let seal = <&[u8; SEAL_PAYLOAD_BYTES]>::try_from(payload)
+            .ok()
+            .and_then(SealRecord::decode)
+            .ok_or("intact seal record that does not decode (recovery refuses it)")?;
+        info.body = Some(format!("key {}, {}", seal.key, seal.algorithm.name()));
         return Ok(info);
     }
     if sealed {

@@ -864,7 +864,7 @@ fn key_files_made_by_the_cli_seal_a_channel() {
     let settings = Path::new(&h.dir).join("sluicegate.toml");
     let mut text = std::fs::read_to_string(&settings).unwrap();
     text.push_str(&format!(
-        "\n[encryption]\nactive_key = \"one\"\n\n[[encryption.keys]]\nid = 1\nalias = \"one\"\nkey_file = \"{wrapped}\"\npassword_file = \"{pw}\"\n"
+        "\n[encryption]\nactive_key = \"one\"\nalgorithm = \"aes-256-gcm\"\n\n[[encryption.keys]]\nid = 1\nalias = \"one\"\nkey_file = \"{wrapped}\"\npassword_file = \"{pw}\"\n"
     ));
     std::fs::write(&settings, &text).unwrap();
     let events = lines("secret", 200);
@@ -872,6 +872,9 @@ fn key_files_made_by_the_cli_seal_a_channel() {
     assert_eq!(h.stats()["depth"], 200, "{}", h.stats());
     let verify = ok(&["verify", "--dir", &h.dir], "");
     assert!(!verify.is_empty());
+    // The dump names each sealed segment's key and algorithm.
+    let dump = ok(&["dump", "--dir", &h.dir], "");
+    assert!(dump.contains("key 1, AES-256-GCM"), "{dump}");
     let mut stack = vec![PathBuf::from(&h.dir)];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {

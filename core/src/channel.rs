@@ -24,7 +24,10 @@ use crate::record::{
     SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
 };
 use crate::recovery::Recovery;
-use crate::seal::{nonce, Domain, Key, KeyId, KeyProvider, NoKeys, Sealer, SALT_BYTES, TAG_BYTES};
+use crate::seal::{
+    nonce, Algorithm, Domain, Key, KeyId, KeyProvider, NoKeys, Sealer, SealerCache, SALT_BYTES,
+    TAG_BYTES,
+};
 use crate::storage::{Region, Storage, StorageError, StorageErrorKind};
 
 /// A handle on an open transaction. It is only a number: the state lives in the channel.
@@ -171,11 +174,29 @@ enum ReadFail<E> {
     TooLarge(usize),
 }
 
-/// The key and salt of a sealed segment.
+/// The key, algorithm and salt of a sealed segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegSeal {
     pub key: KeyId,
+    pub algorithm: Algorithm,
     pub salt: [u8; SALT_BYTES],
+}
+
+impl SegSeal {
+    /// The seal of the record `header` in segment `seq` (whose key's bytes are `key`), with
+    /// the header bound as associated data.
+    pub(crate) fn record_sealer(
+        &self,
+        sealers: &mut SealerCache,
+        key: &Key,
+        seq: u64,
+        header: &RecordHeader,
+    ) -> Sealer {
+        let n = nonce(&self.salt, seq, header.wid_delta, Domain::Log);
+        let mut s = sealers.sealer(self.algorithm, self.key, key, &n);
+        s.ad(&header.encode()[4..]);
+        s
+    }
 }
 
 /// How the records of a segment are to be read.
@@ -230,6 +251,8 @@ pub struct Channel<S: Storage, M, K = NoKeys> {
     write_seal: Option<SegSeal>,
     seal_cache: [Option<(u64, SegKeys)>; SEAL_CACHE],
     seal_cache_next: usize,
+    /// The AES-GCM keys of the segments sealed and opened last.
+    pub(crate) sealers: SealerCache,
     /// Keys that opened at least one segment at open: a seal record that fails one of these
     /// was altered, not sealed with another key.
     pub(crate) proven_keys: [Option<KeyId>; 8],
@@ -299,6 +322,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if id == 0 || keys.key(id).is_none() {
                 return Err(ConfigError::ActiveKeyMissing { key: id }.into());
             }
+            let algorithm = keys.algorithm();
+            if !algorithm.supported() {
+                return Err(Error::UnsupportedAlgorithm { algorithm });
+            }
         }
         let geo = Geometry::new(segments, segment_bytes, S::WRITE_SIZE);
         let (tag, seal) = match sealing {
@@ -342,6 +369,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             write_seal: None,
             seal_cache: [None; SEAL_CACHE],
             seal_cache_next: 0,
+            sealers: SealerCache::default(),
             proven_keys: [None; 8],
         };
         channel.ckpt.enabled = checkpoints;
@@ -821,8 +849,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         let text = len - TAG_BYTES;
         let payload = offset + RECORD_HEADER_BYTES as u64;
-        let mut sealer = Sealer::new(&key, &nonce(&seal.salt, seq, header.wid_delta, Domain::Log));
-        sealer.ad(&header.encode()[4..]);
+        let mut sealer = seal.record_sealer(&mut self.sealers, &key, seq, &header);
         let mut digest = header.digest(seq);
         let mut tag = [0u8; TAG_BYTES];
         if text > buf.len() || text > self.config.max_event_bytes() as usize {
@@ -906,6 +933,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
             _ => return Ok(SegKeys::Broken),
         };
+        if !seal.algorithm.supported() {
+            return Err(Error::UnsupportedAlgorithm {
+                algorithm: seal.algorithm,
+            });
+        }
         let key = self
             .keys
             .key(seal.key)
@@ -920,6 +952,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         Ok(SegKeys::Sealed(SegSeal {
             key: seal.key,
+            algorithm: seal.algorithm,
             salt: seal.salt,
         }))
     }
@@ -987,13 +1020,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 };
                 let sealed = SealedWrite {
                     key,
-                    salt: &seal.salt,
+                    seal,
                     seq: self.seq,
                     header,
                     align: self.geo.align,
                     start,
                 };
-                sealed.write(&mut self.storage, &emit)
+                sealed.write(&mut self.storage, &mut self.sealers, &emit)
             }
             None if tag == 0 => {
                 let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
@@ -1199,7 +1232,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let Some(key) = self.keys.key(key_id).copied() else {
             return Err(Error::LogicBug("the sealing key vanished"));
         };
-        let salt = self.keys.fresh_salt();
+        let seal = SegSeal {
+            key: key_id,
+            algorithm: self.keys.algorithm(),
+            salt: self.keys.fresh_salt(),
+        };
         let mut record = RecordHeader {
             crc: 0,
             kind: RecordKind::Seal as u8,
@@ -1207,12 +1244,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             wid_delta: 0,
             txn: 0,
         };
-        let payload = SealRecord {
+        let mut payload = SealRecord {
             key: key_id,
-            salt,
-            tag: SealRecord::tag_for(&key, key_id, &salt, segment, &record),
-        }
-        .encode();
+            algorithm: seal.algorithm,
+            salt: seal.salt,
+            tag: [0; TAG_BYTES],
+        };
+        payload.tag = payload.tag_for(&key, segment, &record);
+        let payload = payload.encode();
         let mut digest = record.digest(segment.seq);
         digest.update(&payload);
         record.crc = digest.finalize();
@@ -1228,7 +1267,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         self.write_offset += self.geo.record_span(SEAL_PAYLOAD_BYTES as u64);
         self.next_wid += 1;
-        self.write_seal = Some(SegSeal { key: key_id, salt });
+        self.write_seal = Some(seal);
         Ok(())
     }
 }
@@ -1298,7 +1337,7 @@ pub(crate) fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m 
 /// and plaintext never reaches the storage.
 struct SealedWrite<'a> {
     key: &'a Key,
-    salt: &'a [u8; SALT_BYTES],
+    seal: SegSeal,
     seq: u64,
     /// The header with the final length and no CRC yet.
     header: RecordHeader,
@@ -1324,11 +1363,16 @@ impl SealedWrite<'_> {
     /// power cut between the two leaves a record without a header, which reads as torn. With
     /// larger words the header shares its word with the body, so the body is encrypted twice:
     /// once for the CRC, once to write it after the header.
-    fn write<S: Storage>(&self, storage: &mut S, emit: Emit<'_>) -> Result<(u64, u64), S::Error> {
+    fn write<S: Storage>(
+        &self,
+        storage: &mut S,
+        sealers: &mut SealerCache,
+        emit: Emit<'_>,
+    ) -> Result<(u64, u64), S::Error> {
         if RECORD_HEADER_BYTES as u64 % self.align == 0 {
             let body_at = self.start + RECORD_HEADER_BYTES as u64;
             let mut w = WordWriter::new(&mut *storage, Region::Log, self.align, body_at);
-            let (crc, written, result) = self.pass(emit, &mut |b| w.push(b));
+            let (crc, written, result) = self.pass(sealers, emit, &mut |b| w.push(b));
             result?;
             let end = w.finish()?;
             let mut header = self.header;
@@ -1338,12 +1382,12 @@ impl SealedWrite<'_> {
             w.finish()?;
             Ok((end, written))
         } else {
-            let (crc, _, _) = self.pass::<S::Error>(emit, &mut |_| Ok(()));
+            let (crc, _, _) = self.pass::<S::Error>(sealers, emit, &mut |_| Ok(()));
             let mut header = self.header;
             header.crc = crc;
             let mut w = WordWriter::new(storage, Region::Log, self.align, self.start);
             w.push(&header.encode())?;
-            let (_, written, result) = self.pass(emit, &mut |b| w.push(b));
+            let (_, written, result) = self.pass(sealers, emit, &mut |b| w.push(b));
             result?;
             Ok((w.finish()?, written))
         }
@@ -1353,12 +1397,13 @@ impl SealedWrite<'_> {
     /// Returns the record's CRC, the plaintext length and the first error `out` returned.
     fn pass<E>(
         &self,
+        sealers: &mut SealerCache,
         emit: Emit<'_>,
         out: &mut dyn FnMut(&[u8]) -> Result<(), E>,
     ) -> (u32, u64, Result<(), E>) {
-        let n = nonce(self.salt, self.seq, self.header.wid_delta, Domain::Log);
-        let mut sealer = Sealer::new(self.key, &n);
-        sealer.ad(&self.header.encode()[4..]);
+        let mut sealer = self
+            .seal
+            .record_sealer(sealers, self.key, self.seq, &self.header);
         let mut digest = self.header.digest(self.seq);
         let mut chunk = [0u8; SEAL_CHUNK];
         let mut fill = 0;

@@ -74,6 +74,12 @@ pub enum Error<E> {
         /// The id of the key.
         key: crate::seal::KeyId,
     },
+    /// A segment is sealed with an AEAD this build leaves out (AES-256-GCM without the
+    /// core's `aes-gcm` feature), or the key provider asks for one.
+    UnsupportedAlgorithm {
+        /// The algorithm.
+        algorithm: crate::seal::Algorithm,
+    },
     /// The configuration does not fit the storage or the memory given.
     Config(ConfigError),
     /// An internal invariant does not hold: a bug in Sluicegate. Please report it.
@@ -153,6 +159,11 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Error::WrongKey { key } => write!(
                 f,
                 "key {key} does not open the log: a different key was given that id, or the log was altered"
+            ),
+            Error::UnsupportedAlgorithm { algorithm } => write!(
+                f,
+                "the log is sealed with {}, which this build leaves out (the core's `aes-gcm` feature)",
+                algorithm.name()
             ),
             Error::Config(e) => write!(f, "bad configuration: {e}"),
             Error::LogicBug(what) => write!(f, "logic bug in sluicegate: {what}"),

@@ -50,5 +50,5 @@ pub use config::{Config, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS};
 pub use error::{ConfigError, Error};
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};
-pub use seal::{Key, KeyId, KeyProvider, NoKeys, StaticKeys, KEY_BYTES, SALT_BYTES};
+pub use seal::{Algorithm, Key, KeyId, KeyProvider, NoKeys, StaticKeys, KEY_BYTES, SALT_BYTES};
 pub use storage::{ErrorType, Region, Storage, StorageError, StorageErrorKind};

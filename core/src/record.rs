@@ -51,7 +51,7 @@ pub const SEGMENT_FLAG_OPENED: u16 = 1;
 /// is a [`RecordKind::Seal`] record naming the key and the salt of every record after it.
 pub const SEGMENT_FLAG_SEALED: u16 = 2;
 const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED;
-/// The payload of a seal record: key id (2), zero (2), salt (8), tag (16).
+/// The payload of a seal record: key id (2), algorithm (1), zero (1), salt (8), tag (16).
 pub const SEAL_PAYLOAD_BYTES: usize = 28;
 
 /// What a record is.
@@ -247,6 +247,8 @@ impl RecordHeader {
 pub struct SealRecord {
     /// The key every record of the segment is sealed with (never 0).
     pub key: crate::seal::KeyId,
+    /// The AEAD every record of the segment (this one included) is sealed with.
+    pub algorithm: crate::seal::Algorithm,
     /// The segment's salt: the first 8 bytes of every nonce in it.
     pub salt: [u8; crate::seal::SALT_BYTES],
     /// The tag of an empty text under the segment's first nonce, over the segment header
@@ -259,35 +261,41 @@ impl SealRecord {
     pub fn encode(&self) -> [u8; SEAL_PAYLOAD_BYTES] {
         let mut b = [0u8; SEAL_PAYLOAD_BYTES];
         b[0..2].copy_from_slice(&self.key.to_le_bytes());
+        b[2] = self.algorithm as u8;
         b[4..12].copy_from_slice(&self.salt);
         b[12..28].copy_from_slice(&self.tag);
         b
     }
 
-    /// Decodes a payload whose CRC was checked; `None` if its reserved bytes are not zero or it
-    /// names key 0.
+    /// Decodes a payload whose CRC was checked; `None` if its reserved byte is not zero, it
+    /// names key 0 or an algorithm id no build knows.
     pub fn decode(b: &[u8; SEAL_PAYLOAD_BYTES]) -> Option<Self> {
         let key = u16::from_le_bytes([b[0], b[1]]);
-        if key == 0 || b[2..4] != [0, 0] {
+        let algorithm = crate::seal::Algorithm::from_id(b[2])?;
+        if key == 0 || b[3] != 0 {
             return None;
         }
         let mut salt = [0u8; 8];
         salt.copy_from_slice(&b[4..12]);
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&b[12..28]);
-        Some(SealRecord { key, salt, tag })
+        Some(SealRecord {
+            key,
+            algorithm,
+            salt,
+            tag,
+        })
     }
 
-    /// The tag a seal record of key `key_id` (whose bytes are `key`) and `salt` carries in the
-    /// segment whose header is `segment`, with the record header `record`.
+    /// The tag this seal record (whose key's bytes are `key`; its own `tag` is ignored)
+    /// carries in the segment whose header is `segment`, with the record header `record`.
     pub fn tag_for(
+        &self,
         key: &crate::seal::Key,
-        key_id: crate::seal::KeyId,
-        salt: &[u8; crate::seal::SALT_BYTES],
         segment: &SegmentHeader,
         record: &RecordHeader,
     ) -> [u8; crate::seal::TAG_BYTES] {
-        Self::sealer(key, key_id, salt, segment, record).tag()
+        self.sealer(key, segment, record).tag()
     }
 
     /// True if `seal`'s tag is right for `key` (compared in constant time).
@@ -297,22 +305,28 @@ impl SealRecord {
         segment: &SegmentHeader,
         record: &RecordHeader,
     ) -> bool {
-        Self::sealer(key, seal.key, &seal.salt, segment, record).verify(&seal.tag)
+        seal.sealer(key, segment, record).verify(&seal.tag)
     }
 
+    /// The seal of an empty text under the segment's first nonce, with the segment's algorithm.
+    /// The associated data binds the key id and the salt; a nonzero algorithm id is bound too
+    /// (and the algorithm itself changes every tag).
     fn sealer(
+        &self,
         key: &crate::seal::Key,
-        key_id: crate::seal::KeyId,
-        salt: &[u8; crate::seal::SALT_BYTES],
         segment: &SegmentHeader,
         record: &RecordHeader,
     ) -> crate::seal::Sealer {
-        use crate::seal::{nonce, Domain, Sealer};
-        let mut s = Sealer::new(key, &nonce(salt, segment.seq, 0, Domain::Log));
+        use crate::seal::{nonce, Algorithm, Domain, Sealer};
+        let n = nonce(&self.salt, segment.seq, 0, Domain::Log);
+        let mut s = Sealer::with(self.algorithm, key, &n);
         s.ad(&segment.encode()[4..]);
         s.ad(&record.encode()[4..]);
-        s.ad(&key_id.to_le_bytes());
-        s.ad(salt);
+        s.ad(&self.key.to_le_bytes());
+        s.ad(&self.salt);
+        if self.algorithm != Algorithm::XChaCha20Poly1305 {
+            s.ad(&[self.algorithm as u8]);
+        }
         s
     }
 }

@@ -33,7 +33,7 @@ use crate::record::{
     Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C,
     POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
-use crate::seal::{nonce, Domain, KeyProvider, Sealer, TAG_BYTES};
+use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
 use crate::storage::{Region, Storage};
 
 /// How an open rebuilt the queue.
@@ -975,7 +975,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// The seal of the record `record` in segment `seq`, positioned at the start of its text.
     pub(crate) fn sealer_for(
-        &self,
+        &mut self,
         seal: crate::channel::SegSeal,
         seq: u64,
         record: &RecordHeader,
@@ -984,9 +984,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             .keys
             .key(seal.key)
             .ok_or(Error::KeyMissing { key: seal.key })?;
-        let mut s = Sealer::new(key, &nonce(&seal.salt, seq, record.wid_delta, Domain::Log));
-        s.ad(&record.encode()[4..]);
-        Ok(s)
+        Ok(seal.record_sealer(&mut self.sealers, key, seq, record))
     }
 
     /// Streams the payload of the record `h` at `at` (in segment `seq`, read with `keys`) once:

@@ -1,9 +1,21 @@
-//! Encryption at rest: keys, nonces and the streaming AEAD that seals records and checkpoints.
+//! Encryption at rest: keys, nonces and the streaming AEADs that seal records and checkpoints.
 //!
-//! The AEAD is XChaCha20-Poly1305 (ChaCha20-Poly1305 with a 24-byte nonce, as in
-//! draft-irtf-cfrg-xchacha), built here from RustCrypto's `chacha20` and `poly1305` so that a
-//! record of any size is sealed and opened in bounded chunks, without a buffer the size of the
-//! event. A unit test checks it byte for byte against RustCrypto's one-shot `chacha20poly1305`.
+//! Two AEADs, both built here from RustCrypto primitives so that a record of any size is sealed
+//! and opened in bounded chunks, without a buffer the size of the event ([`Algorithm`]):
+//!
+//! - XChaCha20-Poly1305 (ChaCha20-Poly1305 with a 24-byte nonce, as in draft-irtf-cfrg-xchacha),
+//!   from `chacha20` and `poly1305`: the algorithm of every checkpoint, and of log segments on
+//!   firmware. A unit test checks it byte for byte against RustCrypto's `chacha20poly1305`.
+//! - AES-256-GCM under a key of its own for every segment (feature `aes-gcm`, for servers with
+//!   AES instructions, where it is several times as fast). Of a record's 24-byte nonce, the
+//!   first 16 bytes (salt and segment number) choose the key and the last 8 (index and domain)
+//!   the IV: the segment's AES key is bytes 32..64 of XChaCha20's keystream block 0 under the
+//!   channel key and the nonce `salt | number | 0 (8)` (bytes XChaCha20-Poly1305 never uses: its
+//!   Poly1305 key is bytes 0..32 and its text starts at block 1), and the record's 96-bit IV is
+//!   `index (4, LE) | domain (1) | 0 (7)`. A segment's records have distinct indexes, so no IV
+//!   repeats under a key, and a segment holds far fewer records than GCM's 2^32 limit per key.
+//!   [`SealerCache`] keeps the keys of the last segments used, so a record costs no key
+//!   derivation. A unit test checks the result byte for byte against RustCrypto's `aes-gcm`.
 //!
 //! A nonce is never chosen, it is derived (see [`nonce`]): the 8-byte salt of the segment or
 //! checkpoint, its sequence number, the record's index in the segment, and a domain byte that
@@ -19,6 +31,45 @@ use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::XChaCha20;
 use poly1305::universal_hash::{KeyInit, UniversalHash};
 use poly1305::{Block, Poly1305};
+
+/// The AEAD a log segment is sealed with, as its seal record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub enum Algorithm {
+    /// XChaCha20-Poly1305: fast everywhere without special instructions. Id 0.
+    #[default]
+    XChaCha20Poly1305 = 0,
+    /// AES-256-GCM under a key per record. Id 1. Needs the core's `aes-gcm` feature.
+    Aes256Gcm = 1,
+}
+
+impl Algorithm {
+    /// The algorithm with this id on media.
+    pub fn from_id(id: u8) -> Option<Self> {
+        match id {
+            0 => Some(Algorithm::XChaCha20Poly1305),
+            1 => Some(Algorithm::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// True if this build can seal and open with it.
+    pub const fn supported(self) -> bool {
+        match self {
+            Algorithm::XChaCha20Poly1305 => true,
+            Algorithm::Aes256Gcm => cfg!(feature = "aes-gcm"),
+        }
+    }
+
+    /// Its usual name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::XChaCha20Poly1305 => "XChaCha20-Poly1305",
+            Algorithm::Aes256Gcm => "AES-256-GCM",
+        }
+    }
+}
 
 /// The id of a key, as recorded in segments and checkpoints. 0 means "no key": plaintext.
 pub type KeyId = u16;
@@ -45,6 +96,10 @@ pub trait KeyProvider {
     /// A salt for a new segment or checkpoint. Random where the platform has an entropy source;
     /// see [`StaticKeys`] for what a fixed salt gives up.
     fn fresh_salt(&mut self) -> [u8; SALT_BYTES];
+    /// The AEAD new log segments are sealed with (checkpoints always use XChaCha20-Poly1305).
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::XChaCha20Poly1305
+    }
 }
 
 /// No keys: the channel writes plaintext and refuses to open a sealed log.
@@ -75,6 +130,7 @@ pub struct StaticKeys<'k> {
     keys: &'k [(KeyId, Key)],
     active: Option<KeyId>,
     entropy: Option<fn() -> [u8; SALT_BYTES]>,
+    algorithm: Algorithm,
 }
 
 impl<'k> StaticKeys<'k> {
@@ -85,6 +141,7 @@ impl<'k> StaticKeys<'k> {
             keys,
             active,
             entropy: None,
+            algorithm: Algorithm::XChaCha20Poly1305,
         }
     }
 
@@ -98,7 +155,14 @@ impl<'k> StaticKeys<'k> {
             keys,
             active,
             entropy: Some(entropy),
+            algorithm: Algorithm::XChaCha20Poly1305,
         }
+    }
+
+    /// The same, sealing new log segments with `algorithm` (XChaCha20-Poly1305 unless told).
+    pub const fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
     }
 }
 
@@ -111,6 +175,9 @@ impl KeyProvider for StaticKeys<'_> {
     }
     fn fresh_salt(&mut self) -> [u8; SALT_BYTES] {
         self.entropy.map_or([0; SALT_BYTES], |f| f())
+    }
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 }
 
@@ -138,12 +205,115 @@ pub fn nonce(salt: &[u8; SALT_BYTES], number: u64, index: u32, domain: Domain) -
     n
 }
 
-/// A streaming XChaCha20-Poly1305 seal or open: associated data first, then the text in chunks
-/// of any size, then the tag. Encrypting and decrypting produce exactly what RFC 8439's
-/// construction (with the XChaCha nonce) produces in one shot.
+/// The AES-256-GCM key of one segment, expanded, with its GHASH key.
+#[cfg(feature = "aes-gcm")]
+#[derive(Clone)]
+pub struct GcmKey {
+    aes: aes::Aes256,
+    ghash: ghash::GHash,
+}
+
+#[cfg(feature = "aes-gcm")]
+impl GcmKey {
+    /// The key of the segment whose nonces start with `prefix` (salt and number), under `key`.
+    pub fn derive(key: &Key, prefix: &[u8]) -> Self {
+        use aes::cipher::BlockCipherEncrypt;
+        let mut n = [0u8; 24];
+        n[..16].copy_from_slice(&prefix[..16]);
+        let mut block0 = [0u8; 64];
+        XChaCha20::new(&(*key).into(), &n.into()).apply_keystream(&mut block0);
+        let mut segment_key = [0u8; 32];
+        segment_key.copy_from_slice(&block0[32..]);
+        block0.fill(0);
+        let aes = aes::Aes256::new(&segment_key.into());
+        segment_key.fill(0);
+        let mut h = ghash::Block::default();
+        aes.encrypt_block(&mut h);
+        GcmKey {
+            aes,
+            ghash: ghash::GHash::new(&h),
+        }
+    }
+}
+
+/// The AES-GCM keys of the segments used last (the one written and the one read), so that
+/// records are sealed and opened without deriving their segment's key again. Empty, and free,
+/// without the `aes-gcm` feature.
+#[derive(Default)]
+pub struct SealerCache {
+    #[cfg(feature = "aes-gcm")]
+    keys: [Option<(KeyId, [u8; 16], GcmKey)>; 2],
+    #[cfg(feature = "aes-gcm")]
+    next: usize,
+}
+
+impl SealerCache {
+    /// Starts a seal with `algorithm`, key `key_id` (whose bytes are `key`) and `nonce`, as
+    /// [`Sealer::with`] does.
+    pub fn sealer(
+        &mut self,
+        algorithm: Algorithm,
+        key_id: KeyId,
+        key: &Key,
+        nonce: &[u8; 24],
+    ) -> Sealer {
+        #[cfg(feature = "aes-gcm")]
+        if algorithm == Algorithm::Aes256Gcm {
+            let prefix = &nonce[..16];
+            let found = self
+                .keys
+                .iter()
+                .flatten()
+                .find(|(id, p, _)| *id == key_id && p == prefix);
+            if let Some((_, _, k)) = found {
+                return Sealer::gcm(k, nonce);
+            }
+            let k = GcmKey::derive(key, prefix);
+            let sealer = Sealer::gcm(&k, nonce);
+            let mut p = [0u8; 16];
+            p.copy_from_slice(prefix);
+            self.keys[self.next] = Some((key_id, p, k));
+            self.next = (self.next + 1) % self.keys.len();
+            return sealer;
+        }
+        let _ = key_id;
+        Sealer::with(algorithm, key, nonce)
+    }
+}
+
+/// The keystream of a seal.
+#[allow(clippy::large_enum_variant)] // no allocator to box with; a seal lives for one record
+enum Stream {
+    XChaCha(XChaCha20),
+    #[cfg(feature = "aes-gcm")]
+    Gcm(ctr::Ctr32BE<aes::Aes256>),
+}
+
+/// The authenticator of a seal.
+#[allow(clippy::large_enum_variant)] // no allocator to box with; a seal lives for one record
+enum Mac {
+    Poly(Poly1305),
+    /// GHASH, and the block its result is masked with (the encrypted counter block J0).
+    #[cfg(feature = "aes-gcm")]
+    Ghash(ghash::GHash, [u8; 16]),
+}
+
+impl Mac {
+    fn update(&mut self, blocks: &[Block]) {
+        match self {
+            Mac::Poly(m) => m.update(blocks),
+            #[cfg(feature = "aes-gcm")]
+            Mac::Ghash(m, _) => m.update(blocks),
+        }
+    }
+}
+
+/// A streaming seal or open with an [`Algorithm`]: associated data first, then the text in
+/// chunks of any size, then the tag. Encrypting and decrypting produce exactly what the
+/// algorithm's one-shot construction produces.
 pub struct Sealer {
-    cipher: XChaCha20,
-    mac: Poly1305,
+    stream: Stream,
+    mac: Mac,
     block: [u8; 16],
     fill: usize,
     ad_len: u64,
@@ -152,8 +322,20 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Starts a seal with `key` and `nonce`.
+    /// Starts an XChaCha20-Poly1305 seal with `key` and `nonce`.
     pub fn new(key: &Key, nonce: &[u8; 24]) -> Self {
+        Self::with(Algorithm::XChaCha20Poly1305, key, nonce)
+    }
+
+    /// Starts a seal with `algorithm`, `key` and `nonce`. `algorithm` must be
+    /// [`supported`](Algorithm::supported); callers check it when they meet it on media.
+    /// Where many records of a segment are sealed, [`SealerCache::sealer`] is cheaper.
+    pub fn with(algorithm: Algorithm, key: &Key, nonce: &[u8; 24]) -> Self {
+        #[cfg(feature = "aes-gcm")]
+        if algorithm == Algorithm::Aes256Gcm {
+            return Sealer::gcm(&GcmKey::derive(key, &nonce[..16]), nonce);
+        }
+        let _ = algorithm;
         let mut cipher = XChaCha20::new(&(*key).into(), &(*nonce).into());
         let mut mac_key = [0u8; 32];
         cipher.apply_keystream(&mut mac_key);
@@ -161,8 +343,31 @@ impl Sealer {
         mac_key.fill(0);
         // The text's keystream starts at block 1.
         cipher.seek(64u64);
+        Sealer::start(Stream::XChaCha(cipher), Mac::Poly(mac))
+    }
+
+    /// Starts an AES-256-GCM seal under the segment key `key`, with the IV the last 8 bytes
+    /// of `nonce` make.
+    #[cfg(feature = "aes-gcm")]
+    fn gcm(key: &GcmKey, nonce: &[u8; 24]) -> Self {
+        use aes::cipher::InnerIvInit;
+        // J0 for a 96-bit IV: the IV and the counter 1. Its keystream block masks the tag; the
+        // text's starts at the counter 2.
+        let mut j0 = [0u8; 16];
+        j0[..8].copy_from_slice(&nonce[16..]);
+        j0[15] = 1;
+        let mut ctr = ctr::Ctr32BE::<aes::Aes256>::from_core(ctr::CtrCore::inner_iv_init(
+            key.aes.clone(),
+            &j0.into(),
+        ));
+        let mut mask = [0u8; 16];
+        ctr.apply_keystream(&mut mask);
+        Sealer::start(Stream::Gcm(ctr), Mac::Ghash(key.ghash.clone(), mask))
+    }
+
+    fn start(stream: Stream, mac: Mac) -> Self {
         Sealer {
-            cipher,
+            stream,
             mac,
             block: [0; 16],
             fill: 0,
@@ -182,7 +387,7 @@ impl Sealer {
     /// Encrypts `buf` in place and authenticates the ciphertext.
     pub fn encrypt(&mut self, buf: &mut [u8]) {
         self.start_text();
-        self.cipher.apply_keystream(buf);
+        self.keystream(buf);
         self.absorb(buf);
         self.text_len += buf.len() as u64;
     }
@@ -198,27 +403,50 @@ impl Sealer {
     /// not be used before [`Sealer::verify`] succeeds.
     pub fn decrypt(&mut self, buf: &mut [u8]) {
         self.authenticate(buf);
-        self.cipher.apply_keystream(buf);
+        self.keystream(buf);
     }
 
     /// Decrypts `buf`, the ciphertext at byte `pos` of the text, without authenticating it
     /// (for text whose tag was checked in an earlier pass).
     pub fn decrypt_at(&mut self, pos: u64, buf: &mut [u8]) {
-        self.cipher.seek(64 + pos);
-        self.cipher.apply_keystream(buf);
+        match &mut self.stream {
+            // Block 0 went to the Poly1305 key.
+            Stream::XChaCha(c) => c.seek(64 + pos),
+            // Block 0 (J0) went to the tag's mask.
+            #[cfg(feature = "aes-gcm")]
+            Stream::Gcm(c) => c.seek(16 + pos),
+        }
+        self.keystream(buf);
     }
 
     /// The tag over everything authenticated.
     pub fn tag(self) -> [u8; TAG_BYTES] {
-        let mac = self.close();
-        let mut t = [0u8; TAG_BYTES];
-        t.copy_from_slice(&mac.finalize());
-        t
+        match self.close() {
+            Mac::Poly(m) => m.finalize().into(),
+            #[cfg(feature = "aes-gcm")]
+            Mac::Ghash(m, mask) => {
+                let mut t: [u8; 16] = m.finalize().into();
+                for (t, m) in t.iter_mut().zip(mask) {
+                    *t ^= m;
+                }
+                t
+            }
+        }
     }
 
     /// True if `tag` is the tag over everything authenticated (compared in constant time).
     pub fn verify(self, tag: &[u8; TAG_BYTES]) -> bool {
-        self.close().verify(&(*tag).into()).is_ok()
+        let ours = self.tag();
+        let diff = ours.iter().zip(tag).fold(0u8, |d, (a, b)| d | (a ^ b));
+        core::hint::black_box(diff) == 0
+    }
+
+    fn keystream(&mut self, buf: &mut [u8]) {
+        match &mut self.stream {
+            Stream::XChaCha(c) => c.apply_keystream(buf),
+            #[cfg(feature = "aes-gcm")]
+            Stream::Gcm(c) => c.apply_keystream(buf),
+        }
     }
 
     fn start_text(&mut self) {
@@ -228,12 +456,24 @@ impl Sealer {
         }
     }
 
-    fn close(mut self) -> Poly1305 {
+    /// Pads the text and appends the lengths block: byte counts, little-endian, for Poly1305
+    /// (RFC 8439); bit counts, big-endian, for GHASH (NIST SP 800-38D).
+    fn close(mut self) -> Mac {
         self.start_text();
         self.pad();
         let mut lengths = [0u8; 16];
-        lengths[..8].copy_from_slice(&self.ad_len.to_le_bytes());
-        lengths[8..].copy_from_slice(&self.text_len.to_le_bytes());
+        match self.mac {
+            Mac::Poly(_) => {
+                lengths[..8].copy_from_slice(&self.ad_len.to_le_bytes());
+                lengths[8..].copy_from_slice(&self.text_len.to_le_bytes());
+            }
+            #[cfg(feature = "aes-gcm")]
+            #[allow(clippy::big_endian_bytes)] // GHASH's own encoding; never on media
+            Mac::Ghash(..) => {
+                lengths[..8].copy_from_slice(&(self.ad_len * 8).to_be_bytes());
+                lengths[8..].copy_from_slice(&(self.text_len * 8).to_be_bytes());
+            }
+        }
         self.mac.update(&[Block::from(lengths)]);
         self.mac
     }
@@ -257,7 +497,7 @@ impl Sealer {
         self.fill = rest.len();
     }
 
-    /// Pads a partial block with zeros (the construction pads the data and the text apart).
+    /// Pads a partial block with zeros (both constructions pad the data and the text apart).
     fn pad(&mut self) {
         if self.fill > 0 {
             self.block[self.fill..].fill(0);
@@ -281,63 +521,125 @@ mod tests {
             .collect()
     }
 
-    /// The streaming seal equals RustCrypto's one-shot XChaCha20-Poly1305 for every split of
-    /// the associated data and the text, and opens what it sealed.
+    /// The one-shot reference for `algorithm`: RustCrypto's XChaCha20-Poly1305, or its
+    /// AES-256-GCM under the segment key (XChaCha20 keystream bytes 32..64 under the nonce's
+    /// first 16 bytes and 8 zeros) with the IV the nonce's last 8 bytes and 4 zeros make.
+    fn reference(
+        algorithm: Algorithm,
+        key: &Key,
+        n: &[u8; 24],
+        ad: &[u8],
+        text: &mut [u8],
+    ) -> [u8; TAG_BYTES] {
+        let tag = match algorithm {
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(&(*key).into())
+                .encrypt_inout_detached(&(*n).into(), ad, text.into())
+                .unwrap(),
+            Algorithm::Aes256Gcm => {
+                let mut block0 = [0u8; 64];
+                let mut prefix = [0u8; 24];
+                prefix[..16].copy_from_slice(&n[..16]);
+                XChaCha20::new(&(*key).into(), &prefix.into()).apply_keystream(&mut block0);
+                let segment_key: [u8; 32] = block0[32..].try_into().unwrap();
+                let mut iv = [0u8; 12];
+                iv[..8].copy_from_slice(&n[16..]);
+                aes_gcm::Aes256Gcm::new(&segment_key.into())
+                    .encrypt_inout_detached(&iv.into(), ad, text.into())
+                    .unwrap()
+            }
+        };
+        tag.into()
+    }
+
+    /// The streaming seal equals the one-shot construction for every split of the associated
+    /// data and the text, and opens what it sealed, with both algorithms.
     #[test]
     fn matches_the_one_shot_construction() {
         let key: Key = bytes(32, 7).try_into().unwrap();
-        let reference = XChaCha20Poly1305::new(&key.into());
-        for (ad_len, text_len) in [
-            (0, 0),
-            (12, 0),
-            (0, 1),
-            (12, 5),
-            (17, 64),
-            (40, 1031),
-            (3, 4096),
-        ] {
-            let n = nonce(&[1, 2, 3, 4, 5, 6, 7, 8], 99, text_len as u32, Domain::Log);
-            let ad = bytes(ad_len, 1);
-            let text = bytes(text_len, 2);
-            let mut expected = text.clone();
-            let expected_tag = reference
-                .encrypt_inout_detached(&n.into(), &ad, expected.as_mut_slice().into())
-                .unwrap();
-            for split in [1usize, 7, 16, 250, 4096] {
-                let mut s = Sealer::new(&key, &n);
-                for piece in ad.chunks(split) {
-                    s.ad(piece);
+        for algorithm in [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            for (ad_len, text_len) in [
+                (0, 0),
+                (12, 0),
+                (0, 1),
+                (12, 5),
+                (17, 64),
+                (40, 1031),
+                (3, 4096),
+            ] {
+                let n = nonce(&[1, 2, 3, 4, 5, 6, 7, 8], 99, text_len as u32, Domain::Log);
+                let ad = bytes(ad_len, 1);
+                let text = bytes(text_len, 2);
+                let mut expected = text.clone();
+                let expected_tag = reference(algorithm, &key, &n, &ad, &mut expected);
+                for split in [1usize, 7, 16, 250, 4096] {
+                    let what =
+                        std::format!("{algorithm:?}, ad {ad_len} text {text_len} split {split}");
+                    let mut s = Sealer::with(algorithm, &key, &n);
+                    for piece in ad.chunks(split) {
+                        s.ad(piece);
+                    }
+                    let mut out = text.clone();
+                    for piece in out.chunks_mut(split) {
+                        s.encrypt(piece);
+                    }
+                    assert_eq!(out, expected, "ciphertext, {what}");
+                    assert_eq!(s.tag(), expected_tag, "tag, {what}");
+                    let mut o = Sealer::with(algorithm, &key, &n);
+                    o.ad(&ad);
+                    for piece in out.chunks_mut(split) {
+                        o.decrypt(piece);
+                    }
+                    assert_eq!(out, text, "{what}");
+                    assert!(o.verify(&expected_tag), "{what}");
                 }
-                let mut out = text.clone();
-                for piece in out.chunks_mut(split) {
-                    s.encrypt(piece);
-                }
-                assert_eq!(
-                    out, expected,
-                    "ciphertext, ad {ad_len} text {text_len} split {split}"
-                );
-                assert_eq!(s.tag()[..], expected_tag[..], "tag, split {split}");
-                let mut o = Sealer::new(&key, &n);
-                o.ad(&ad);
-                for piece in out.chunks_mut(split) {
-                    o.decrypt(piece);
-                }
-                assert_eq!(out, text);
-                let mut tag = [0u8; TAG_BYTES];
-                tag.copy_from_slice(&expected_tag);
-                assert!(o.verify(&tag));
             }
         }
+    }
+
+    /// The two algorithms seal the same text under the same key and nonce differently, and
+    /// neither opens the other's.
+    #[test]
+    fn the_algorithms_do_not_open_each_other() {
+        let key = [5u8; 32];
+        let n = nonce(&[7; 8], 3, 1, Domain::Log);
+        let seal = |algorithm| {
+            let mut text = *b"the same event";
+            let mut s = Sealer::with(algorithm, &key, &n);
+            s.ad(b"header");
+            s.encrypt(&mut text);
+            (text, s.tag())
+        };
+        let (x_text, x_tag) = seal(Algorithm::XChaCha20Poly1305);
+        let (g_text, g_tag) = seal(Algorithm::Aes256Gcm);
+        assert_ne!(x_text, g_text);
+        for (algorithm, text, tag) in [
+            (Algorithm::Aes256Gcm, x_text, x_tag),
+            (Algorithm::XChaCha20Poly1305, g_text, g_tag),
+        ] {
+            let mut o = Sealer::with(algorithm, &key, &n);
+            o.ad(b"header");
+            o.authenticate(&text);
+            assert!(!o.verify(&tag), "{algorithm:?} opened the other's seal");
+        }
+        assert_eq!(Algorithm::from_id(0), Some(Algorithm::XChaCha20Poly1305));
+        assert_eq!(Algorithm::from_id(1), Some(Algorithm::Aes256Gcm));
+        assert_eq!(Algorithm::from_id(2), None);
     }
 
     /// A flipped bit in the associated data, the ciphertext or the tag fails the check, as does
     /// another key, salt, number, index or domain.
     #[test]
     fn any_change_fails_the_tag() {
+        for algorithm in [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            any_change_fails_the_tag_with(algorithm);
+        }
+    }
+
+    fn any_change_fails_the_tag_with(algorithm: Algorithm) {
         let key = [9u8; 32];
         let salt = [3u8; 8];
         let seal = |key: &Key, n: &[u8; 24], ad: &[u8], text: &mut [u8]| {
-            let mut s = Sealer::new(key, n);
+            let mut s = Sealer::with(algorithm, key, n);
             s.ad(ad);
             s.encrypt(text);
             s.tag()
@@ -346,7 +648,7 @@ mod tests {
         let mut ct = *b"twenty bytes of text";
         let tag = seal(&key, &n, b"header", &mut ct);
         let opens = |key: &Key, n: &[u8; 24], ad: &[u8], ct: &[u8], tag: &[u8; 16]| {
-            let mut s = Sealer::new(key, n);
+            let mut s = Sealer::with(algorithm, key, n);
             s.ad(ad);
             s.authenticate(ct);
             s.verify(tag)
@@ -374,18 +676,46 @@ mod tests {
         }
     }
 
+    /// The cache seals exactly as a fresh seal does, across segments, salts and keys that
+    /// come and go from it (a key id or salt it has not seen is never served a cached key).
+    #[test]
+    fn the_cache_seals_as_a_fresh_seal_does() {
+        let keys = [(1u16, [1u8; 32]), (2u16, [2u8; 32])];
+        let mut cache = SealerCache::default();
+        let text = bytes(100, 3);
+        for round in 0..40u64 {
+            let (id, key) = keys[(round / 3 % 2) as usize];
+            let salt = [(round / 5) as u8; 8];
+            let n = nonce(&salt, round % 4, round as u32 % 7, Domain::Log);
+            for algorithm in [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm] {
+                let mut a = text.clone();
+                let mut s = cache.sealer(algorithm, id, &key, &n);
+                s.ad(b"h");
+                s.encrypt(&mut a);
+                let mut b = text.clone();
+                let mut f = Sealer::with(algorithm, &key, &n);
+                f.ad(b"h");
+                f.encrypt(&mut b);
+                assert_eq!(a, b, "round {round} {algorithm:?}");
+                assert_eq!(s.tag(), f.tag(), "round {round} {algorithm:?}");
+            }
+        }
+    }
+
     /// Decrypting at an offset gives the same plaintext as decrypting from the start.
     #[test]
     fn decrypt_at_seeks() {
         let key = [1u8; 32];
         let n = nonce(&[0; 8], 1, 1, Domain::Checkpoint);
         let text = bytes(300, 5);
-        let mut ct = text.clone();
-        let mut s = Sealer::new(&key, &n);
-        s.encrypt(&mut ct);
-        let mut o = Sealer::new(&key, &n);
-        let mut part = ct[136..200].to_vec();
-        o.decrypt_at(136, &mut part);
-        assert_eq!(part, text[136..200]);
+        for algorithm in [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            let mut ct = text.clone();
+            let mut s = Sealer::with(algorithm, &key, &n);
+            s.encrypt(&mut ct);
+            let mut o = Sealer::with(algorithm, &key, &n);
+            let mut part = ct[136..200].to_vec();
+            o.decrypt_at(136, &mut part);
+            assert_eq!(part, text[136..200], "{algorithm:?}");
+        }
     }
 }

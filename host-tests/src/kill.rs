@@ -49,6 +49,7 @@ pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
                 key_file,
                 password_file: None,
             }],
+            ..EncryptionConfig::default()
         }
     } else {
         EncryptionConfig::default()

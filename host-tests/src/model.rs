@@ -28,7 +28,7 @@ use sluicegate_core::record::{
 };
 use sluicegate_core::seal::{Key, KeyId, SALT_BYTES};
 use sluicegate_core::{
-    Channel, Config, Error, RecoveryPath, Region, StaticKeys, StorageErrorKind, Txn,
+    Algorithm, Channel, Config, Error, RecoveryPath, Region, StaticKeys, StorageErrorKind, Txn,
 };
 
 use crate::nor::{NorError, SimNor};
@@ -63,6 +63,8 @@ pub struct Scenario {
     /// firmware without an entropy source), so the run's nonce check proves that sequence
     /// numbers alone keep nonces unique across every power cut.
     pub sealed: bool,
+    /// The AEAD of a sealed run's log segments (checkpoints are always XChaCha20-Poly1305).
+    pub algorithm: Algorithm,
 }
 
 /// The keys of sealed runs.
@@ -77,7 +79,8 @@ pub fn open_on<'a, M: Storage>(
     memory: &'a mut [u64],
     scenario: &Scenario,
 ) -> Result<SimChannel<'a, M>, Error<M::Error>> {
-    let keys = StaticKeys::new(&SIM_KEYS, if scenario.sealed { Some(1) } else { None });
+    let keys = StaticKeys::new(&SIM_KEYS, if scenario.sealed { Some(1) } else { None })
+        .with_algorithm(scenario.algorithm);
     Channel::open_with_keys(medium, memory, scenario.config, keys)
 }
 
@@ -93,7 +96,8 @@ impl Scenario {
     ///
     /// Three seeds in four also take checkpoints, automatically every 1 to 3 commits, in steps
     /// of 8 entries, and have their checkpoint regions damaged before some recoveries. Half the
-    /// seeds (in runs of six) seal the log and checkpoints.
+    /// seeds (in runs of six) seal the log and checkpoints; of those, every other run of six
+    /// seals the log with AES-256-GCM instead of XChaCha20-Poly1305.
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
@@ -102,6 +106,9 @@ impl Scenario {
             s = s.with_checkpoints((seed % 4) as u32);
         }
         s.sealed = seed / 6 % 2 == 1;
+        if seed / 12 % 2 == 1 {
+            s.algorithm = Algorithm::Aes256Gcm;
+        }
         s
     }
 
@@ -130,6 +137,7 @@ impl Scenario {
             damage_checkpoints: 0.0,
             unstable_reads: false,
             sealed: false,
+            algorithm: Algorithm::XChaCha20Poly1305,
         }
     }
 }

@@ -253,8 +253,20 @@ fn ci() -> Result {
     )?;
 
     step(&format!(
-        "the core and the flash adapter on {THUMB} (no_std, with and without defmt)"
+        "the core and the flash adapter on {THUMB} (no_std, with and without defmt; the core also with every feature)"
     ));
+    run(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "sluicegate-core",
+            "--target",
+            THUMB,
+            "--all-features",
+        ],
+        &[],
+    )?;
     for package in ["sluicegate-core", "sluicegate-flash"] {
         run("cargo", &["build", "-p", package, "--target", THUMB], &[])?;
         run(

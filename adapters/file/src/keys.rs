@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use chacha20poly1305::aead::Aead;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use serde::{Deserialize, Serialize};
-use sluicegate_core::{Key, KeyId, KeyProvider};
+use sluicegate_core::{Algorithm, Key, KeyId, KeyProvider};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::ConfigError;
@@ -40,6 +40,61 @@ pub struct EncryptionConfig {
     pub active_key: Option<String>,
     /// Every key the channel may need: the active one and those of segments still in the log.
     pub keys: Vec<KeyConfig>,
+    /// The AEAD new log segments are sealed with. Segments already written keep theirs, so this
+    /// may change at any restart. Checkpoints are always sealed with XChaCha20-Poly1305.
+    #[serde(skip_serializing_if = "AlgorithmChoice::is_auto")]
+    pub algorithm: AlgorithmChoice,
+}
+
+/// `encryption.algorithm`: which AEAD seals new log segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlgorithmChoice {
+    /// AES-256-GCM where the processor has AES and carry-less multiply instructions (x86-64
+    /// AES-NI and PCLMULQDQ, or the ARMv8 AES and PMULL extensions), XChaCha20-Poly1305
+    /// elsewhere: whichever is faster here.
+    #[default]
+    Auto,
+    /// XChaCha20-Poly1305.
+    #[serde(rename = "xchacha20-poly1305")]
+    XChaCha20Poly1305,
+    /// AES-256-GCM (constant time, but slow without AES instructions).
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+impl AlgorithmChoice {
+    fn is_auto(&self) -> bool {
+        *self == AlgorithmChoice::Auto
+    }
+
+    /// The algorithm this choice means on this machine.
+    pub fn resolve(self) -> Algorithm {
+        match self {
+            AlgorithmChoice::XChaCha20Poly1305 => Algorithm::XChaCha20Poly1305,
+            AlgorithmChoice::Aes256Gcm => Algorithm::Aes256Gcm,
+            AlgorithmChoice::Auto if aes_instructions() => Algorithm::Aes256Gcm,
+            AlgorithmChoice::Auto => Algorithm::XChaCha20Poly1305,
+        }
+    }
+}
+
+/// True if the processor has the instructions that make AES-GCM fast.
+fn aes_instructions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 impl EncryptionConfig {
@@ -70,6 +125,7 @@ pub struct KeyConfig {
 pub struct Keyring {
     keys: Vec<(KeyId, String, Key)>,
     active: Option<KeyId>,
+    algorithm: Algorithm,
 }
 
 impl fmt::Debug for Keyring {
@@ -78,6 +134,7 @@ impl fmt::Debug for Keyring {
         f.debug_struct("Keyring")
             .field("keys", &keys)
             .field("active", &self.active)
+            .field("algorithm", &self.algorithm)
             .finish()
     }
 }
@@ -94,12 +151,14 @@ impl Keyring {
         Keyring {
             keys: Vec::new(),
             active: None,
+            algorithm: Algorithm::XChaCha20Poly1305,
         }
     }
 
     /// Loads every key the section names, checking ids, aliases, files and passwords.
     pub fn load(config: &EncryptionConfig) -> Result<Self, ConfigError> {
         let mut ring = Keyring::empty();
+        ring.algorithm = config.algorithm.resolve();
         for k in &config.keys {
             let what = format!("encryption key {:?} (id {})", k.alias, k.id);
             if k.id == 0 {
@@ -164,6 +223,10 @@ impl KeyProvider for Keyring {
             .iter()
             .find(|(k, _, _)| *k == id)
             .map(|(_, _, key)| key)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 
     fn fresh_salt(&mut self) -> [u8; sluicegate_core::SALT_BYTES] {
@@ -389,6 +452,7 @@ mod tests {
                 key_file: file,
                 password_file: None,
             }],
+            ..EncryptionConfig::default()
         })
         .unwrap();
         assert_eq!(encode_hex(ring.key(3).unwrap()), KEY);

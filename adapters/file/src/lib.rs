@@ -60,8 +60,8 @@ mod storage;
 pub use channel::{FileChannel, FileChannelError, FileStats, PendingCommit, Transaction};
 pub use config::{ConfigError, FileChannelConfig};
 pub use keys::{
-    new_key_line, wrap_key, write_secret_file, EncryptionConfig, KeyConfig, Keyring,
-    DEFAULT_WRAP_ITERATIONS, WRAPPED_KEY_MAGIC,
+    new_key_line, wrap_key, write_secret_file, AlgorithmChoice, EncryptionConfig, KeyConfig,
+    Keyring, DEFAULT_WRAP_ITERATIONS, WRAPPED_KEY_MAGIC,
 };
 pub use space::available_bytes;
 

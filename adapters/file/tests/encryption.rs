@@ -3,9 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use sluicegate_core::record::{
+    SealRecord, SegmentCheck, SegmentHeader, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
+    SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
+};
+use sluicegate_core::Algorithm;
 use sluicegate_file::{
-    new_key_line, wrap_key, write_secret_file, EncryptionConfig, FileChannel, FileChannelConfig,
-    KeyConfig,
+    new_key_line, wrap_key, write_secret_file, AlgorithmChoice, EncryptionConfig, FileChannel,
+    FileChannelConfig, KeyConfig,
 };
 
 fn small(root: &Path) -> FileChannelConfig {
@@ -42,9 +47,43 @@ fn sealed(root: &Path, active: Option<&str>, keys: Vec<KeyConfig>) -> FileChanne
         encryption: EncryptionConfig {
             active_key: active.map(str::to_string),
             keys,
+            ..EncryptionConfig::default()
         },
         ..small(root)
     }
+}
+
+/// `config` sealing new segments with `algorithm`.
+fn with_algorithm(mut config: FileChannelConfig, algorithm: AlgorithmChoice) -> FileChannelConfig {
+    config.encryption.algorithm = algorithm;
+    config
+}
+
+/// The algorithm of every sealed segment in the home's data directory, in slot order (read
+/// from the seal records on disk).
+fn algorithms_on_disk(home: &Path) -> Vec<Algorithm> {
+    let mut files: Vec<_> = std::fs::read_dir(home.join("data"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    let mut found = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let SegmentCheck::Valid(h) =
+            SegmentHeader::decode(bytes[..SEGMENT_HEADER_BYTES].try_into().unwrap())
+        else {
+            continue;
+        };
+        if h.flags & SEGMENT_FLAG_SEALED != 0 {
+            let at = SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES;
+            let payload = bytes[at..at + SEAL_PAYLOAD_BYTES].try_into().unwrap();
+            found.push(SealRecord::decode(payload).unwrap().algorithm);
+        }
+    }
+    found
 }
 
 fn put_all(config: FileChannelConfig, events: &[String]) {
@@ -125,12 +164,25 @@ fn sealed_channel_round_trip_with_raw_and_wrapped_keys() {
             password_file: Some(pw.clone()),
         },
     ];
-    for active in ["one", "two"] {
-        let home = r.join(active);
+    for (active, algorithm, expect) in [
+        (
+            "one",
+            AlgorithmChoice::XChaCha20Poly1305,
+            Algorithm::XChaCha20Poly1305,
+        ),
+        ("one", AlgorithmChoice::Aes256Gcm, Algorithm::Aes256Gcm),
+        ("two", AlgorithmChoice::Aes256Gcm, Algorithm::Aes256Gcm),
+        (
+            "two",
+            AlgorithmChoice::Auto,
+            AlgorithmChoice::Auto.resolve(),
+        ),
+    ] {
+        let home = r.join(format!("{active}-{algorithm:?}"));
         std::fs::create_dir(&home).unwrap();
         let config = FileChannelConfig {
             checkpoint_on_close: false,
-            ..sealed(&home, Some(active), keys.clone())
+            ..with_algorithm(sealed(&home, Some(active), keys.clone()), algorithm)
         };
         let put = events(active, 50);
         put_all(config.clone(), &put);
@@ -138,6 +190,7 @@ fn sealed_channel_round_trip_with_raw_and_wrapped_keys() {
             &home,
             format!("{active}-event-0003").as_bytes()
         ));
+        assert_eq!(algorithms_on_disk(&home), [expect]);
         assert_eq!(take_all(config), put);
     }
 }
@@ -154,8 +207,20 @@ fn plaintext_then_sealed_then_rotated() {
     let home = r.join("ch");
     std::fs::create_dir(&home).unwrap();
     put_all(small(&home), &events("a", 10));
-    put_all(sealed(&home, Some("k1"), both.clone()), &events("b", 10));
-    put_all(sealed(&home, Some("k2"), both.clone()), &events("c", 10));
+    let xchacha = AlgorithmChoice::XChaCha20Poly1305;
+    put_all(
+        with_algorithm(sealed(&home, Some("k1"), both.clone()), xchacha),
+        &events("b", 10),
+    );
+    let gcm = AlgorithmChoice::Aes256Gcm;
+    put_all(
+        with_algorithm(sealed(&home, Some("k2"), both.clone()), gcm),
+        &events("c", 10),
+    );
+    assert_eq!(
+        algorithms_on_disk(&home),
+        [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm]
+    );
     // Without key 1 the log cannot be read: a clear error naming the id.
     let err = FileChannel::open(sealed(&home, Some("k2"), vec![raw(2, "k2", &k2)]))
         .unwrap_err()
@@ -312,6 +377,7 @@ fn encryption_settings_load_from_toml() {
 
         [encryption]
         active_key = "first"
+        algorithm = "aes-256-gcm"
 
         [[encryption.keys]]
         id = 1
@@ -322,6 +388,7 @@ fn encryption_settings_load_from_toml() {
     std::fs::write(&path, text).unwrap();
     let config = FileChannelConfig::from_toml_file(&path).unwrap();
     assert_eq!(config.encryption.keys[0].key_file, r.join("k1.key"));
+    assert_eq!(config.encryption.algorithm, AlgorithmChoice::Aes256Gcm);
     put_all(config.clone(), &events("t", 3));
     assert!(!found_in_files(r, b"t-event-0001"));
     assert_eq!(take_all(config), events("t", 3));
@@ -331,4 +398,13 @@ fn encryption_settings_load_from_toml() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("activeKey"), "{err}");
+    // So is an algorithm Sluicegate does not have, with the ones it has.
+    let bad = text.replace("aes-256-gcm", "aes-128-gcm");
+    let err = FileChannelConfig::from_toml_str(&bad, r)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("aes-128-gcm") && err.contains("xchacha20-poly1305"),
+        "{err}"
+    );
 }
