@@ -290,9 +290,9 @@ const GATHER_GAP_BYTES: u64 = 4096;
 /// The core writes a record in pieces (a sealed one in 256-byte chunks, sized for
 /// microcontrollers' stacks, and its header last, in front of its body); gathering them makes a
 /// commit of 100 records one system call instead of hundreds. A write may land anywhere in the
-/// window from the first gathered byte on: one that leaves a gap (a sealed record's body, whose
-/// header comes next) fills the gap with what the file holds there, so the final `pwrite`
-/// rewrites those bytes unchanged unless a later gathered write replaces them.
+/// window from the first gathered byte on. One that leaves a gap (a sealed record's body, whose
+/// header comes next) leaves a hole; what later writes do not cover of it is filled with what
+/// the file holds there just before the `pwrite`, which so rewrites those bytes unchanged.
 ///
 /// Gathered bytes are written before any read, erase or sync of the log, before a log write
 /// outside the window, and before a sync ticket is taken, so reads see every write and a sync
@@ -305,6 +305,29 @@ struct Gather {
     /// The file offset of `bytes[0]`.
     at: u64,
     bytes: Vec<u8>,
+    /// Ranges of `bytes` no write has given: taken from the file when the bytes are written.
+    holes: Vec<std::ops::Range<usize>>,
+}
+
+impl Gather {
+    /// Takes `[from, to)` of `bytes` out of the holes.
+    fn cover(&mut self, from: usize, to: usize) {
+        let mut i = 0;
+        while i < self.holes.len() {
+            let h = self.holes[i].clone();
+            if h.end <= from || h.start >= to {
+                i += 1;
+                continue;
+            }
+            self.holes.swap_remove(i);
+            if h.start < from {
+                self.holes.push(h.start..from);
+            }
+            if h.end > to {
+                self.holes.push(to..h.end);
+            }
+        }
+    }
 }
 
 /// The core's storage over directories of files. See the crate docs for the layout.
@@ -424,12 +447,19 @@ impl FileStorage {
         };
         let at = self.gather.at;
         let result = match self.segments[slot].as_ref() {
-            Some(m) => m
-                .file
-                .write_all_at(&self.gather.bytes, at)
-                .map_err(|e| FileError::io("write", &m.path, e)),
+            Some(m) => {
+                let g = &mut self.gather;
+                for h in g.holes.drain(..) {
+                    let (from, to) = (at as usize + h.start, at as usize + h.end);
+                    g.bytes[h].copy_from_slice(&m.map[from..to]);
+                }
+                m.file
+                    .write_all_at(&g.bytes, at)
+                    .map_err(|e| FileError::io("write", &m.path, e))
+            }
             None => Err(FileError::config("a gathered segment vanished".into())),
         };
+        self.gather.holes.clear();
         self.gather.bytes.clear();
         if self.gather.bytes.capacity() > GATHER_BYTES {
             self.gather.bytes.shrink_to(GATHER_BYTES);
@@ -461,27 +491,24 @@ impl FileStorage {
                 .write_all_at(data, at)
                 .map_err(|e| FileError::io("write", &m.path, e));
         }
-        let FileStorage {
-            gather, segments, ..
-        } = self;
-        let Some(map) = segments[slot].as_ref().map(|m| &m.map) else {
-            return Err(FileError::config("a gathered segment vanished".into()));
-        };
+        let gather = &mut self.gather;
         if gather.slot.is_none() {
             gather.slot = Some(slot);
             gather.at = at;
         }
-        let end = gather.at + gather.bytes.len() as u64;
-        if at > end {
-            // The gap keeps what the file holds.
-            gather
-                .bytes
-                .extend_from_slice(&map[end as usize..at as usize]);
-        }
+        let len = gather.bytes.len();
         let from = (at - gather.at) as usize;
+        if from > len {
+            // A gap: a hole until a write covers it, else the file's bytes at the flush.
+            gather.bytes.resize(from, 0);
+            gather.holes.push(len..from);
+        }
         let overlap = (gather.bytes.len() - from).min(data.len());
         gather.bytes[from..from + overlap].copy_from_slice(&data[..overlap]);
         gather.bytes.extend_from_slice(&data[overlap..]);
+        if overlap > 0 {
+            gather.cover(from, from + overlap);
+        }
         Ok(())
     }
 
