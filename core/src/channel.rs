@@ -1353,7 +1353,7 @@ type Emit<'e> = &'e dyn Fn(&mut dyn FnMut(&[u8]));
 const SEAL_CHUNK: usize = 256;
 /// The plaintext staged and encrypted at a time: a stack buffer, small on firmware.
 #[cfg(feature = "server")]
-const SEAL_CHUNK: usize = 4096;
+const SEAL_CHUNK: usize = 2048;
 
 impl SealedWrite<'_> {
     /// Writes the record; returns its end offset and the plaintext bytes written.
@@ -1435,7 +1435,9 @@ impl SealedWrite<'_> {
         if result.is_ok() {
             result = out(&tag);
         }
-        chunk.fill(0);
+        // Wipe the plaintext: only the part a record this short used.
+        let used = written.min(SEAL_CHUNK as u64) as usize;
+        chunk[..used].fill(0);
         (digest.finalize(), written, result)
     }
 }
