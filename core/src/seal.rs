@@ -40,7 +40,7 @@ pub enum Algorithm {
     /// XChaCha20-Poly1305: fast everywhere without special instructions. Id 0.
     #[default]
     XChaCha20Poly1305 = 0,
-    /// AES-256-GCM under a key per record. Id 1. Needs the core's `aes-gcm` feature.
+    /// AES-256-GCM under a key per segment. Id 1. Needs the core's `aes-gcm` feature.
     Aes256Gcm = 1,
 }
 
