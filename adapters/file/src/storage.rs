@@ -287,9 +287,10 @@ const GATHER_GAP_BYTES: u64 = 4096;
 
 /// Log writes to one window of one segment file, waiting to be made in one `pwrite`.
 ///
-/// The core writes a record in pieces (a sealed one in 256-byte chunks, sized for
-/// microcontrollers' stacks, and its header last, in front of its body); gathering them makes a
-/// commit of 100 records one system call instead of hundreds. A write may land anywhere in the
+/// The core writes a record in pieces (a sealed one in chunks of its staging buffer, and its
+/// header last, in front of its body); gathering them makes a commit of 100 records a few
+/// system calls instead of hundreds. The buffer is allocated once, at its full size, and the
+/// window never outgrows it. A write may land anywhere in the
 /// window from the first gathered byte on. One that leaves a gap (a sealed record's body, whose
 /// header comes next) leaves a hole; what later writes do not cover of it is filled with what
 /// the file holds there just before the `pwrite`, which so rewrites those bytes unchanged.
@@ -461,9 +462,6 @@ impl FileStorage {
         };
         self.gather.holes.clear();
         self.gather.bytes.clear();
-        if self.gather.bytes.capacity() > GATHER_BYTES {
-            self.gather.bytes.shrink_to(GATHER_BYTES);
-        }
         if let Err(e) = &result {
             self.write_failed
                 .get_or_insert_with(|| (e.kind(), e.to_string()));
@@ -495,6 +493,8 @@ impl FileStorage {
         if gather.slot.is_none() {
             gather.slot = Some(slot);
             gather.at = at;
+            // The window spans at most GATHER_BYTES, so this is the only allocation.
+            gather.bytes.reserve_exact(GATHER_BYTES);
         }
         let len = gather.bytes.len();
         let from = (at - gather.at) as usize;
