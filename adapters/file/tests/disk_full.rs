@@ -13,14 +13,24 @@ use std::process::Command;
 use sluicegate_core::{Error, StorageError, StorageErrorKind};
 use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
 
-/// A tmpfs mount, unmounted when dropped.
+/// Held by each test for its whole run, so the tests run one at a time. They measure free space
+/// right after deleting a filler file, and a `mount` or `umount` that another test forks at that
+/// moment shares the filler's descriptor until it execs, so the space comes back a moment late:
+/// the likeliest cause of `free_space_floor_refuses_puts_until_space_is_freed` seeing the
+/// filler's space still used, twice in four `cargo test --workspace` runs (never in 36 runs of
+/// this file alone).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A tmpfs mount, unmounted when dropped, with the lock that keeps the tests one at a time.
 struct Mount {
     dir: PathBuf,
     _root: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Mount {
     fn new(options: &str) -> Option<Mount> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
@@ -36,7 +46,11 @@ impl Mount {
             eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
             return None;
         }
-        Some(Mount { dir, _root: root })
+        Some(Mount {
+            dir,
+            _root: root,
+            _serial: serial,
+        })
     }
 }
 
