@@ -282,7 +282,7 @@ impl LogSyncTicket {
 /// Log writes above this size go straight to the file, and gathered writes are made before
 /// they would span more than this.
 const GATHER_BYTES: usize = 64 << 10;
-/// The widest gap a gathered write may leave after the bytes gathered before it.
+/// The widest gap a gathered write may leave after the bytes gathered before it, or before them.
 const GATHER_GAP_BYTES: u64 = 4096;
 
 /// Log writes to one window of one segment file, waiting to be made in one `pwrite`.
@@ -291,9 +291,11 @@ const GATHER_GAP_BYTES: u64 = 4096;
 /// header last, in front of its body); gathering them makes a commit of 100 records a few
 /// system calls instead of hundreds. The buffer is allocated once, at its full size, and the
 /// window never outgrows it. A write may land anywhere in the
-/// window from the first gathered byte on. One that leaves a gap (a sealed record's body, whose
-/// header comes next) leaves a hole; what later writes do not cover of it is filled with what
-/// the file holds there just before the `pwrite`, which so rewrites those bytes unchanged.
+/// window, or up to [`GATHER_GAP_BYTES`] on either side of it. One that leaves a gap (a sealed
+/// record's body, whose header comes next; or that header, when its body opened the window and
+/// the window's start moves back to it) leaves a hole; what later writes do not cover of it is
+/// filled with what the file holds there just before the `pwrite`, which so rewrites those
+/// bytes unchanged.
 ///
 /// Gathered bytes are written before any read, erase or sync of the log, before a log write
 /// outside the window, and before a sync ticket is taken, so reads see every write and a sync
@@ -475,12 +477,24 @@ impl FileStorage {
         self.segment(slot)?.count_write();
         let g = &self.gather;
         let end = g.at + g.bytes.len() as u64;
+        let first = g.at.min(at);
         let fits = g.slot == Some(slot)
-            && at >= g.at
+            && first + GATHER_GAP_BYTES >= g.at
             && at <= end + GATHER_GAP_BYTES
-            && at + data.len() as u64 - g.at <= GATHER_BYTES as u64;
+            && (at + data.len() as u64).max(end) - first <= GATHER_BYTES as u64;
         if !fits {
             self.flush_gathered()?;
+        } else if at < g.at {
+            // Just behind the window (a sealed record's header, when its body opened the
+            // window): move the window's start back, leaving a hole for the write to cover.
+            let shift = (g.at - at) as usize;
+            let gather = &mut self.gather;
+            gather.bytes.splice(0..0, std::iter::repeat_n(0, shift));
+            for h in &mut gather.holes {
+                *h = h.start + shift..h.end + shift;
+            }
+            gather.holes.push(0..shift);
+            gather.at = at;
         }
         if data.len() >= GATHER_BYTES {
             let m = self.segment(slot)?;

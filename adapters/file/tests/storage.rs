@@ -288,16 +288,32 @@ fn gathered_writes_land_where_they_were_sent() {
     s.read(Region::Log, 64, &mut back).unwrap();
     assert_eq!(back, expect);
     assert_eq!(std::fs::read(&file).unwrap()[64..208], expect[..]);
-    // A write outside the window (behind it, or in another file) makes the gathered ones first;
-    // so does a sync, and so does dropping the storage.
-    s.write(Region::Log, 304, &[5; 8]).unwrap();
-    s.write(Region::Log, 296, &[6; 8]).unwrap();
+    // A write just behind the window (a sealed record's header, after its body) joins it; the
+    // gap it leaves keeps what the file holds there.
+    s.write(Region::Log, 8208, &[10; 32]).unwrap();
+    s.sync(Region::Log).unwrap();
+    s.write(Region::Log, 8240, &[5; 8]).unwrap();
+    s.write(Region::Log, 8200, &[6; 8]).unwrap();
+    let on_disk = std::fs::read(&file).unwrap();
+    assert_eq!(
+        [&on_disk[8200..8208], &on_disk[8240..8248]],
+        [[0; 8], [0; 8]],
+        "a write just behind the window waits with it"
+    );
+    // A write outside the window (far behind it, or in another file) makes the gathered ones
+    // first; so does a sync, and so does dropping the storage.
+    s.write(Region::Log, 64, &[9; 8]).unwrap();
+    let on_disk = std::fs::read(&file).unwrap();
+    assert_eq!(on_disk[8200..8208], [6; 8]);
+    assert_eq!(
+        on_disk[8208..8240],
+        [10; 32],
+        "the hole keeps the file's bytes"
+    );
+    assert_eq!(on_disk[8240..8248], [5; 8]);
     s.write(Region::Log, l.segment_bytes as u64 + 8, &[7; 8])
         .unwrap();
-    assert_eq!(
-        std::fs::read(&file).unwrap()[296..312],
-        [[6; 8], [5; 8]].concat()
-    );
+    assert_eq!(std::fs::read(&file).unwrap()[64..72], [9; 8]);
     s.sync(Region::Log).unwrap();
     s.write(Region::Log, 400, &[8; 8]).unwrap();
     drop(s);
