@@ -99,7 +99,7 @@ struct Args {
     /// docs/benchmarks-throughput.png.
     #[arg(long)]
     docs: bool,
-    /// Only these sections (comma-separated): server, recovery, flash, aead.
+    /// Only these sections (comma-separated): server, sealing, recovery, flash, aead.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs SYSTEM for N put commits and N take commits of one 100-byte event each, and exits:
@@ -121,6 +121,8 @@ pub struct Plan {
     pub recovery_events: u64,
     pub stall_secs: f64,
     pub flash_readings: u64,
+    /// Plaintext and sealed put runs, alternating, for the cost of encryption.
+    pub sealing_pairs: usize,
 }
 
 impl Plan {
@@ -136,6 +138,7 @@ impl Plan {
                 recovery_events: 2_000,
                 stall_secs: 0.6,
                 flash_readings: 512,
+                sealing_pairs: 1,
             }
         } else if args.full {
             Plan {
@@ -148,6 +151,7 @@ impl Plan {
                 recovery_events: 1_000_000,
                 stall_secs: 3.0,
                 flash_readings: 65_536,
+                sealing_pairs: 7,
             }
         } else {
             Plan {
@@ -160,6 +164,7 @@ impl Plan {
                 recovery_events: 100_000,
                 stall_secs: 1.0,
                 flash_readings: 4_096,
+                sealing_pairs: 3,
             }
         }
     }
@@ -262,7 +267,9 @@ fn fresh_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResult> {
+/// Opens a new instance of `kind` in a fresh directory under `base`, and warms it up (untimed:
+/// the first log file or page is created here). Returns it with its directory.
+fn open_warm(base: &Path, kind: Kind, cell: Cell) -> Result<(PathBuf, Box<dyn systems::System>)> {
     let dir = base.join(format!(
         "{}-{}b-x{}-t{}",
         kind.name(),
@@ -272,7 +279,6 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
     ));
     fresh_dir(&dir)?;
     let sys = kind.open(&dir, cell.threads)?;
-    // Warm up (untimed): the first log file or page is created here.
     let warm = scenarios::bodies(cell, 3);
     let warm: Vec<&[u8]> = warm.iter().map(|b| &b[..]).collect();
     sys.put(&warm)?;
@@ -280,8 +286,18 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
     if got != cell.batch {
         return Err(format!("{}: warm-up took {got} of {}", kind.name(), cell.batch).into());
     }
-    // Bounded by bytes, and below Sluicegate's capacity (1,000,000) so no put waits for room.
-    let max_events = (plan.max_bytes / cell.size as u64).clamp(cell.batch as u64, 900_000);
+    Ok((dir, sys))
+}
+
+/// The events a timed put run may queue: bounded by bytes, and below Sluicegate's capacity
+/// (1,000,000) so no put waits for room.
+pub fn max_events(plan: &Plan, cell: Cell) -> u64 {
+    (plan.max_bytes / cell.size as u64).clamp(cell.batch as u64, 900_000)
+}
+
+fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResult> {
+    let (dir, sys) = open_warm(base, kind, cell)?;
+    let max_events = max_events(plan, cell);
     let put = scenarios::put_only(&*sys, cell, plan.duration, max_events)?;
     let take = scenarios::take_only(&*sys, cell, put.events, kind != Kind::Ceiling)?;
     if kind != Kind::Ceiling {
@@ -301,6 +317,66 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
         both_put,
         both_take,
     })
+}
+
+/// The sections `--only` names.
+const SECTIONS: [&str; 5] = ["server", "sealing", "recovery", "flash", "aead"];
+
+/// The cell the cost of encryption is measured in, repeatedly.
+pub const SEALING_CELL: Cell = Cell {
+    size: 1024,
+    batch: 100,
+    threads: 1,
+};
+
+/// One plaintext and one sealed put run of [`SEALING_CELL`], and which ran first.
+#[derive(Debug, Clone)]
+pub struct SealingPair {
+    pub plain: Measured,
+    pub sealed: Measured,
+    pub sealed_first: bool,
+}
+
+/// `plan.sealing_pairs` pairs of put runs in [`SEALING_CELL`], plaintext and sealed, each in a
+/// fresh directory. Which runs first alternates, so neither always follows the other's clean-up.
+fn sealing_pairs(base: &Path, plan: &Plan, progress: &Progress) -> Result<Vec<SealingPair>> {
+    let cell = SEALING_CELL;
+    let mut pairs = Vec::new();
+    for i in 0..plan.sealing_pairs {
+        let sealed_first = i % 2 == 1;
+        let order = if sealed_first {
+            [Kind::SluicegateSealed, Kind::Sluicegate]
+        } else {
+            [Kind::Sluicegate, Kind::SluicegateSealed]
+        };
+        let mut runs = Vec::new();
+        for kind in order {
+            progress.step(&format!(
+                "sealing: pair {} of {}, {}",
+                i + 1,
+                plan.sealing_pairs,
+                kind.name()
+            ));
+            let (dir, sys) = open_warm(base, kind, cell)?;
+            let put = scenarios::put_only(&*sys, cell, plan.duration, max_events(plan, cell))
+                .map_err(|e| format!("{} in the sealing pairs: {e}", kind.name()))?;
+            drop(sys);
+            std::fs::remove_dir_all(&dir)?;
+            runs.push(put);
+        }
+        let (first, second) = (runs.remove(0), runs.remove(0));
+        let (plain, sealed) = if sealed_first {
+            (second, first)
+        } else {
+            (first, second)
+        };
+        pairs.push(SealingPair {
+            plain,
+            sealed,
+            sealed_first,
+        });
+    }
+    Ok(pairs)
 }
 
 /// `--probe-syncs`: n put commits and n take commits of one event, nothing else.
@@ -347,10 +423,8 @@ fn run(args: &Args) -> Result<()> {
         return probe_syncs(&args.dir, &args.probe_syncs[0], n);
     }
     for s in &args.only {
-        if !["server", "recovery", "flash", "aead"].contains(&s.as_str()) {
-            return Err(
-                format!("--only: unknown section {s:?} (server, recovery, flash, aead)").into(),
-            );
+        if !SECTIONS.contains(&s.as_str()) {
+            return Err(format!("--only: unknown section {s:?} ({})", SECTIONS.join(", ")).into());
         }
     }
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
@@ -358,6 +432,10 @@ fn run(args: &Args) -> Result<()> {
     let cells = plan.cells();
     let steps = if wants("server") {
         cells.len() * Kind::ALL.len()
+    } else {
+        0
+    } + if wants("sealing") {
+        2 * plan.sealing_pairs
     } else {
         0
     } + if wants("recovery") { 6 } else { 0 }
@@ -393,6 +471,11 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
+    let sealing = if wants("sealing") {
+        sealing_pairs(&args.dir, &plan, &progress)?
+    } else {
+        Vec::new()
+    };
     // A section that fails still leaves the others' figures printed, then fails the run.
     let mut failures = Vec::new();
     let recovery = if wants("recovery") {
@@ -447,10 +530,13 @@ fn run(args: &Args) -> Result<()> {
         &plan,
         &machine,
         elapsed,
-        &server,
-        recovery.as_ref(),
-        &flash_results,
-        &aead_results,
+        &report::Results {
+            server: &server,
+            sealing: &sealing,
+            recovery: recovery.as_ref(),
+            flash: &flash_results,
+            aead: &aead_results,
+        },
     );
     print!("{text}");
     std::fs::create_dir_all(&args.out)?;
