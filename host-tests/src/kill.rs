@@ -23,8 +23,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sluicegate_file::{
-    new_key_line, write_secret_file, EncryptionConfig, FileChannel, FileChannelConfig,
-    FileChannelError, KeyConfig,
+    new_key_line, write_secret_file, AlgorithmChoice, EncryptionConfig, FileChannel,
+    FileChannelConfig, FileChannelError, KeyConfig,
 };
 
 use crate::model::{decode_event, event_bytes, judge, InFlight};
@@ -37,10 +37,16 @@ pub const MAX_EVENT: usize = 600;
 /// the transactions the parent can hold open to read the whole queue.
 ///
 /// A directory holding [`KEY_FILE`] is a sealed run: its log and checkpoints are encrypted with
-/// that key (see [`seal_dir`]).
+/// that key (see [`seal_dir`]), new log segments with the algorithm [`ALGORITHM_FILE`] names
+/// (the file channel's default without it).
 pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
     let key_file = dir.join(KEY_FILE);
     let encryption = if key_file.exists() {
+        let algorithm = match std::fs::read_to_string(dir.join(ALGORITHM_FILE)).as_deref() {
+            Ok(XCHACHA) => AlgorithmChoice::XChaCha20Poly1305,
+            Ok(GCM) => AlgorithmChoice::Aes256Gcm,
+            _ => AlgorithmChoice::Auto,
+        };
         EncryptionConfig {
             active_key: Some("kill".into()),
             keys: vec![KeyConfig {
@@ -49,7 +55,7 @@ pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
                 key_file,
                 password_file: None,
             }],
-            ..EncryptionConfig::default()
+            algorithm,
         }
     } else {
         EncryptionConfig::default()
@@ -72,9 +78,21 @@ pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
 /// The key file that makes a kill-test directory sealed.
 pub const KEY_FILE: &str = "kill.key";
 
-/// Makes `dir` a sealed run's directory: a new random key in [`KEY_FILE`], unless one is there.
-pub fn seal_dir(dir: &Path) -> Result<(), String> {
+/// The file naming the algorithm a sealed kill-test directory's next run seals new log segments
+/// with: `xchacha20-poly1305` or `aes-256-gcm`.
+pub const ALGORITHM_FILE: &str = "kill.algorithm";
+const XCHACHA: &str = "xchacha20-poly1305";
+const GCM: &str = "aes-256-gcm";
+
+/// Makes `dir` a sealed run's directory: a new random key in [`KEY_FILE`], unless one is there,
+/// and the algorithm of the next run's new segments, drawn afresh every time: segments keep the
+/// algorithm they were sealed with, so a directory's log ends up a mix of both, as when an
+/// operator changes `encryption.algorithm` between restarts.
+pub fn seal_dir(dir: &Path, rng: &mut impl Rng) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let algorithm = if rng.random_bool(0.5) { XCHACHA } else { GCM };
+    let at = dir.join(ALGORITHM_FILE);
+    std::fs::write(&at, algorithm).map_err(|e| format!("{}: {e}", at.display()))?;
     let path = dir.join(KEY_FILE);
     if path.exists() {
         return Ok(());
@@ -198,7 +216,7 @@ pub fn run_kills(
         }
         let dir = &root.join(format!("dirs-{}", round / ROUNDS_PER_DIR));
         if sealed {
-            seal_dir(dir).map_err(fail)?;
+            seal_dir(dir, &mut rng).map_err(fail)?;
         }
         let child_seed: u64 = rng.random();
         // Half the kills come within 3 ms of the open, when the run's first log file is being
@@ -243,7 +261,7 @@ pub fn run_crash_points(
             let child_seed: u64 = rng.random();
             let dir = &root.join(format!("point-{point}-{n}"));
             if sealed {
-                seal_dir(dir)?;
+                seal_dir(dir, &mut rng)?;
             }
             let mut model = VecDeque::new();
             let death = Death::AtPoint(point, n);

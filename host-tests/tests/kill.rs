@@ -71,7 +71,8 @@ fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {
 
 /// The same with encryption on: a random key per directory, so every segment and checkpoint is
 /// sealed, and every recovery after a kill (at random moments and at each named crash point) is
-/// judged the same way. `SLUICEGATE_SEALED_KILLS` sets the random rounds (60 by default).
+/// judged the same way. Each run seals its new log segments with an algorithm drawn for it, so
+/// both are killed, and recoveries read logs that mix them. `SLUICEGATE_SEALED_KILLS` sets the random rounds (60 by default).
 #[test]
 fn sigkill_of_a_sealed_channel_loses_nothing_acknowledged() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +91,38 @@ fn sigkill_of_a_sealed_channel_loses_nothing_acknowledged() {
     // The directories really were sealed: no log file holds an event in the clear (the plain
     // test above finds them with the same search).
     assert_eq!(events_in_the_clear(dir.path()), 0);
+    // Each run drew its algorithm, so the logs mix segments sealed with both.
+    let [xchacha, gcm] = seal_algorithms(dir.path());
+    println!("sealed segments left: {xchacha} XChaCha20-Poly1305, {gcm} AES-256-GCM");
+    assert!(xchacha > 0 && gcm > 0, "{xchacha} and {gcm}");
+}
+
+/// The sealed segments under `dir`: how many name XChaCha20-Poly1305 and how many AES-256-GCM
+/// in their seal records.
+fn seal_algorithms(dir: &std::path::Path) -> [usize; 2] {
+    use sluicegate_core::record::{
+        SealRecord, SegmentCheck, SegmentHeader, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
+        SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
+    };
+    use sluicegate_core::Algorithm;
+    let mut counts = [0; 2];
+    for seg in segments(dir) {
+        let bytes = std::fs::read(&seg).unwrap();
+        let header = bytes[..SEGMENT_HEADER_BYTES].try_into().unwrap();
+        let SegmentCheck::Valid(h) = SegmentHeader::decode(header) else {
+            continue;
+        };
+        if h.flags & SEGMENT_FLAG_SEALED != 0 {
+            let at = SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES;
+            let payload = bytes[at..at + SEAL_PAYLOAD_BYTES].try_into().unwrap();
+            match SealRecord::decode(payload).map(|r| r.algorithm) {
+                Some(Algorithm::XChaCha20Poly1305) => counts[0] += 1,
+                Some(Algorithm::Aes256Gcm) => counts[1] += 1,
+                None => {}
+            }
+        }
+    }
+    counts
 }
 
 /// Events of the kill workload found in the clear in the log files under `dir`: an id the

@@ -1,7 +1,8 @@
 //! `cargo xtask kill [--rounds N] [--seed S] [--sealed]`: kills a child process running
 //! transactions on a file channel N times (default 1,000) and checks every recovery, after one
 //! death at each named crash point of the file adapter. `--sealed` encrypts the channel (a new
-//! random key per directory). See `sluicegate_sim::kill`.
+//! random key per directory, and each run's new log segments sealed with an algorithm drawn for
+//! it). See `sluicegate_sim::kill`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
