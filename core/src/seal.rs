@@ -205,6 +205,13 @@ pub fn nonce(salt: &[u8; SALT_BYTES], number: u64, index: u32, domain: Domain) -
     n
 }
 
+/// The first 16 bytes of a nonce (salt and number): what chooses a segment's AES-GCM key.
+#[cfg(feature = "aes-gcm")]
+fn nonce_prefix(nonce: &[u8; 24]) -> &[u8; 16] {
+    let (prefix, _) = nonce.split_first_chunk().unwrap_or((&[0; 16], &[]));
+    prefix
+}
+
 /// The AES-256-GCM key of one segment, expanded, with its GHASH key.
 #[cfg(feature = "aes-gcm")]
 #[derive(Clone)]
@@ -216,10 +223,10 @@ pub struct GcmKey {
 #[cfg(feature = "aes-gcm")]
 impl GcmKey {
     /// The key of the segment whose nonces start with `prefix` (salt and number), under `key`.
-    pub fn derive(key: &Key, prefix: &[u8]) -> Self {
+    pub fn derive(key: &Key, prefix: &[u8; 16]) -> Self {
         use aes::cipher::BlockCipherEncrypt;
         let mut n = [0u8; 24];
-        n[..16].copy_from_slice(&prefix[..16]);
+        n[..16].copy_from_slice(prefix);
         let mut block0 = [0u8; 64];
         XChaCha20::new(&(*key).into(), &n.into()).apply_keystream(&mut block0);
         let mut segment_key = [0u8; 32];
@@ -259,7 +266,7 @@ impl SealerCache {
     ) -> Sealer {
         #[cfg(feature = "aes-gcm")]
         if algorithm == Algorithm::Aes256Gcm {
-            let prefix = &nonce[..16];
+            let prefix = nonce_prefix(nonce);
             let found = self
                 .keys
                 .iter()
@@ -270,9 +277,7 @@ impl SealerCache {
             }
             let k = GcmKey::derive(key, prefix);
             let sealer = Sealer::gcm(&k, nonce);
-            let mut p = [0u8; 16];
-            p.copy_from_slice(prefix);
-            self.keys[self.next] = Some((key_id, p, k));
+            self.keys[self.next] = Some((key_id, *prefix, k));
             self.next = (self.next + 1) % self.keys.len();
             return sealer;
         }
@@ -333,7 +338,7 @@ impl Sealer {
     pub fn with(algorithm: Algorithm, key: &Key, nonce: &[u8; 24]) -> Self {
         #[cfg(feature = "aes-gcm")]
         if algorithm == Algorithm::Aes256Gcm {
-            return Sealer::gcm(&GcmKey::derive(key, &nonce[..16]), nonce);
+            return Sealer::gcm(&GcmKey::derive(key, nonce_prefix(nonce)), nonce);
         }
         let _ = algorithm;
         let mut cipher = XChaCha20::new(&(*key).into(), &(*nonce).into());
