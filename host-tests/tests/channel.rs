@@ -757,7 +757,8 @@ fn operation_counts_are_pinned() {
 /// slot; the channel's own state is under 1 KiB beside the state of a sealed checkpoint being
 /// written (1,216 bytes here, where Poly1305 keeps its AVX2 tables and AES-GCM is compiled in;
 /// the firmware example prints its size on Cortex-M4) and, with the core's `aes-gcm` feature
-/// (servers), the expanded AES keys of the last two segments sealed or opened.
+/// (servers), the expanded AES keys of the last two segments sealed or opened and the tag
+/// masks made ahead (1,664 bytes in all).
 #[test]
 fn ram_per_event_is_eight_bytes() {
     let small = Config::new(1000, 10, 2, 64, 4096);
