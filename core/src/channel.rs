@@ -185,6 +185,7 @@ pub(crate) struct SegSeal {
 impl SegSeal {
     /// The seal of the record `header` in segment `seq` (whose key's bytes are `key`), with
     /// the header bound as associated data.
+    #[inline]
     pub(crate) fn record_sealer(
         &self,
         sealers: &mut SealerCache,
@@ -1348,6 +1349,10 @@ struct SealedWrite<'a> {
 /// Hands a record's body, piece by piece, to a sink.
 type Emit<'e> = &'e dyn Fn(&mut dyn FnMut(&[u8]));
 
+/// A piece of a record's body at least this long (an event, not a commit record's pointers)
+/// is encrypted from where it lies rather than staged.
+const DIRECT_SEAL_BYTES: usize = 64;
+
 /// The plaintext staged and encrypted at a time: a stack buffer, small on firmware.
 #[cfg(not(feature = "server"))]
 const SEAL_CHUNK: usize = 256;
@@ -1377,9 +1382,8 @@ impl SealedWrite<'_> {
             let end = w.finish()?;
             let mut header = self.header;
             header.crc = crc;
-            let mut w = WordWriter::new(storage, Region::Log, self.align, self.start);
-            w.push(&header.encode())?;
-            w.finish()?;
+            // Whole words at an aligned offset: no staging needed.
+            storage.write(Region::Log, self.start, &header.encode())?;
             Ok((end, written))
         } else {
             let (crc, _, _) = self.pass::<S::Error>(sealers, emit, &mut |_| Ok(()));
@@ -1406,38 +1410,71 @@ impl SealedWrite<'_> {
             .record_sealer(sealers, self.key, self.seq, &self.header);
         let mut digest = self.header.digest(self.seq);
         let mut chunk = [0u8; SEAL_CHUNK];
+        // `chunk[..fill]` waits to go out: plaintext to encrypt, or (`ready`) ciphertext.
         let mut fill = 0;
+        let mut ready = false;
+        // Plaintext staged in `chunk`, to wipe at the end.
+        let mut staged = 0;
         let mut written = 0u64;
         let mut result = Ok(());
-        let mut flush = |chunk: &mut [u8], result: &mut Result<(), E>| {
-            sealer.encrypt(chunk);
-            digest.update(chunk);
-            if result.is_ok() {
-                *result = out(chunk);
-            }
-        };
+        // Hands ciphertext on: into the CRC, then to `out` (unless it failed before).
+        macro_rules! ciphertext {
+            ($c:expr) => {{
+                let c: &[u8] = $c;
+                digest.update(c);
+                if result.is_ok() {
+                    result = out(c);
+                }
+            }};
+        }
         emit(&mut |mut b: &[u8]| {
             written += b.len() as u64;
+            if fill == 0 && b.len() >= DIRECT_SEAL_BYTES {
+                // A whole event: encrypted from where it lies into `chunk`, which so holds only
+                // ciphertext. The last piece waits, so the tag can go out with it.
+                let mut pieces = b.chunks(SEAL_CHUNK).peekable();
+                while let Some(piece) = pieces.next() {
+                    let c = &mut chunk[..piece.len()];
+                    sealer.encrypt_to(piece, c);
+                    if pieces.peek().is_some() {
+                        ciphertext!(c);
+                    } else {
+                        (fill, ready) = (piece.len(), true);
+                    }
+                }
+                return;
+            }
+            if ready {
+                ciphertext!(&chunk[..fill]);
+                (fill, ready) = (0, false);
+            }
             while !b.is_empty() {
                 let k = (SEAL_CHUNK - fill).min(b.len());
                 chunk[fill..fill + k].copy_from_slice(&b[..k]);
                 fill += k;
+                staged = staged.max(fill);
                 b = &b[k..];
                 if fill == SEAL_CHUNK {
-                    flush(&mut chunk, &mut result);
+                    sealer.encrypt(&mut chunk);
+                    ciphertext!(&chunk);
                     fill = 0;
                 }
             }
         });
-        flush(&mut chunk[..fill], &mut result);
-        let tag = sealer.tag();
-        digest.update(&tag);
-        if result.is_ok() {
-            result = out(&tag);
+        if !ready {
+            sealer.encrypt(&mut chunk[..fill]);
         }
-        // Wipe the plaintext: only the part a record this short used.
-        let used = written.min(SEAL_CHUNK as u64) as usize;
-        chunk[..used].fill(0);
+        let tag = sealer.tag();
+        if let Some(room) = chunk.get_mut(fill..fill + TAG_BYTES) {
+            // The tag goes out in one write with the last of the text.
+            room.copy_from_slice(&tag);
+            ciphertext!(&chunk[..fill + TAG_BYTES]);
+        } else {
+            ciphertext!(&chunk[..fill]);
+            ciphertext!(&tag);
+        }
+        // Wipe the plaintext staged, if any.
+        chunk[..staged].fill(0);
         (digest.finalize(), written, result)
     }
 }
