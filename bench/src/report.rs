@@ -384,9 +384,9 @@ fn sealing_table_interleaved(o: &mut String, plan: &Plan, run: &SealingRun) {
          machine that lasts longer than a commit falls on both alike, which it did not on whole \
          runs one after the other. The figure is the median over turns of sealed ÷ plaintext \
          (plaintext's commit time over sealed's). The whole run's ratio, of total commit times, \
-         also counts the commits that created a log file (128 MiB written and synced, about as \
-         long as a hundred ordinary commits, on either channel), whose placement a bounded run \
-         cuts unevenly; in a long run they are the same for both and bring the ratio closer to \
+         also counts the commits that created a log file (128 MiB written and synced, as long as \
+         hundreds of ordinary commits, on either channel), whose placement a bounded run cuts \
+         unevenly; in a long run both create nearly as many, which brings the ratio closer to \
          1, so the median is the stricter figure. The table cuts the run into blocks of equal \
          turns.\n",
         size(c.size),
