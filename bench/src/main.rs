@@ -352,8 +352,8 @@ pub struct SealingRun {
 /// interleaved: one on each in turn, the first of each turn alternating, each timed on its own.
 /// Disk and machine noise that lasts longer than a commit or two falls on both alike, which
 /// whole runs one after the other did not give (the same pair of runs moved by 30% and more
-/// between tries). Runs until each system has had `plan.duration` of commits or the event
-/// bound.
+/// between tries). Runs until one system has spent `plan.duration` in commits, or each has
+/// put the event bound.
 fn sealing_interleaved(base: &Path, plan: &Plan, progress: &Progress) -> Result<SealingRun> {
     let cell = SEALING_CELL;
     progress.step("sealing: plaintext and sealed puts, commits interleaved");

@@ -379,8 +379,8 @@ fn sealing_table_interleaved(o: &mut String, plan: &Plan, run: &SealingRun) {
         "#### Encryption at rest, interleaved\n\n\
          A plaintext and a sealed channel side by side, each in its own fresh directory, put \
          {} events in batches of {} from {} thread, their commits interleaved: one commit on \
-         each in turn, which goes first alternating, each commit timed on its own, until each \
-         has spent {:.1} s in commits or put {} events ({} each here). Noise on the disk or the \
+         each in turn, which goes first alternating, each commit timed on its own, until one \
+         has spent {:.1} s in commits or each has put {} events ({} each here). Noise on the disk or the \
          machine that lasts longer than a commit falls on both alike, which it did not on whole \
          runs one after the other. The figure is the median over turns of sealed ÷ plaintext \
          (plaintext's commit time over sealed's). The whole run's ratio, of total commit times, \
