@@ -534,6 +534,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     ///
     /// An event whose record fails its checks is never delivered: it is counted in
     /// [`Stats::corrupt_events_skipped`] and leaves the queue with this transaction.
+    ///
+    /// A transaction that already holds its capacity gets [`Error::TransactionFull`] without a
+    /// look at the queue, even when no event is left: a caller that drains the channel in one
+    /// transaction as large as the channel must stop at the capacity, not wait for `None`.
     pub fn take(&mut self, txn: Txn, buf: &mut [u8]) -> Result<Option<usize>, Error<S::Error>> {
         let mut slot = self.open_slot(txn)?;
         if slot.kind == KIND_PUT {
