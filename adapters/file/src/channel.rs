@@ -80,6 +80,22 @@ impl fmt::Display for FileChannelError {
 
 impl std::error::Error for FileChannelError {}
 
+impl FileChannelError {
+    /// True if opening failed because another process holds the channel's directories.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, FileChannelError::Storage(e) if e.is_locked())
+    }
+
+    /// The pid of the process holding the channel's directories, when that is the error and
+    /// the lock file names it.
+    pub fn lock_holder(&self) -> Option<u32> {
+        match self {
+            FileChannelError::Storage(e) => e.lock_holder(),
+            _ => None,
+        }
+    }
+}
+
 impl From<Error<FileError>> for FileChannelError {
     fn from(e: Error<FileError>) -> Self {
         FileChannelError::Channel(e)
@@ -110,6 +126,9 @@ pub struct FileStats {
     pub puts_refused_for_space: u64,
     /// Checkpoints that failed in the background thread (the log is unaffected).
     pub background_checkpoint_failures: u64,
+    /// Milliseconds since the newest checkpoint this run completed was seen (the checkpoint
+    /// thread looks at least once a second), or `None` if none has completed since open.
+    pub checkpoint_age_ms: Option<u64>,
 }
 
 struct State {
@@ -119,9 +138,24 @@ struct State {
     commits_acknowledged: u64,
     puts_refused_for_space: u64,
     background_checkpoint_failures: u64,
+    /// The core's checkpoint count when last looked at, and when it was seen to rise.
+    checkpoints_seen: u64,
+    last_checkpoint: Option<Instant>,
 }
 
 impl State {
+    /// Notes the time if the core completed a checkpoint since the last look.
+    fn note_checkpoints(&mut self) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let done = core.stats().checkpoints;
+        if done > self.checkpoints_seen {
+            self.checkpoints_seen = done;
+            self.last_checkpoint = Some(Instant::now());
+        }
+    }
+
     fn core(&mut self) -> &mut Core {
         // The core is taken out only by `close`/`drop`, which own the channel; no transaction
         // can be alive then.
@@ -194,6 +228,8 @@ impl FileChannel {
                 commits_acknowledged: 0,
                 puts_refused_for_space: 0,
                 background_checkpoint_failures: 0,
+                checkpoints_seen: 0,
+                last_checkpoint: None,
             }),
             room: Condvar::new(),
             group: Mutex::new(Group::default()),
@@ -266,11 +302,13 @@ impl FileChannel {
     pub fn stats(&self) -> FileStats {
         let groups = lock(&self.shared.group).syncs;
         let mut st = lock(&self.shared.state);
+        st.note_checkpoints();
         let (acked, refused, failed) = (
             st.commits_acknowledged,
             st.puts_refused_for_space,
             st.background_checkpoint_failures,
         );
+        let checkpoint_age_ms = st.last_checkpoint.map(|t| t.elapsed().as_millis() as u64);
         let core = st.core();
         FileStats {
             channel: core.stats(),
@@ -280,12 +318,15 @@ impl FileChannel {
             files_created: core.storage().files_created(),
             puts_refused_for_space: refused,
             background_checkpoint_failures: failed,
+            checkpoint_age_ms,
         }
     }
 
     /// Writes a whole checkpoint now.
     pub fn checkpoint(&self) -> Result<(), FileChannelError> {
-        lock(&self.shared.state).core().checkpoint()?;
+        let mut st = lock(&self.shared.state);
+        st.core().checkpoint()?;
+        st.note_checkpoints();
         Ok(())
     }
 
@@ -433,6 +474,7 @@ fn checkpoint_thread(shared: &Shared) {
             if failed {
                 st.background_checkpoint_failures += 1;
             }
+            st.note_checkpoints();
             drop(st);
             // A checkpoint starts with a sync of the log, which may apply take commits.
             shared.room.notify_all();
@@ -497,12 +539,46 @@ impl<'a> Transaction<'a> {
         Ok(st.core().take(self.txn, buf)?)
     }
 
+    /// Like [`take`](Self::take), but when no event is available waits up to `wait` for a
+    /// commit to make one available.
+    pub fn take_wait(
+        &mut self,
+        buf: &mut [u8],
+        wait: Duration,
+    ) -> Result<Option<usize>, FileChannelError> {
+        let shared = &*self.channel.shared;
+        let deadline = Instant::now() + wait;
+        let mut st = lock(&shared.state);
+        // Bounded by the deadline. Every applied commit (group sync, checkpoint sync) signals
+        // `room` under this mutex, so no commit can slip in between the take and the wait.
+        loop {
+            if let Some(n) = st.core().take(self.txn, buf)? {
+                return Ok(Some(n));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            st = shared
+                .room
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Takes the next available event as a new vector of its exact size.
     pub fn take_vec(&mut self) -> Result<Option<Vec<u8>>, FileChannelError> {
+        self.take_vec_wait(Duration::ZERO)
+    }
+
+    /// Like [`take_vec`](Self::take_vec), waiting up to `wait` as
+    /// [`take_wait`](Self::take_wait) does.
+    pub fn take_vec_wait(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, FileChannelError> {
         // Most events are small: try a small buffer, and on a larger event (which is left in
         // place, with its length reported) allocate exactly what it needs.
         let mut buf = vec![0u8; 512];
-        let n = match self.take(&mut buf) {
+        let n = match self.take_wait(&mut buf, wait) {
             Err(FileChannelError::Channel(Error::BufferTooSmall { needed })) => {
                 buf = vec![0u8; needed];
                 self.take(&mut buf)?

@@ -110,12 +110,15 @@ fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
         } else {
             format!("process {holder}")
         };
-        return Err(FileError::config(format!(
-            "{} is in use: {} holds the lock {}",
-            dir.display(),
-            who,
-            lock_path.display()
-        )));
+        return Err(FileError::locked(
+            format!(
+                "{} is in use: {} holds the lock {}",
+                dir.display(),
+                who,
+                lock_path.display()
+            ),
+            holder.parse().unwrap_or(0),
+        ));
     }
     file.set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))

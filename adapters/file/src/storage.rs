@@ -39,6 +39,9 @@ pub struct FileError {
     kind: StorageErrorKind,
     what: String,
     source: Option<std::io::Error>,
+    /// Set when a directory's lock is held by another process: its pid, or 0 if the lock file
+    /// does not say.
+    locked_by: Option<u32>,
 }
 
 impl FileError {
@@ -51,6 +54,7 @@ impl FileError {
             kind,
             what: format!("cannot {doing} {}: {e}", path.display()),
             source: Some(e),
+            locked_by: None,
         }
     }
 
@@ -59,7 +63,28 @@ impl FileError {
             kind: StorageErrorKind::Other,
             what,
             source: None,
+            locked_by: None,
         }
+    }
+
+    /// A directory whose lock another process holds (`holder` is its pid, 0 if unknown).
+    pub(crate) fn locked(what: String, holder: u32) -> Self {
+        FileError {
+            locked_by: Some(holder),
+            ..FileError::config(what)
+        }
+    }
+
+    /// True if the error is a directory lock held by another process: the channel is open
+    /// elsewhere. Callers decide by this, never by the message's words.
+    pub fn is_locked(&self) -> bool {
+        self.locked_by.is_some()
+    }
+
+    /// The pid of the process holding a directory's lock, if that is the error and the lock
+    /// file names it.
+    pub fn lock_holder(&self) -> Option<u32> {
+        self.locked_by.filter(|&pid| pid != 0)
     }
 
     /// The error every log sync returns after a gathered write failed: the bytes it held are
@@ -72,6 +97,7 @@ impl FileError {
                 failed.1
             ),
             source: None,
+            locked_by: None,
         }
     }
 
@@ -80,6 +106,7 @@ impl FileError {
             kind: StorageErrorKind::OutOfBounds,
             what: format!("{region:?}: {len} bytes at {offset} are outside the region"),
             source: None,
+            locked_by: None,
         }
     }
 }

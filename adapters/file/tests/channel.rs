@@ -512,3 +512,44 @@ fn four_log_files_refuse_puts_after_two_restarts_with_events_queued() {
     put_one(&ch, b"run 2");
     ch.close().unwrap();
 }
+
+/// A take that waits returns an event committed by another thread during the wait, and an empty
+/// wait returns `None` no sooner than asked.
+#[test]
+fn take_wait_wakes_on_a_commit_and_times_out_when_nothing_comes() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    let mut tx = ch.begin().unwrap();
+    let asked = Duration::from_millis(30);
+    let t = Instant::now();
+    assert_eq!(tx.take_vec_wait(asked).unwrap(), None);
+    assert!(t.elapsed() >= asked);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            put_one(&ch, b"late");
+        });
+        // Generous: only a commit can end this wait early.
+        let got = tx.take_vec_wait(Duration::from_secs(60)).unwrap();
+        assert_eq!(got.as_deref(), Some(&b"late"[..]));
+    });
+    tx.commit().unwrap();
+}
+
+/// A second open of the same directories fails with an error whose kind says the lock is held,
+/// naming this process as the holder.
+#[test]
+fn a_held_lock_is_an_error_of_its_own_kind() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(small(root.path())).unwrap();
+    let err = FileChannel::open(small(root.path())).unwrap_err();
+    assert!(err.is_locked(), "{err}");
+    assert_eq!(err.lock_holder(), Some(std::process::id()));
+    drop(ch);
+    let bad = FileChannelConfig {
+        capacity: 0,
+        ..small(root.path())
+    };
+    let other = FileChannel::open(bad).unwrap_err();
+    assert!(!other.is_locked(), "{other}");
+}
