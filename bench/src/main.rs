@@ -6,6 +6,7 @@
 //! writes it, with a plot, where `--out` says (or into docs/ with `--docs`).
 
 mod aead;
+mod agent;
 mod flash;
 mod recovery;
 mod report;
@@ -99,7 +100,7 @@ struct Args {
     /// docs/benchmarks-throughput.png.
     #[arg(long)]
     docs: bool,
-    /// Only these sections (comma-separated): server, sealing, recovery, flash, aead.
+    /// Only these sections (comma-separated): server, sealing, recovery, flash, aead, agent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs SYSTEM for N put commits and N take commits of one 100-byte event each, and exits:
@@ -330,7 +331,7 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
 }
 
 /// The sections `--only` names.
-const SECTIONS: [&str; 5] = ["server", "sealing", "recovery", "flash", "aead"];
+const SECTIONS: [&str; 6] = ["server", "sealing", "recovery", "flash", "aead", "agent"];
 
 /// The cell the cost of encryption is measured in.
 pub const SEALING_CELL: Cell = Cell {
@@ -455,7 +456,8 @@ fn run(args: &Args) -> Result<()> {
     } + if wants("sealing") { 1 } else { 0 }
         + if wants("recovery") { 6 } else { 0 }
         + if wants("flash") { 4 } else { 0 }
-        + if wants("aead") { 1 } else { 0 };
+        + if wants("aead") { 1 } else { 0 }
+        + if wants("agent") { 4 } else { 0 };
     fresh_dir(&args.dir)?;
     let machine = report::Machine::read(&args.dir);
     eprintln!(
@@ -537,6 +539,17 @@ fn run(args: &Args) -> Result<()> {
     } else {
         Vec::new()
     };
+    let agent_results = if wants("agent") {
+        match agent::run(&args.dir, &plan, &progress) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                failures.push(format!("agent: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     progress.finish();
     std::fs::remove_dir_all(&args.dir)?;
 
@@ -551,6 +564,7 @@ fn run(args: &Args) -> Result<()> {
             recovery: recovery.as_ref(),
             flash: &flash_results,
             aead: &aead_results,
+            agent: agent_results.as_ref(),
         },
     );
     print!("{text}");

@@ -159,6 +159,7 @@ pub struct Results<'a> {
     pub recovery: Option<&'a RecoveryResults>,
     pub flash: &'a [FlashResult],
     pub aead: &'a [AeadResult],
+    pub agent: Option<&'a crate::agent::AgentResults>,
 }
 
 pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'_>) -> String {
@@ -168,6 +169,7 @@ pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'
         recovery,
         flash,
         aead,
+        agent,
     } = *r;
     let mut o = String::new();
     let _ = writeln!(
@@ -197,6 +199,9 @@ pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'
     }
     if !aead.is_empty() {
         aead_table(&mut o, aead);
+    }
+    if let Some(a) = agent {
+        crate::agent::table(&mut o, a);
     }
     targets(&mut o, server, sealing, recovery, flash);
     o

@@ -34,6 +34,7 @@ use sluicegate_file::{
 
 use crate::fail::{io, Fail};
 use crate::home::{self, HomeArgs, BACKUP_JOURNAL, RESTORING_FILE, SETTINGS_FILE};
+use sluicegate_agent::home::{parent_of, sync_dir};
 
 /// The manifest's name.
 pub const MANIFEST: &str = "sluicegate-backup.json";
@@ -82,26 +83,8 @@ impl Manifest {
 
 /// Writes `bytes` to `path` durably: a temporary file, synced, renamed, directory synced.
 pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), Fail> {
-    let tmp = path.with_extension("tmp-write");
-    let r = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(parent_of(path))
-    })();
-    r.map_err(|e| io(format!("cannot write {}", path.display()), e))
-}
-
-/// The directory holding `path`: `.` for a bare name.
-fn parent_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    sluicegate_agent::home::write_file_durably(path, bytes)
+        .map_err(|e| io(format!("cannot write {}", path.display()), e))
 }
 
 /// Reads `from` to its end, computing its size and CRC-32C, writing it to `to` (then synced) if

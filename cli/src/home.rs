@@ -17,8 +17,7 @@ use sluicegate_file::{FileChannel, FileChannelConfig, FORMAT_FILE};
 
 use crate::fail::Fail;
 
-/// The settings file in a home.
-pub const SETTINGS_FILE: &str = "sluicegate.toml";
+pub use sluicegate_agent::home::SETTINGS_FILE;
 /// Present while a restore into the home is unfinished.
 pub const RESTORING_FILE: &str = "sluicegate.restoring";
 /// Names the temporary directory of a backup in progress.
@@ -177,31 +176,12 @@ impl HomeArgs {
 
 /// Writes `config` as `home/sluicegate.toml`, with directories inside `home` made relative.
 pub fn write_settings(home: &Path, config: &FileChannelConfig) -> Result<(), Fail> {
-    let home_abs = home
-        .canonicalize()
-        .map_err(|e| Fail::runtime(format!("cannot resolve {}: {e}", home.display())))?;
-    let rel = |p: &Path| -> PathBuf {
-        let abs = p
-            .parent()
-            .and_then(|parent| parent.canonicalize().ok())
-            .and_then(|parent| p.file_name().map(|n| parent.join(n)))
-            .unwrap_or_else(|| p.to_path_buf());
-        abs.strip_prefix(&home_abs)
-            .map(Path::to_path_buf)
-            .unwrap_or(abs)
-    };
-    let mut c = config.clone();
-    c.checkpoint_dir = rel(&c.checkpoint_dir);
-    c.backup_checkpoint_dir = rel(&c.backup_checkpoint_dir);
-    c.data_dirs = c.data_dirs.iter().map(|d| rel(d)).collect();
-    let text = format!(
-        "# Sluicegate channel settings, written when the channel was created.\n\
-         # Relative directories are relative to this file. capacity, max_file_bytes and\n\
-         # log_files are fixed for the channel's life. To encrypt, add an [encryption]\n\
-         # section (see `sluicegate key --help` and docs/operations.md).\n{}",
-        toml::to_string(&c).map_err(|e| Fail::runtime(format!("cannot write settings: {e}")))?
-    );
-    crate::archive::write_file_durably(&home.join(SETTINGS_FILE), text.as_bytes())
+    sluicegate_agent::home::write_settings(home, config).map_err(|e| {
+        Fail::runtime(format!(
+            "cannot write {}: {e}",
+            home.join(SETTINGS_FILE).display()
+        ))
+    })
 }
 
 /// Opens the channel, showing a spinner while recovery runs.

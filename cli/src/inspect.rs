@@ -17,13 +17,7 @@ use crate::scan::{self, Severity};
 type Core = Channel<SnapshotStorage, Vec<u64>, sluicegate_file::Keyring>;
 
 pub fn path_name(p: RecoveryPath) -> &'static str {
-    match p {
-        RecoveryPath::New => "new",
-        RecoveryPath::Checkpoint => "checkpoint",
-        RecoveryPath::Backup => "backup",
-        RecoveryPath::FullReplay => "replay",
-        _ => "other",
-    }
+    p.name()
 }
 
 /// Opens a snapshot of the channel (locking it) with the given options.
@@ -70,8 +64,76 @@ pub fn recovery_json(r: &Recovery) -> serde_json::Value {
     })
 }
 
+/// `stats` of a channel whose owner is running: the owner's live figures.
+fn live_stats(home: &HomeArgs, json_out: bool) -> Option<Result<ExitCode, Fail>> {
+    let socket = sluicegate_agent::home::socket_path(&home.dir);
+    let mut client = sluicegate_agent::Client::connect(&socket).ok()?;
+    let f = match client.stats() {
+        Ok(f) => f,
+        Err(e) => return Some(Err(Fail::runtime(format!("the channel's owner: {e}")))),
+    };
+    if json_out {
+        println!("{f}");
+        return Some(Ok(ExitCode::SUCCESS));
+    }
+    let n = |k: &str| f[k].as_u64().unwrap_or(0);
+    println!(
+        "owner       process {} (live figures; `sluicegate stats` reads the files when no owner runs)",
+        n("owner_pid")
+    );
+    println!(
+        "depth       {} events ({} being taken, {} put and not committed)",
+        n("depth"),
+        n("in_flight_takes"),
+        n("pending_puts")
+    );
+    println!(
+        "capacity    {} events ({:.2}% full)",
+        n("capacity"),
+        f["fill_ratio"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    println!(
+        "segments    {} in the ring: {} pinned, {} free",
+        n("segments"),
+        n("segments_pinned"),
+        n("segments_free")
+    );
+    match f["checkpoint_age_ms"].as_u64() {
+        Some(ms) => println!(
+            "checkpoint  {} this run, the newest {:.0} s ago",
+            n("checkpoints"),
+            ms as f64 / 1e3
+        ),
+        None => println!("checkpoint  none since the owner opened the channel"),
+    }
+    println!(
+        "traffic     puts {} of {} attempted, takes {} ({} take requests), {} commits in {} group syncs ({:.1} per sync, {} fsyncs)",
+        n("put_successes"),
+        n("put_attempts"),
+        n("take_successes"),
+        n("take_attempts"),
+        n("commits_acknowledged"),
+        n("group_syncs"),
+        f["commits_per_fsync"].as_f64().unwrap_or(0.0),
+        n("fsyncs")
+    );
+    let r = &f["recovery"];
+    println!(
+        "recovery    {} with {} events; dropped: {} torn commits, {} corrupt events, {} records lost",
+        r["path"].as_str().unwrap_or("?"),
+        r["events"].as_u64().unwrap_or(0),
+        r["torn_commits_dropped"].as_u64().unwrap_or(0),
+        r["corrupt_events_dropped"].as_u64().unwrap_or(0),
+        r["records_lost"].as_u64().unwrap_or(0)
+    );
+    Some(Ok(ExitCode::SUCCESS))
+}
+
 /// `stats`.
 pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    if let Some(result) = live_stats(home, json_out) {
+        return result;
+    }
     let config = home.existing()?;
     let mut st = snapshot(&config, SnapshotOptions::default())?;
     let slots = scan::slots(&mut st)?;

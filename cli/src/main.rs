@@ -51,7 +51,11 @@ enum Command {
         #[command(flatten)]
         create: CreateArgs,
     },
-    /// Write events to stdout, one per line, committing each batch after it is flushed.
+    /// Write events to stdout, one per line, committing each batch once stdout accepted it;
+    /// or, with --exec, run a command per batch and commit only when it exits 0.
+    ///
+    /// `take | cmd` commits a batch when the pipe accepts it, whether or not `cmd` ever reads
+    /// it (`take | head -1` loses the rest of the batch). `take --exec 'cmd'` is the safe form.
     Take {
         #[command(flatten)]
         home: HomeArgs,
@@ -67,6 +71,17 @@ enum Command {
         /// the follower wait rather than fail.
         #[arg(long)]
         follow: bool,
+        /// Run this shell command once per batch, the events on its stdin one per line; the
+        /// batch commits only if it exits 0, else it is rolled back and retried with backoff.
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+    },
+    /// Run an agent: own the channels of a TOML config and run its sources and sinks, until
+    /// SIGINT or SIGTERM.
+    Agent {
+        /// The agent's config (see docs/operations.md, "The agent").
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Depth, capacity, segments, checkpoint age and how the channel recovers (read-only).
     Stats {
@@ -147,13 +162,36 @@ enum Command {
     Key(keys::KeyCommand),
 }
 
+/// `agent`: runs until SIGINT or SIGTERM; a bad config is one line and exit 2.
+fn agent(path: &std::path::Path) -> Result<ExitCode, fail::Fail> {
+    let config = sluicegate_agent::AgentConfig::from_file(path).map_err(fail::Fail::usage)?;
+    sluicegate_agent::agent::init_logging(config.agent.log.as_deref().unwrap_or("info"));
+    match sluicegate_agent::run(config) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(
+            e @ (sluicegate_agent::AgentError::Config(_)
+            | sluicegate_agent::AgentError::Bind { .. }),
+        ) => Err(fail::Fail::usage(e.to_string())),
+        Err(e) => Err(fail::Fail::runtime(e.to_string())),
+    }
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of stdout goes away (`dump | head`).
     // For `take` that means the batch being written is not committed, and is delivered again.
-    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
-    // disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // The agent and `take --exec` write to commands that may exit without reading: there a
+    // broken pipe is the command's answer, not a reason to die, so they keep Rust's default.
+    let writes_to_commands = matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("agent") | Some("take")
+    ) && (std::env::args().nth(1).as_deref() == Some("agent")
+        || std::env::args().any(|a| a == "--exec" || a.starts_with("--exec=")));
+    if !writes_to_commands {
+        // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a
+        // valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -181,7 +219,15 @@ fn main() -> ExitCode {
             batch,
             limit,
             follow,
-        } => pipe::take(&home, batch, limit, follow),
+            exec,
+        } => pipe::take(
+            &home,
+            batch,
+            limit,
+            follow,
+            exec.map_or(pipe::Delivery::Stdout, pipe::Delivery::Exec),
+        ),
+        Command::Agent { config } => agent(&config),
         Command::Stats { home, json } => inspect::stats(&home, json),
         Command::Verify { home, json } => inspect::verify(&home, json),
         Command::Dump { home, json } => inspect::dump(&home, json),

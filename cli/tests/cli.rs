@@ -246,28 +246,160 @@ fn running_put(
     (child, input, out)
 }
 
+/// While a producer owns the home, other producers, consumers and `stats` go through it, and
+/// the commands that read or rewrite the files themselves fail at once, naming the lock.
 #[test]
-fn a_second_process_fails_at_once_naming_the_lock() {
+fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
     let h = Home::new(65536);
     let (mut child, input, _out) = running_put(&h.dir, 3);
     for args in [
-        vec!["take", "--dir", &h.dir],
-        vec!["put", "--dir", &h.dir],
-        vec!["stats", "--dir", &h.dir],
         vec!["verify", "--dir", &h.dir],
         vec!["backup", "--dir", &h.dir, "--to", &h.path("bk")],
+        vec!["repair", "--dir", &h.dir],
     ] {
         let started = Instant::now();
-        let out = run(&args, "x\n");
+        let out = run(&args, "");
         assert_one_line_error(&out, 1, "sluicegate.lock");
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "must not wait for the lock"
         );
     }
+    assert_eq!(ok(&["put", "--dir", &h.dir], "beside\n"), "committed 1\n");
+    let live = h.stats();
+    assert_eq!(live["depth"], 4, "{live}");
+    assert_eq!(live["owner_pid"], child.id(), "{live}");
+    let mut expected = lines("line", 3);
+    expected.push("beside".into());
+    assert_eq!(h.take_all(), expected);
     drop(input);
     assert!(child.wait().expect("wait").success());
-    assert_eq!(h.take_all(), lines("line", 3));
+    assert_eq!(h.take_all(), Vec::<String>::new());
+}
+
+/// The brief's side-by-side case: one follower and many short producers started at random
+/// moments on one home. Every producer succeeds, the follower receives every line exactly once
+/// and in order per producer, while the producers run.
+#[test]
+fn many_short_producers_and_one_follower_share_a_home() {
+    let h = Home::new(1 << 20);
+    let mut follower = sg()
+        .args(["take", "--dir", &h.dir, "--follow", "--batch", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn take --follow");
+    let out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let producers: u32 = std::env::var("SLUICEGATE_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let per: usize = 20;
+    let dir = h.dir.clone();
+    let feeders: Vec<_> = (0..producers)
+        .map(|p| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                // Spread the starts over about 300 ms, as the report did.
+                std::thread::sleep(Duration::from_millis(u64::from(p * 5 % 300)));
+                let input: String = (0..per).map(|i| format!("p{p:03}-{i:03}\n")).collect();
+                run(&["put", "--dir", &dir, "--batch", "3"], &input)
+            })
+        })
+        .collect();
+    for (p, f) in feeders.into_iter().enumerate() {
+        let o = f.join().expect("producer thread");
+        assert!(
+            o.status.success(),
+            "producer {p} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let total = producers as usize * per;
+    let mut got = Vec::with_capacity(total);
+    let mut out = out;
+    while got.len() < total {
+        let mut l = String::new();
+        let n = out.read_line(&mut l).expect("read follower");
+        assert!(n > 0, "the follower ended after {} lines", got.len());
+        got.push(l.trim_end().to_string());
+    }
+    // SIGINT: the follower rolls back nothing (it is idle), hands over and exits cleanly.
+    // SAFETY: kill(2) with a pid of our own child.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let status = follower.wait().expect("wait follower");
+    let mut err = String::new();
+    let _ = follower
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut err));
+    assert!(status.success(), "follower: {status}: {err}");
+    let mut seen = std::collections::HashSet::new();
+    let mut last: std::collections::HashMap<&str, i32> = Default::default();
+    for line in &got {
+        assert!(seen.insert(line.clone()), "{line} delivered twice");
+        let (producer, i) = line.split_once('-').expect("p-i");
+        let i: i32 = i.parse().expect("number");
+        let prev = last.insert(producer, i).unwrap_or(-1);
+        assert_eq!(i, prev + 1, "{producer}'s lines out of order at {line}");
+    }
+    assert_eq!(seen.len(), total);
+    assert_eq!(h.take_all(), Vec::<String>::new(), "nothing left behind");
+}
+
+/// An event put while a follower waits reaches it while the producer still runs.
+#[test]
+fn a_follower_receives_while_the_producer_runs() {
+    let h = Home::new(65536);
+    let mut follower = sg()
+        .args(["take", "--dir", &h.dir, "--follow", "--batch", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn take --follow");
+    let mut out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let (mut producer, input, _pout) = running_put(&h.dir, 2);
+    for want in ["line-00000", "line-00001"] {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("read");
+        assert_eq!(l.trim_end(), want);
+    }
+    assert!(
+        producer.try_wait().expect("try_wait").is_none(),
+        "the producer is still running"
+    );
+    drop(input);
+    assert!(producer.wait().expect("wait").success());
+    follower.kill().expect("kill");
+    follower.wait().expect("wait");
+}
+
+/// `take --exec` commits a batch only when the command exits 0: a failing command leaves every
+/// event in the channel, and a succeeding one delivers each once.
+#[test]
+fn take_exec_commits_only_when_the_command_succeeds() {
+    let h = Home::new(65536);
+    h.put(&lines("e", 25), 25);
+    let out = h.path("delivered");
+    let flag = h.path("ok");
+    let cmd = format!("test -f {flag} || exit 7; cat >> {out}");
+    let mut failing = sg()
+        .args(["take", "--dir", &h.dir, "--batch", "10", "--exec", &cmd])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn take --exec");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        h.stats()["depth"],
+        25,
+        "nothing committed while the command fails"
+    );
+    std::fs::write(&flag, "").expect("flag");
+    let status = failing.wait().expect("wait");
+    assert!(status.success());
+    let delivered = std::fs::read_to_string(&out).expect("delivered");
+    assert_eq!(delivered.lines().collect::<Vec<_>>(), lines("e", 25));
+    assert_eq!(h.stats()["depth"], 0);
 }
 
 #[test]

@@ -53,6 +53,18 @@ pub enum RecoveryPath {
     FullReplay,
 }
 
+impl RecoveryPath {
+    /// The path's short name, as reports print it: `new`, `checkpoint`, `backup`, `replay`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecoveryPath::New => "new",
+            RecoveryPath::Checkpoint => "checkpoint",
+            RecoveryPath::Backup => "backup",
+            RecoveryPath::FullReplay => "replay",
+        }
+    }
+}
+
 /// What replay leaves for the channel to go on from.
 pub(crate) struct Replayed {
     /// The newest segment on the medium, if any.

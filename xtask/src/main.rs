@@ -445,6 +445,28 @@ const MUTANTS: [Mutant; 10] = [
     },
 ];
 
+/// Bugs in the agent, each caught by one of its kill tests (`cli/tests/agent.rs`).
+const AGENT_MUTANTS: [(Mutant, &str); 2] = [
+    (
+        Mutant {
+            name: "the sink commits its take before the destination acknowledged it",
+            file: "agent/src/sinks/mod.rs",
+            from: "        match sink.deliver(&events, stop) {\n            Ok(()) => {\n                if let Err(e) = side.commit() {",
+            to: "        let early = side.commit();\n        std::thread::sleep(std::time::Duration::from_millis(2));\n        match sink.deliver(&events, stop) {\n            Ok(()) => {\n                if let Err(e) = early {",
+        },
+        "sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged",
+    ),
+    (
+        Mutant {
+            name: "the tail source moves its positions before the lines are committed",
+            file: "agent/src/sources/tail.rs",
+            from: "        let started = Instant::now();\n        let n = events.len() as u64;",
+            to: "        advance(&mut files, &mut known, &moved, &settings.positions)?;\n        let started = Instant::now();\n        let n = events.len() as u64;",
+        },
+        "sigkill_during_file_tailing_loses_no_line",
+    ),
+];
+
 /// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and
 /// runs a short simulation, which must fail.
 fn mutants() -> Result {
@@ -460,12 +482,14 @@ fn mutants() -> Result {
         "adapters/file",
         "adapters/flash",
         "firmware-example",
+        "agent",
+        "cli",
     ] {
         copy_dir(&root.join(dir), &ws.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
     }
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
@@ -504,8 +528,33 @@ fn mutants() -> Result {
     let kill_envs = [envs[0], ("SLUICEGATE_KILLS", "200")];
     caught += catch_all(&ws, &KILL_MUTANTS, "the kill test", &kill_args, &kill_envs)?;
     caught += catch_all_firmware(&ws, &FIRMWARE_MUTANTS)?;
-    let total =
-        MUTANTS.len() + UNSTABLE_MUTANTS.len() + KILL_MUTANTS.len() + FIRMWARE_MUTANTS.len();
+    // Bugs in the agent, each caught by the kill test of the path it breaks.
+    for (m, test) in &AGENT_MUTANTS {
+        let agent_args = [
+            "test",
+            "-q",
+            "-p",
+            "sluicegate-cli",
+            "--test",
+            "agent",
+            "--",
+            "--exact",
+            test,
+        ];
+        let agent_envs = [envs[0], ("SLUICEGATE_AGENT_KILLS", "40")];
+        caught += catch_all(
+            &ws,
+            std::slice::from_ref(m),
+            &format!("the agent's kill test {test}"),
+            &agent_args,
+            &agent_envs,
+        )?;
+    }
+    let total = MUTANTS.len()
+        + UNSTABLE_MUTANTS.len()
+        + KILL_MUTANTS.len()
+        + FIRMWARE_MUTANTS.len()
+        + AGENT_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
 }

@@ -1,0 +1,244 @@
+//! Sinks: take batches from a channel and deliver them, committing a take only after the
+//! destination acknowledged the whole batch.
+//!
+//! A [`Sink`] knows only its destination; [`run_sink`] is the loop every sink shares (Flume's
+//! sink runner): take a batch, deliver it, commit on success, roll back and retry with backoff
+//! on failure. The channel side is a [`TakeSide`]: the channel itself in the agent, or a
+//! client connection for `sluicegate take --exec`.
+//!
+//! **Invariant:** a take is committed only after `Sink::deliver` returned `Ok` for every event
+//! of it; on any failure or on stop it is rolled back, so the events are delivered again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sluicegate_file::{FileChannel, Transaction};
+
+use crate::metrics::{ChannelCounters, Component, Served};
+
+pub mod exec;
+
+/// A destination.
+pub trait Sink: Send {
+    /// Delivers `events` in order. `Ok` means the destination acknowledged all of them; an
+    /// error means some or none may have arrived, and the batch will be delivered again.
+    /// `stop` is set when the agent is stopping: a long delivery should give up.
+    fn deliver(&mut self, events: &[Vec<u8>], stop: &AtomicBool) -> Result<(), String>;
+}
+
+/// The channel end of a sink: one take transaction at a time.
+pub trait TakeSide {
+    /// Takes up to `max` events into a new or the open transaction, waiting up to `wait` for
+    /// the first.
+    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Vec<u8>>, String>;
+    /// Commits the open transaction (durably).
+    fn commit(&mut self) -> Result<(), String>;
+    /// Rolls the open transaction back.
+    fn rollback(&mut self) -> Result<(), String>;
+}
+
+/// A channel in this process as a [`TakeSide`].
+pub struct LocalTakes<'a> {
+    channel: &'a FileChannel,
+    served: &'a Served,
+    tx: Option<Transaction<'a>>,
+    taken: u64,
+}
+
+impl<'a> LocalTakes<'a> {
+    /// Takes from `served`'s channel.
+    pub fn new(served: &'a Served) -> Self {
+        LocalTakes {
+            channel: &served.channel,
+            served,
+            tx: None,
+            taken: 0,
+        }
+    }
+}
+
+impl TakeSide for LocalTakes<'_> {
+    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Vec<u8>>, String> {
+        if self.tx.is_none() {
+            self.tx = Some(self.channel.begin().map_err(|e| e.to_string())?);
+            self.taken = 0;
+        }
+        ChannelCounters::add(&self.served.counters.take_attempts, 1);
+        let mut events = Vec::new();
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(events);
+        };
+        // Bounded by `max`.
+        while events.len() < max as usize {
+            let wait = if events.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            match tx.take_vec_wait(wait).map_err(|e| e.to_string())? {
+                Some(e) => events.push(e),
+                None => break,
+            }
+        }
+        self.taken += events.len() as u64;
+        Ok(events)
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.tx.take() {
+            tx.commit().map_err(|e| e.to_string())?;
+            ChannelCounters::add(&self.served.counters.take_successes, self.taken);
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<(), String> {
+        match self.tx.take() {
+            Some(tx) => tx.rollback().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a sink runner paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    /// Events per take batch.
+    pub batch: u32,
+    /// The first retry's delay.
+    pub backoff: Duration,
+    /// The longest delay between retries.
+    pub max_backoff: Duration,
+    /// Stop once the channel is empty instead of waiting for more.
+    pub until_empty: bool,
+    /// Stop after delivering this many events.
+    pub limit: Option<u64>,
+    /// On a failure of the channel itself (a take or a commit refused, an I/O error), return
+    /// it (the CLI) rather than roll back, wait and try again (the agent, which keeps serving
+    /// and counts the error).
+    pub channel_errors_fatal: bool,
+}
+
+/// What a runner did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunnerOutcome {
+    /// Events delivered and committed.
+    pub delivered: u64,
+    /// Failed deliveries (each rolled back and tried again).
+    pub failures: u64,
+}
+
+/// Takes, delivers and commits until `stop` is set (or, with `until_empty`, the channel is
+/// empty). Returns an error only when the channel itself fails.
+pub fn run_sink(
+    sink: &mut dyn Sink,
+    side: &mut dyn TakeSide,
+    settings: RunnerSettings,
+    stop: &AtomicBool,
+    metrics: Option<&Component>,
+) -> Result<RunnerOutcome, String> {
+    let mut outcome = RunnerOutcome::default();
+    let mut backoff = settings.backoff;
+    // Bounded by `stop`, the limit, or (with `until_empty`) the channel running dry.
+    while !stop.load(Ordering::Relaxed) {
+        let want = match settings.limit {
+            Some(l) if outcome.delivered >= l => break,
+            Some(l) => (l - outcome.delivered).min(settings.batch as u64) as u32,
+            None => settings.batch,
+        };
+        let started = Instant::now();
+        let wait = if settings.until_empty {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(200)
+        };
+        let events = match side.take(want, wait) {
+            Ok(events) => events,
+            Err(e) => {
+                channel_failure(side, settings, &mut backoff, stop, metrics, &e)?;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            side.rollback()?;
+            if settings.until_empty {
+                break;
+            }
+            continue;
+        }
+        match sink.deliver(&events, stop) {
+            Ok(()) => {
+                if let Err(e) = side.commit() {
+                    // Delivered but not committed: the batch will be delivered again.
+                    channel_failure(side, settings, &mut backoff, stop, metrics, &e)?;
+                    continue;
+                }
+                outcome.delivered += events.len() as u64;
+                backoff = settings.backoff;
+                if let Some(m) = metrics {
+                    m.events.inc_by(events.len() as u64);
+                    m.batches.inc();
+                    m.latency.observe(started.elapsed().as_secs_f64());
+                }
+            }
+            Err(why) => {
+                side.rollback()?;
+                outcome.failures += 1;
+                if let Some(m) = metrics {
+                    m.errors.inc();
+                    m.retries.inc();
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tracing::warn!(
+                    events = events.len(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "delivery failed, the batch is rolled back and will be retried: {why}"
+                );
+                sleep_unless(stop, backoff);
+                backoff = (backoff * 2).min(settings.max_backoff);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// A take or commit the channel refused: fatal for the CLI; for the agent, roll back (the
+/// batch is delivered again), count it, wait and go on.
+fn channel_failure(
+    side: &mut dyn TakeSide,
+    settings: RunnerSettings,
+    backoff: &mut Duration,
+    stop: &AtomicBool,
+    metrics: Option<&Component>,
+    e: &str,
+) -> Result<(), String> {
+    let _ = side.rollback();
+    if settings.channel_errors_fatal {
+        return Err(e.to_string());
+    }
+    if let Some(m) = metrics {
+        m.errors.inc();
+    }
+    tracing::error!(
+        retry_in_ms = backoff.as_millis() as u64,
+        "the channel refused the sink's take or commit (the batch is rolled back): {e}"
+    );
+    sleep_unless(stop, *backoff);
+    *backoff = (*backoff * 2).min(settings.max_backoff);
+    Ok(())
+}
+
+/// Sleeps `total`, waking early if `stop` is set.
+pub fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let until = Instant::now() + total;
+    // Bounded by `until`.
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}

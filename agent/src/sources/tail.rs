@@ -1,0 +1,313 @@
+//! File tailing (Flume's Taildir): follows the files that match globs, one event per line.
+//!
+//! Files are known by device and inode, not by name, and read through a handle kept open, so
+//! a file renamed away by rotation is read to its end and a new file under the old name starts
+//! from its beginning. A file that shrinks below the read position was truncated (copytruncate
+//! rotation): reading starts again at 0. Only whole lines are read: a line still being written
+//! waits for its newline. A line over the channel's `max_event_bytes` is skipped, with a warning
+//! and a count.
+//!
+//! The read position of every file is written to the positions file, durably, after each
+//! commit of the lines read. A kill between the commit and that write makes the next run read
+//! that one batch again: the tail source delivers every line at least once, and duplicates
+//! only the batch whose commit was in flight (docs/guarantees.md says how to tell them apart).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{ChannelCounters, Component, Served};
+use crate::sinks::sleep_unless;
+
+/// How a tail source runs.
+#[derive(Debug, Clone)]
+pub struct TailSettings {
+    /// Glob patterns.
+    pub paths: Vec<String>,
+    /// The positions file.
+    pub positions: PathBuf,
+    /// Lines per transaction.
+    pub batch: u32,
+    /// How long to sleep when nothing new was read.
+    pub poll: Duration,
+    /// Start files first seen at their end.
+    pub from_end: bool,
+}
+
+/// One file's read position, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    /// The file's device.
+    pub dev: u64,
+    /// The file's inode.
+    pub inode: u64,
+    /// Its name when last matched.
+    pub path: PathBuf,
+    /// Bytes of it committed into the channel.
+    pub offset: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PositionsFile {
+    files: Vec<Position>,
+}
+
+/// Reads the positions file; a missing file means no positions.
+pub fn load_positions(path: &Path) -> Result<Vec<Position>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<PositionsFile>(&bytes)
+            .map(|p| p.files)
+            .map_err(|e| format!("{} is not a positions file: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+struct Tracked {
+    path: PathBuf,
+    file: File,
+    offset: u64,
+    /// True if the last scan of the globs matched it.
+    matched: bool,
+}
+
+/// The largest read at once from one file.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Follows the files until `stop` is set. Fails only when the channel fails or the positions
+/// file cannot be written.
+pub fn run_tail(
+    served: &Served,
+    settings: &TailSettings,
+    stop: &AtomicBool,
+    metrics: &Component,
+) -> Result<(), String> {
+    let max_event = served.channel.config().max_event_bytes as usize;
+    let mut known: HashMap<(u64, u64), u64> = load_positions(&settings.positions)?
+        .into_iter()
+        .map(|p| ((p.dev, p.inode), p.offset))
+        .collect();
+    let mut files: BTreeMap<(u64, u64), Tracked> = BTreeMap::new();
+    let mut last_scan: Option<Instant> = None;
+    let mut buf = vec![0u8; CHUNK_BYTES.max(max_event + 1)];
+    // Bounded by `stop`.
+    while !stop.load(Ordering::Relaxed) {
+        if last_scan.is_none_or(|t| t.elapsed() >= settings.poll) {
+            scan(settings, &mut files, &mut known);
+            last_scan = Some(Instant::now());
+        }
+        let mut events: Vec<Vec<u8>> = Vec::new();
+        let mut moved: Vec<((u64, u64), u64)> = Vec::new();
+        for (id, t) in files.iter_mut() {
+            let room = settings.batch as usize - events.len();
+            if room == 0 {
+                break;
+            }
+            let before = t.offset;
+            let end = read_lines(t, &mut buf, room, max_event, &mut events, metrics);
+            if end != before {
+                moved.push((*id, end));
+            }
+        }
+        if moved.is_empty() {
+            sleep_unless(stop, settings.poll);
+            continue;
+        }
+        let started = Instant::now();
+        let n = events.len() as u64;
+        if n > 0 {
+            ChannelCounters::add(&served.counters.put_attempts, n);
+            let mut tx = served.channel.begin().map_err(|e| e.to_string())?;
+            let mut put_all = || -> Result<(), sluicegate_file::FileChannelError> {
+                for e in &events {
+                    tx.put(e)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = put_all() {
+                // Nothing is committed and no position moves: the same lines are read again.
+                drop(tx);
+                metrics.errors.inc();
+                tracing::warn!("tail: cannot put {n} lines, trying again: {e}");
+                sleep_unless(stop, settings.poll);
+                continue;
+            }
+            tx.commit().map_err(|e| e.to_string())?;
+            ChannelCounters::add(&served.counters.put_successes, n);
+        }
+        advance(&mut files, &mut known, &moved, &settings.positions)?;
+        metrics.events.inc_by(n);
+        metrics.batches.inc();
+        metrics.latency.observe(started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Matches the globs, opening new files and forgetting old ones read to their end.
+fn scan(
+    settings: &TailSettings,
+    files: &mut BTreeMap<(u64, u64), Tracked>,
+    known: &mut HashMap<(u64, u64), u64>,
+) {
+    for t in files.values_mut() {
+        t.matched = false;
+    }
+    for pattern in &settings.paths {
+        let Ok(paths) = glob::glob(pattern) else {
+            continue;
+        };
+        for path in paths.flatten() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let id = (meta.dev(), meta.ino());
+            if let Some(t) = files.get_mut(&id) {
+                t.matched = true;
+                t.path = path;
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let offset = match known.get(&id) {
+                Some(&o) => o,
+                None if settings.from_end => meta.len(),
+                None => 0,
+            };
+            tracing::info!(path = %path.display(), offset, "tail: following");
+            files.insert(
+                id,
+                Tracked {
+                    path,
+                    file,
+                    offset,
+                    matched: true,
+                },
+            );
+        }
+    }
+    // A file no longer matched (rotated away, deleted) is dropped once read to its end.
+    files.retain(|id, t| {
+        let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let keep = t.matched || t.offset < len;
+        if !keep {
+            known.remove(id);
+        }
+        keep
+    });
+}
+
+/// Reads whole lines of `t` from its offset into `events` (at most `room`), skipping lines over
+/// `max_event`; returns the offset just after the last whole line read or skipped. `buf` holds
+/// more than `max_event` bytes, so any line short enough to be an event fits in one read.
+fn read_lines(
+    t: &mut Tracked,
+    buf: &mut [u8],
+    room: usize,
+    max_event: usize,
+    events: &mut Vec<Vec<u8>>,
+    metrics: &Component,
+) -> u64 {
+    let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < t.offset {
+        tracing::warn!(path = %t.path.display(), "tail: the file shrank (truncated): reading from its start");
+        t.offset = 0;
+    }
+    let mut pos = t.offset;
+    let mut taken = 0;
+    // Bounded by `room` and the file's length: each turn moves `pos` forward or stops.
+    while taken < room && pos < len {
+        let n = ((len - pos) as usize).min(buf.len());
+        if t.file.read_exact_at(&mut buf[..n], pos).is_err() {
+            break;
+        }
+        let mut from = 0;
+        while taken < room {
+            let Some(i) = buf[from..n].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line = &buf[from..from + i];
+            if line.len() > max_event {
+                metrics.rejected.inc();
+                tracing::warn!(path = %t.path.display(), offset = pos + from as u64, bytes = line.len(), "tail: a line over max_event_bytes is skipped");
+            } else {
+                events.push(line.to_vec());
+                taken += 1;
+            }
+            from += i + 1;
+        }
+        if from > 0 {
+            pos += from as u64;
+            continue;
+        }
+        if n <= max_event {
+            // A partial last line: wait for its newline.
+            break;
+        }
+        // No newline in more than max_event bytes: skip the line once its end is written.
+        match newline_after(&t.file, pos + n as u64, len, &mut buf[..CHUNK_BYTES]) {
+            Some(end) => {
+                metrics.rejected.inc();
+                tracing::warn!(path = %t.path.display(), offset = pos, bytes = end - pos, "tail: a line over max_event_bytes is skipped");
+                pos = end + 1;
+            }
+            None => break,
+        }
+    }
+    pos
+}
+
+/// The offset of the first newline at or after `from`, before `len`.
+fn newline_after(file: &File, mut from: u64, len: u64, buf: &mut [u8]) -> Option<u64> {
+    // Bounded by `len`.
+    while from < len {
+        let n = ((len - from) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], from).ok()?;
+        if let Some(i) = buf[..n].iter().position(|&b| b == b'\n') {
+            return Some(from + i as u64);
+        }
+        from += n as u64;
+    }
+    None
+}
+
+/// Moves the read positions past what was just committed, and writes them durably.
+fn advance(
+    files: &mut BTreeMap<(u64, u64), Tracked>,
+    known: &mut HashMap<(u64, u64), u64>,
+    moved: &[((u64, u64), u64)],
+    positions: &Path,
+) -> Result<(), String> {
+    for &(id, end) in moved {
+        if let Some(t) = files.get_mut(&id) {
+            t.offset = end;
+        }
+        known.insert(id, end);
+    }
+    write_positions(positions, files)
+}
+
+fn write_positions(path: &Path, files: &BTreeMap<(u64, u64), Tracked>) -> Result<(), String> {
+    let list = PositionsFile {
+        files: files
+            .iter()
+            .map(|(&(dev, inode), t)| Position {
+                dev,
+                inode,
+                path: t.path.clone(),
+                offset: t.offset,
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?;
+    crate::home::write_file_durably(path, &text)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,369 @@
+//! The agent's costs: puts through an owner's socket against the same puts in process, HTTP
+//! ingest of NDJSON bodies with durable commits, and delivery through the exec sink.
+//!
+//! The socket comparison interleaves its two channels commit by commit (which goes first
+//! alternates), so a noisy machine slows both alike; its target is judged on the median over
+//! turns of the in-process commit time over the socket's.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluicegate_agent::metrics::{Metrics, Served};
+use sluicegate_agent::owner::Owner;
+use sluicegate_agent::sinks::exec::ExecSink;
+use sluicegate_agent::sinks::{run_sink, LocalTakes, RunnerSettings};
+use sluicegate_agent::Client;
+use sluicegate_file::{FileChannel, FileChannelConfig};
+
+use crate::{Plan, Progress, Result};
+
+/// One socket-against-in-process comparison.
+#[derive(Debug, Clone)]
+pub struct SocketRun {
+    /// Events per commit.
+    pub batch: usize,
+    /// Turns (one commit on each side).
+    pub turns: usize,
+    /// Events per second in process and through the socket, from total commit times.
+    pub local_rate: f64,
+    /// See `local_rate`.
+    pub socket_rate: f64,
+    /// The median over turns of in-process time over socket time.
+    pub median_ratio: f64,
+}
+
+/// Everything the agent section measured.
+#[derive(Debug, Clone)]
+pub struct AgentResults {
+    /// Event size in bytes.
+    pub event_bytes: usize,
+    /// Socket against in-process, per batch size.
+    pub socket: Vec<SocketRun>,
+    /// HTTP ingest: events per second acknowledged with 200, bodies of `http_body_events`.
+    pub http_rate: f64,
+    /// Events per body.
+    pub http_body_events: usize,
+    /// Concurrent HTTP clients.
+    pub http_clients: usize,
+    /// Exec sink delivery: events per second, per batch size.
+    pub exec: Vec<(usize, f64)>,
+}
+
+fn config(dir: &Path) -> FileChannelConfig {
+    let _ = std::fs::create_dir_all(dir);
+    FileChannelConfig {
+        max_file_bytes: 16 << 20,
+        log_files: 32,
+        minimum_required_space_bytes: 0,
+        ..FileChannelConfig::in_dir(dir)
+    }
+}
+
+fn event(size: usize) -> Vec<u8> {
+    // A JSON object, so the same event serves HTTP ingest.
+    let mut e = b"{\"pad\":\"".to_vec();
+    e.resize(size.saturating_sub(2), b'x');
+    e.extend_from_slice(b"\"}");
+    e
+}
+
+/// Runs the section.
+pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<AgentResults> {
+    let size = 1024;
+    let mut socket = Vec::new();
+    for batch in [1usize, 100] {
+        progress.step(&format!(
+            "agent: puts of {size} B in batches of {batch}, in process and through the socket, interleaved"
+        ));
+        socket.push(socket_vs_local(base, plan, size, batch)?);
+    }
+    progress.step("agent: HTTP ingest of NDJSON bodies");
+    let (http_rate, http_body_events, http_clients) = http_ingest(base, plan, size)?;
+    let mut exec = Vec::new();
+    progress.step("agent: delivery through the exec sink");
+    for batch in [100usize, 1000] {
+        exec.push((batch, exec_delivery(base, plan, size, batch)?));
+    }
+    Ok(AgentResults {
+        event_bytes: size,
+        socket,
+        http_rate,
+        http_body_events,
+        http_clients,
+        exec,
+    })
+}
+
+fn socket_vs_local(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<SocketRun> {
+    let dir = base.join(format!("agent-socket-{batch}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let local = FileChannel::open(config(&dir.join("local")))?;
+    let served = Served::new(
+        "bench".into(),
+        Arc::new(FileChannel::open(config(&dir.join("served")))?),
+    );
+    let sock = dir.join("served.sock");
+    let owner = Owner::start(served, &sock)?;
+    let mut client = Client::connect(&sock)?;
+    let e = event(size);
+    let events: Vec<&[u8]> = vec![&e[..]; batch];
+    let mut local_times = Vec::new();
+    let mut socket_times = Vec::new();
+    let budget = plan.duration * 2;
+    let started = Instant::now();
+    let mut turn = 0usize;
+    // Bounded by the time budget (at least 20 turns, so the median means something).
+    while started.elapsed() < budget || turn < 20 {
+        for side in 0..2 {
+            let local_first = turn.is_multiple_of(2);
+            let t = Instant::now();
+            if (side == 0) == local_first {
+                let mut tx = local.begin()?;
+                for ev in &events {
+                    tx.put(ev)?;
+                }
+                tx.commit()?;
+                local_times.push(t.elapsed().as_secs_f64());
+            } else {
+                client.put_batch(&events)?;
+                socket_times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        turn += 1;
+    }
+    drop(client);
+    owner.stop(Duration::from_secs(1));
+    local.close()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut ratios: Vec<f64> = local_times
+        .iter()
+        .zip(&socket_times)
+        .map(|(l, s)| l / s)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let total = |v: &[f64]| v.iter().sum::<f64>();
+    Ok(SocketRun {
+        batch,
+        turns: turn,
+        local_rate: (turn * batch) as f64 / total(&local_times),
+        socket_rate: (turn * batch) as f64 / total(&socket_times),
+        median_ratio: ratios[ratios.len() / 2],
+    })
+}
+
+/// One keep-alive HTTP/1.1 client: posts `body` until `stop`, counting acknowledged events.
+fn http_client(
+    port: u16,
+    body: &[u8],
+    events: u64,
+    stop: &AtomicBool,
+    acked: &AtomicU64,
+) -> Result<()> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    // Bounded by `stop`.
+    while !stop.load(Ordering::Relaxed) {
+        writer.write_all(&request)?;
+        let mut status = String::new();
+        reader.read_line(&mut status)?;
+        let mut length = 0usize;
+        // Bounded by the reply's header lines.
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err("the server closed the connection".into());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut reply = vec![0u8; length];
+        reader.read_exact(&mut reply)?;
+        if status.split_whitespace().nth(1) != Some("200") {
+            return Err(format!(
+                "ingest answered {status:?}: {}",
+                String::from_utf8_lossy(&reply)
+            )
+            .into());
+        }
+        acked.fetch_add(events, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn http_ingest(base: &Path, plan: &Plan, size: usize) -> Result<(f64, usize, usize)> {
+    let dir = base.join("agent-http");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let served = Served::new("bench".into(), Arc::new(FileChannel::open(config(&dir))?));
+    let metrics = Metrics::new(vec![served.clone()]);
+    let router = sluicegate_agent::sources::http::router(
+        served.clone(),
+        metrics.component("source", "bench", "bench"),
+        64 << 20,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
+    let server = runtime.spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = quit_rx.wait_for(|q| *q).await;
+            })
+            .await
+    });
+    let body_events = 100usize;
+    let e = event(size);
+    let mut body = Vec::with_capacity(body_events * (size + 1));
+    for _ in 0..body_events {
+        body.extend_from_slice(&e);
+        body.push(b'\n');
+    }
+    let clients = 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, acked, body) = (Arc::clone(&stop), Arc::clone(&acked), body.clone());
+            std::thread::spawn(move || {
+                http_client(port, &body, body_events as u64, &stop, &acked)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    std::thread::sleep(plan.duration * 2);
+    stop.store(true, Ordering::Relaxed);
+    let mut failure = None;
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            failure = Some(e);
+        }
+    }
+    let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let _ = quit_tx.send(true);
+    let _ = runtime.block_on(server);
+    drop(runtime);
+    drop(metrics);
+    if let Ok(channel) = Arc::try_unwrap(served.channel) {
+        channel.close()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(e) = failure {
+        return Err(format!("HTTP ingest: {e}").into());
+    }
+    Ok((rate, body_events, clients))
+}
+
+fn exec_delivery(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<f64> {
+    let dir = base.join("agent-exec");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let served = Served::new("bench".into(), Arc::new(FileChannel::open(config(&dir))?));
+    let n = (plan.max_bytes / size as u64 / 4).clamp(1_000, 100_000) as usize;
+    let e = event(size);
+    let mut put = 0;
+    // Bounded by `n`.
+    while put < n {
+        let mut tx = served.channel.begin()?;
+        for _ in 0..1000.min(n - put) {
+            tx.put(&e)?;
+            put += 1;
+        }
+        tx.commit()?;
+    }
+    let mut sink = ExecSink::shell("cat > /dev/null", Duration::from_secs(60));
+    let settings = RunnerSettings {
+        batch: batch as u32,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        until_empty: true,
+        limit: None,
+        channel_errors_fatal: true,
+    };
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let outcome = {
+        let mut side = LocalTakes::new(&served);
+        run_sink(&mut sink, &mut side, settings, &stop, None)?
+    };
+    let rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
+    if outcome.delivered != n as u64 {
+        return Err(format!("the exec sink delivered {} of {n}", outcome.delivered).into());
+    }
+    if let Ok(channel) = Arc::try_unwrap(served.channel) {
+        channel.close()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
+}
+
+/// The section's table and its targets.
+pub fn table(o: &mut String, r: &AgentResults) {
+    use std::fmt::Write as _;
+    let _ = writeln!(o, "#### The agent\n");
+    let _ = writeln!(
+        o,
+        "Puts of {} B events, one commit at a time, in process (`FileChannel`) and through an owner's Unix socket (`Client::put_batch`), commits interleaved:\n",
+        r.event_bytes
+    );
+    let _ = writeln!(
+        o,
+        "| batch | turns | in process | through the socket | median of in-process time ÷ socket time |\n|--:|--:|--:|--:|--:|"
+    );
+    for s in &r.socket {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.0}/s | {:.0}/s | {:.2} |",
+            s.batch, s.turns, s.local_rate, s.socket_rate, s.median_ratio
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nHTTP ingest: {:.0} events/s acknowledged with 200 (bodies of {} NDJSON events of {} B, {} keep-alive clients on this machine, durable commits).\n",
+        r.http_rate, r.http_body_events, r.event_bytes, r.http_clients
+    );
+    let _ = writeln!(
+        o,
+        "| exec sink batch | delivered (`cat > /dev/null`) |\n|--:|--:|"
+    );
+    for (batch, rate) in &r.exec {
+        let _ = writeln!(o, "| {batch} | {rate:.0} events/s |");
+    }
+    let b100 = r.socket.iter().find(|s| s.batch == 100);
+    let _ = writeln!(
+        o,
+        "\nTargets: socket puts at batch 100 at least 0.7 of in process: {}; HTTP ingest at least 100,000 events/s: {}.\n",
+        b100.map_or("not measured".into(), |s| format!(
+            "{:.2} ({})",
+            s.median_ratio,
+            if s.median_ratio >= 0.7 { "met" } else { "NOT met" }
+        )),
+        if r.http_rate >= 100_000.0 {
+            format!("{:.0} (met)", r.http_rate)
+        } else {
+            format!("{:.0} (NOT met)", r.http_rate)
+        }
+    );
+}
