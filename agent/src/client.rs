@@ -90,6 +90,7 @@ impl Client {
     /// Connects to the owner listening on `socket`.
     pub fn connect(socket: &Path) -> std::io::Result<Client> {
         let stream = UnixStream::connect(socket)?;
+        crate::protocol::widen_send_buffer(&stream);
         Ok(Client {
             reader: BufReader::with_capacity(256 << 10, stream.try_clone()?),
             writer: stream,

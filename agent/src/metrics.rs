@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use sluicegate_file::FileChannel;
+use sluicegate_file::{FileChannel, FileStats};
 
 /// Flume's channel counters, counted in events, as the agent sees them.
 #[derive(Debug, Default)]
@@ -130,85 +130,82 @@ struct ChannelCollector {
     channels: Vec<Served>,
 }
 
-/// How a gauge of every channel is read.
-type Reader = fn(&Served) -> f64;
+/// How a gauge of every channel is read, from the channel and one snapshot of its figures.
+type Reader = fn(&Served, &FileStats) -> f64;
 /// How a counter of every channel is read.
-type CountReader = fn(&Served) -> u64;
+type CountReader = fn(&Served, &FileStats) -> u64;
 
 const CHANNEL_COUNTERS: [(&str, &str, CountReader); 9] = [
-    ("put_attempts", "Events offered to put", |s| {
+    ("put_attempts", "Events offered to put", |s, _st| {
         ChannelCounters::get(&s.counters.put_attempts)
     }),
     (
         "put_successes",
         "Events whose put transaction committed",
-        |s| ChannelCounters::get(&s.counters.put_successes),
+        |s, _st| ChannelCounters::get(&s.counters.put_successes),
     ),
-    ("take_attempts", "Take requests", |s| {
+    ("take_attempts", "Take requests", |s, _st| {
         ChannelCounters::get(&s.counters.take_attempts)
     }),
     (
         "take_successes",
         "Events whose take transaction committed",
-        |s| ChannelCounters::get(&s.counters.take_successes),
+        |s, _st| ChannelCounters::get(&s.counters.take_successes),
     ),
-    ("checkpoints", "Checkpoints completed since open", |s| {
-        s.channel.stats().channel.checkpoints
+    (
+        "checkpoints",
+        "Checkpoints completed since open",
+        |_s, st| st.channel.checkpoints,
+    ),
+    (
+        "fsyncs",
+        "fdatasync calls on the channel's files",
+        |_s, st| st.fsyncs,
+    ),
+    ("group_syncs", "Group syncs of the log", |_s, st| {
+        st.group_syncs
     }),
-    ("fsyncs", "fdatasync calls on the channel's files", |s| {
-        s.channel.stats().fsyncs
-    }),
-    ("group_syncs", "Group syncs of the log", |s| {
-        s.channel.stats().group_syncs
-    }),
-    ("commits", "Commits acknowledged", |s| {
-        s.channel.stats().commits_acknowledged
+    ("commits", "Commits acknowledged", |_s, st| {
+        st.commits_acknowledged
     }),
     (
         "corrupt_events_skipped",
         "Queued events that failed their checks when read",
-        |s| s.channel.stats().channel.corrupt_events_skipped,
+        |_s, st| st.channel.corrupt_events_skipped,
     ),
 ];
 
 const CHANNEL_GAUGES: [(&str, &str, Reader); 6] = [
-    ("size", "Committed events queued", |s| {
-        s.channel.stats().channel.depth as f64
+    ("size", "Committed events queued", |_s, st| {
+        st.channel.depth as f64
     }),
-    ("capacity", "The most events the channel holds", |s| {
-        s.channel.stats().channel.capacity as f64
+    ("capacity", "The most events the channel holds", |_s, st| {
+        st.channel.capacity as f64
     }),
-    ("fill_ratio", "size / capacity", |s| {
-        let ch = s.channel.stats().channel;
+    ("fill_ratio", "size / capacity", |_s, st| {
+        let ch = st.channel;
         fill_ratio(ch.depth, ch.capacity)
     }),
     (
         "in_flight_takes",
         "Events taken by open transactions",
-        |s| s.channel.stats().channel.in_flight_takes as f64,
+        |_s, st| st.channel.in_flight_takes as f64,
     ),
     (
         "checkpoint_age_seconds",
         "Seconds since the newest checkpoint (-1: none since open)",
-        |s| {
-            s.channel
-                .stats()
-                .checkpoint_age_ms
-                .map_or(-1.0, |ms| ms as f64 / 1e3)
-        },
+        |_s, st| st.checkpoint_age_ms.map_or(-1.0, |ms| ms as f64 / 1e3),
     ),
     (
         "commits_per_fsync",
         "Commits acknowledged per group sync",
-        |s| {
-            let st = s.channel.stats();
-            commits_per_fsync(st.commits_acknowledged, st.group_syncs)
-        },
+        |_s, st| commits_per_fsync(st.commits_acknowledged, st.group_syncs),
     ),
 ];
 
 impl Collector for ChannelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snapshots: Vec<FileStats> = self.channels.iter().map(|s| s.channel.stats()).collect();
         for (name, help, read) in CHANNEL_COUNTERS {
             let full = format!("sluicegate_channel_{name}");
             let mut family = encoder.encode_descriptor(
@@ -217,10 +214,10 @@ impl Collector for ChannelCollector {
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
-            for served in &self.channels {
+            for (served, st) in self.channels.iter().zip(&snapshots) {
                 let labels = [("channel", served.name.as_str())];
                 let sample = family.encode_family(&labels)?;
-                ConstCounter::new(read(served)).encode(sample)?;
+                ConstCounter::new(read(served, st)).encode(sample)?;
             }
         }
         for (name, help, read) in CHANNEL_GAUGES {
@@ -231,10 +228,10 @@ impl Collector for ChannelCollector {
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            for served in &self.channels {
+            for (served, st) in self.channels.iter().zip(&snapshots) {
                 let labels = [("channel", served.name.as_str())];
                 let sample = family.encode_family(&labels)?;
-                ConstGauge::new(read(served)).encode(sample)?;
+                ConstGauge::new(read(served, st)).encode(sample)?;
             }
         }
         Ok(())
@@ -299,31 +296,15 @@ impl Metrics {
             }),
         };
         let c = &components;
-        registry.register(
-            "sluicegate_component_events",
-            "Events a source or sink acknowledged",
-            c.events.clone(),
-        );
-        registry.register(
-            "sluicegate_component_batches",
-            "Batches a source or sink completed",
-            c.batches.clone(),
-        );
-        registry.register(
-            "sluicegate_component_errors",
-            "Failures of a source or sink",
-            c.errors.clone(),
-        );
-        registry.register(
-            "sluicegate_component_retries",
-            "Deliveries tried again",
-            c.retries.clone(),
-        );
-        registry.register(
-            "sluicegate_component_rejected",
-            "Requests refused to a sender",
-            c.rejected.clone(),
-        );
+        for (name, help, family) in [
+            ("events", "Events a source or sink acknowledged", &c.events),
+            ("batches", "Batches a source or sink completed", &c.batches),
+            ("errors", "Failures of a source or sink", &c.errors),
+            ("retries", "Deliveries tried again", &c.retries),
+            ("rejected", "Requests refused to a sender", &c.rejected),
+        ] {
+            registry.register(format!("sluicegate_component_{name}"), help, family.clone());
+        }
         registry.register(
             "sluicegate_component_latency_seconds",
             "From a batch's start to its acknowledgement",

@@ -198,6 +198,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             std::thread::sleep(IDLE_TICK);
             continue;
         };
+        crate::protocol::widen_send_buffer(&stream);
         let Ok(handle) = stream.try_clone() else {
             continue;
         };

@@ -89,6 +89,24 @@ pub enum Response {
     Leaving,
 }
 
+/// Asks for a send buffer that holds a large frame whole (the kernel caps it at `wmem_max`),
+/// so a batch crosses the socket in one wake-up of the reader rather than several.
+pub fn widen_send_buffer(stream: &std::os::unix::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size; failure
+    // only leaves the default buffer.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Encodes one frame (length and body) into `out`, replacing what it held.
 pub fn encode_frame<T: Serialize>(value: &T, out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();

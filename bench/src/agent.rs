@@ -51,6 +51,11 @@ pub struct AgentResults {
     pub http_clients: usize,
     /// Exec sink delivery: events per second, per batch size.
     pub exec: Vec<(usize, f64)>,
+    /// From a producer's put commit (through the socket) to a follower's receipt, in ms:
+    /// median and p99 over `follow_events` events.
+    pub follow_ms: (f64, f64),
+    /// Events in the follower measurement.
+    pub follow_events: usize,
 }
 
 fn config(dir: &Path) -> FileChannelConfig {
@@ -83,6 +88,8 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<AgentResults
     }
     progress.step("agent: HTTP ingest of NDJSON bodies");
     let (http_rate, http_body_events, http_clients) = http_ingest(base, plan, size)?;
+    progress.step("agent: a follower's latency behind a producer, through the socket");
+    let (follow_ms, follow_events) = follower_latency(base, plan)?;
     let mut exec = Vec::new();
     progress.step("agent: delivery through the exec sink");
     for batch in [100usize, 1000] {
@@ -95,7 +102,66 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<AgentResults
         http_body_events,
         http_clients,
         exec,
+        follow_ms,
+        follow_events,
     })
+}
+
+/// A producer puts one event at a time through the socket, stamped with when its commit
+/// started; a follower on another connection waits in `take` and notes when each arrives.
+fn follower_latency(base: &Path, plan: &Plan) -> Result<((f64, f64), usize)> {
+    let dir = base.join("agent-follow");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let served = Served::new("bench".into(), Arc::new(FileChannel::open(config(&dir))?));
+    let sock = dir.join("follow.sock");
+    let owner = Owner::start(served, &sock)?;
+    let events = (plan.duration.as_millis() as usize).clamp(50, 1000);
+    let epoch = Instant::now();
+    let follower = {
+        let sock = sock.clone();
+        std::thread::spawn(move || -> std::result::Result<Vec<f64>, String> {
+            let mut c = Client::connect(&sock).map_err(|e| e.to_string())?;
+            let mut lat = Vec::with_capacity(events);
+            // Bounded by `events` (and each wait by 10 s).
+            while lat.len() < events {
+                let got = c.take(100, 10_000).map_err(|e| e.to_string())?;
+                let now = epoch.elapsed().as_secs_f64();
+                if got.is_empty() {
+                    return Err("the follower waited 10 s for an event".into());
+                }
+                for e in &got {
+                    let sent: f64 = std::str::from_utf8(e)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or("an event that is not a time")?;
+                    lat.push((now - sent) * 1e3);
+                }
+                c.commit().map_err(|e| e.to_string())?;
+            }
+            Ok(lat)
+        })
+    };
+    let mut producer = Client::connect(&sock)?;
+    for _ in 0..events {
+        let stamp = format!("{:.9}", epoch.elapsed().as_secs_f64());
+        producer.put_batch(&[stamp.as_bytes()])?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut lat = follower
+        .join()
+        .map_err(|_| "the follower panicked")?
+        .map_err(|e| format!("follower: {e}"))?;
+    drop(producer);
+    let channel = Arc::clone(&owner.served().channel);
+    owner.stop(Duration::from_secs(1));
+    if let Ok(channel) = Arc::try_unwrap(channel) {
+        channel.close()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    lat.sort_by(f64::total_cmp);
+    let at = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    Ok(((at(0.5), at(0.99)), lat.len()))
 }
 
 fn socket_vs_local(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<SocketRun> {
@@ -351,6 +417,11 @@ pub fn table(o: &mut String, r: &AgentResults) {
     for (batch, rate) in &r.exec {
         let _ = writeln!(o, "| {batch} | {rate:.0} events/s |");
     }
+    let _ = writeln!(
+        o,
+        "\nA follower behind a producer, both through the socket: from the start of a one-event put commit to the follower's receipt, median {:.2} ms, p99 {:.2} ms ({} events, one every 2 ms).",
+        r.follow_ms.0, r.follow_ms.1, r.follow_events
+    );
     let b100 = r.socket.iter().find(|s| s.batch == 100);
     let _ = writeln!(
         o,

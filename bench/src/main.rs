@@ -457,7 +457,7 @@ fn run(args: &Args) -> Result<()> {
         + if wants("recovery") { 6 } else { 0 }
         + if wants("flash") { 4 } else { 0 }
         + if wants("aead") { 1 } else { 0 }
-        + if wants("agent") { 4 } else { 0 };
+        + if wants("agent") { 5 } else { 0 };
     fresh_dir(&args.dir)?;
     let machine = report::Machine::read(&args.dir);
     eprintln!(

@@ -67,10 +67,18 @@ pub fn recovery_json(r: &Recovery) -> serde_json::Value {
 /// `stats` of a channel whose owner is running: the owner's live figures.
 fn live_stats(home: &HomeArgs, json_out: bool) -> Option<Result<ExitCode, Fail>> {
     let socket = sluicegate_agent::home::socket_path(&home.dir);
-    let mut client = sluicegate_agent::Client::connect(&socket).ok()?;
-    let f = match client.stats() {
-        Ok(f) => f,
-        Err(e) => return Some(Err(Fail::runtime(format!("the channel's owner: {e}")))),
+    // An owner handing the home over answers `Leaving`: ask the next one (bounded).
+    let mut tries = 0;
+    let f = loop {
+        let mut client = sluicegate_agent::Client::connect(&socket).ok()?;
+        match client.stats() {
+            Ok(f) => break f,
+            Err(e) if e.is_retryable() && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Some(Err(Fail::runtime(format!("the channel's owner: {e}")))),
+        }
     };
     if json_out {
         println!("{f}");

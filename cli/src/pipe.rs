@@ -238,9 +238,12 @@ pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<E
                 Ok(()) => break,
                 Err(e) if e.is_retryable() => reattach(&mut session, &e)?,
                 Err(e @ ClientError::Gone { .. }) => {
-                    // The owner died with this commit unanswered: it may or may not be durable.
-                    // Sending it again keeps it (at least once).
-                    eprintln!("sluicegate: {e}: sending the batch again");
+                    // The connection broke before the answer: if the owner died after its
+                    // commit the batch is durable already, else it is not. Sending it again
+                    // keeps it (at least once).
+                    eprintln!(
+                        "sluicegate: {e}: sending the batch again (twice in the channel if the owner died after committing it)"
+                    );
                     reattach(&mut session, &e)?;
                 }
                 Err(e) => {

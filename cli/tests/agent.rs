@@ -266,6 +266,23 @@ fn an_agent_session_ingests_delivers_reports_and_stops_cleanly() {
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
+    // OTLP/HTTP logs in JSON: each record one event, the request one transaction.
+    let otlp = r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"web"}}]},"scopeLogs":[{"scope":{"name":"s"},"logRecords":[{"body":{"stringValue":"a"}},{"body":{"stringValue":"b"}}]}]}]}"#;
+    let (status, reply) = http(port, "POST", "/v1/logs", otlp.as_bytes()).expect("otlp");
+    assert_eq!((status, reply.as_str()), (200, "{}"));
+    let (status, _) = http(port, "POST", "/v1/logs", b"{\"resourceLogs\":7}").expect("otlp");
+    assert_eq!(status, 400);
+    eventually("delivery of the log records", || s.delivered().len() >= 122);
+    let records: Vec<Value> = s.delivered()[120..]
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON event"))
+        .collect();
+    assert_eq!(records[0]["log"]["body"]["stringValue"], "a");
+    assert_eq!(records[1]["log"]["body"]["stringValue"], "b");
+    assert_eq!(
+        records[1]["resource"]["attributes"][0]["value"]["stringValue"],
+        "web"
+    );
     let status = sigterm(&mut agent);
     let err = stderr_of(&mut agent);
     assert!(status.success(), "{status}: {err}");

@@ -11,6 +11,12 @@
 //!
 //! Blank lines are skipped. The put and commit run on tokio's blocking pool, so a sync never
 //! blocks the event loop; concurrent requests share syncs through the channel's group commit.
+//!
+//! `POST /v1/logs` takes OTLP/HTTP logs in their JSON encoding (`ExportLogsServiceRequest`):
+//! each log record becomes one event, `{"resource": ..., "scope": ..., "log": RECORD}`, and the
+//! whole request one transaction, answered `{}` with 200 after the durable commit (the same
+//! 413, 429 and 503 as above; 400 for a body that is not such a request). The protobuf encoding
+//! is refused with 415.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +52,7 @@ pub fn router(served: Served, metrics: Component, max_body_bytes: usize) -> Rout
     Router::new()
         .route("/", post(ingest))
         .route("/events", post(ingest))
+        .route("/v1/logs", post(otlp_logs))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -95,26 +102,124 @@ async fn ingest(State(ingest): State<Arc<Ingest>>, body: Bytes) -> Response {
         }
         lines.push(at..at + line.len());
     }
-    if lines.len() > ingest.transaction_capacity {
+    let events: Vec<Bytes> = lines.into_iter().map(|r| body.slice(r)).collect();
+    commit(&ingest, events, started, |n| {
+        format!("{{\"accepted\":{n}}}")
+    })
+    .await
+}
+
+/// The JSON encoding of an OTLP `ExportLogsServiceRequest`, as far as this source reads it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OtlpLogs {
+    #[serde(default)]
+    resource_logs: Vec<OtlpResourceLogs>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OtlpResourceLogs {
+    #[serde(default)]
+    resource: serde_json::Value,
+    #[serde(default)]
+    scope_logs: Vec<OtlpScopeLogs>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OtlpScopeLogs {
+    #[serde(default)]
+    scope: serde_json::Value,
+    #[serde(default)]
+    log_records: Vec<serde_json::Value>,
+}
+
+async fn otlp_logs(
+    State(ingest): State<Arc<Ingest>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if kind.starts_with("application/x-protobuf") {
+        ingest.metrics.rejected.inc();
+        return reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            "OTLP's protobuf encoding is not read here: send Content-Type application/json".into(),
+        );
+    }
+    let request: OtlpLogs = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            ingest.metrics.rejected.inc();
+            return reply(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("not an OTLP logs request in JSON: {e}"),
+            );
+        }
+    };
+    let mut events = Vec::new();
+    for rl in &request.resource_logs {
+        for sl in &rl.scope_logs {
+            for record in &sl.log_records {
+                let event = serde_json::json!({
+                    "resource": rl.resource,
+                    "scope": sl.scope,
+                    "log": record,
+                });
+                let bytes = Bytes::from(event.to_string());
+                if bytes.len() > ingest.max_event_bytes {
+                    ingest.metrics.rejected.inc();
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        None,
+                        format!(
+                            "a log record of {} bytes, over max_event_bytes ({})",
+                            bytes.len(),
+                            ingest.max_event_bytes
+                        ),
+                    );
+                }
+                events.push(bytes);
+            }
+        }
+    }
+    commit(&ingest, events, started, |_| "{}".to_string()).await
+}
+
+/// Puts `events` in one transaction and commits it; the reply comes after the durable commit.
+async fn commit(
+    ingest: &Arc<Ingest>,
+    events: Vec<Bytes>,
+    started: Instant,
+    ok_body: impl Fn(usize) -> String,
+) -> Response {
+    if events.len() > ingest.transaction_capacity {
         ingest.metrics.rejected.inc();
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             None,
             format!(
                 "{} events, over transaction_capacity ({}): send smaller bodies",
-                lines.len(),
+                events.len(),
                 ingest.transaction_capacity
             ),
         );
     }
-    let n = lines.len();
-    let state = Arc::clone(&ingest);
+    let n = events.len();
+    let state = Arc::clone(ingest);
     let result = tokio::task::spawn_blocking(move || {
         let served = &state.served;
         ChannelCounters::add(&served.counters.put_attempts, n as u64);
         let mut tx = served.channel.begin()?;
-        for range in lines {
-            tx.put(&body[range])?;
+        for event in &events {
+            tx.put(event)?;
         }
         tx.commit()?;
         ChannelCounters::add(&served.counters.put_successes, n as u64);
@@ -130,7 +235,7 @@ async fn ingest(State(ingest): State<Arc<Ingest>>, body: Bytes) -> Response {
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
-                format!("{{\"accepted\":{n}}}"),
+                ok_body(n),
             )
                 .into_response()
         }
