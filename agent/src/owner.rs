@@ -34,6 +34,8 @@ use crate::protocol::{
 
 /// How often an idle connection's thread looks whether the owner is leaving.
 const IDLE_TICK: Duration = Duration::from_millis(50);
+/// The most clients served at once (a thread each); more are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 struct Conn {
     /// A handle on the connection, to cut it if its transaction outlives the handover.
@@ -198,6 +200,18 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             std::thread::sleep(IDLE_TICK);
             continue;
         };
+        if table.conns.len() >= MAX_CONNECTIONS {
+            drop(table);
+            let mut stream = stream;
+            let _ = write_frame(
+                &mut stream,
+                &refused(
+                    Refusal::Failed,
+                    format!("the owner serves {MAX_CONNECTIONS} clients already"),
+                ),
+            );
+            continue;
+        }
         crate::protocol::widen_send_buffer(&stream);
         let Ok(handle) = stream.try_clone() else {
             continue;
