@@ -607,12 +607,19 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
             )));
         }
     }
-    std::fs::create_dir_all(&home.dir)
-        .map_err(|e| io(format!("cannot create {}", home.dir.display()), e))?;
-    write_file_durably(&marker, id.as_bytes())?;
-    // Clear what is there (under the channel's lock, so no process is using it), then lay out
-    // an empty channel and copy the files over it.
+    // Nothing may be using the channel there, and that is found out before the marker is
+    // written: a refused restore must leave the home as it was, usable by its owner.
     if occupied || resuming.is_some() {
+        let socket = sluicegate_agent::home::socket_path(&home.dir);
+        if let Ok(figures) = sluicegate_agent::Client::connect(&socket)
+            .and_then(|mut c| c.stats().map_err(|e| std::io::Error::other(e.to_string())))
+        {
+            return Err(Fail::runtime(format!(
+                "{} is in use: process {} owns it (stop it first)",
+                home.dir.display(),
+                figures["owner_pid"]
+            )));
+        }
         // The channel there may have other settings, or be damaged: only a lock held by another
         // process stops a forced replace.
         let current = home.config()?;
@@ -621,6 +628,13 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
                 return Err(e);
             }
         }
+    }
+    std::fs::create_dir_all(&home.dir)
+        .map_err(|e| io(format!("cannot create {}", home.dir.display()), e))?;
+    write_file_durably(&marker, id.as_bytes())?;
+    // Clear what is there, then lay out an empty channel and copy the files over it.
+    if occupied || resuming.is_some() {
+        let current = home.config()?;
         let mut dirs = config.all_dirs();
         dirs.extend(current.all_dirs());
         for d in dirs {

@@ -247,10 +247,12 @@ fn running_put(
 }
 
 /// While a producer owns the home, other producers, consumers and `stats` go through it, and
-/// the commands that read or rewrite the files themselves fail at once, naming the lock.
+/// the commands that read or rewrite the files themselves fail at once, naming the lock or the
+/// owner, and change nothing.
 #[test]
 fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
     let h = Home::new(65536);
+    ok(&["backup", "--dir", &h.dir, "--to", &h.path("bk0")], "");
     let (mut child, input, _out) = running_put(&h.dir, 3);
     for args in [
         vec!["verify", "--dir", &h.dir],
@@ -265,6 +267,20 @@ fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
             "must not wait for the lock"
         );
     }
+    // A forced restore is refused too, and leaves the home as it was for its owner (it once
+    // left its "unfinished restore" marker behind, and every later command refused the home).
+    let out = run(
+        &[
+            "restore",
+            "--from",
+            &h.path("bk0"),
+            "--dir",
+            &h.dir,
+            "--force",
+        ],
+        "",
+    );
+    assert_one_line_error(&out, 1, &format!("process {}", child.id()));
     assert_eq!(ok(&["put", "--dir", &h.dir], "beside\n"), "committed 1\n");
     let live = h.stats();
     assert_eq!(live["depth"], 4, "{live}");
