@@ -76,10 +76,9 @@ fn reattach(session: &mut Session, why: &ClientError) -> Result<(), Fail> {
 /// What the stdin reader hands over.
 enum Input {
     Line(Vec<u8>),
-    /// A line over max_event_bytes, skipped without being held (its number and length so far).
+    /// A line over max_event_bytes, skipped without being held (its number).
     TooLong {
         line: u64,
-        bytes: u64,
     },
     End,
     Failed(std::io::Error),
@@ -100,10 +99,7 @@ fn read_lines(max: usize, depth: usize) -> mpsc::Receiver<Input> {
             let msg = match outcome {
                 Ok(LineRead::End) => Input::End,
                 Ok(LineRead::Line) => Input::Line(line),
-                Ok(LineRead::TooLong(bytes)) => Input::TooLong {
-                    line: number,
-                    bytes,
-                },
+                Ok(LineRead::TooLong) => Input::TooLong { line: number },
                 Err(e) => Input::Failed(e),
             };
             let last = matches!(msg, Input::End | Input::Failed(_));
@@ -117,8 +113,8 @@ fn read_lines(max: usize, depth: usize) -> mpsc::Receiver<Input> {
 
 enum LineRead {
     Line,
-    /// The line was longer than the limit; this many bytes were read and dropped.
-    TooLong(u64),
+    /// The line was longer than the limit; it was read to its end and dropped.
+    TooLong,
     End,
 }
 
@@ -129,7 +125,7 @@ fn read_bounded_line(
     line: &mut Vec<u8>,
     max: usize,
 ) -> std::io::Result<LineRead> {
-    let mut dropped: Option<u64> = None;
+    let mut dropped = false;
     let mut any = false;
     // Bounded by the input: each turn consumes buffered bytes or ends.
     loop {
@@ -140,9 +136,9 @@ fn read_bounded_line(
         };
         if buf.is_empty() {
             return Ok(match (dropped, any) {
-                (Some(n), _) => LineRead::TooLong(n),
-                (None, true) => LineRead::Line,
-                (None, false) => LineRead::End,
+                (true, _) => LineRead::TooLong,
+                (false, true) => LineRead::Line,
+                (false, false) => LineRead::End,
             });
         }
         any = true;
@@ -150,21 +146,20 @@ fn read_bounded_line(
             Some(i) => (&buf[..i], Some(i + 1)),
             None => (buf, None),
         };
-        match &mut dropped {
-            Some(n) => *n += part.len() as u64,
-            None if line.len() + part.len() > max => {
-                dropped = Some((line.len() + part.len()) as u64);
-                line.clear();
-                line.shrink_to_fit();
-            }
-            None => line.extend_from_slice(part),
+        if !dropped && line.len() + part.len() > max {
+            dropped = true;
+            line.clear();
+            line.shrink_to_fit();
+        } else if !dropped {
+            line.extend_from_slice(part);
         }
         let used = done.unwrap_or(buf.len());
         input.consume(used);
         if done.is_some() {
-            return Ok(match dropped {
-                Some(n) => LineRead::TooLong(n),
-                None => LineRead::Line,
+            return Ok(if dropped {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
             });
         }
     }
@@ -189,7 +184,9 @@ pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<E
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut total: u64 = 0;
-    let mut skipped: u64 = 0;
+    // The first few lines skipped for being over max_event_bytes, and how many in all.
+    let mut skipped: Vec<u64> = Vec::new();
+    let mut skipped_total: u64 = 0;
     let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch as usize);
     let mut ended = false;
     let mut failure = None;
@@ -204,12 +201,11 @@ pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<E
                     pending.push(l);
                     wait = LINGER;
                 }
-                Ok(Input::TooLong { line, bytes }) => {
-                    skipped += 1;
-                    eprintln!(
-                        "sluicegate: line {line}: {bytes} bytes, over max_event_bytes ({}): skipped",
-                        config.max_event_bytes
-                    );
+                Ok(Input::TooLong { line }) => {
+                    if skipped.len() < 5 {
+                        skipped.push(line);
+                    }
+                    skipped_total += 1;
                 }
                 Ok(Input::End) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     ended = true;
@@ -265,9 +261,18 @@ pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<E
     if let Some(f) = failure {
         return Err(f);
     }
-    if skipped > 0 {
+    if skipped_total > 0 {
+        let named: Vec<String> = skipped.iter().map(u64::to_string).collect();
         return Err(Fail::runtime(format!(
-            "{skipped} lines over max_event_bytes were skipped; {total} committed"
+            "line{} {}{} over max_event_bytes ({}): skipped; {total} other lines committed",
+            if skipped_total > 1 { "s" } else { "" },
+            named.join(", "),
+            if skipped_total > skipped.len() as u64 {
+                format!(" and {} more", skipped_total - skipped.len() as u64)
+            } else {
+                String::new()
+            },
+            config.max_event_bytes
         )));
     }
     Ok(ExitCode::SUCCESS)

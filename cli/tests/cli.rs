@@ -206,15 +206,20 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1_with_one_line() {
         !Path::new(&missing).exists(),
         "take must not create a missing DIR"
     );
-    // An event above max_event_bytes fails the put, names the line, and keeps earlier commits.
+    // A line above max_event_bytes is skipped (never held whole), named in one line, and the
+    // put goes on from the next newline; it exits 1.
     let big = "x".repeat(70_000);
     let out = run(
         &["put", "--dir", &h.dir, "--batch", "1"],
-        &format!("fine\n{big}\n"),
+        &format!("fine\n{big}\nafter\n"),
     );
-    assert_one_line_error(&out, 1, "line 2");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "committed 1\n");
-    assert_eq!(h.take_all(), ["fine"]);
+    assert_one_line_error(&out, 1, "line 2 over max_event_bytes");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "committed 1\ncommitted 2\n"
+    );
+    assert_eq!(h.take_all(), ["fine", "after"]);
 }
 
 /// Starts `put --batch 1` and feeds it `n` lines, waiting for each commit, then returns it still
