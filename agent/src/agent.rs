@@ -154,9 +154,31 @@ fn open_channel(
     Ok(Served::new(name.to_string(), Arc::new(channel)))
 }
 
+/// True if `program` names an executable file, directly (with a `/`) or through `PATH`.
+fn program_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return runnable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(program))))
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     config.check().map_err(AgentError::Config)?;
+    for (name, sink) in &config.sinks {
+        let SinkSection::Exec { command, .. } = sink;
+        if let Some(program) = command.first().filter(|p| !program_exists(p)) {
+            return Err(AgentError::Config(format!(
+                "sinks.{name}.command: no program {program:?} (not an executable file, nor found in PATH)"
+            )));
+        }
+    }
     // Ports first: a port in use is a configuration error, found before any channel opens.
     let mut http_listeners = Vec::new();
     for (name, source) in &config.sources {

@@ -177,7 +177,18 @@ type ConfigText = Box<dyn Fn(&Path) -> String>;
 fn bad_configurations_fail_before_anything_starts() {
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_port = busy.local_addr().expect("addr").port();
-    let cases: [(&str, ConfigText); 4] = [
+    let cases: [(&str, ConfigText); 5] = [
+        (
+            "no program",
+            Box::new(|r: &Path| {
+                format!(
+                    "{}{}",
+                    channel_toml(r),
+                    exec_sink_toml(r, 10)
+                        .replace("[\"sh\", \"-c\"", "[\"no-such-program-here\", \"-c\"")
+                )
+            }),
+        ),
         (
             "unknown field",
             Box::new(|r: &Path| format!("{}colour = \"blue\"\n", channel_toml(r))),

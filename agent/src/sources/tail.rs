@@ -68,6 +68,27 @@ pub fn load_positions(path: &Path) -> Result<Vec<Position>, String> {
     }
 }
 
+/// The positions to start from. A positions file that does not parse is kept aside (renamed
+/// with `.corrupt` added) and the files are read from their start: duplicates, never loss, and
+/// never a source that cannot start.
+fn positions_or_start_over(path: &Path) -> Result<Vec<Position>, String> {
+    match load_positions(path) {
+        Ok(p) => Ok(p),
+        Err(why) if path.exists() => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            std::fs::rename(path, &aside)
+                .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+            tracing::warn!(
+                "tail: {why}; kept as {}, and every file is read again from its start (lines may be delivered twice)",
+                Path::new(&aside).display()
+            );
+            Ok(Vec::new())
+        }
+        Err(why) => Err(why),
+    }
+}
+
 struct Tracked {
     path: PathBuf,
     file: File,
@@ -88,7 +109,7 @@ pub fn run_tail(
     metrics: &Component,
 ) -> Result<(), String> {
     let max_event = served.channel.config().max_event_bytes as usize;
-    let mut known: HashMap<(u64, u64), u64> = load_positions(&settings.positions)?
+    let mut known: HashMap<(u64, u64), u64> = positions_or_start_over(&settings.positions)?
         .into_iter()
         .map(|p| ((p.dev, p.inode), p.offset))
         .collect();
@@ -310,4 +331,89 @@ fn write_positions(path: &Path, files: &BTreeMap<(u64, u64), Tracked>) -> Result
     let text = serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?;
     crate::home::write_file_durably(path, &text)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use sluicegate_file::{FileChannel, FileChannelConfig};
+
+    fn channel(dir: &Path) -> Served {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = FileChannelConfig {
+            max_file_bytes: 1 << 20,
+            max_event_bytes: 64,
+            minimum_required_space_bytes: 0,
+            checkpoint_interval_ms: 0,
+            ..FileChannelConfig::in_dir(dir)
+        };
+        Served::new("t".into(), Arc::new(FileChannel::open(config).unwrap()))
+    }
+
+    fn drain(served: &Served) -> Vec<String> {
+        let mut tx = served.channel.begin().unwrap();
+        let mut out = Vec::new();
+        while let Some(e) = tx.take_vec().unwrap() {
+            out.push(String::from_utf8(e).unwrap());
+        }
+        tx.commit().unwrap();
+        out
+    }
+
+    /// Runs the source until `done` says the channel holds what it should (bounded), then stops
+    /// it.
+    fn run_until(served: &Served, settings: &TailSettings, done: impl Fn(&Served) -> bool) {
+        let stop = AtomicBool::new(false);
+        let metrics = crate::metrics::Metrics::new(vec![]).component("source", "t", "t");
+        std::thread::scope(|s| {
+            let h = s.spawn(|| run_tail(served, settings, &stop, &metrics));
+            let until = Instant::now() + Duration::from_secs(60);
+            while !done(served) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::Relaxed);
+            h.join().unwrap().unwrap();
+        });
+    }
+
+    /// A truncated file is read again from its start, a line over max_event_bytes is skipped
+    /// (the lines around it are kept), a partial last line waits for its newline, and a corrupt
+    /// positions file is kept aside while every file is read from its start.
+    #[test]
+    fn truncation_long_lines_partial_lines_and_a_corrupt_positions_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let served = channel(&tmp.path().join("ch"));
+        let log = tmp.path().join("app.log");
+        let settings = TailSettings {
+            paths: vec![log.display().to_string()],
+            positions: tmp.path().join("pos"),
+            batch: 10,
+            poll: Duration::from_millis(5),
+            from_end: false,
+        };
+        let mut f = std::fs::File::create(&log).unwrap();
+        write!(f, "a\n{}\nb\npart", "x".repeat(100)).unwrap();
+        run_until(&served, &settings, |s| s.channel.len() >= 2);
+        assert_eq!(drain(&served), ["a", "b"]);
+        // The partial line completes; then the file is truncated and rewritten shorter.
+        writeln!(f, "ial").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["partial"]);
+        f.set_len(0).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "c").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["c"]);
+        // A positions file of garbage: kept aside, and the file is read again from its start.
+        std::fs::write(&settings.positions, b"\xff garbage").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["c"]);
+        let mut aside = settings.positions.as_os_str().to_owned();
+        aside.push(".corrupt");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"\xff garbage");
+        assert!(load_positions(&settings.positions).is_ok());
+    }
 }
