@@ -615,9 +615,10 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
             .and_then(|mut c| c.stats().map_err(|e| std::io::Error::other(e.to_string())))
         {
             return Err(Fail::runtime(format!(
-                "{} is in use: process {} owns it (stop it first)",
+                "{} is in use: process {} owns it and holds its {} (stop it first)",
                 home.dir.display(),
-                figures["owner_pid"]
+                figures["owner_pid"],
+                sluicegate_file::LOCK_FILE
             )));
         }
         // The channel there may have other settings, or be damaged: only a lock held by another
