@@ -62,6 +62,31 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String
     Some((status, body))
 }
 
+/// An agent child process, killed if a failing test leaves it running.
+struct Agent(Child);
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A temporary agent setup: its config, home and destination file.
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -86,14 +111,16 @@ impl Setup {
         }
     }
 
-    fn spawn(&self) -> Child {
-        sg().args(["agent", "--config", &self.config.display().to_string()])
-            .env("SLUICEGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn agent")
+    fn spawn(&self) -> Agent {
+        Agent(
+            sg().args(["agent", "--config", &self.config.display().to_string()])
+                .env("SLUICEGATE_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn agent"),
+        )
     }
 
     /// Lines the destination holds.
