@@ -472,3 +472,48 @@ impl<'a> Connection<'a> {
         Response::Events(events)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use sluicegate_file::{FileChannel, FileChannelConfig};
+
+    /// The socket is mode 0600 from the moment it has its name, a stale file at its path is
+    /// replaced, and a client's transaction open when its connection drops is rolled back.
+    #[test]
+    fn socket_is_private_replaces_a_stale_one_and_a_dropped_client_rolls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ch");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = FileChannelConfig {
+            max_file_bytes: 1 << 20,
+            max_event_bytes: 4096,
+            transaction_capacity: 100,
+            minimum_required_space_bytes: 0,
+            checkpoint_interval_ms: 0,
+            ..FileChannelConfig::in_dir(&dir)
+        };
+        let served = Served::new("t".into(), Arc::new(FileChannel::open(config).unwrap()));
+        let socket = tmp.path().join("sluicegate.sock");
+        std::fs::write(&socket, b"stale").unwrap();
+        let owner = Owner::start(served.clone(), &socket).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut a = crate::Client::connect(&socket).unwrap();
+        a.put_batch(&[b"kept".as_slice()]).unwrap();
+        let mut b = crate::Client::connect(&socket).unwrap();
+        assert_eq!(b.take(10, 0).unwrap().len(), 1);
+        drop(b);
+        // The dropped connection's take is rolled back: the event is there for the next one.
+        let mut c = crate::Client::connect(&socket).unwrap();
+        let got = c.take(10, 5_000).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0][..], b"kept");
+        c.commit().unwrap();
+        drop((a, c));
+        owner.stop(Duration::from_secs(1));
+        assert!(!socket.exists(), "a stopped owner removes its socket");
+    }
+}
