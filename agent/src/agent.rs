@@ -21,7 +21,7 @@ use crate::owner::Owner;
 use crate::session::HANDOVER_PATIENCE;
 use crate::sinks::exec::ExecSink;
 use crate::sinks::{run_sink, LocalTakes, RunnerSettings};
-use crate::sources::tail::{run_tail, TailSettings};
+use crate::sources::tail::{assign_streams, run_tail, TailSettings};
 
 /// Why the agent could not start, or stopped on a failure.
 #[derive(Debug)]
@@ -255,6 +255,23 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Runtime(format!("cannot start {key}: {e}")))?;
         threads.push((format!("sinks.{name}"), t));
     }
+    let mut streams = std::collections::HashMap::new();
+    for s in &served {
+        let tails: Vec<String> = config
+            .sources
+            .iter()
+            .filter(
+                |(_, src)| matches!(src, SourceSection::Tail { channel, .. } if *channel == s.name),
+            )
+            .map(|(name, _)| name.clone())
+            .collect();
+        let assigned = assign_streams(&s.channel, &tails).map_err(|why| AgentError::Channel {
+            name: s.name.clone(),
+            why,
+            holder: None,
+        })?;
+        streams.extend(assigned);
+    }
     for (name, source) in &config.sources {
         if let SourceSection::Tail {
             channel,
@@ -268,6 +285,8 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             let s = by_name(channel);
             let home = &config.channels[channel].dir;
             let settings = TailSettings {
+                name: name.clone(),
+                stream: streams[name],
                 paths: paths.clone(),
                 positions: positions
                     .clone()

@@ -21,9 +21,10 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES, STARTED_BYTES};
 use sluicegate_core::record::{
-    align_up, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck, SegmentHeader,
-    COMMIT_PREFIX_BYTES, CRC32C, POINTER_BYTES, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
-    SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
+    align_up, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
+    SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES,
+    RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
+    SEGMENT_HEADER_BYTES,
 };
 use sluicegate_core::seal::TAG_BYTES;
 use sluicegate_core::{Region, Storage};
@@ -82,6 +83,9 @@ pub struct RecordInfo {
     /// For commits: the durable mark and the pointers as `slot:offset`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synced_wid: Option<u64>,
+    /// For marked commits: the mark's stream and its bytes, escaped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
     #[serde(
         skip_serializing_if = "Vec::is_empty",
         serialize_with = "pointers_as_text"
@@ -171,6 +175,8 @@ fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::PutCommit => "put-commit",
         RecordKind::TakeCommit => "take-commit",
         RecordKind::Seal => "seal",
+        RecordKind::MarkedPutCommit => "marked-put-commit",
+        RecordKind::MarkedTakeCommit => "marked-take-commit",
     }
 }
 
@@ -421,13 +427,13 @@ pub fn scan(
                                             offset: at as u32,
                                         });
                                     }
-                                    "put-commit" => seg.put_commits += 1,
+                                    "put-commit" | "marked-put-commit" => seg.put_commits += 1,
                                     "seal" => {}
                                     _ => seg.take_commits += 1,
                                 }
                                 out.records += 1;
                                 on_record(info, &payload);
-                                if info.kind == "put-commit" {
+                                if info.kind.ends_with("put-commit") {
                                     for p in &info.pointers {
                                         if !intact_puts.contains(p) {
                                             out.findings.push(Finding {
@@ -577,6 +583,7 @@ fn record_info(
         wid,
         txn: h.txn,
         synced_wid: None,
+        mark: None,
         pointers: Vec::new(),
         body: None,
     };
@@ -591,12 +598,16 @@ fn record_info(
         info.body = Some(format!("key {}, {}", seal.key, seal.algorithm.name()));
         return Ok(info);
     }
+    let prefix = if kind.is_marked() {
+        COMMIT_PREFIX_BYTES + MARK_PREFIX_BYTES
+    } else {
+        COMMIT_PREFIX_BYTES
+    };
     if sealed {
         // Without the key the text is opaque; its CRC still proves it intact.
         let text = payload.len().saturating_sub(TAG_BYTES);
         if kind != RecordKind::Put
-            && (text < COMMIT_PREFIX_BYTES
-                || !(text - COMMIT_PREFIX_BYTES).is_multiple_of(POINTER_BYTES))
+            && (text < prefix || !(text - prefix).is_multiple_of(POINTER_BYTES))
         {
             return Err("intact commit record of a malformed length (recovery refuses it)".into());
         }
@@ -607,16 +618,30 @@ fn record_info(
         info.body = Some(escape(payload, 64));
         return Ok(info);
     }
-    if payload.len() < COMMIT_PREFIX_BYTES
-        || !(payload.len() - COMMIT_PREFIX_BYTES).is_multiple_of(POINTER_BYTES)
-    {
+    if payload.len() < prefix || !(payload.len() - prefix).is_multiple_of(POINTER_BYTES) {
         return Err("intact commit record of a malformed length (recovery refuses it)".into());
     }
     info.synced_wid = Some(u64::from_le_bytes(
         payload[..8].try_into().unwrap_or_default(),
     ));
+    let mut pointers = &payload[COMMIT_PREFIX_BYTES..];
+    if kind.is_marked() {
+        let head = <&[u8; MARK_PREFIX_BYTES]>::try_from(&pointers[..MARK_PREFIX_BYTES])
+            .ok()
+            .and_then(decode_mark_prefix);
+        let Some((stream, len)) = head else {
+            return Err("intact commit with a malformed mark (recovery refuses it)".into());
+        };
+        let end = MARK_PREFIX_BYTES + (len as usize).next_multiple_of(8);
+        if end > pointers.len() {
+            return Err("intact commit with a malformed mark (recovery refuses it)".into());
+        }
+        let bytes = &pointers[MARK_PREFIX_BYTES..MARK_PREFIX_BYTES + len as usize];
+        info.mark = Some(format!("stream {stream}: {}", escape(bytes, 64)));
+        pointers = &pointers[end..];
+    }
     let here = slot as u64 * seg_bytes + offset;
-    for raw in payload[COMMIT_PREFIX_BYTES..].chunks_exact(POINTER_BYTES) {
+    for raw in pointers.chunks_exact(POINTER_BYTES) {
         let p = Pointer::decode(raw);
         let at = p.slot as u64 * seg_bytes + p.offset as u64;
         if p.slot as usize >= segments || p.offset as u64 >= seg_bytes {
@@ -625,7 +650,7 @@ fn record_info(
                 p.slot, p.offset
             ));
         }
-        if kind == RecordKind::PutCommit && p.slot as usize == slot && at >= here {
+        if kind.is_put_commit() && p.slot as usize == slot && at >= here {
             return Err(format!(
                 "intact commit lists {}:{}, at or after itself (recovery refuses it)",
                 p.slot, p.offset
@@ -736,6 +761,18 @@ fn read_slot(st: &mut SnapshotStorage, region: Region) -> Result<SlotInfo, FileE
     }
     let mut digest = CRC32C.digest();
     let mut buf = vec![0u8; 64 * 1024];
+    // The marks area (after the complete mark) comes first in the CRC.
+    let marks = c.marks_bytes as u64;
+    if layout.end + marks > st.capacity(region) {
+        return Ok(info);
+    }
+    let mut done = 0u64;
+    while done < marks {
+        let k = (marks - done).min(buf.len() as u64) as usize;
+        st.read(region, layout.end + done, &mut buf[..k])?;
+        digest.update(&buf[..k]);
+        done += k as u64;
+    }
     let mut done = 0u64;
     let total = c.entries * POINTER_BYTES as u64
         + if started.sealed() {

@@ -17,11 +17,12 @@ use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::log::{read_segment_header, stream_payload};
+use crate::mark;
 use crate::queue::Queue;
 use crate::record::{
-    align_up, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck, SegmentHeader,
-    COMMIT_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES,
-    SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
+    align_up, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
+    SegmentHeader, COMMIT_PREFIX_BYTES, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
 };
 use crate::recovery::Recovery;
 use crate::seal::{
@@ -151,16 +152,20 @@ enum WriteClass {
 /// What a record's payload is made of.
 enum Body<'a> {
     Event(&'a [u8]),
-    /// A put commit: the durable mark, then the pending-put pointers of a transaction slot.
+    /// A put commit: the durable mark, the slot's mark if `marked`, then the pending-put
+    /// pointers of the transaction slot.
     Pending {
         synced_wid: u64,
         slot: usize,
         count: usize,
+        marked: bool,
     },
-    /// A take commit: the durable mark, then the queue entries tagged by a transaction.
+    /// A take commit: the durable mark, the slot's mark if `marked`, then the queue entries
+    /// tagged by the transaction.
     Taken {
         synced_wid: u64,
         tag: u8,
+        marked: bool,
     },
 }
 
@@ -377,6 +382,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         // Transaction slots start free whatever the memory held before.
         let (_, _, txns) = split(channel.memory.as_mut(), &config);
         txns.fill(0);
+        // So do marks: the table is rebuilt by replay.
+        let (table, pending) = mark::split_marks(channel.memory.as_mut(), &config);
+        table.fill(0);
+        pending.fill(0);
         let replayed = channel.replay()?;
         channel.seq = replayed.newest.unwrap_or(0);
         channel.roll_to = replayed.roll_to;
@@ -481,6 +490,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 };
                 self.next_txn_id = self.next_txn_id.wrapping_add(1);
                 fresh.store(txns, s);
+                let ew = self.config.mark_entry_words();
+                if ew > 0 {
+                    let (_, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+                    mark::clear(mark::entry_mut(pending, ew, s));
+                }
                 return Ok(Txn {
                     slot: s as u8,
                     generation: self.generation,
@@ -586,6 +600,47 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
     }
 
+    /// Attaches a mark to an open transaction: `bytes` become stream `stream`'s mark when the
+    /// transaction commits, in the same record group as its events, and never if it rolls back
+    /// or a crash cuts the commit. A later call replaces the transaction's mark. A transaction
+    /// with a mark and no event commits the mark alone. See [`Config::with_marks`].
+    pub fn set_mark(&mut self, txn: Txn, stream: u16, bytes: &[u8]) -> Result<(), Error<S::Error>> {
+        self.open_slot(txn)?;
+        if stream >= self.config.marks() || bytes.len() > self.config.mark_bytes() as usize {
+            return Err(Error::BadMark);
+        }
+        let ew = self.config.mark_entry_words();
+        let (_, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+        mark::store(
+            mark::entry_mut(pending, ew, txn.slot as usize),
+            stream,
+            bytes,
+        );
+        Ok(())
+    }
+
+    /// Copies stream `stream`'s newest committed mark into `buf` and returns its length, or
+    /// `None` if the stream has none (or `buf` is too short: a mark is at most
+    /// [`Config::mark_bytes`] long).
+    pub fn mark(&self, stream: u16, buf: &mut [u8]) -> Option<usize> {
+        if stream >= self.config.marks() {
+            return None;
+        }
+        let ew = self.config.mark_entry_words();
+        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        mark::load(mark::entry(table, ew, stream as usize), buf)
+    }
+
+    /// The length of the mark waiting in transaction slot `s`, if any.
+    fn pending_mark(&self, s: usize) -> Option<u16> {
+        let ew = self.config.mark_entry_words();
+        if ew == 0 {
+            return None;
+        }
+        let (_, pending) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        mark::head(mark::entry(pending, ew, s)).map(|(_, len)| len)
+    }
+
     /// Commits: writes the commit record, syncs, and applies the transaction. When it returns
     /// `Ok` the transaction is durable. A transaction with no operation writes nothing.
     ///
@@ -605,27 +660,40 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// effect at the next [`Channel::sync`], whoever calls it.
     pub fn write_commit(&mut self, txn: Txn) -> Result<bool, Error<S::Error>> {
         let mut slot = self.open_slot(txn)?;
+        let marked = self.pending_mark(txn.slot as usize);
         let (_, _, txns) = split(self.memory.as_mut(), &self.config);
-        if slot.count == 0 {
+        if slot.count == 0 && marked.is_none() {
             Slot::store(&free_slot(), txns, txn.slot as usize);
             return Ok(false);
         }
         self.check_writable()?;
-        let len = COMMIT_PREFIX_BYTES as u64 + slot.count as u64 * POINTER_BYTES as u64;
+        // The mark rides in the commit record itself, so it takes effect exactly with it.
+        let mark_len = marked.map_or(0, |len| MARK_PREFIX_BYTES as u64 + padded(len));
+        let len = COMMIT_PREFIX_BYTES as u64 + mark_len + slot.count as u64 * POINTER_BYTES as u64;
         let synced_wid = self.synced_wid;
-        let (kind, body) = if slot.kind == KIND_PUT {
+        let (kind, body) = if slot.kind != KIND_TAKE {
             let pending = Body::Pending {
                 synced_wid,
                 slot: txn.slot as usize,
                 count: slot.count as usize,
+                marked: marked.is_some(),
             };
-            (RecordKind::PutCommit, pending)
+            let kind = match marked {
+                Some(_) => RecordKind::MarkedPutCommit,
+                None => RecordKind::PutCommit,
+            };
+            (kind, pending)
         } else {
             let taken = Body::Taken {
                 synced_wid,
                 tag: txn.slot + 1,
+                marked: marked.is_some(),
             };
-            (RecordKind::TakeCommit, taken)
+            let kind = match marked {
+                Some(_) => RecordKind::MarkedTakeCommit,
+                None => RecordKind::TakeCommit,
+            };
+            (kind, taken)
         };
         let wid = self.next_wid;
         self.append(kind, slot.id, body, len as u32, WriteClass::Commit)?;
@@ -740,6 +808,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     }
 
     fn apply(&mut self, s: usize, slot: Slot) -> Result<(), Error<S::Error>> {
+        let ew = self.config.mark_entry_words();
+        if ew > 0 {
+            let (table, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+            let e = mark::entry_mut(pending, ew, s);
+            if let Some((stream, _)) = mark::head(e) {
+                mark::copy(e, mark::entry_mut(table, ew, stream as usize));
+                mark::clear(e);
+            }
+        }
         let (qmem, pool, txns) = split(self.memory.as_mut(), &self.config);
         let cap = self.config.transaction_capacity() as usize;
         if slot.kind == KIND_PUT {
@@ -991,6 +1068,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         let wid_delta = (self.next_wid - self.seg_base_wid) as u32;
         let (qmem, pool, _) = split_ref(self.memory.as_ref(), &self.config);
+        let (_, pending_marks) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let mark_words = self.config.mark_entry_words();
         let cap = self.config.transaction_capacity() as usize;
         let queue = self.queue;
         let emit = |sink: &mut dyn FnMut(&[u8])| match body {
@@ -999,14 +1078,28 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 synced_wid,
                 slot,
                 count,
+                marked,
             } => {
                 sink(&synced_wid.to_le_bytes());
+                if marked {
+                    emit_mark(mark::entry(pending_marks, mark_words, slot), sink);
+                }
                 for &w in &pool[slot * cap..slot * cap + count] {
                     sink(&Pointer::from_word(w).encode());
                 }
             }
-            Body::Taken { synced_wid, tag } => {
+            Body::Taken {
+                synced_wid,
+                tag,
+                marked,
+            } => {
                 sink(&synced_wid.to_le_bytes());
+                if marked {
+                    emit_mark(
+                        mark::entry(pending_marks, mark_words, tag as usize - 1),
+                        sink,
+                    );
+                }
                 queue.for_each_tagged(qmem, tag, |p| sink(&p.encode()))
             }
         };
@@ -1295,8 +1388,13 @@ fn checkpoint_slots_usable<S: Storage, E>(
         _ => {}
     }
     let erase = S::ERASE_SIZE as u64;
+    let marks = match (config.max_mark_area_bytes(), sealed) {
+        (0, _) => 0,
+        (n, true) => n + TAG_BYTES as u64,
+        (n, false) => n,
+    };
     let needed = align_up(
-        SlotLayout::new(config.capacity() as u64, geo.align, sealed).end,
+        SlotLayout::new(config.capacity() as u64, geo.align, sealed).end + marks,
         erase,
     );
     let given = sizes[0].min(sizes[1]);
@@ -1315,6 +1413,28 @@ fn free_slot() -> Slot {
         id: 0,
         commit_wid: 0,
     }
+}
+
+/// A mark's length padded to whole words, as commit records and checkpoints store it.
+pub(crate) const fn padded(len: u16) -> u64 {
+    (len as u64).next_multiple_of(8)
+}
+
+/// Hands a mark entry to `sink` as a commit record carries it: the prefix, then the bytes
+/// padded with zeros to whole words.
+pub(crate) fn emit_mark(e: &[u64], sink: &mut dyn FnMut(&[u8])) {
+    let Some((stream, len)) = mark::head(e) else {
+        return;
+    };
+    sink(&mark_prefix(stream, len));
+    let mut left = padded(len) as usize;
+    mark::for_each_piece(e, |piece| {
+        let mut b = [0u8; 8];
+        b[..piece.len()].copy_from_slice(piece);
+        sink(&b);
+        left -= 8;
+    });
+    debug_assert_eq!(left, 0);
 }
 
 /// Splits the caller's memory into the queue ring, the pending-put pool and the slot table.

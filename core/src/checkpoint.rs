@@ -30,7 +30,10 @@
 use crate::channel::{split_ref, Channel};
 use crate::error::Error;
 use crate::log::WordWriter;
-use crate::record::{align_up, u32_at, u64_at, Pointer, CRC32C, FORMAT_VERSION, POINTER_BYTES};
+use crate::mark;
+use crate::record::{
+    align_up, u32_at, u64_at, Pointer, CRC32C, FORMAT_VERSION, MARK_PREFIX_BYTES, POINTER_BYTES,
+};
 use crate::seal::{nonce, Domain, Key, KeyId, KeyProvider, Sealer, SALT_BYTES, TAG_BYTES};
 use crate::storage::{Region, Storage};
 
@@ -94,6 +97,16 @@ impl Started {
         s.ad(&self.encode());
         s
     }
+
+    /// The seal of this checkpoint's marks: as the entries', with nonce index 1.
+    pub(crate) fn marks_sealer(&self, key: &Key) -> Sealer {
+        let mut s = Sealer::new(
+            key,
+            &nonce(&self.salt, self.ckpt_seq, 1, Domain::Checkpoint),
+        );
+        s.ad(&self.encode());
+        s
+    }
 }
 
 impl Started {
@@ -153,8 +166,11 @@ pub struct Complete {
     pub ckpt_seq: u64,
     /// Entries written (at most the started mark's `max_entries`).
     pub entries: u64,
-    /// CRC-32C of the entries' bytes as stored (ciphertext and tag, when sealed).
+    /// CRC-32C of the marks' and then the entries' bytes as stored (ciphertext and tags, when
+    /// sealed).
     pub entries_crc: u32,
+    /// The length of the marks area, which lies after the complete mark (0: no marks).
+    pub marks_bytes: u32,
 }
 
 impl Complete {
@@ -165,6 +181,7 @@ impl Complete {
         b[8..16].copy_from_slice(&self.ckpt_seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.entries.to_le_bytes());
         b[24..28].copy_from_slice(&self.entries_crc.to_le_bytes());
+        b[28..32].copy_from_slice(&self.marks_bytes.to_le_bytes());
         let crc = CRC32C.checksum(&b[4..]);
         b[0..4].copy_from_slice(&crc.to_le_bytes());
         b
@@ -173,13 +190,14 @@ impl Complete {
     /// Decodes and checks a mark.
     pub fn decode(b: &[u8; COMPLETE_BYTES]) -> Option<Self> {
         let crc = u32_at(b, 0);
-        if crc != CRC32C.checksum(&b[4..]) || b[4..8] != COMPLETE_MAGIC || b[28..32] != [0; 4] {
+        if crc != CRC32C.checksum(&b[4..]) || b[4..8] != COMPLETE_MAGIC {
             return None;
         }
         Some(Complete {
             ckpt_seq: u64_at(b, 8),
             entries: u64_at(b, 16),
             entries_crc: u32_at(b, 24),
+            marks_bytes: u32_at(b, 28),
         })
     }
 }
@@ -216,6 +234,7 @@ pub(crate) struct Found {
     pub region: Region,
     pub started: Started,
     pub entries: u64,
+    pub marks_bytes: u32,
 }
 
 /// A checkpoint being written.
@@ -232,6 +251,8 @@ pub(crate) struct InProgress {
     pub crc: crate::record::CrcDigest,
     /// The seal of the entries, when sealed.
     pub sealer: Option<Sealer>,
+    /// The length of the marks area written with the started mark.
+    pub marks_bytes: u32,
 }
 
 /// The channel's checkpoint bookkeeping.
@@ -331,6 +352,24 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(())
     }
 
+    /// The bytes the present marks take in a checkpoint slot (with the tag, when sealed).
+    fn marks_area_bytes(&self, sealed: bool) -> u32 {
+        let ew = self.config.mark_entry_words();
+        if ew == 0 {
+            return 0;
+        }
+        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let body: usize = (0..self.config.marks() as usize)
+            .filter_map(|i| mark::head(mark::entry(table, ew, i)))
+            .map(|(_, len)| MARK_PREFIX_BYTES + (len as usize).next_multiple_of(8))
+            .sum();
+        match (body, sealed) {
+            (0, _) => 0,
+            (n, true) => (n + TAG_BYTES) as u32,
+            (n, false) => n as u32,
+        }
+    }
+
     fn checkpoint_due(&mut self, now_ms: Option<u64>) -> bool {
         let c = &self.config;
         let by_commits = c.checkpoint_every_commits() > 0
@@ -395,17 +434,58 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             None => None,
         };
         let layout = SlotLayout::new(started.max_entries, self.geo.align, started.sealed());
-        let erase_to = align_up(layout.end, S::ERASE_SIZE as u64);
+        let marks_bytes = self.marks_area_bytes(started.sealed());
+        let erase_to = align_up(layout.end + marks_bytes as u64, S::ERASE_SIZE as u64);
         // The slot stops counting as valid before its erase begins.
         self.ckpt.valid[slot] = None;
         self.ckpt.next_seq += 1;
         self.ckpt.commits_since = 0;
         self.ckpt.bytes_since = 0;
         self.ckpt.last_ms = now_ms.or(self.ckpt.last_ms);
+        let mut crc = CRC32C.digest();
+        let mut marks_sealer = match (self.sealing, marks_bytes) {
+            (_, 0) | (None, _) => None,
+            (Some(id), _) => match self.keys.key(id) {
+                Some(k) => Some(started.marks_sealer(k)),
+                None => return Err(Error::LogicBug("the sealing key vanished")),
+            },
+        };
+        let ew = self.config.mark_entry_words();
+        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
         let storage = &mut self.storage;
         let result = storage.erase(region, 0, erase_to).and_then(|()| {
             let mut w = WordWriter::new(&mut *storage, region, self.geo.align, 0);
             w.push(&started.encode())?;
+            w.finish()?;
+            if marks_bytes == 0 {
+                return Ok(());
+            }
+            // The marks as of `from`, each as in a `Mark` record, padded to 8 bytes.
+            let mut w = WordWriter::new(&mut *storage, region, self.geo.align, layout.end);
+            let mut out = |bytes: &mut [u8]| {
+                if let Some(s) = marks_sealer.as_mut() {
+                    s.encrypt(bytes);
+                }
+                crc.update(bytes);
+                w.push(bytes)
+            };
+            let mut result = Ok(());
+            for i in 0..self.config.marks() as usize {
+                // Pieces of at most 8 bytes: the prefix, then the padded words.
+                crate::channel::emit_mark(mark::entry(table, ew, i), &mut |piece| {
+                    let mut b = [0u8; 8];
+                    b[..piece.len()].copy_from_slice(piece);
+                    if result.is_ok() {
+                        result = out(&mut b[..piece.len()]);
+                    }
+                });
+            }
+            result?;
+            if let Some(s) = marks_sealer.take() {
+                let tag = s.tag();
+                crc.update(&tag);
+                w.push(&tag)?;
+            }
             w.finish().map(|_| ())
         });
         if let Err(e) = result {
@@ -418,8 +498,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             cursor: 0,
             remaining: self.queue.len(),
             written: 0,
-            crc: CRC32C.digest(),
+            crc,
             sealer,
+            marks_bytes,
         });
         Ok(())
     }
@@ -464,6 +545,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 ckpt_seq: ip.started.ckpt_seq,
                 entries: ip.written,
                 entries_crc: ip.crc.clone().finalize(),
+                marks_bytes: ip.marks_bytes,
             };
             self.storage.sync(ip.region)?;
             let mut w = WordWriter::new(
@@ -530,6 +612,7 @@ mod tests {
             ckpt_seq: 9,
             entries: 11,
             entries_crc: 0xdead_beef,
+            marks_bytes: 48,
         };
         let b = c.encode();
         assert_eq!(Complete::decode(&b), Some(c));

@@ -8,7 +8,7 @@
 
 use crate::error::ConfigError;
 use crate::record::{
-    COMMIT_PREFIX_BYTES, MAX_PAYLOAD_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    COMMIT_PREFIX_BYTES, MARK_PREFIX_BYTES, MAX_PAYLOAD_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
 };
 
@@ -36,7 +36,14 @@ pub struct Config {
     checkpoint_every_log_bytes: u64,
     checkpoint_interval_ms: u64,
     checkpoint_step_entries: u32,
+    marks: u16,
+    mark_bytes: u16,
 }
+
+/// The most mark streams a channel may have.
+pub const MAX_MARK_STREAMS: u16 = 1024;
+/// The longest mark.
+pub const MAX_MARK_BYTES: u16 = 4096;
 
 /// Entries a checkpoint step writes by default: 32 KiB of pointers.
 pub const DEFAULT_CHECKPOINT_STEP_ENTRIES: u32 = 4096;
@@ -103,6 +110,8 @@ impl Config {
             checkpoint_every_log_bytes: 0,
             checkpoint_interval_ms: 0,
             checkpoint_step_entries: DEFAULT_CHECKPOINT_STEP_ENTRIES,
+            marks: 0,
+            mark_bytes: 0,
         };
         // A commit record lists one pointer per event of the transaction.
         if config.max_commit_payload_bytes() > MAX_PAYLOAD_BYTES as u64 {
@@ -149,6 +158,58 @@ impl Config {
         Ok(self)
     }
 
+    /// Room for `streams` marks of at most `bytes` bytes each: a caller's progress (a file
+    /// position, an offset upstream) committed in the same transaction as the events it
+    /// describes, and kept by the channel across restarts. See
+    /// [`Channel::set_mark`](crate::Channel::set_mark). Off (0 streams) by default. Panics if it
+    /// cannot work; see [`Config::try_with_marks`].
+    pub const fn with_marks(self, streams: u16, bytes: u16) -> Self {
+        match self.try_with_marks(streams, bytes) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// As [`Config::with_marks`], returning the reason instead of panicking: at most
+    /// [`MAX_MARK_STREAMS`] streams of at most [`MAX_MARK_BYTES`] bytes, and a commit record
+    /// with a mark must still fit a record and a segment.
+    pub const fn try_with_marks(mut self, streams: u16, bytes: u16) -> Result<Self, ConfigError> {
+        if streams > MAX_MARK_STREAMS || bytes > MAX_MARK_BYTES || (streams > 0 && bytes == 0) {
+            return Err(ConfigError::BadMarks);
+        }
+        self.marks = streams;
+        self.mark_bytes = bytes;
+        // A marked commit record carries the mark: it must still fit a record and a segment.
+        if self.max_commit_payload_bytes() > MAX_PAYLOAD_BYTES as u64
+            || (self.segment_bytes as u64)
+                < SEGMENT_HEADER_BYTES as u64 * 2 + self.max_record_bytes()
+        {
+            return Err(ConfigError::BadMarks);
+        }
+        Ok(self)
+    }
+
+    /// The number of mark streams (0: marks are off).
+    pub const fn marks(&self) -> u16 {
+        self.marks
+    }
+    /// The longest mark in bytes.
+    pub const fn mark_bytes(&self) -> u16 {
+        self.mark_bytes
+    }
+    /// Words of memory one mark takes: a head word and the bytes.
+    pub(crate) const fn mark_entry_words(&self) -> usize {
+        if self.marks == 0 {
+            0
+        } else {
+            1 + (self.mark_bytes as usize).div_ceil(8)
+        }
+    }
+    /// The most bytes the marks take in a checkpoint slot (before the tag of a sealed one).
+    pub(crate) const fn max_mark_area_bytes(&self) -> u64 {
+        self.marks as u64 * (self.mark_entry_words() as u64 * 8)
+    }
+
     /// Commits between automatic checkpoints (0: off).
     pub const fn checkpoint_every_commits(&self) -> u32 {
         self.checkpoint_every_commits
@@ -190,7 +251,12 @@ impl Config {
     /// The largest commit record payload: the durable mark and one pointer per event of a full
     /// transaction.
     pub(crate) const fn max_commit_payload_bytes(&self) -> u64 {
-        COMMIT_PREFIX_BYTES as u64 + self.transaction_capacity as u64 * POINTER_BYTES as u64
+        let mark = if self.marks > 0 {
+            MARK_PREFIX_BYTES as u64 + (self.mark_bytes as u64).next_multiple_of(8)
+        } else {
+            0
+        };
+        COMMIT_PREFIX_BYTES as u64 + mark + self.transaction_capacity as u64 * POINTER_BYTES as u64
     }
 
     /// The largest payload any record may carry; a longer length read from media is corrupt.
@@ -210,10 +276,12 @@ impl Config {
 
     /// The number of `u64` words of memory a channel with this configuration needs: 8 bytes per
     /// event of capacity (the queue of pointers), 8 bytes per event of each transaction slot
-    /// (pointers of puts not yet committed), and 24 bytes per transaction slot.
+    /// (pointers of puts not yet committed), 24 bytes per transaction slot, and, with marks,
+    /// one mark's room per stream and per transaction slot.
     pub const fn memory_words(&self) -> usize {
         self.capacity as usize
             + self.max_transactions as usize * (self.transaction_capacity as usize + TXN_WORDS)
+            + (self.marks as usize + self.max_transactions as usize) * self.mark_entry_words()
     }
 
     /// [`Config::memory_words`] in bytes.

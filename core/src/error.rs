@@ -51,6 +51,9 @@ pub enum Error<E> {
     },
     /// The transaction handle is stale or belongs to no open transaction.
     BadTransaction,
+    /// The mark stream is not below the configured `marks`, or the mark is longer than
+    /// `mark_bytes`.
+    BadMark,
     /// A transaction holds puts or takes, never both.
     WrongTransactionKind,
     /// Every transaction slot is in use (`max_transactions`).
@@ -141,6 +144,9 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
                 )
             }
             Error::BadTransaction => f.write_str("no open transaction has this handle"),
+            Error::BadMark => f.write_str(
+                "the mark's stream is not below the configured marks, or the mark is longer than mark_bytes",
+            ),
             Error::WrongTransactionKind => {
                 f.write_str("a transaction holds puts or takes, never both")
             }
@@ -206,6 +212,9 @@ pub enum ConfigError {
     },
     /// `checkpoint_step_entries` is not a multiple of 8 of at least 8.
     BadCheckpointStep,
+    /// Marks: more than `MAX_MARK_STREAMS` streams, more than `MAX_MARK_BYTES` bytes, streams
+    /// with no bytes, or a commit record with a mark too long for a record or a segment.
+    BadMarks,
     /// One checkpoint region is empty and the other is not: checkpoints need two slots.
     CheckpointSlotMissing,
     /// A checkpoint region cannot hold a checkpoint of `capacity` events, or is not a multiple
@@ -263,6 +272,9 @@ impl ConfigError {
             }
             ConfigError::BadCheckpointStep => {
                 "checkpoint_step_entries must be a multiple of 8, at least 8"
+            }
+            ConfigError::BadMarks => {
+                "marks: at most 1024 streams of 1 to 4096 bytes, and a commit with its mark must fit a segment"
             }
             ConfigError::CheckpointSlotMissing => {
                 "the checkpoint and backup regions must both be empty or both be present"

@@ -39,6 +39,7 @@ pub mod checkpoint;
 mod config;
 mod error;
 mod log;
+mod mark;
 mod queue;
 pub mod record;
 mod recovery;
@@ -46,7 +47,9 @@ pub mod seal;
 pub mod storage;
 
 pub use channel::{Channel, Stats, SyncMark, Txn};
-pub use config::{Config, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS};
+pub use config::{
+    Config, MAX_MARK_BYTES, MAX_MARK_STREAMS, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS,
+};
 pub use error::{ConfigError, Error};
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};

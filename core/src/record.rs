@@ -41,6 +41,27 @@ pub const POINTER_BYTES: usize = 8;
 /// The bytes in front of a commit record's pointers: the writer's durable mark, a `u64` below
 /// which every write-order id was durable when the commit was written.
 pub const COMMIT_PREFIX_BYTES: usize = 8;
+/// The bytes in front of a mark's bytes, in a marked commit record and in a checkpoint: the
+/// stream (`u16`), the mark's length (`u16`) and 4 zero bytes.
+pub const MARK_PREFIX_BYTES: usize = 8;
+
+/// Encodes the prefix of a mark.
+pub const fn mark_prefix(stream: u16, len: u16) -> [u8; MARK_PREFIX_BYTES] {
+    let s = stream.to_le_bytes();
+    let l = len.to_le_bytes();
+    [s[0], s[1], l[0], l[1], 0, 0, 0, 0]
+}
+
+/// Decodes the prefix of a mark: its stream and length, or `None` if the zero bytes are not.
+pub const fn decode_mark_prefix(b: &[u8; MARK_PREFIX_BYTES]) -> Option<(u16, u16)> {
+    if b[4] != 0 || b[5] != 0 || b[6] != 0 || b[7] != 0 {
+        return None;
+    }
+    Some((
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+    ))
+}
 /// The largest payload the 24-bit length field can carry.
 pub const MAX_PAYLOAD_BYTES: u32 = (1 << 24) - 1;
 
@@ -71,6 +92,12 @@ pub enum RecordKind {
     /// every record of the segment is sealed with, and a tag over the segment header, which
     /// proves the key right before anything is decrypted. See [`SealRecord`].
     Seal = 4,
+    /// A put commit that also carries a mark (see `Channel::set_mark`): the durable mark, the
+    /// mark's prefix and bytes (padded to 8), then the pointers. The mark takes effect exactly
+    /// when the commit does: one record, one CRC.
+    MarkedPutCommit = 5,
+    /// A take commit that also carries a mark, laid out as [`RecordKind::MarkedPutCommit`].
+    MarkedTakeCommit = 6,
 }
 
 impl RecordKind {
@@ -81,8 +108,34 @@ impl RecordKind {
             2 => Some(RecordKind::PutCommit),
             3 => Some(RecordKind::TakeCommit),
             4 => Some(RecordKind::Seal),
+            5 => Some(RecordKind::MarkedPutCommit),
+            6 => Some(RecordKind::MarkedTakeCommit),
             _ => None,
         }
+    }
+
+    /// True for the four kinds of commit record.
+    pub const fn is_commit(self) -> bool {
+        matches!(
+            self,
+            RecordKind::PutCommit
+                | RecordKind::TakeCommit
+                | RecordKind::MarkedPutCommit
+                | RecordKind::MarkedTakeCommit
+        )
+    }
+
+    /// True for a put commit, marked or not.
+    pub const fn is_put_commit(self) -> bool {
+        matches!(self, RecordKind::PutCommit | RecordKind::MarkedPutCommit)
+    }
+
+    /// True for a commit that carries a mark.
+    pub const fn is_marked(self) -> bool {
+        matches!(
+            self,
+            RecordKind::MarkedPutCommit | RecordKind::MarkedTakeCommit
+        )
     }
 }
 

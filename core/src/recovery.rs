@@ -19,7 +19,7 @@
 //! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
 //! loop in it is bounded by the geometry of the log.
 
-use crate::channel::{split, Channel, SegKeys};
+use crate::channel::{padded, split, Channel, SegKeys};
 use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
@@ -27,11 +27,13 @@ use crate::error::Error;
 use crate::log::{
     payload_matches, read_record_header, read_segment_header, stream_payload, Geometry,
 };
+use crate::mark::{self, split_marks};
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
-    Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C,
-    POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+    decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader,
+    COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_FLAG_OPENED,
 };
 use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
 use crate::storage::{Region, Storage};
@@ -118,6 +120,10 @@ pub struct Recovery {
     pub records_lost: u64,
     /// Pointers in take commits that matched no queued event (their puts were reclaimed).
     pub unmatched_takes: u64,
+    /// Marks that replay applied (with their commits).
+    pub marks_applied: u64,
+    /// Marks loaded from the checkpoint used.
+    pub checkpoint_marks: u64,
     /// Events in the queue after recovery.
     pub events: u64,
     /// The number of the checkpoint used (0 if none).
@@ -360,10 +366,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if !self.checkpoint_usable(&f.started.from, newest, start)? {
                 continue;
             }
-            match self.load_entries(&f) {
+            match self.load_entries(&f).and_then(|()| self.load_marks(&f)) {
                 Ok(()) => {}
                 Err(Error::Corrupted { .. }) => {
                     self.queue = Queue::new(self.config.capacity() as usize);
+                    let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                    table.fill(0);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -459,9 +467,48 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             Some(c) if c.ckpt_seq == started.ckpt_seq && c.entries <= started.max_entries => c,
             _ => return Ok(SlotRead::Incomplete(started.ckpt_seq)),
         };
+        let marks_at = layout.end;
+        if marks_at + complete.marks_bytes as u64 > room {
+            return Ok(SlotRead::Invalid);
+        }
         let mut digest = CRC32C.digest();
-        let mut sealer = key.map(|k| started.sealer(&k));
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
+        // The marks area first: it was written with the started mark.
+        let marks_text = match key {
+            Some(_) if complete.marks_bytes > 0 => {
+                (complete.marks_bytes as u64).checked_sub(TAG_BYTES as u64)
+            }
+            _ => Some(complete.marks_bytes as u64),
+        };
+        let Some(marks_text) = marks_text else {
+            return Ok(SlotRead::Incomplete(started.ckpt_seq));
+        };
+        let mut marks_sealer = key.map(|k| started.marks_sealer(&k));
+        let mut done = 0u64;
+        // Bounded by the region's size, checked above.
+        while done < complete.marks_bytes as u64 {
+            let n = (complete.marks_bytes as u64 - done).min(buf.len() as u64) as usize;
+            self.storage
+                .read(region, marks_at + done, &mut buf[..n])
+                .map_err(Error::Storage)?;
+            digest.update(&buf[..n]);
+            if let Some(s) = marks_sealer.as_mut() {
+                let text = marks_text.saturating_sub(done).min(n as u64) as usize;
+                s.authenticate(&buf[..text]);
+            }
+            done += n as u64;
+        }
+        if let (Some(s), true) = (marks_sealer, complete.marks_bytes > 0) {
+            let mut tag = [0u8; TAG_BYTES];
+            self.storage
+                .read(region, marks_at + marks_text, &mut tag)
+                .map_err(Error::Storage)?;
+            if !s.verify(&tag) {
+                self.recovery.authentication_failures += 1;
+                return Ok(SlotRead::Incomplete(started.ckpt_seq));
+            }
+        }
+        let mut sealer = key.map(|k| started.sealer(&k));
         let total = complete.entries * POINTER_BYTES as u64;
         let mut done = 0u64;
         // Bounded by `max_entries`, checked against the region's size above.
@@ -494,7 +541,85 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             region,
             started,
             entries: complete.entries,
+            marks_bytes: complete.marks_bytes,
         }))
+    }
+
+    /// Loads a valid checkpoint's marks into the stream table. A mark this configuration has no
+    /// room for (fewer `marks`, smaller `mark_bytes`) is left out.
+    fn load_marks(&mut self, f: &Found) -> Result<(), Error<S::Error>> {
+        let ew = self.config.mark_entry_words();
+        let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+        table.fill(0);
+        if ew == 0 || f.marks_bytes == 0 {
+            return Ok(());
+        }
+        let layout = SlotLayout::new(f.started.max_entries, self.geo.align, f.started.sealed());
+        let mut sealer = match f.started.sealed() {
+            true => match self.keys.key(f.started.key) {
+                Some(k) => Some(f.started.marks_sealer(k)),
+                None => return Err(Error::KeyMissing { key: f.started.key }),
+            },
+            false => None,
+        };
+        let text = match sealer {
+            Some(_) => f.marks_bytes as u64 - TAG_BYTES as u64,
+            None => f.marks_bytes as u64,
+        };
+        let mut at = 0u64;
+        // Bounded by the area's length: every turn reads at least the 8-byte prefix.
+        while at + MARK_PREFIX_BYTES as u64 <= text {
+            let mut prefix = [0u8; MARK_PREFIX_BYTES];
+            self.storage
+                .read(f.region, layout.end + at, &mut prefix)
+                .map_err(Error::Storage)?;
+            if let Some(s) = sealer.as_mut() {
+                // The tag was checked when the slot was read.
+                s.decrypt(&mut prefix);
+            }
+            let Some((stream, len)) = decode_mark_prefix(&prefix) else {
+                return Err(Error::Corrupted {
+                    region: f.region,
+                    offset: layout.end + at,
+                });
+            };
+            at += MARK_PREFIX_BYTES as u64;
+            let padded = (len as u64).next_multiple_of(8);
+            if at + padded > text {
+                return Err(Error::Corrupted {
+                    region: f.region,
+                    offset: layout.end + at,
+                });
+            }
+            let fits = stream < self.config.marks() && len <= self.config.mark_bytes();
+            let mut done = 0u64;
+            while done < padded {
+                let mut piece = [0u8; 8];
+                self.storage
+                    .read(f.region, layout.end + at + done, &mut piece)
+                    .map_err(Error::Storage)?;
+                if let Some(s) = sealer.as_mut() {
+                    s.decrypt(&mut piece);
+                }
+                if fits {
+                    let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                    let e = mark::entry_mut(table, ew, stream as usize);
+                    for (k, b) in piece.iter().enumerate() {
+                        if done as usize + k < len as usize {
+                            mark::set_byte(e, done as usize + k, *b);
+                        }
+                    }
+                }
+                done += 8;
+            }
+            if fits {
+                let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                mark::set_head(mark::entry_mut(table, ew, stream as usize), stream, len);
+                self.recovery.checkpoint_marks += 1;
+            }
+            at += padded;
+        }
+        Ok(())
     }
 
     /// Puts a valid checkpoint's entries in the queue.
@@ -657,10 +782,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if integrity != Integrity::Intact {
             return Ok(None);
         }
-        let commit = matches!(kind, Some(RecordKind::PutCommit | RecordKind::TakeCommit));
-        let malformed_commit = commit
-            && (text < COMMIT_PREFIX_BYTES as u64
-                || (text as usize - COMMIT_PREFIX_BYTES) % POINTER_BYTES != 0);
+        let prefix = match kind {
+            Some(k) if k.is_marked() => (COMMIT_PREFIX_BYTES + MARK_PREFIX_BYTES) as u64,
+            _ => COMMIT_PREFIX_BYTES as u64,
+        };
+        // A mark is padded to whole pointers, so the same rule holds for marked commits.
+        let malformed_commit = kind.is_some_and(RecordKind::is_commit)
+            && (text < prefix || (text - prefix) % POINTER_BYTES as u64 != 0);
         if kind.is_none() || kind == Some(RecordKind::Seal) || malformed_commit {
             // Intact, yet not something this build writes: never guess what it meant.
             return Err(Error::Corrupted {
@@ -687,7 +815,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         match RecordKind::from_u8(record.kind) {
             Some(RecordKind::Put) => self.recovery.puts += 1,
-            Some(RecordKind::PutCommit) => {
+            Some(RecordKind::PutCommit | RecordKind::MarkedPutCommit) => {
                 let suspect = state.suspect;
                 let Some(damaged) = self.count_damaged_puts(here, record, suspect)? else {
                     self.unstable(here, state);
@@ -724,9 +852,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 self.recovery.put_commits += 1;
                 self.recovery.corrupt_events_dropped += damaged;
                 self.recovery.events_committed += pushed;
+                self.apply_replayed_mark();
             }
             Some(RecordKind::Seal) => {}
-            Some(RecordKind::TakeCommit) => {
+            Some(RecordKind::TakeCommit | RecordKind::MarkedTakeCommit) => {
                 let mut cursor = 0usize;
                 let mut unmatched = 0;
                 // No liveness filter here: a checkpoint may hold an event whose segment was
@@ -749,10 +878,52 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 self.recovery.unmatched_takes += unmatched;
                 self.recovery.events_taken +=
                     self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;
+                self.apply_replayed_mark();
             }
             None => {}
         }
         Ok(())
+    }
+
+    /// A marked commit whose mark prefix makes no sense: corrupt if the record's bytes are
+    /// stable (an intact record this build would never write), else unstable (false), as
+    /// [`Self::for_each_pointer`] reports.
+    fn unstable_or_corrupt(
+        &mut self,
+        mut digest: crate::record::CrcDigest,
+        sealed: bool,
+        record: &RecordHeader,
+        head_at: u64,
+        text: usize,
+    ) -> Result<bool, Error<S::Error>> {
+        // The digest covers the text up to the end of the mark's prefix; read on from there.
+        let rest = text - COMMIT_PREFIX_BYTES - MARK_PREFIX_BYTES;
+        let tag = if sealed { TAG_BYTES } else { 0 };
+        let from = head_at + MARK_PREFIX_BYTES as u64;
+        stream_payload(&mut self.storage, from, (rest + tag) as u64, |c| {
+            digest.update(c)
+        })
+        .map_err(Error::Storage)?;
+        if digest.finalize() != record.crc {
+            return Ok(false);
+        }
+        Err(Error::Corrupted {
+            region: Region::Log,
+            offset: head_at,
+        })
+    }
+
+    /// Makes the mark [`Self::for_each_pointer`] left in the first pending entry (if the
+    /// commit it read last carried one) its stream's.
+    fn apply_replayed_mark(&mut self) {
+        let ew = self.config.mark_entry_words();
+        let (table, pending) = split_marks(self.memory.as_mut(), &self.config);
+        let e = mark::entry_mut(pending, ew, 0);
+        if let Some((stream, _)) = mark::head(e) {
+            mark::copy(e, mark::entry_mut(table, ew, stream as usize));
+            mark::clear(e);
+            self.recovery.marks_applied += 1;
+        }
     }
 
     /// True if the put at `p` lies where damage was seen in this run, so it must be re-checked.
@@ -826,9 +997,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let next = (offset + self.geo.record_span(record.len as u64), index + 1);
         let mut proven = false;
         self.walk(seg, next, state.limit, &mut |ch, at, _, rec| {
-            let commit = |r: &&RecordHeader| {
-                r.kind == RecordKind::PutCommit as u8 || r.kind == RecordKind::TakeCommit as u8
-            };
+            let commit =
+                |r: &&RecordHeader| RecordKind::from_u8(r.kind).is_some_and(RecordKind::is_commit);
             if let Some(r) = rec.filter(commit) {
                 // The mark is used only if the bytes it was read with pass the checks again.
                 let mut mark = [0u8; COMMIT_PREFIX_BYTES];
@@ -882,10 +1052,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             SegKeys::Plain => None,
             SegKeys::Broken => return Ok(false),
         };
-        let count = (text_len(keys, record) as usize - COMMIT_PREFIX_BYTES) / POINTER_BYTES;
+        let text = text_len(keys, record) as usize;
         let prefix_at =
             geo.segment_start(geo.slot_of(here.seq)) + here.offset + RECORD_HEADER_BYTES as u64;
-        let pointers = prefix_at + COMMIT_PREFIX_BYTES as u64;
         let start = self.recovery.first_segment;
         let mut digest = record.digest(here.seq);
         let mut prefix = [0u8; COMMIT_PREFIX_BYTES];
@@ -896,6 +1065,62 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if let Some(s) = sealer.as_mut() {
             s.decrypt(&mut prefix);
         }
+        let mut pointers = prefix_at + COMMIT_PREFIX_BYTES as u64;
+        let mut mark_len = 0;
+        let marked = RecordKind::from_u8(record.kind).is_some_and(RecordKind::is_marked);
+        let ew = self.config.mark_entry_words();
+        if ew > 0 {
+            let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+            mark::clear(mark::entry_mut(pending, ew, 0));
+        }
+        if marked {
+            let mut head = [0u8; MARK_PREFIX_BYTES];
+            self.storage
+                .read(Region::Log, pointers, &mut head)
+                .map_err(Error::Storage)?;
+            digest.update(&head);
+            if let Some(s) = sealer.as_mut() {
+                s.decrypt(&mut head);
+            }
+            let Some((stream, len)) = decode_mark_prefix(&head) else {
+                return self.unstable_or_corrupt(digest, sealer.is_some(), record, pointers, text);
+            };
+            mark_len = MARK_PREFIX_BYTES + padded(len) as usize;
+            if COMMIT_PREFIX_BYTES + mark_len > text {
+                return self.unstable_or_corrupt(digest, sealer.is_some(), record, pointers, text);
+            }
+            // A mark this configuration has no room for is read past, not kept.
+            let fits = stream < self.config.marks() && len <= self.config.mark_bytes();
+            let mut done = 0;
+            // Bounded by the record's length.
+            while done < padded(len) as usize {
+                let mut piece = [0u8; 8];
+                let at = pointers + (MARK_PREFIX_BYTES + done) as u64;
+                self.storage
+                    .read(Region::Log, at, &mut piece)
+                    .map_err(Error::Storage)?;
+                digest.update(&piece);
+                if let Some(s) = sealer.as_mut() {
+                    s.decrypt(&mut piece);
+                }
+                if fits {
+                    let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+                    let e = mark::entry_mut(pending, ew, 0);
+                    for (k, b) in piece.iter().enumerate() {
+                        if done + k < len as usize {
+                            mark::set_byte(e, done + k, *b);
+                        }
+                    }
+                }
+                done += 8;
+            }
+            if fits {
+                let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+                mark::set_head(mark::entry_mut(pending, ew, 0), stream, len);
+            }
+            pointers += mark_len as u64;
+        }
+        let count = (text - COMMIT_PREFIX_BYTES - mark_len) / POINTER_BYTES;
         let mut buf = [0u8; POINTERS_PER_CHUNK * POINTER_BYTES];
         let mut done = 0usize;
         let mut out_of_bounds = false;
@@ -924,6 +1149,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if let Some(s) = sealer {
             let mut tag = [0u8; TAG_BYTES];
             let at = pointers + (count * POINTER_BYTES) as u64;
+            debug_assert_eq!(at, prefix_at + text as u64);
             self.storage
                 .read(Region::Log, at, &mut tag)
                 .map_err(Error::Storage)?;

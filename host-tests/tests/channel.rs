@@ -767,6 +767,9 @@ fn ram_per_event_is_eight_bytes() {
     let per_slot =
         (Config::new(1000, 10, 3, 64, 4096).memory_bytes() - small.memory_bytes()) as u64;
     assert_eq!(per_slot, 10 * 8 + 24);
+    // Marks: a head word and the bytes in words, per stream and per transaction slot.
+    let marked = small.with_marks(4, 20).memory_bytes() - small.memory_bytes();
+    assert_eq!(marked, (4 + 2) * (8 + 24));
     let fixed = std::mem::size_of::<Channel<&mut Sim, &mut [u64]>>();
     let seal = std::mem::size_of::<sluicegate_core::seal::Sealer>();
     let cache = std::mem::size_of::<sluicegate_core::seal::SealerCache>();

@@ -458,13 +458,30 @@ const AGENT_MUTANTS: [(Mutant, &str); 2] = [
     ),
     (
         Mutant {
-            name: "the tail source moves its positions before the lines are committed",
+            name: "the tail source commits its lines without their positions (its mark)",
             file: "agent/src/sources/tail.rs",
-            from: "        let started = Instant::now();\n        let n = events.len() as u64;",
-            to: "        advance(&mut files, &mut known, &moved, &settings.positions)?;\n        let started = Instant::now();\n        let n = events.len() as u64;",
+            from: "            tx.set_mark(settings.stream, &bytes)\n",
+            to: "            let _ = &bytes;\n            Ok(())\n",
         },
-        "sigkill_during_file_tailing_loses_no_line",
+        "sigkill_during_file_tailing_loses_no_line_and_repeats_none",
     ),
+];
+
+/// Bugs in marks (a caller's progress committed with its events), each caught by the power-cut
+/// tests of `host-tests/tests/marks.rs`.
+const MARK_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "replay applies a commit's events but not the mark it carries",
+        file: "core/src/recovery.rs",
+        from: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;\n                self.apply_replayed_mark();",
+        to: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;",
+    },
+    Mutant {
+        name: "a checkpoint leaves the marks out, so marks committed in reclaimed segments are lost",
+        file: "core/src/checkpoint.rs",
+        from: "let marks_bytes = self.marks_area_bytes(started.sealed());",
+        to: "let marks_bytes = 0 * self.marks_area_bytes(started.sealed());",
+    },
 ];
 
 /// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and
@@ -515,6 +532,14 @@ fn mutants() -> Result {
         &unstable_args,
         &envs,
     )?;
+    let mark_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "marks"];
+    caught += catch_all(
+        &ws,
+        &MARK_MUTANTS,
+        "the marks' power-cut tests",
+        &mark_args,
+        &envs,
+    )?;
     // Bugs only a real process crash shows, caught by the kill test.
     let kill_args = [
         "test",
@@ -554,6 +579,7 @@ fn mutants() -> Result {
         + UNSTABLE_MUTANTS.len()
         + KILL_MUTANTS.len()
         + FIRMWARE_MUTANTS.len()
+        + MARK_MUTANTS.len()
         + AGENT_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())

@@ -322,6 +322,16 @@ impl FileChannel {
         }
     }
 
+    /// Stream `stream`'s newest committed mark (see [`Transaction::set_mark`]), or `None` if it
+    /// has none or `stream` is not below the configured `marks`.
+    pub fn mark(&self, stream: u16) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; self.shared.config.mark_bytes as usize];
+        let mut st = lock(&self.shared.state);
+        let n = st.core().mark(stream, &mut buf)?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Writes a whole checkpoint now.
     pub fn checkpoint(&self) -> Result<(), FileChannelError> {
         let mut st = lock(&self.shared.state);
@@ -530,6 +540,16 @@ impl<'a> Transaction<'a> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Attaches a mark: `bytes` become stream `stream`'s mark ([`FileChannel::mark`]) when this
+    /// transaction commits, in its commit record, and never if it rolls back or a crash cuts
+    /// the commit. A source records how far it read this way, in the same transaction as the
+    /// events it read, so a crash neither loses nor repeats them. At most `mark_bytes` bytes,
+    /// on a stream below `marks` (the channel's settings).
+    pub fn set_mark(&mut self, stream: u16, bytes: &[u8]) -> Result<(), FileChannelError> {
+        let mut st = lock(&self.channel.shared.state);
+        Ok(st.core().set_mark(self.txn, stream, bytes)?)
     }
 
     /// Takes the next available event into `buf` and returns its length, or `None` if none is

@@ -33,6 +33,8 @@ use crate::storage::Layout;
 /// | `max_event_bytes` | (none) | 1 MiB |
 /// | `max_transactions` | (none) | 64 |
 /// | `space_check_interval_ms` | (none) | 1,000 |
+/// | `marks` | (none) | 8 |
+/// | `mark_bytes` | (none) | 512 |
 /// | `[encryption]` | `encryption.*` | none: plaintext |
 ///
 /// The `[encryption]` section names the key that seals new data (`active_key`, an alias) and
@@ -83,6 +85,11 @@ pub struct FileChannelConfig {
     /// How often free space is measured for the `minimum_required_space_bytes` check
     /// (0: before every put).
     pub space_check_interval_ms: u64,
+    /// Mark streams: sources (the agent's file tail) record how far they read in the same
+    /// transaction as the events they read (0 to 1,024; 0 turns marks off).
+    pub marks: u16,
+    /// The longest mark, 1 to 4,096 bytes.
+    pub mark_bytes: u16,
     /// Encryption at rest: the active key and the key files.
     #[serde(skip_serializing_if = "EncryptionConfig::is_off")]
     pub encryption: EncryptionConfig,
@@ -106,6 +113,8 @@ impl Default for FileChannelConfig {
             max_event_bytes: 1 << 20,
             max_transactions: 64,
             space_check_interval_ms: 1_000,
+            marks: 8,
+            mark_bytes: 512,
             encryption: EncryptionConfig::default(),
         }
     }
@@ -248,13 +257,19 @@ impl FileChannelConfig {
             self.max_file_bytes,
         )
         .map(|c| c.with_checkpoints(0, 0, self.checkpoint_interval_ms))
+        .and_then(|c| match self.marks {
+            0 => Ok(c),
+            n => c.try_with_marks(n, self.mark_bytes),
+        })
         .map_err(|e| {
             ConfigError::new(format!(
-                "capacity {}, transaction_capacity {}, max_event_bytes {}, max_file_bytes {}: {}",
+                "capacity {}, transaction_capacity {}, max_event_bytes {}, max_file_bytes {}, marks {}, mark_bytes {}: {}",
                 self.capacity,
                 self.transaction_capacity,
                 self.max_event_bytes,
                 self.max_file_bytes,
+                self.marks,
+                self.mark_bytes,
                 e.message()
             ))
         })
@@ -268,9 +283,18 @@ impl FileChannelConfig {
             data_dirs: self.data_dirs.clone(),
             segment_bytes: self.max_file_bytes,
             segments: self.log_files,
-            // A started mark, the entries, a complete mark, rounded up to whole pages.
-            slot_bytes: (128 + 8 * self.capacity as u64).div_ceil(4096) * 4096,
+            slot_bytes: self.slot_bytes(),
         }
+    }
+
+    /// The size of a checkpoint slot file: a started mark, the entries, a complete mark and,
+    /// with marks, room for every stream's and a tag, rounded up to whole pages.
+    fn slot_bytes(&self) -> u64 {
+        let marks = match self.marks {
+            0 => 0,
+            n => n as u64 * (8 + (self.mark_bytes as u64).next_multiple_of(8)) + 16,
+        };
+        (128 + 8 * self.capacity as u64 + marks).div_ceil(4096) * 4096
     }
 
     /// Every directory the channel writes to.

@@ -127,12 +127,14 @@ fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
     Ok(DirLock { _file: file })
 }
 
-/// Tries the lock; if the lock file names this very process, waits up to two seconds for it.
+/// Tries the lock; if the lock file names this very process, or a process that no longer
+/// exists, waits up to two seconds for it.
 ///
 /// A `flock` belongs to the open file description, and a child this process forks (any thread's
 /// `Command::spawn`) shares that description until it execs and its close-on-exec descriptors go.
 /// So a channel closed and reopened in one process can, for that instant, find its own old lock
-/// still held. Another process's lock is reported at once.
+/// still held; and an owner killed while it spawned a command leaves the lock with that child
+/// for the same instant. A live process's lock is reported at once.
 fn lock_with_patience(file: &File) -> bool {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
     let start = std::time::Instant::now();
@@ -140,12 +142,23 @@ fn lock_with_patience(file: &File) -> bool {
         if file.try_lock().is_ok() {
             return true;
         }
-        let ours = lock_holder(file) == std::process::id().to_string();
-        if !ours || start.elapsed() >= PATIENCE {
+        let holder = lock_holder(file);
+        let ours = holder == std::process::id().to_string();
+        if !(ours || gone(&holder)) || start.elapsed() >= PATIENCE {
             return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// True if the lock file names a process that no longer exists (Linux's `/proc` tells): a
+/// child it forked an instant before it died holds the lock until that child execs.
+fn gone(holder: &str) -> bool {
+    let proc = Path::new("/proc");
+    !holder.is_empty()
+        && holder.bytes().all(|b| b.is_ascii_digit())
+        && proc.join("self").exists()
+        && !proc.join(holder).exists()
 }
 
 /// The process id written in the lock file by its holder, or "" if it cannot be read.

@@ -36,6 +36,9 @@ pub struct SnapshotOptions {
 struct Part {
     path: PathBuf,
     file: Option<File>,
+    /// The file's length: a checkpoint slot written before marks were on is shorter than the
+    /// layout, and reads as erased (zeros) past its end, as the writer grows it.
+    len: u64,
 }
 
 /// A read-only view of a channel's files; writes stay in memory. See the module docs.
@@ -60,9 +63,13 @@ fn region_id(r: Region) -> u8 {
     }
 }
 
-fn open_part(path: PathBuf, len: u64) -> Result<Part, FileError> {
+fn open_part(path: PathBuf, len: u64, shorter_ok: bool) -> Result<Part, FileError> {
     if !path.exists() {
-        return Ok(Part { path, file: None });
+        return Ok(Part {
+            path,
+            file: None,
+            len: 0,
+        });
     }
     let file = OpenOptions::new()
         .read(true)
@@ -72,7 +79,7 @@ fn open_part(path: PathBuf, len: u64) -> Result<Part, FileError> {
         .metadata()
         .map_err(|e| FileError::io("stat", &path, e))?
         .len();
-    if found != len {
+    if found != len && !(shorter_ok && found < len) {
         return Err(FileError::config(format!(
             "{} is {found} bytes, the layout says {len}: it was written with another configuration, or damaged (`sluicegate repair` mends it)",
             path.display()
@@ -81,6 +88,7 @@ fn open_part(path: PathBuf, len: u64) -> Result<Part, FileError> {
     Ok(Part {
         path,
         file: Some(file),
+        len: found,
     })
 }
 
@@ -101,7 +109,11 @@ impl SnapshotStorage {
         let segments = (0..layout.segments as usize)
             .map(|slot| {
                 let dir = &layout.data_dirs[slot % layout.data_dirs.len()];
-                open_part(dir.join(segment_name(slot)), layout.segment_bytes as u64)
+                open_part(
+                    dir.join(segment_name(slot)),
+                    layout.segment_bytes as u64,
+                    false,
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SnapshotStorage {
@@ -109,8 +121,13 @@ impl SnapshotStorage {
             checkpoint: open_part(
                 layout.checkpoint_dir.join("checkpoint.slot"),
                 layout.slot_bytes,
+                true,
             )?,
-            backup: open_part(layout.backup_dir.join("backup.slot"), layout.slot_bytes)?,
+            backup: open_part(
+                layout.backup_dir.join("backup.slot"),
+                layout.slot_bytes,
+                true,
+            )?,
             segment_bytes: layout.segment_bytes as u64,
             slot_bytes: layout.slot_bytes,
             hide_checkpoints: options.hide_checkpoints,
@@ -177,12 +194,12 @@ impl SnapshotStorage {
                 }
             };
             let n = (buf.len() - done).min(room as usize);
-            match &part.file {
-                Some(f) => f
-                    .read_exact_at(&mut buf[done..done + n], within)
-                    .map_err(|e| FileError::io("read", &part.path, e))?,
-                None => buf[done..done + n].fill(0),
+            let stored = part.len.saturating_sub(within).min(n as u64) as usize;
+            if let Some(f) = &part.file {
+                f.read_exact_at(&mut buf[done..done + stored], within)
+                    .map_err(|e| FileError::io("read", &part.path, e))?;
             }
+            buf[done + stored..done + n].fill(0);
             done += n;
         }
         Ok(())

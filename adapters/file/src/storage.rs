@@ -207,6 +207,25 @@ impl Mapped {
         Ok(m)
     }
 
+    /// Opens a checkpoint slot file, creating it if it does not exist. A slot file shorter than
+    /// `len` is grown with zeros (erased bytes) and synced first: the layout asks for more room
+    /// than when it was created (marks were turned on, or came with a newer version). What it
+    /// holds stays where it is, so its checkpoint stays valid.
+    fn open_slot(path: PathBuf, len: u64) -> Result<Self, FileError> {
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.len() < len {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| FileError::io("open", &path, e))?;
+                write_zeros(&file, &path, meta.len(), len)?;
+                file.sync_all()
+                    .map_err(|e| FileError::io("sync", &path, e))?;
+            }
+        }
+        Mapped::open_or_create(path, len)
+    }
+
     /// Opens `path`, creating it if it does not exist.
     fn open_or_create(path: PathBuf, len: u64) -> Result<Self, FileError> {
         if path.exists() {
@@ -418,8 +437,8 @@ impl FileStorage {
         }
         let slot_bytes = layout.slot_bytes;
         let checkpoint =
-            Mapped::open_or_create(layout.checkpoint_dir.join("checkpoint.slot"), slot_bytes)?;
-        let backup = Mapped::open_or_create(layout.backup_dir.join("backup.slot"), slot_bytes)?;
+            Mapped::open_slot(layout.checkpoint_dir.join("checkpoint.slot"), slot_bytes)?;
+        let backup = Mapped::open_slot(layout.backup_dir.join("backup.slot"), slot_bytes)?;
         Ok(FileStorage {
             segments,
             data_dirs: layout.data_dirs.clone(),

@@ -553,3 +553,62 @@ fn a_held_lock_is_an_error_of_its_own_kind() {
     let other = FileChannel::open(bad).unwrap_err();
     assert!(!other.is_locked(), "{other}");
 }
+
+/// A mark committed with a transaction survives a restart from a checkpoint and a restart
+/// that replays the whole log; a home whose slot files were made before marks (no room for them) gets
+/// them grown at open, keeping its checkpoint; a mark too long is refused.
+#[test]
+fn marks_survive_restarts_and_old_slot_files_grow() {
+    let root = tempfile::tempdir().unwrap();
+    let old = FileChannelConfig {
+        marks: 0,
+        ..small(root.path())
+    };
+    {
+        let ch = FileChannel::open(old.clone()).unwrap();
+        put_one(&ch, b"before marks");
+        ch.close().unwrap();
+    }
+    let slot = root.path().join("checkpoint").join("checkpoint.slot");
+    let before = std::fs::metadata(&slot).unwrap().len();
+    let config = small(root.path());
+    assert_eq!(config.marks, 8, "marks are on by default");
+    {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        assert_eq!(
+            ch.recovery().path,
+            RecoveryPath::Checkpoint,
+            "the old checkpoint holds"
+        );
+        assert_eq!(ch.len(), 1);
+        assert!(
+            std::fs::metadata(&slot).unwrap().len() > before,
+            "the slot file grew"
+        );
+        assert_eq!(ch.mark(2), None);
+        let mut tx = ch.begin().unwrap();
+        tx.put(b"e").unwrap();
+        tx.set_mark(2, b"file 7 at 4096").unwrap();
+        tx.commit().unwrap();
+        let mut tx = ch.begin().unwrap();
+        assert!(tx.set_mark(2, &[0; 513]).is_err(), "over mark_bytes");
+        assert!(tx.set_mark(8, b"x").is_err(), "no such stream");
+        tx.rollback().unwrap();
+        ch.close().unwrap();
+    }
+    {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        assert_eq!(ch.mark(2).as_deref(), Some(&b"file 7 at 4096"[..]));
+        let mut tx = ch.begin().unwrap();
+        tx.set_mark(2, b"file 7 at 8192").unwrap();
+        tx.commit().unwrap();
+        ch.close().unwrap();
+    }
+    // Both checkpoint slots gone: the mark comes back by replaying the log.
+    std::fs::remove_file(&slot).unwrap();
+    std::fs::remove_file(root.path().join("backup").join("backup.slot")).unwrap();
+    let ch = FileChannel::open(config).unwrap();
+    assert_eq!(ch.recovery().path, RecoveryPath::FullReplay);
+    assert_eq!(ch.mark(2).as_deref(), Some(&b"file 7 at 8192"[..]));
+    assert_eq!(ch.len(), 2);
+}

@@ -7,10 +7,16 @@
 //! waits for its newline. A line over the channel's `max_event_bytes` is skipped, with a warning
 //! and a count.
 //!
-//! The read position of every file is written to the positions file, durably, after each
-//! commit of the lines read. A kill between the commit and that write makes the next run read
-//! that one batch again: the tail source delivers every line at least once, and duplicates
-//! only the batch whose commit was in flight (docs/guarantees.md says how to tell them apart).
+//! The read positions travel in the same channel transaction as the lines read: a mark on the
+//! source's own mark stream ([`Transaction::set_mark`]), which takes effect with the commit or
+//! not at all, holds the positions of the files the batch moved (and of files followed since
+//! the last batch). Every position is also written to the positions file after each commit, so
+//! at a restart that file misses at most the last commit, and that commit's mark has what it
+//! misses: a kill at any moment neither loses nor repeats a line. If one batch's positions do
+//! not fit in `mark_bytes`, its mark says so, and a kill right after that batch repeats it (the
+//! log says so too).
+//!
+//! [`Transaction::set_mark`]: sluicegate_file::Transaction::set_mark
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -27,6 +33,10 @@ use crate::sinks::sleep_unless;
 /// How a tail source runs.
 #[derive(Debug, Clone)]
 pub struct TailSettings {
+    /// The source's name, in its marks.
+    pub name: String,
+    /// The channel's mark stream this source keeps its positions in.
+    pub stream: u16,
     /// Glob patterns.
     pub paths: Vec<String>,
     /// The positions file.
@@ -38,6 +48,9 @@ pub struct TailSettings {
     /// Start files first seen at their end.
     pub from_end: bool,
 }
+
+/// Read positions by device and inode.
+type Positions = HashMap<(u64, u64), u64>;
 
 /// One file's read position, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +68,110 @@ pub struct Position {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PositionsFile {
     files: Vec<Position>,
+}
+
+/// What a tail source's mark holds: its name and, if they fit, the positions of every file
+/// whose position differs from what the positions file says (the files the commit moved, files
+/// followed since the file was written, positions a restart took from the previous mark). The
+/// file holds the others, since it is written after every commit: at a restart it may miss
+/// only the last commit, whose mark this is.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct TailMark {
+    source: String,
+    /// False when the positions did not fit in `mark_bytes`: the positions file is all there is.
+    exact: bool,
+    /// `(device, inode, offset)`.
+    files: Vec<(u64, u64, u64)>,
+}
+
+/// The first bytes of a tail source's mark, so no other mark is taken for one.
+const MARK_MAGIC: &[u8; 6] = b"SGTL1:";
+
+fn encode_mark(m: &TailMark) -> Vec<u8> {
+    let mut out = MARK_MAGIC.to_vec();
+    out.extend(postcard::to_stdvec(m).unwrap_or_default());
+    out
+}
+
+fn decode_mark(bytes: &[u8]) -> Option<TailMark> {
+    postcard::from_bytes(bytes.strip_prefix(MARK_MAGIC)?).ok()
+}
+
+/// Gives each tail source of a channel a mark stream: the one whose mark names it, else one
+/// with no mark or the mark of a source no longer configured (whose progress is forgotten).
+/// Fails if the channel has fewer streams than tail sources.
+pub fn assign_streams(
+    channel: &sluicegate_file::FileChannel,
+    sources: &[String],
+) -> Result<HashMap<String, u16>, String> {
+    let streams = channel.config().marks;
+    let owners: Vec<Option<String>> = (0..streams)
+        .map(|s| {
+            channel
+                .mark(s)
+                .and_then(|m| decode_mark(&m))
+                .map(|m| m.source)
+        })
+        .collect();
+    let mut assigned = HashMap::new();
+    for name in sources {
+        if let Some(s) = owners.iter().position(|o| o.as_deref() == Some(name)) {
+            assigned.insert(name.clone(), s as u16);
+        }
+    }
+    let taken: Vec<u16> = assigned.values().copied().collect();
+    let mut free = (0..streams).filter(|&s| {
+        let held = owners[s as usize]
+            .as_ref()
+            .is_some_and(|o| sources.contains(o));
+        !held && !taken.contains(&s)
+    });
+    for name in sources {
+        if assigned.contains_key(name) {
+            continue;
+        }
+        let Some(s) = free.next() else {
+            return Err(format!(
+                "the channel has {streams} mark streams (`marks` in its sluicegate.toml) for {} tail sources: each tail source needs one",
+                sources.len()
+            ));
+        };
+        assigned.insert(name.clone(), s);
+    }
+    Ok(assigned)
+}
+
+/// The positions file's positions, and the positions to start from: those, with the files the
+/// last commit moved taken from its mark, which the channel kept with that commit (the file is
+/// written after every commit, so it can miss only the last one).
+fn starting_positions(
+    served: &Served,
+    settings: &TailSettings,
+) -> Result<(Positions, Positions), String> {
+    let on_disk: Positions = positions_or_start_over(&settings.positions)?
+        .into_iter()
+        .map(|p| ((p.dev, p.inode), p.offset))
+        .collect();
+    let mut known = on_disk.clone();
+    let mark = served
+        .channel
+        .mark(settings.stream)
+        .and_then(|m| decode_mark(&m))
+        .filter(|m| m.source == settings.name);
+    match mark {
+        Some(m) if m.exact => {
+            tracing::info!(
+                files = m.files.len(),
+                "tail: the last commit's positions come from the channel's mark"
+            );
+            known.extend(m.files.into_iter().map(|(d, i, o)| ((d, i), o)));
+        }
+        Some(_) => tracing::warn!(
+            "tail: the last commit's positions did not fit in the channel's mark: its batch may be read again"
+        ),
+        None => {}
+    }
+    Ok((on_disk, known))
 }
 
 /// Reads the positions file; a missing file means no positions.
@@ -109,10 +226,10 @@ pub fn run_tail(
     metrics: &Component,
 ) -> Result<(), String> {
     let max_event = served.channel.config().max_event_bytes as usize;
-    let mut known: HashMap<(u64, u64), u64> = positions_or_start_over(&settings.positions)?
-        .into_iter()
-        .map(|p| ((p.dev, p.inode), p.offset))
-        .collect();
+    let mark_room = served.channel.config().mark_bytes as usize;
+    // `on_disk`: what the positions file says; every other position goes in the next mark.
+    let (mut on_disk, mut known) = starting_positions(served, settings)?;
+    let mut warned_inexact = false;
     let mut files: BTreeMap<(u64, u64), Tracked> = BTreeMap::new();
     let mut last_scan: Option<Instant> = None;
     let mut buf = vec![0u8; CHUNK_BYTES.max(max_event + 1)];
@@ -141,27 +258,53 @@ pub fn run_tail(
         }
         let started = Instant::now();
         let n = events.len() as u64;
-        if n > 0 {
-            ChannelCounters::add(&served.counters.put_attempts, n);
-            let mut tx = served.channel.begin().map_err(|e| e.to_string())?;
-            let mut put_all = || -> Result<(), sluicegate_file::FileChannelError> {
-                for e in &events {
-                    tx.put(e)?;
-                }
-                Ok(())
-            };
-            if let Err(e) = put_all() {
-                // Nothing is committed and no position moves: the same lines are read again.
-                drop(tx);
-                metrics.errors.inc();
-                tracing::warn!("tail: cannot put {n} lines, trying again: {e}");
-                sleep_unless(stop, settings.poll);
-                continue;
+        // Every position after this batch that the positions file does not hold goes in its
+        // transaction (even one of skipped lines only).
+        let mut mark = TailMark {
+            source: settings.name.clone(),
+            exact: true,
+            files: files
+                .iter()
+                .map(|(&(dev, ino), t)| {
+                    let moved_to = moved.iter().find(|(id, _)| *id == (dev, ino));
+                    (dev, ino, moved_to.map_or(t.offset, |&(_, end)| end))
+                })
+                .filter(|&(dev, ino, offset)| on_disk.get(&(dev, ino)) != Some(&offset))
+                .collect(),
+        };
+        let mut bytes = encode_mark(&mark);
+        if bytes.len() > mark_room {
+            if !warned_inexact {
+                warned_inexact = true;
+                tracing::warn!(
+                    files = mark.files.len(),
+                    mark_bytes = mark_room,
+                    "tail: the positions of the files one batch moved do not fit in the channel's mark_bytes: a kill may repeat such a batch (raise mark_bytes, or lower the batch)"
+                );
             }
-            tx.commit().map_err(|e| e.to_string())?;
-            ChannelCounters::add(&served.counters.put_successes, n);
+            mark.exact = false;
+            mark.files.clear();
+            bytes = encode_mark(&mark);
         }
-        advance(&mut files, &mut known, &moved, &settings.positions)?;
+        ChannelCounters::add(&served.counters.put_attempts, n);
+        let mut tx = served.channel.begin().map_err(|e| e.to_string())?;
+        let mut put_all = || -> Result<(), sluicegate_file::FileChannelError> {
+            for e in &events {
+                tx.put(e)?;
+            }
+            tx.set_mark(settings.stream, &bytes)
+        };
+        if let Err(e) = put_all() {
+            // Nothing is committed and no position moves: the same lines are read again.
+            drop(tx);
+            metrics.errors.inc();
+            tracing::warn!("tail: cannot put {n} lines, trying again: {e}");
+            sleep_unless(stop, settings.poll);
+            continue;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        ChannelCounters::add(&served.counters.put_successes, n);
+        on_disk = advance(&mut files, &mut known, &moved, &settings.positions)?;
         metrics.events.inc_by(n);
         metrics.batches.inc();
         metrics.latency.observe(started.elapsed().as_secs_f64());
@@ -170,11 +313,7 @@ pub fn run_tail(
 }
 
 /// Matches the globs, opening new files and forgetting old ones read to their end.
-fn scan(
-    settings: &TailSettings,
-    files: &mut BTreeMap<(u64, u64), Tracked>,
-    known: &mut HashMap<(u64, u64), u64>,
-) {
+fn scan(settings: &TailSettings, files: &mut BTreeMap<(u64, u64), Tracked>, known: &mut Positions) {
     for t in files.values_mut() {
         t.matched = false;
     }
@@ -300,20 +439,22 @@ fn newline_after(file: &File, mut from: u64, len: u64, buf: &mut [u8]) -> Option
     None
 }
 
-/// Moves the read positions past what was just committed, and writes them durably.
+/// Moves the read positions past what was just committed, and writes them to the positions
+/// file (the channel's mark already holds them). Returns what the file now says.
 fn advance(
     files: &mut BTreeMap<(u64, u64), Tracked>,
-    known: &mut HashMap<(u64, u64), u64>,
+    known: &mut Positions,
     moved: &[((u64, u64), u64)],
     positions: &Path,
-) -> Result<(), String> {
+) -> Result<Positions, String> {
     for &(id, end) in moved {
         if let Some(t) = files.get_mut(&id) {
             t.offset = end;
         }
         known.insert(id, end);
     }
-    write_positions(positions, files)
+    write_positions(positions, files)?;
+    Ok(files.iter().map(|(&id, t)| (id, t.offset)).collect())
 }
 
 fn write_positions(path: &Path, files: &BTreeMap<(u64, u64), Tracked>) -> Result<(), String> {
@@ -381,13 +522,16 @@ mod tests {
 
     /// A truncated file is read again from its start, a line over max_event_bytes is skipped
     /// (the lines around it are kept), a partial last line waits for its newline, and a corrupt
-    /// positions file is kept aside while every file is read from its start.
+    /// positions file (with no mark in the channel) is kept aside while every file is read from
+    /// its start.
     #[test]
     fn truncation_long_lines_partial_lines_and_a_corrupt_positions_file() {
         let tmp = tempfile::tempdir().unwrap();
         let served = channel(&tmp.path().join("ch"));
         let log = tmp.path().join("app.log");
         let settings = TailSettings {
+            name: "t".into(),
+            stream: 0,
             paths: vec![log.display().to_string()],
             positions: tmp.path().join("pos"),
             batch: 10,
@@ -407,13 +551,123 @@ mod tests {
         writeln!(f, "c").unwrap();
         run_until(&served, &settings, |s| !s.channel.is_empty());
         assert_eq!(drain(&served), ["c"]);
-        // A positions file of garbage: kept aside, and the file is read again from its start.
+        // A positions file of garbage, on a channel that holds no mark for the source (so the
+        // file is all there is): kept aside, and the file is read again from its start.
+        let fresh = channel(&tmp.path().join("ch2"));
         std::fs::write(&settings.positions, b"\xff garbage").unwrap();
-        run_until(&served, &settings, |s| !s.channel.is_empty());
-        assert_eq!(drain(&served), ["c"]);
+        run_until(&fresh, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&fresh), ["c"]);
         let mut aside = settings.positions.as_os_str().to_owned();
         aside.push(".corrupt");
         assert_eq!(std::fs::read(&aside).unwrap(), b"\xff garbage");
         assert!(load_positions(&settings.positions).is_ok());
+    }
+
+    /// The positions travel in the channel's mark: a restart whose positions file is stale (a
+    /// kill between the commit and that file's write) or gone continues from the mark, so no
+    /// line is read twice.
+    #[test]
+    fn a_restart_continues_from_the_mark_not_a_stale_positions_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let served = channel(&tmp.path().join("ch"));
+        let log = tmp.path().join("app.log");
+        let settings = TailSettings {
+            name: "t".into(),
+            stream: 3,
+            paths: vec![log.display().to_string()],
+            positions: tmp.path().join("pos"),
+            batch: 10,
+            poll: Duration::from_millis(5),
+            from_end: false,
+        };
+        let mut f = std::fs::File::create(&log).unwrap();
+        writeln!(f, "a\nb").unwrap();
+        run_until(&served, &settings, |s| s.channel.len() >= 2);
+        assert_eq!(drain(&served), ["a", "b"]);
+        let stale = std::fs::read(&settings.positions).unwrap();
+        writeln!(f, "c").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["c"]);
+        // As if the kill came after the commit of "c" and before the positions file's write.
+        std::fs::write(&settings.positions, &stale).unwrap();
+        writeln!(f, "d").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["d"], "c is not read again");
+        std::fs::remove_file(&settings.positions).unwrap();
+        writeln!(f, "e").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["e"]);
+        let mark = decode_mark(&served.channel.mark(3).unwrap()).unwrap();
+        assert_eq!(mark.source, "t");
+        assert!(mark.exact);
+        assert_eq!(mark.files.len(), 1);
+        assert_eq!(mark.files[0].2, 10, "five lines of two bytes");
+    }
+
+    /// Two kills in a row, each between a commit and the positions file's write: the run in
+    /// between reads another file, and its mark must still carry the first file's position,
+    /// which only the previous mark had.
+    #[test]
+    fn two_kills_in_a_row_repeat_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let served = channel(&tmp.path().join("ch"));
+        let (one, two) = (tmp.path().join("one.log"), tmp.path().join("two.log"));
+        let settings = TailSettings {
+            name: "t".into(),
+            stream: 0,
+            paths: vec![tmp.path().join("*.log").display().to_string()],
+            positions: tmp.path().join("pos"),
+            batch: 10,
+            poll: Duration::from_millis(5),
+            from_end: false,
+        };
+        let mut f1 = std::fs::File::create(&one).unwrap();
+        let mut f2 = std::fs::File::create(&two).unwrap();
+        writeln!(f1, "a").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["a"]);
+        let stale = std::fs::read(&settings.positions).unwrap();
+        writeln!(f1, "b").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["b"]);
+        std::fs::write(&settings.positions, &stale).unwrap(); // first kill
+        writeln!(f2, "c").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["c"], "b is not read again");
+        std::fs::write(&settings.positions, &stale).unwrap(); // second kill
+        writeln!(f2, "d").unwrap();
+        run_until(&served, &settings, |s| !s.channel.is_empty());
+        assert_eq!(drain(&served), ["d"], "neither b nor c is read again");
+    }
+
+    /// Each tail source keeps its stream across restarts; a removed source's stream is given
+    /// to a new one; more sources than streams is an error that says so.
+    #[test]
+    fn streams_are_kept_reused_and_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let served = channel(&tmp.path().join("ch"));
+        let ch = &served.channel;
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let give = |source: &str, stream: u16| {
+            let mut tx = ch.begin().unwrap();
+            let m = TailMark {
+                source: source.into(),
+                exact: true,
+                files: vec![],
+            };
+            tx.set_mark(stream, &encode_mark(&m)).unwrap();
+            tx.commit().unwrap();
+        };
+        give("b", 0);
+        give("gone", 1);
+        let a = assign_streams(ch, &names(&["a", "b"])).unwrap();
+        assert_eq!(a["b"], 0, "b keeps its stream");
+        assert_eq!(a["a"], 1, "the removed source's stream is reused");
+        let many: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
+        let e = assign_streams(ch, &many).unwrap_err();
+        assert!(
+            e.contains("8 mark streams") && e.contains("9 tail sources"),
+            "{e}"
+        );
     }
 }
