@@ -39,6 +39,40 @@ pub struct Txn {
     generation: u32,
 }
 
+/// An event's identity within its channel: the sequence number of the log segment its put
+/// record is in, and the record's offset there. A put record is written once and never moves,
+/// and segment numbers never repeat, so an event keeps its id across rollbacks, crashes and
+/// redeliveries, and no two events of a channel share one. Ids grow in write order. A sink
+/// sends it with each event so that a destination can drop the duplicates a crash between its
+/// acknowledgement and the take's commit causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EventId {
+    seq: u64,
+    offset: u32,
+}
+
+impl EventId {
+    const fn new(seq: u64, offset: u32) -> Self {
+        EventId { seq, offset }
+    }
+
+    /// The sequence number of the segment holding the event's put record.
+    pub const fn segment(self) -> u64 {
+        self.seq
+    }
+
+    /// The put record's offset in its segment.
+    pub const fn offset(self) -> u32 {
+        self.offset
+    }
+
+    /// The id as one number, `segment × 2^32 + offset`.
+    pub const fn get(self) -> u128 {
+        (self.seq as u128) << 32 | self.offset as u128
+    }
+}
+
 /// A position in the log: every record written before it. See [`Channel::sync_mark`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -553,6 +587,17 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// look at the queue, even when no event is left: a caller that drains the channel in one
     /// transaction as large as the channel must stop at the capacity, not wait for `None`.
     pub fn take(&mut self, txn: Txn, buf: &mut [u8]) -> Result<Option<usize>, Error<S::Error>> {
+        Ok(self.take_with_id(txn, buf)?.map(|(n, _)| n))
+    }
+
+    /// As [`Channel::take`], and also returns the event's [`EventId`]: the same for the same
+    /// event however often it is delivered (after a rollback or a crash), and different for
+    /// every event the channel ever holds.
+    pub fn take_with_id(
+        &mut self,
+        txn: Txn,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, EventId)>, Error<S::Error>> {
         let mut slot = self.open_slot(txn)?;
         if slot.kind == KIND_PUT {
             return Err(Error::WrongTransactionKind);
@@ -575,7 +620,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     slot.kind = KIND_TAKE;
                     slot.store(txns, txn.slot as usize);
                     self.stats.takes += 1;
-                    return Ok(Some(n));
+                    let seq = self.geo.seq_of_slot(ptr.slot, self.seq);
+                    return Ok(Some((n, EventId::new(seq, ptr.offset))));
                 }
                 Err(ReadFail::Corrupt) => {
                     slot.count += 1;

@@ -46,7 +46,7 @@ mod recovery;
 pub mod seal;
 pub mod storage;
 
-pub use channel::{Channel, Stats, SyncMark, Txn};
+pub use channel::{Channel, EventId, Stats, SyncMark, Txn};
 pub use config::{
     Config, MAX_MARK_BYTES, MAX_MARK_STREAMS, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS,
 };

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sluicegate_core::{Channel, Error, Recovery, Stats, SyncMark, Txn};
+use sluicegate_core::{Channel, Error, EventId, Recovery, Stats, SyncMark, Txn};
 
 use crate::config::{ConfigError, FileChannelConfig};
 use crate::keys::Keyring;
@@ -174,6 +174,8 @@ struct Group {
 
 struct Shared {
     config: FileChannelConfig,
+    /// See [`FileChannel::identity`].
+    identity: u128,
     state: Mutex<State>,
     /// Signalled after every sync and rollback: room may have been freed.
     room: Condvar,
@@ -216,11 +218,14 @@ impl FileChannel {
         let keys = config.keyring()?;
         let core_config = config.core_config()?;
         let storage = FileStorage::open(&config.layout()).map_err(FileChannelError::Storage)?;
+        let identity = crate::dirs::channel_identity(&config.checkpoint_dir)
+            .map_err(FileChannelError::Storage)?;
         let memory = vec![0u64; core_config.memory_words()];
         let core = Channel::open_with_keys(storage, memory, core_config, keys)?;
         let recovery = *core.recovery();
         let shared = Arc::new(Shared {
             config,
+            identity,
             state: Mutex::new(State {
                 core: Some(core),
                 space_checked: None,
@@ -259,6 +264,13 @@ impl FileChannel {
             recovery,
             open_duration: started.elapsed(),
         })
+    }
+
+    /// The channel's identity: a random number made when the channel was first opened and kept
+    /// in its checkpoint directory (`sluicegate.id`). With an [`EventId`] it names an event
+    /// uniquely among all channels; a restored backup gets a new identity.
+    pub fn identity(&self) -> u128 {
+        self.shared.identity
     }
 
     /// What opening found and did.
@@ -555,8 +567,7 @@ impl<'a> Transaction<'a> {
     /// Takes the next available event into `buf` and returns its length, or `None` if none is
     /// available now. The event leaves the channel when the transaction commits.
     pub fn take(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FileChannelError> {
-        let mut st = lock(&self.channel.shared.state);
-        Ok(st.core().take(self.txn, buf)?)
+        Ok(self.take_wait_with_id(buf, Duration::ZERO)?.map(|(n, _)| n))
     }
 
     /// Like [`take`](Self::take), but when no event is available waits up to `wait` for a
@@ -566,14 +577,25 @@ impl<'a> Transaction<'a> {
         buf: &mut [u8],
         wait: Duration,
     ) -> Result<Option<usize>, FileChannelError> {
+        Ok(self.take_wait_with_id(buf, wait)?.map(|(n, _)| n))
+    }
+
+    /// Like [`take_wait`](Self::take_wait), and also returns the event's [`EventId`]: the
+    /// same every time the event is delivered, unique in the channel (see
+    /// [`FileChannel::identity`] for the channel's).
+    pub fn take_wait_with_id(
+        &mut self,
+        buf: &mut [u8],
+        wait: Duration,
+    ) -> Result<Option<(usize, EventId)>, FileChannelError> {
         let shared = &*self.channel.shared;
         let deadline = Instant::now() + wait;
         let mut st = lock(&shared.state);
         // Bounded by the deadline. Every applied commit (group sync, checkpoint sync) signals
         // `room` under this mutex, so no commit can slip in between the take and the wait.
         loop {
-            if let Some(n) = st.core().take(self.txn, buf)? {
-                return Ok(Some(n));
+            if let Some(got) = st.core().take_with_id(self.txn, buf)? {
+                return Ok(Some(got));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -595,19 +617,27 @@ impl<'a> Transaction<'a> {
     /// Like [`take_vec`](Self::take_vec), waiting up to `wait` as
     /// [`take_wait`](Self::take_wait) does.
     pub fn take_vec_wait(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, FileChannelError> {
+        Ok(self.take_vec_wait_with_id(wait)?.map(|(e, _)| e))
+    }
+
+    /// Like [`take_vec_wait`](Self::take_vec_wait), with the event's id.
+    pub fn take_vec_wait_with_id(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(Vec<u8>, EventId)>, FileChannelError> {
         // Most events are small: try a small buffer, and on a larger event (which is left in
         // place, with its length reported) allocate exactly what it needs.
         let mut buf = vec![0u8; 512];
-        let n = match self.take_wait(&mut buf, wait) {
+        let got = match self.take_wait_with_id(&mut buf, wait) {
             Err(FileChannelError::Channel(Error::BufferTooSmall { needed })) => {
                 buf = vec![0u8; needed];
-                self.take(&mut buf)?
+                self.take_wait_with_id(&mut buf, Duration::ZERO)?
             }
             other => other?,
         };
-        Ok(n.map(|n| {
+        Ok(got.map(|(n, id)| {
             buf.truncate(n);
-            buf
+            (buf, id)
         }))
     }
 

@@ -233,6 +233,41 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
 }
 
 /// Makes a directory's entries (files created, renamed or removed in it) durable.
+/// The file in the checkpoint directory that holds the channel's identity.
+pub const IDENTITY_FILE: &str = "sluicegate.id";
+
+/// The channel's identity, a random 128-bit number kept in `dir/sluicegate.id` (32 hexadecimal
+/// digits), made at the first open. A missing or unreadable file gets a new identity: that is
+/// always safe, since a destination that drops duplicates by (identity, event id) then drops
+/// nothing it should keep. Backups do not carry it, so a restored copy of a channel never
+/// shares its original's identity. Call with the directory's lock held.
+pub(crate) fn channel_identity(dir: &Path) -> Result<u128, FileError> {
+    let path = dir.join(IDENTITY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let text = text.trim();
+        if text.len() == 32 {
+            if let Ok(id) = u128::from_str_radix(text, 16) {
+                return Ok(id);
+            }
+        }
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        FileError::config(format!("no random numbers for the channel's identity: {e}"))
+    })?;
+    let id = u128::from_le_bytes(bytes);
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{id:032x}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| FileError::io("write", &path, e))?;
+    sync_dir(dir)?;
+    Ok(id)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -612,3 +612,36 @@ fn marks_survive_restarts_and_old_slot_files_grow() {
     assert_eq!(ch.mark(2).as_deref(), Some(&b"file 7 at 8192"[..]));
     assert_eq!(ch.len(), 2);
 }
+
+/// The channel's identity stays across reopens, and a damaged identity file gets a new one
+/// rather than stopping the channel; an event's id is the same each time it is delivered.
+#[test]
+fn identity_and_event_ids() {
+    let root = tempfile::tempdir().unwrap();
+    let config = small(root.path());
+    let first = {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        put_one(&ch, b"x");
+        let mut tx = ch.begin().unwrap();
+        let (e, id) = tx.take_vec_wait_with_id(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(e, b"x");
+        tx.rollback().unwrap();
+        let mut tx = ch.begin().unwrap();
+        let (_, again) = tx.take_vec_wait_with_id(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(id, again, "the same id when delivered again");
+        tx.rollback().unwrap();
+        ch.identity()
+    };
+    let ch = FileChannel::open(config.clone()).unwrap();
+    assert_eq!(ch.identity(), first);
+    drop(ch);
+    let file = root.path().join("checkpoint").join("sluicegate.id");
+    std::fs::write(&file, b"\xff not an id").unwrap();
+    let ch = FileChannel::open(config).unwrap();
+    assert_ne!(ch.identity(), first, "a new identity");
+    assert_eq!(ch.len(), 1, "the events are still there");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        format!("{:032x}", ch.identity())
+    );
+}
