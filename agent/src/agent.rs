@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use sluicegate_file::{FileChannel, FileChannelConfig};
 
-use crate::config::{channel_settings, AgentConfig, SinkSection, SourceSection};
+use crate::config::{channel_settings, host_port, AgentConfig, SinkSection, SourceSection};
 use crate::metrics::{Metrics, Served};
 use crate::owner::Owner;
 use crate::session::HANDOVER_PATIENCE;
 use crate::sinks::exec::ExecSink;
-use crate::sinks::{run_sink, LocalTakes, RunnerSettings};
+use crate::sinks::mqtt::{MqttSettings, MqttSink};
+use crate::sinks::{run_sink, LocalTakes, RunnerSettings, Sink};
 use crate::sources::tail::{assign_streams, run_tail, TailSettings};
 
 /// Why the agent could not start, or stopped on a failure.
@@ -172,7 +173,9 @@ fn program_exists(program: &str) -> bool {
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     config.check().map_err(AgentError::Config)?;
     for (name, sink) in &config.sinks {
-        let SinkSection::Exec { command, .. } = sink;
+        let SinkSection::Exec { command, .. } = sink else {
+            continue;
+        };
         if let Some(program) = command.first().filter(|p| !program_exists(p)) {
             return Err(AgentError::Config(format!(
                 "sinks.{name}.command: no program {program:?} (not an executable file, nor found in PATH)"
@@ -225,21 +228,44 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
 
     let mut threads: Vec<(String, JoinHandle<Result<(), String>>)> = Vec::new();
     for (name, sink) in &config.sinks {
-        let SinkSection::Exec {
-            channel,
-            command,
-            batch,
-            backoff_ms,
-            max_backoff_ms,
-            timeout_ms,
-        } = sink;
+        let channel = sink.channel();
         let s = by_name(channel);
         let component = metrics.component("sink", name, channel);
-        let mut exec = ExecSink::new(command.clone(), Duration::from_millis(*timeout_ms));
+        let mut deliver: Box<dyn Sink> = match sink {
+            SinkSection::Exec {
+                command,
+                timeout_ms,
+                ..
+            } => Box::new(ExecSink::new(
+                command.clone(),
+                Duration::from_millis(*timeout_ms),
+            )),
+            SinkSection::Mqtt {
+                broker,
+                topic,
+                client_id,
+                timeout_ms,
+                ..
+            } => {
+                // `check` accepted the broker's form.
+                let (host, port) = host_port(broker).map_err(AgentError::Config)?;
+                Box::new(MqttSink::new(MqttSettings {
+                    host,
+                    port,
+                    topic: topic.clone(),
+                    client_id: client_id
+                        .clone()
+                        .unwrap_or_else(|| format!("sluicegate-{name}")),
+                    timeout: Duration::from_millis(*timeout_ms),
+                    identity: s.channel.identity(),
+                }))
+            }
+        };
+        let (batch, backoff_ms, max_backoff_ms) = sink.pacing();
         let settings = RunnerSettings {
-            batch: (*batch).min(s.channel.config().transaction_capacity),
-            backoff: Duration::from_millis(*backoff_ms),
-            max_backoff: Duration::from_millis(*max_backoff_ms),
+            batch: batch.min(s.channel.config().transaction_capacity),
+            backoff: Duration::from_millis(backoff_ms),
+            max_backoff: Duration::from_millis(max_backoff_ms),
             until_empty: false,
             limit: None,
             channel_errors_fatal: false,
@@ -250,7 +276,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             .name(key.clone())
             .spawn(move || {
                 let mut side = LocalTakes::new(&s);
-                run_sink(&mut exec, &mut side, settings, &stop, Some(&component)).map(drop)
+                run_sink(&mut *deliver, &mut side, settings, &stop, Some(&component)).map(drop)
             })
             .map_err(|e| AgentError::Runtime(format!("cannot start {key}: {e}")))?;
         threads.push((format!("sinks.{name}"), t));

@@ -23,6 +23,12 @@
 //! type = "exec"
 //! channel = "events"
 //! command = ["sh", "-c", "cat >> /srv/out.ndjson"]
+//!
+//! [sinks.telemetry]
+//! type = "mqtt"
+//! channel = "events"
+//! broker = "127.0.0.1:1883"
+//! topic = "site/telemetry"
 //! ```
 //!
 //! Unknown keys are refused, and [`AgentConfig::check`] refuses a source or sink naming a
@@ -133,6 +139,48 @@ pub enum SinkSection {
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
     },
+    /// Publishes each event with QoS 1 to an MQTT broker (MQTT 5); a batch commits once every
+    /// publish of it has a successful PUBACK.
+    Mqtt {
+        /// The channel it takes from.
+        channel: String,
+        /// The broker, `HOST:PORT`.
+        broker: String,
+        /// The topic every event goes to.
+        topic: String,
+        /// The client id, which names the persistent session (default `sluicegate-NAME`).
+        client_id: Option<String>,
+        /// Events per batch (default 100).
+        #[serde(default = "default_batch")]
+        batch: u32,
+        /// The first retry's delay in ms (default 100); it doubles up to `max_backoff_ms`.
+        #[serde(default = "default_backoff_ms")]
+        backoff_ms: u64,
+        /// The longest delay between retries in ms (default 10,000).
+        #[serde(default = "default_max_backoff_ms")]
+        max_backoff_ms: u64,
+        /// A batch whose PUBACKs have not all come after this long fails and is retried
+        /// (default 10,000).
+        #[serde(default = "default_ack_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+/// A `HOST:PORT` split, or why not.
+pub fn host_port(broker: &str) -> Result<(String, u16), String> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{broker:?} is not HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{broker:?}: {port:?} is not a port number"))?;
+    if host.is_empty() {
+        return Err(format!("{broker:?} has no host"));
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+    ))
 }
 
 fn default_max_body_bytes() -> usize {
@@ -153,6 +201,9 @@ fn default_max_backoff_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     60_000
 }
+fn default_ack_timeout_ms() -> u64 {
+    10_000
+}
 
 impl SourceSection {
     /// The channel it feeds.
@@ -167,7 +218,25 @@ impl SinkSection {
     /// The channel it drains.
     pub fn channel(&self) -> &str {
         match self {
-            SinkSection::Exec { channel, .. } => channel,
+            SinkSection::Exec { channel, .. } | SinkSection::Mqtt { channel, .. } => channel,
+        }
+    }
+
+    /// How its runner paces itself: batch, backoff and longest backoff.
+    pub fn pacing(&self) -> (u32, u64, u64) {
+        match self {
+            SinkSection::Exec {
+                batch,
+                backoff_ms,
+                max_backoff_ms,
+                ..
+            }
+            | SinkSection::Mqtt {
+                batch,
+                backoff_ms,
+                max_backoff_ms,
+                ..
+            } => (*batch, *backoff_ms, *max_backoff_ms),
         }
     }
 }
@@ -268,21 +337,32 @@ impl AgentConfig {
                     self.channel_names()
                 ));
             }
+            let (batch, backoff_ms, max_backoff_ms) = sink.pacing();
+            if batch == 0 || backoff_ms == 0 || max_backoff_ms < backoff_ms {
+                return Err(format!(
+                    "{key}: batch and backoff_ms must be at least 1, and max_backoff_ms at least backoff_ms"
+                ));
+            }
             match sink {
-                SinkSection::Exec {
-                    command,
-                    batch,
-                    backoff_ms,
-                    max_backoff_ms,
-                    ..
-                } => {
+                SinkSection::Exec { command, .. } => {
                     if command.is_empty() {
                         return Err(format!("{key}.command: name a program"));
                     }
-                    if *batch == 0 || *backoff_ms == 0 || max_backoff_ms < backoff_ms {
+                }
+                SinkSection::Mqtt {
+                    broker,
+                    topic,
+                    timeout_ms,
+                    ..
+                } => {
+                    host_port(broker).map_err(|e| format!("{key}.broker: {e}"))?;
+                    if topic.is_empty() || topic.contains(['+', '#']) {
                         return Err(format!(
-                            "{key}: batch and backoff_ms must be at least 1, and max_backoff_ms at least backoff_ms"
+                            "{key}.topic: {topic:?} is not a topic to publish to (empty, or with a wildcard)"
                         ));
+                    }
+                    if *timeout_ms == 0 {
+                        return Err(format!("{key}.timeout_ms must be at least 1"));
                     }
                 }
             }

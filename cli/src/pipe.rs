@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluicegate_agent::sinks::exec::ExecSink;
-use sluicegate_agent::sinks::{run_sink, RunnerSettings, TakeSide};
+use sluicegate_agent::sinks::{run_sink, RunnerSettings, TakeSide, Taken};
 use sluicegate_agent::{ClientError, Session};
 use sluicegate_file::FileChannelConfig;
 
@@ -355,7 +355,7 @@ fn to_stdout(
             continue;
         }
         for event in &events {
-            out.write_all(event)
+            out.write_all(&event.body)
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(|e| io("cannot write stdout (the batch is not committed)", e))?;
         }
@@ -374,12 +374,20 @@ struct SessionTakes<'a> {
 }
 
 impl TakeSide for SessionTakes<'_> {
-    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Vec<u8>>, String> {
+    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Taken>, String> {
         let wait_ms = wait.as_millis().min(u32::MAX as u128) as u32;
         // Bounded: each failed try attaches again or fails.
         loop {
             match self.session.client().take(max, wait_ms) {
-                Ok(events) => return Ok(events.into_iter().map(|e| e.into_vec()).collect()),
+                Ok(events) => {
+                    return Ok(events
+                        .into_iter()
+                        .map(|e| Taken {
+                            body: e.into_vec(),
+                            id: None,
+                        })
+                        .collect())
+                }
                 Err(e @ (ClientError::Leaving | ClientError::Gone { .. })) => {
                     self.session
                         .reattach()

@@ -669,3 +669,245 @@ fn sigkill_during_file_tailing_loses_no_line_and_repeats_none() {
     let repeats = only_sink_repeats(&batches, &s.log());
     eprintln!("{repeats} lines repeated, all of them sink batches redelivered after a kill");
 }
+
+/// A mosquitto broker on a loopback port, its state (sessions, queued messages) kept in `dir`
+/// across a stop and a start; stopped when dropped.
+struct Mosquitto {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// The broker program, or `None` (with a loud message) where it is not installed: `cargo xtask
+/// ci` installs it.
+fn mosquitto_program() -> Option<PathBuf> {
+    let found = [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    let sub = Path::new("/usr/bin/mosquitto_sub").exists();
+    if found.is_none() || !sub {
+        assert!(
+            std::env::var_os("SLUICEGATE_REQUIRE_BROKERS").is_none(),
+            "mosquitto is required (SLUICEGATE_REQUIRE_BROKERS) but not installed"
+        );
+        eprintln!(
+            "\n*** SKIPPED: mosquitto or mosquitto_sub is not installed (`cargo xtask ci` installs them: apt-get install mosquitto mosquitto-clients) ***\n"
+        );
+        return None;
+    }
+    found
+}
+
+impl Mosquitto {
+    fn start(program: &Path, dir: &Path) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        std::fs::create_dir_all(dir).expect("broker dir");
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                // Mosquitto keeps at most 1,000 messages for a subscriber that is away by
+                // default and drops the rest silently, after acknowledging them to the sink;
+                // and started as root it saves its state as user `mosquitto` unless told.
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\n",
+                m.port,
+                dir.display()
+            ),
+        )
+        .expect("broker config");
+        m.resume(program);
+        m
+    }
+
+    /// Starts the broker (again), and waits until it listens.
+    fn resume(&mut self, program: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        eventually("the broker to listen", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it saves its state).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `mosquitto_sub` with a persistent session and QoS 1 writing `ID|PAYLOAD` lines to `out`: an
+/// independent client reading back what arrived. It reconnects by itself after a broker stop.
+struct Subscriber(Child);
+
+impl Subscriber {
+    fn start(port: u16, topic: &str, out: &Path) -> Subscriber {
+        let file = std::fs::File::create(out).expect("subscriber output");
+        let child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+            ])
+            .args(["-c", "-x", "4294967295", "-i", "sluicegate-test-reader"])
+            .args(["-t", topic, "-F", "%P|%p"])
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        Subscriber(child)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a subscriber wrote: `(id, payload)` per message, in arrival order.
+fn received(out: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (props, payload) = l.split_once('|')?;
+            let id = props.strip_prefix("sluicegate-id:")?;
+            Some((id.to_string(), payload.to_string()))
+        })
+        .collect()
+}
+
+/// The MQTT sink against a real mosquitto, read back by `mosquitto_sub`: every event arrives
+/// with its `sluicegate-id`; with the broker stopped (30 s; `SLUICEGATE_MQTT_OUTAGE_MS`), the
+/// sink commits nothing and the events wait in the channel; once the broker is back, every
+/// event acknowledged to the HTTP source arrives, a repeat only ever with its first id, and
+/// the channel drains.
+#[test]
+fn mqtt_sink_delivers_with_ids_and_waits_out_a_broker_outage() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let (port, mport) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut broker = Mosquitto::start(&program, &tmp.path().join("broker"));
+    let bport = broker.port;
+    let out = tmp.path().join("received");
+    let _reader = Subscriber::start(bport, "site/telemetry", &out);
+    let s = Setup::new(|r| {
+        format!(
+            "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n[sinks.mqtt]\ntype = \"mqtt\"\nchannel = \"c\"\nbroker = \"127.0.0.1:{bport}\"\ntopic = \"site/telemetry\"\nbatch = 50\nbackoff_ms = 50\nmax_backoff_ms = 500\ntimeout_ms = 2000\n",
+            channel_toml(r),
+        )
+    });
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    let mut sent = Vec::new();
+    let mut post = |from: usize, to: usize| {
+        let body: String = (from..to).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+        assert_eq!(status, 200, "{reply}");
+        sent.extend((from..to).map(|i| format!("{{\"n\":{i}}}")));
+    };
+    post(0, 300);
+    eventually("300 messages at the subscriber", || {
+        received(&out).len() >= 300
+    });
+    let outage = Duration::from_millis(
+        std::env::var("SLUICEGATE_MQTT_OUTAGE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000),
+    );
+    broker.stop();
+    let until = Instant::now() + outage;
+    let mut n = 300;
+    while Instant::now() < until {
+        post(n, n + 100);
+        n += 100;
+        std::thread::sleep(Duration::from_millis(200).min(outage));
+    }
+    let depth = s.stats().expect("stats")["depth"].as_u64().expect("depth");
+    assert!(
+        depth >= 100,
+        "with the broker away the sink must commit nothing: depth {depth}"
+    );
+    broker.resume(&program);
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
+        let missing = sent.iter().filter(|e| !got.contains(*e)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} events never reached the subscriber; channel: {:?}; the agent logged:\n{}",
+            sent.len(),
+            s.stats().map(|v| v["depth"].clone()),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    let got = received(&out);
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    let sent_set: HashSet<&str> = sent.iter().map(String::as_str).collect();
+    for (id, payload) in &got {
+        assert!(
+            sent_set.contains(payload.as_str()),
+            "{payload} was never sent"
+        );
+        let first = ids.entry(payload.as_str()).or_insert(id.as_str());
+        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
+    }
+    let distinct: HashSet<&str> = ids.values().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "two events share an id");
+    let status = sigterm(&mut agent);
+    assert!(status.success(), "{}", s.log());
+    eprintln!(
+        "{} events sent, {} messages received ({} repeats), {} ms outage with depth {depth}",
+        sent.len(),
+        got.len(),
+        got.len() - ids.len(),
+        outage.as_millis()
+    );
+}

@@ -358,19 +358,31 @@ fn ci() -> Result {
         "\nall checks but the tests passed in {:.0} s; the tests run last so their summary ends the output",
         started.elapsed().as_secs_f64()
     );
+    step("brokers the sink tests start and stop themselves: mosquitto");
+    let brokers = ensure_apt_files(
+        &["/usr/sbin/mosquitto", "/usr/bin/mosquitto_sub"],
+        "mosquitto mosquitto-clients",
+    )
+    .is_ok();
+
     step("tests");
     // As root, the disk-full tests mount small tmpfs filesystems, and must not skip.
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let require_tmpfs: &[(&str, &str)] = if root {
-        &[("SLUICEGATE_REQUIRE_TMPFS", "1")]
+    let mut require: Vec<(&str, &str)> = Vec::new();
+    if root {
+        require.push(("SLUICEGATE_REQUIRE_TMPFS", "1"));
     } else {
         println!("not root: the disk-full tests will skip (they mount tmpfs filesystems)");
-        &[]
-    };
-    run("cargo", &["test", "--workspace"], require_tmpfs)
+    }
+    if brokers {
+        require.push(("SLUICEGATE_REQUIRE_BROKERS", "1"));
+    } else {
+        println!("mosquitto could not be installed: the MQTT sink's tests will skip, loudly");
+    }
+    run("cargo", &["test", "--workspace"], &require)
 }
 
 /// A bug planted in the core: a file, the text to replace, and what replaces it.
@@ -720,6 +732,27 @@ fn ensure_apt(program: &str, probe: &[&str], package: &str) -> Result {
     let quiet = [("DEBIAN_FRONTEND", "noninteractive")];
     run("apt-get", &["update", "-q"], &quiet)?;
     run("apt-get", &["install", "-y", "-q", package], &quiet)
+}
+
+/// Installs Debian `packages` with apt-get (as root) unless every file of `files` exists.
+fn ensure_apt_files(files: &[&str], packages: &str) -> Result {
+    if files.iter().all(|f| Path::new(f).exists()) {
+        println!("{packages}: installed");
+        return Ok(());
+    }
+    let is_root = output("id", &["-u"]).is_some_and(|o| o.trim() == "0");
+    if !is_root || output("apt-get", &["--version"]).is_none() {
+        println!(
+            "{packages}: missing; install them (Debian and Ubuntu: `apt-get install {packages}`)"
+        );
+        return Err(format!("{packages} missing"));
+    }
+    println!("installing {packages} with apt-get");
+    let quiet = [("DEBIAN_FRONTEND", "noninteractive")];
+    run("apt-get", &["update", "-q"], &quiet)?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(packages.split_whitespace());
+    run("apt-get", &args, &quiet)
 }
 
 /// `cargo xtask bench ARGS`: the benchmark binary, built for release, from the workspace root.

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Sink;
+use super::{Sink, Taken};
 
 /// Runs `program args...` per batch.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl ExecSink {
 }
 
 impl Sink for ExecSink {
-    fn deliver(&mut self, events: &[Vec<u8>], stop: &AtomicBool) -> Result<(), String> {
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
         let Some((program, args)) = self.command.split_first() else {
             return Err("no command".into());
         };
@@ -42,9 +42,9 @@ impl Sink for ExecSink {
             .stdin(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run {program}: {e}"))?;
-        let mut input = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum());
+        let mut input = Vec::with_capacity(events.iter().map(|e| e.body.len() + 1).sum());
         for e in events {
-            input.extend_from_slice(e);
+            input.extend_from_slice(&e.body);
             input.push(b'\n');
         }
         // Feed stdin from another thread, so a command that writes a lot before reading cannot
@@ -96,6 +96,16 @@ impl Sink for ExecSink {
 mod tests {
     use super::*;
 
+    fn events(bodies: &[&[u8]]) -> Vec<Taken> {
+        bodies
+            .iter()
+            .map(|b| Taken {
+                body: b.to_vec(),
+                id: None,
+            })
+            .collect()
+    }
+
     /// The exit status decides: 0 delivers, anything else fails, and the command sees every
     /// event as a line.
     #[test]
@@ -105,13 +115,12 @@ mod tests {
         let out = dir.path().join("out");
         let mut sink =
             ExecSink::shell(&format!("cat > {}", out.display()), Duration::from_secs(10));
-        sink.deliver(&[b"a".to_vec(), b"b".to_vec()], &stop)
-            .unwrap();
+        sink.deliver(&events(&[b"a", b"b"]), &stop).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"a\nb\n");
         let mut failing = ExecSink::shell("cat >/dev/null; exit 3", Duration::from_secs(10));
-        let err = failing.deliver(&[b"a".to_vec()], &stop).unwrap_err();
+        let err = failing.deliver(&events(&[b"a"]), &stop).unwrap_err();
         assert!(err.contains("exit status: 3"), "{err}");
         let mut slow = ExecSink::shell("sleep 5", Duration::from_millis(50));
-        assert!(slow.deliver(&[b"a".to_vec()], &stop).is_err());
+        assert!(slow.deliver(&events(&[b"a"]), &stop).is_err());
     }
 }

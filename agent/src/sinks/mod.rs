@@ -12,25 +12,38 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sluicegate_core::EventId;
 use sluicegate_file::{FileChannel, Transaction};
 
 use crate::metrics::{ChannelCounters, Component, Served};
 
 pub mod exec;
 
+pub mod mqtt;
+
+/// An event taken for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The event's bytes.
+    pub body: Vec<u8>,
+    /// Its id in its channel, the same each time it is delivered (`None` through a client
+    /// connection, whose protocol does not carry ids yet).
+    pub id: Option<EventId>,
+}
+
 /// A destination.
 pub trait Sink: Send {
     /// Delivers `events` in order. `Ok` means the destination acknowledged all of them; an
     /// error means some or none may have arrived, and the batch will be delivered again.
     /// `stop` is set when the agent is stopping: a long delivery should give up.
-    fn deliver(&mut self, events: &[Vec<u8>], stop: &AtomicBool) -> Result<(), String>;
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String>;
 }
 
 /// The channel end of a sink: one take transaction at a time.
 pub trait TakeSide {
     /// Takes up to `max` events into a new or the open transaction, waiting up to `wait` for
     /// the first.
-    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Vec<u8>>, String>;
+    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Taken>, String>;
     /// Commits the open transaction (durably).
     fn commit(&mut self) -> Result<(), String>;
     /// Rolls the open transaction back.
@@ -58,7 +71,7 @@ impl<'a> LocalTakes<'a> {
 }
 
 impl TakeSide for LocalTakes<'_> {
-    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Vec<u8>>, String> {
+    fn take(&mut self, max: u32, wait: Duration) -> Result<Vec<Taken>, String> {
         if self.tx.is_none() {
             self.tx = Some(self.channel.begin().map_err(|e| e.to_string())?);
             self.taken = 0;
@@ -75,8 +88,8 @@ impl TakeSide for LocalTakes<'_> {
             } else {
                 Duration::ZERO
             };
-            match tx.take_vec_wait(wait).map_err(|e| e.to_string())? {
-                Some(e) => events.push(e),
+            match tx.take_vec_wait_with_id(wait).map_err(|e| e.to_string())? {
+                Some((body, id)) => events.push(Taken { body, id: Some(id) }),
                 None => break,
             }
         }

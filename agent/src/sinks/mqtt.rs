@@ -1,0 +1,218 @@
+//! The MQTT sink: publishes every event of a batch with QoS 1 to a broker over MQTT 5
+//! (`rumqttc`), and counts the batch delivered only once the broker acknowledged each publish
+//! with a successful PUBACK.
+//!
+//! Each event goes as one message, its bytes the payload unchanged, with the user property
+//! `sluicegate-id` = `CHANNEL:EVENT` (the channel's identity in hexadecimal, the event's id in
+//! decimal): the same each time the event is delivered, so a subscriber can drop the
+//! duplicates a crash between the broker's PUBACK and the take's commit causes.
+//!
+//! The client keeps a persistent session (clean start off, a session that outlives a
+//! connection). Any failure (a connection lost or refused, a PUBACK that is not a success, no
+//! PUBACK within the timeout) fails the batch, which the runner rolls back and delivers again,
+//! and drops the client, so the next try starts from a fresh connection with nothing of the
+//! failed batch still queued in it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, Event, MqttOptions};
+use rumqttc::Outgoing;
+
+use super::{Sink, Taken};
+
+/// Where and how an MQTT sink publishes.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// The broker's host.
+    pub host: String,
+    /// The broker's port.
+    pub port: u16,
+    /// The topic every event is published to.
+    pub topic: String,
+    /// The client id, which names the persistent session.
+    pub client_id: String,
+    /// How long a batch may wait for its PUBACKs (and a connection).
+    pub timeout: Duration,
+    /// The channel's identity, for the events' ids.
+    pub identity: u128,
+}
+
+/// What the connection's thread reports.
+enum Note {
+    /// A publish went out with this packet id.
+    Sent(u16),
+    /// The broker acknowledged a packet id, successfully or not.
+    Acked(u16, PubAckReason),
+    /// The connection failed.
+    Down(String),
+}
+
+/// A live client and the thread that drives its connection.
+struct Link {
+    client: Client,
+    notes: Receiver<Note>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// Publishes batches to an MQTT broker.
+pub struct MqttSink {
+    settings: MqttSettings,
+    link: Option<Link>,
+}
+
+impl MqttSink {
+    /// A sink that connects on its first delivery.
+    pub fn new(settings: MqttSettings) -> Self {
+        MqttSink {
+            settings,
+            link: None,
+        }
+    }
+
+    fn connect(&self, batch: usize) -> Link {
+        let s = &self.settings;
+        let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(24 * 3600))
+            .set_keep_alive(Duration::from_secs(10))
+            .set_connection_timeout(s.timeout.as_secs().max(1));
+        // Room for a whole batch: a publish never blocks while the broker is away, so the
+        // timeout and a stop are always noticed.
+        let (client, mut connection) = Client::new(options, batch * 2 + 16);
+        let (tx, notes) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("sluicegate-mqtt".into())
+            .spawn(move || {
+                for notification in connection.iter() {
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let note = match notification {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            Note::Acked(ack.pkid, ack.reason)
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Note::Down(e.to_string()));
+                            // The next turn reconnects; do not spin while the broker is away.
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                    };
+                    if tx.send(note).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("mqtt: cannot start the connection thread: {e}");
+        }
+        Link {
+            client,
+            notes,
+            stop,
+        }
+    }
+
+    /// Publishes the batch and waits for a successful PUBACK of every publish.
+    fn publish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
+        if self.link.is_none() {
+            self.link = Some(self.connect(events.len()));
+        }
+        let Some(link) = self.link.as_ref() else {
+            return Err("no connection".into());
+        };
+        // Reports from before this batch (a connection refused while idle) do not concern it.
+        while link.notes.try_recv().is_ok() {}
+        let s = &self.settings;
+        for e in events {
+            let mut properties = PublishProperties::default();
+            if let Some(id) = e.id {
+                properties.user_properties.push((
+                    "sluicegate-id".into(),
+                    format!("{:032x}:{}", s.identity, id.get()),
+                ));
+            }
+            link.client
+                .try_publish_with_properties(
+                    s.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    e.body.clone(),
+                    properties,
+                )
+                .map_err(|e| format!("cannot publish: {e}"))?;
+        }
+        let deadline = Instant::now() + s.timeout;
+        let mut waiting: HashSet<u16> = HashSet::new();
+        let mut acked = 0usize;
+        // Bounded by the deadline and `stop`.
+        while acked < events.len() {
+            if stop.load(Ordering::Relaxed) {
+                return Err("the agent is stopping".into());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "{} of {} publishes acknowledged within {} ms",
+                    acked,
+                    events.len(),
+                    s.timeout.as_millis()
+                ));
+            }
+            match link
+                .notes
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(Note::Sent(pkid)) => {
+                    waiting.insert(pkid);
+                }
+                Ok(Note::Acked(pkid, reason)) => {
+                    if !waiting.remove(&pkid) {
+                        continue;
+                    }
+                    match reason {
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => acked += 1,
+                        other => return Err(format!("the broker refused a publish: {other:?}")),
+                    }
+                }
+                Ok(Note::Down(why)) => {
+                    return Err(format!("the connection to the broker failed: {why}"))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the connection's thread ended".into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for MqttSink {
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
+        let result = self.publish(events, stop);
+        if result.is_err() {
+            // A fresh client for the next try: nothing of this batch stays queued in it.
+            self.link = None;
+        }
+        result
+    }
+}
