@@ -1,9 +1,10 @@
 //! `sluicegate agent`, run as a real child process: configuration errors, a clean session, and
-//! SIGKILLs during HTTP ingest, file tailing and exec delivery, each judged end to end by what
-//! the destination (a file the exec sink appends to) holds.
+//! SIGKILLs during HTTP ingest, file tailing, exec delivery and MQTT delivery, each judged end
+//! to end by what the destination holds (a file the exec sink appends to; for MQTT, what
+//! `mosquitto_sub` received from a real mosquitto the test starts).
 //!
 //! `SLUICEGATE_AGENT_KILLS=N` sets the kills of each kill test (default 200 for HTTP ingest,
-//! 150 for tailing).
+//! 150 for tailing, 120 for MQTT).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -441,16 +442,26 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
         )
     });
     let rounds = kills(200);
+    let ledger = kill_during_http_ingest(&s, port, rounds, &s.out);
+    // A kill can leave one sink batch delivered but not committed.
+    judge(&s.delivered(), &ledger, rounds, sink_batch);
+}
+
+/// SIGKILLs the agent of `s` `rounds` times while two clients post 10-event NDJSON bodies to
+/// its HTTP source on `port` (senders held to `MAX_LAG` lines ahead of `delivered`, the
+/// destination's file); then a last run, not killed, takes one more body, drains the channel
+/// and stops on SIGTERM. Returns what was sent and acknowledged.
+fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) -> Ledger {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = Lcg(0x5eed_1234);
     for round in 0..rounds {
         let mut agent = s.spawn();
-        wait_ready(&s, &mut agent, port);
+        wait_ready(s, &mut agent, port);
         let stop = Arc::new(AtomicBool::new(false));
         let posters: Vec<_> = (0..2)
             .map(|t| {
                 let (stop, ledger) = (Arc::clone(&stop), Arc::clone(&ledger));
-                let out = s.out.clone();
+                let out = delivered.to_path_buf();
                 std::thread::spawn(move || {
                     let mut req = 0;
                     while !stop.load(Ordering::Relaxed) {
@@ -483,7 +494,7 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
     }
     // A last run, not killed: one more acknowledged body, then a full drain.
     let mut agent = s.spawn();
-    wait_ready(&s, &mut agent, port);
+    wait_ready(s, &mut agent, port);
     let last: Vec<String> = (0..10)
         .map(|i| format!("{{\"id\":\"last-{i}\"}}"))
         .collect();
@@ -514,9 +525,8 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
     });
     let status = sigterm(&mut agent);
     assert!(status.success(), "{}", stderr_of(&mut agent));
-    let ledger = ledger.lock().unwrap();
-    // A kill can leave one sink batch delivered but not committed.
-    judge(&s.delivered(), &ledger, rounds, sink_batch);
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    ledger
 }
 
 /// The batches an exec sink wrote with [`run_stamped_sink_toml`]: the agent's process id, then
@@ -910,4 +920,45 @@ fn mqtt_sink_delivers_with_ids_and_waits_out_a_broker_outage() {
         got.len() - ids.len(),
         outage.as_millis()
     );
+}
+
+/// SIGKILL the agent again and again (120 times; `SLUICEGATE_AGENT_KILLS`) while clients post
+/// NDJSON and the MQTT sink publishes to a real mosquitto: every event acknowledged with 200
+/// reaches the subscriber, nothing unsent does, repeats stay within one sink batch per kill,
+/// and a repeated message always carries its first id.
+#[test]
+fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let port = free_port();
+    let sink_batch = 25;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&program, &tmp.path().join("broker"));
+    let bport = broker.port;
+    let out = tmp.path().join("received");
+    let _reader = Subscriber::start(bport, "kill/test", &out);
+    let s = Setup::new(|r| {
+        format!(
+            "{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n[sinks.mqtt]\ntype = \"mqtt\"\nchannel = \"c\"\nbroker = \"127.0.0.1:{bport}\"\ntopic = \"kill/test\"\nbatch = {sink_batch}\nbackoff_ms = 20\nmax_backoff_ms = 500\ntimeout_ms = 60000\n",
+            channel_toml(r),
+        )
+    });
+    // A PUBACK timeout of a minute: a loaded machine makes a batch slower, not a failure that
+    // would deliver it again within a run (only a kill may).
+    let rounds = kills(120);
+    let ledger = kill_during_http_ingest(&s, port, rounds, &out);
+    // The channel drained: every acknowledged event was PUBACKed; wait for the subscriber.
+    eventually("every acknowledged event at the subscriber", || {
+        let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
+        ledger.acknowledged.iter().all(|a| got.contains(a))
+    });
+    let got = received(&out);
+    let mut first_id: HashMap<&str, &str> = HashMap::new();
+    for (id, payload) in &got {
+        let first = first_id.entry(payload.as_str()).or_insert(id.as_str());
+        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
+    }
+    let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
+    judge(&payloads, &ledger, rounds, sink_batch);
 }
