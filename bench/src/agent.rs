@@ -1,5 +1,6 @@
 //! The agent's costs: puts through an owner's socket against the same puts in process, HTTP
-//! ingest of NDJSON bodies with durable commits, and delivery through the exec sink.
+//! ingest of NDJSON bodies with durable commits, delivery through the exec sink, and delivery
+//! through the MQTT sink to a local mosquitto against a raw `rumqttc` publisher.
 //!
 //! The socket comparison interleaves its two channels commit by commit (which goes first
 //! alternates), so a noisy machine slows both alike; its target is judged on the median over
@@ -56,6 +57,10 @@ pub struct AgentResults {
     pub follow_ms: (f64, f64),
     /// Events in the follower measurement.
     pub follow_events: usize,
+    /// MQTT to a local mosquitto, per batch size: events per second through the sink (channel,
+    /// take, publish, PUBACKs, commit) and from a raw `rumqttc` publisher with the same settings
+    /// and no channel; empty without mosquitto.
+    pub mqtt: Vec<(usize, f64, f64)>,
 }
 
 fn config(dir: &Path) -> FileChannelConfig {
@@ -95,7 +100,15 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<AgentResults
     for batch in [100usize, 1000] {
         exec.push((batch, exec_delivery(base, plan, size, batch)?));
     }
+    progress.step("agent: delivery through the MQTT sink, and a raw MQTT publisher");
+    let mut mqtt = Vec::new();
+    for batch in [100usize, 1000] {
+        if let Some((sink, raw)) = mqtt_delivery(base, plan, size, batch)? {
+            mqtt.push((batch, sink, raw));
+        }
+    }
     Ok(AgentResults {
+        mqtt,
         event_bytes: size,
         socket,
         http_rate,
@@ -385,6 +398,165 @@ fn exec_delivery(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<
     Ok(rate)
 }
 
+/// A mosquitto on a loopback port for the MQTT measurement; killed when dropped.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Events per second through the MQTT sink and from a raw publisher, to a mosquitto this starts
+/// on a free loopback port; `None` if mosquitto is not installed.
+fn mqtt_delivery(
+    base: &Path,
+    plan: &Plan,
+    size: usize,
+    batch: usize,
+) -> Result<Option<(f64, f64)>> {
+    let Some(program) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        return Ok(None);
+    };
+    let dir = base.join("agent-mqtt");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )?;
+    let _broker = Broker(
+        std::process::Command::new(program)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > until {
+            return Err("mosquitto did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let n = (plan.max_bytes / size as u64 / 8).clamp(2_000, 50_000) as usize;
+    let n = n - n % batch;
+    let e = event(size);
+    // Raw, sink, raw: the raw figure is the mean of the two around the sink's.
+    let raw1 = raw_publish(port, n, batch, &e)?;
+    let served = Served::new(
+        "bench".into(),
+        Arc::new(FileChannel::open(config(&dir.join("ch")))?),
+    );
+    let mut put = 0;
+    // Bounded by `n`.
+    while put < n {
+        let mut tx = served.channel.begin()?;
+        for _ in 0..1000.min(n - put) {
+            tx.put(&e)?;
+            put += 1;
+        }
+        tx.commit()?;
+    }
+    let mut sink =
+        sluicegate_agent::sinks::mqtt::MqttSink::new(sluicegate_agent::sinks::mqtt::MqttSettings {
+            host: "127.0.0.1".into(),
+            port,
+            topic: "bench/sink".into(),
+            client_id: "sluicegate-bench-sink".into(),
+            timeout: Duration::from_secs(60),
+            identity: served.channel.identity(),
+        });
+    let settings = RunnerSettings {
+        batch: batch as u32,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        until_empty: true,
+        limit: None,
+        channel_errors_fatal: true,
+    };
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let outcome = {
+        let mut side = LocalTakes::new(&served);
+        run_sink(&mut sink, &mut side, settings, &stop, None)?
+    };
+    let sink_rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
+    if outcome.delivered != n as u64 || outcome.failures > 0 {
+        return Err(format!(
+            "the MQTT sink delivered {} of {n} with {} failures",
+            outcome.delivered, outcome.failures
+        )
+        .into());
+    }
+    drop(sink);
+    let raw2 = raw_publish(port, n, batch, &e)?;
+    if let Ok(channel) = Arc::try_unwrap(served.channel) {
+        channel.close()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some((sink_rate, (raw1 + raw2) / 2.0)))
+}
+
+/// A raw `rumqttc` publisher with the sink's settings (MQTT 5, QoS 1, persistent session):
+/// `n` events in batches, each batch waiting for all its PUBACKs. Events per second.
+fn raw_publish(port: u16, n: usize, batch: usize, e: &[u8]) -> Result<f64> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{Client, Event, MqttOptions};
+    let mut options = MqttOptions::new("sluicegate-bench-raw", "127.0.0.1", port);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(24 * 3600))
+        .set_keep_alive(Duration::from_secs(10))
+        .set_network_options(network);
+    let (client, mut connection) = Client::new(options, batch * 2 + 16);
+    let (tx, acks) = std::sync::mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        for ev in connection.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut sent = 0;
+    // Bounded by `n`.
+    while sent < n {
+        for _ in 0..batch {
+            client
+                .publish("bench/raw", QoS::AtLeastOnce, false, e.to_vec())
+                .map_err(|e| format!("raw publish: {e}"))?;
+        }
+        for _ in 0..batch {
+            acks.recv_timeout(Duration::from_secs(60))
+                .map_err(|e| format!("raw publish: no PUBACK: {e}"))?;
+        }
+        sent += batch;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = client.disconnect();
+    let _ = driver.join();
+    Ok(rate)
+}
+
 /// The section's table and its targets.
 pub fn table(o: &mut String, r: &AgentResults) {
     use std::fmt::Write as _;
@@ -422,6 +594,23 @@ pub fn table(o: &mut String, r: &AgentResults) {
         "\nA follower behind a producer, both through the socket: from the start of a one-event put commit to the follower's receipt, median {:.2} ms, p99 {:.2} ms ({} events, one every 2 ms).",
         r.follow_ms.0, r.follow_ms.1, r.follow_events
     );
+    if r.mqtt.is_empty() {
+        let _ = writeln!(o, "\nMQTT: not measured (mosquitto is not installed).");
+    } else {
+        let _ = writeln!(
+            o,
+            "\nMQTT to a local mosquitto, {} B events, QoS 1 (MQTT 5): the sink (take, publish, every PUBACK, durable take commit) against a raw `rumqttc` publisher with the same settings and no channel (target: at least 0.8 of it):\n\n| batch | sink | raw publisher | sink ÷ raw |\n|--:|--:|--:|--:|",
+            r.event_bytes
+        );
+        for (batch, sink, raw) in &r.mqtt {
+            let _ = writeln!(
+                o,
+                "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",
+                sink / raw,
+                if sink / raw >= 0.8 { "met" } else { "NOT met" }
+            );
+        }
+    }
     let b100 = r.socket.iter().find(|s| s.batch == 100);
     let _ = writeln!(
         o,

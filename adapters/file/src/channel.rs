@@ -297,6 +297,7 @@ impl FileChannel {
             channel: self,
             txn,
             finished: false,
+            size_hint: 512,
         })
     }
 
@@ -514,6 +515,9 @@ pub struct Transaction<'a> {
     channel: &'a FileChannel,
     txn: Txn,
     finished: bool,
+    /// The buffer `take_vec` starts with: the last event's length (at least 512), so a run of
+    /// events of one size is read once each, not first into a buffer too small.
+    size_hint: usize,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -625,9 +629,9 @@ impl<'a> Transaction<'a> {
         &mut self,
         wait: Duration,
     ) -> Result<Option<(Vec<u8>, EventId)>, FileChannelError> {
-        // Most events are small: try a small buffer, and on a larger event (which is left in
-        // place, with its length reported) allocate exactly what it needs.
-        let mut buf = vec![0u8; 512];
+        // Try a buffer of the last event's size; on a larger event (which is left in place,
+        // with its length reported) allocate exactly what it needs.
+        let mut buf = vec![0u8; self.size_hint];
         let got = match self.take_wait_with_id(&mut buf, wait) {
             Err(FileChannelError::Channel(Error::BufferTooSmall { needed })) => {
                 buf = vec![0u8; needed];
@@ -636,6 +640,7 @@ impl<'a> Transaction<'a> {
             other => other?,
         };
         Ok(got.map(|(n, id)| {
+            self.size_hint = n.max(512);
             buf.truncate(n);
             (buf, id)
         }))
