@@ -223,6 +223,24 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             .cloned()
             .unwrap_or_else(|| served[0].clone())
     };
+    // Mark streams for the tail sources, before anything starts: too few is a start-up error.
+    let mut streams = std::collections::HashMap::new();
+    for s in &served {
+        let tails: Vec<String> = config
+            .sources
+            .iter()
+            .filter(
+                |(_, src)| matches!(src, SourceSection::Tail { channel, .. } if *channel == s.name),
+            )
+            .map(|(name, _)| name.clone())
+            .collect();
+        let assigned = assign_streams(&s.channel, &tails).map_err(|why| AgentError::Channel {
+            name: s.name.clone(),
+            why,
+            holder: None,
+        })?;
+        streams.extend(assigned);
+    }
     let metrics = Arc::new(Metrics::new(served.clone()));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -258,6 +276,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
                         .unwrap_or_else(|| format!("sluicegate-{name}")),
                     timeout: Duration::from_millis(*timeout_ms),
                     identity: s.channel.identity(),
+                    batch: sink.pacing().0.min(s.channel.config().transaction_capacity) as usize,
                 }))
             }
         };
@@ -280,23 +299,6 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             })
             .map_err(|e| AgentError::Runtime(format!("cannot start {key}: {e}")))?;
         threads.push((format!("sinks.{name}"), t));
-    }
-    let mut streams = std::collections::HashMap::new();
-    for s in &served {
-        let tails: Vec<String> = config
-            .sources
-            .iter()
-            .filter(
-                |(_, src)| matches!(src, SourceSection::Tail { channel, .. } if *channel == s.name),
-            )
-            .map(|(name, _)| name.clone())
-            .collect();
-        let assigned = assign_streams(&s.channel, &tails).map_err(|why| AgentError::Channel {
-            name: s.name.clone(),
-            why,
-            holder: None,
-        })?;
-        streams.extend(assigned);
     }
     for (name, source) in &config.sources {
         if let SourceSection::Tail {

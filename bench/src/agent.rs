@@ -475,6 +475,7 @@ fn mqtt_delivery(
             client_id: "sluicegate-bench-sink".into(),
             timeout: Duration::from_secs(60),
             identity: served.channel.identity(),
+            batch,
         });
     let settings = RunnerSettings {
         batch: batch as u32,

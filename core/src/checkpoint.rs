@@ -435,6 +435,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         let layout = SlotLayout::new(started.max_entries, self.geo.align, started.sealed());
         let marks_bytes = self.marks_area_bytes(started.sealed());
+        let mut marks_sealer = match (self.sealing, marks_bytes) {
+            (_, 0) | (None, _) => None,
+            (Some(id), _) => match self.keys.key(id) {
+                Some(k) => Some(started.marks_sealer(k)),
+                None => return Err(Error::LogicBug("the sealing key vanished")),
+            },
+        };
         let erase_to = align_up(layout.end + marks_bytes as u64, S::ERASE_SIZE as u64);
         // The slot stops counting as valid before its erase begins.
         self.ckpt.valid[slot] = None;
@@ -443,13 +450,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.ckpt.bytes_since = 0;
         self.ckpt.last_ms = now_ms.or(self.ckpt.last_ms);
         let mut crc = CRC32C.digest();
-        let mut marks_sealer = match (self.sealing, marks_bytes) {
-            (_, 0) | (None, _) => None,
-            (Some(id), _) => match self.keys.key(id) {
-                Some(k) => Some(started.marks_sealer(k)),
-                None => return Err(Error::LogicBug("the sealing key vanished")),
-            },
-        };
         let ew = self.config.mark_entry_words();
         let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
         let storage = &mut self.storage;
@@ -460,7 +460,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if marks_bytes == 0 {
                 return Ok(());
             }
-            // The marks as of `from`, each as in a `Mark` record, padded to 8 bytes.
+            // The marks as of `from`, each as a marked commit carries it, padded to 8 bytes.
             let mut w = WordWriter::new(&mut *storage, region, self.geo.align, layout.end);
             let mut out = |bytes: &mut [u8]| {
                 if let Some(s) = marks_sealer.as_mut() {

@@ -4,8 +4,11 @@
 //! got in the same atomic step as the events it read, or a crash between the two either loses
 //! or repeats a batch. A mark is that record: up to `mark_bytes` bytes of the caller's own
 //! encoding, in one of `marks` numbered streams, attached to a transaction with
-//! [`Channel::set_mark`](crate::Channel::set_mark). It is written as a `Mark` record right
-//! before the transaction's commit record and takes effect with that commit, or never.
+//! [`Channel::set_mark`](crate::Channel::set_mark). It is written inside the transaction's
+//! commit record (`MarkedPutCommit`, `MarkedTakeCommit`) and takes effect with that commit, or
+//! never. (A record of its own before the commit was tried first: a power cut that kept the
+//! commit and lost that record, as unsynced writes may, applied the events without their mark,
+//! and `host-tests/tests/marks.rs` caught it.)
 //!
 //! Memory (after the transaction table, in the caller's words): one entry per stream (the
 //! newest committed mark), then one entry per transaction slot (the mark waiting for the

@@ -41,6 +41,8 @@ pub struct MqttSettings {
     pub timeout: Duration,
     /// The channel's identity, for the events' ids.
     pub identity: u128,
+    /// The largest batch the sink is given.
+    pub batch: usize,
 }
 
 /// What the connection's thread reports.
@@ -85,7 +87,7 @@ impl MqttSink {
         }
     }
 
-    fn connect(&self, batch: usize) -> Link {
+    fn connect(&self) -> Link {
         let s = &self.settings;
         let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         // No Nagle delay: a batch waits on its PUBACKs, and a publish held back for the
@@ -100,7 +102,7 @@ impl MqttSink {
             .set_network_options(network);
         // Room for a whole batch: a publish never blocks while the broker is away, so the
         // timeout and a stop are always noticed.
-        let (client, mut connection) = Client::new(options, batch * 2 + 16);
+        let (client, mut connection) = Client::new(options, s.batch * 2 + 16);
         let (tx, notes) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -142,7 +144,7 @@ impl MqttSink {
     /// Publishes the batch and waits for a successful PUBACK of every publish.
     fn publish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
         if self.link.is_none() {
-            self.link = Some(self.connect(events.len()));
+            self.link = Some(self.connect());
         }
         let Some(link) = self.link.as_ref() else {
             return Err("no connection".into());

@@ -9,10 +9,10 @@
 //!
 //! The read positions travel in the same channel transaction as the lines read: a mark on the
 //! source's own mark stream ([`Transaction::set_mark`]), which takes effect with the commit or
-//! not at all, holds the positions of the files the batch moved (and of files followed since
-//! the last batch). Every position is also written to the positions file after each commit, so
-//! at a restart that file misses at most the last commit, and that commit's mark has what it
-//! misses: a kill at any moment neither loses nor repeats a line. If one batch's positions do
+//! not at all, holds every position that differs from what the positions file says (normally
+//! just the files the batch read). Every position is also written to the positions file after
+//! each commit, so at a restart that file misses at most the last commit, and that commit's
+//! mark has what it misses: a kill at any moment neither loses nor repeats a line. If one batch's positions do
 //! not fit in `mark_bytes`, its mark says so, and a kill right after that batch repeats it (the
 //! log says so too).
 //!
