@@ -361,32 +361,10 @@ fn exec_delivery(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<
     std::fs::create_dir_all(&dir)?;
     let served = Served::new("bench".into(), Arc::new(FileChannel::open(config(&dir))?));
     let n = (plan.max_bytes / size as u64 / 4).clamp(1_000, 100_000) as usize;
-    let e = event(size);
-    let mut put = 0;
-    // Bounded by `n`.
-    while put < n {
-        let mut tx = served.channel.begin()?;
-        for _ in 0..1000.min(n - put) {
-            tx.put(&e)?;
-            put += 1;
-        }
-        tx.commit()?;
-    }
+    fill(&served, n, &event(size))?;
     let mut sink = ExecSink::shell("cat > /dev/null", Duration::from_secs(60));
-    let settings = RunnerSettings {
-        batch: batch as u32,
-        backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-        until_empty: true,
-        limit: None,
-        channel_errors_fatal: true,
-    };
-    let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let outcome = {
-        let mut side = LocalTakes::new(&served);
-        run_sink(&mut sink, &mut side, settings, &stop, None)?
-    };
+    let outcome = drain(&served, &mut sink, batch)?;
     let rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
     if outcome.delivered != n as u64 {
         return Err(format!("the exec sink delivered {} of {n}", outcome.delivered).into());
@@ -396,6 +374,40 @@ fn exec_delivery(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rate)
+}
+
+/// Puts `n` copies of `e` into the channel, 1,000 per commit.
+fn fill(served: &Served, n: usize, e: &[u8]) -> Result<()> {
+    let mut put = 0;
+    // Bounded by `n`.
+    while put < n {
+        let mut tx = served.channel.begin()?;
+        for _ in 0..1000.min(n - put) {
+            tx.put(e)?;
+            put += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Drains the channel through `sink` in batches of `batch`, as the agent's runner does.
+fn drain(
+    served: &Served,
+    sink: &mut dyn sluicegate_agent::sinks::Sink,
+    batch: usize,
+) -> Result<sluicegate_agent::sinks::RunnerOutcome> {
+    let settings = RunnerSettings {
+        batch: batch as u32,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        until_empty: true,
+        limit: None,
+        channel_errors_fatal: true,
+    };
+    let stop = AtomicBool::new(false);
+    let mut side = LocalTakes::new(served);
+    Ok(run_sink(sink, &mut side, settings, &stop, None)?)
 }
 
 /// A mosquitto on a loopback port for the MQTT measurement; killed when dropped.
@@ -457,16 +469,7 @@ fn mqtt_delivery(
         "bench".into(),
         Arc::new(FileChannel::open(config(&dir.join("ch")))?),
     );
-    let mut put = 0;
-    // Bounded by `n`.
-    while put < n {
-        let mut tx = served.channel.begin()?;
-        for _ in 0..1000.min(n - put) {
-            tx.put(&e)?;
-            put += 1;
-        }
-        tx.commit()?;
-    }
+    fill(&served, n, &e)?;
     let mut sink =
         sluicegate_agent::sinks::mqtt::MqttSink::new(sluicegate_agent::sinks::mqtt::MqttSettings {
             host: "127.0.0.1".into(),
@@ -477,20 +480,8 @@ fn mqtt_delivery(
             identity: served.channel.identity(),
             batch,
         });
-    let settings = RunnerSettings {
-        batch: batch as u32,
-        backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-        until_empty: true,
-        limit: None,
-        channel_errors_fatal: true,
-    };
-    let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let outcome = {
-        let mut side = LocalTakes::new(&served);
-        run_sink(&mut sink, &mut side, settings, &stop, None)?
-    };
+    let outcome = drain(&served, &mut sink, batch)?;
     let sink_rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
     if outcome.delivered != n as u64 || outcome.failures > 0 {
         return Err(format!(

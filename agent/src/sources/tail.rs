@@ -494,6 +494,19 @@ mod tests {
         Served::new("t".into(), Arc::new(FileChannel::open(config).unwrap()))
     }
 
+    /// A source named `t` following `glob`, its positions in `dir/pos`, on mark stream `stream`.
+    fn settings(glob: String, dir: &Path, stream: u16) -> TailSettings {
+        TailSettings {
+            name: "t".into(),
+            stream,
+            paths: vec![glob],
+            positions: dir.join("pos"),
+            batch: 10,
+            poll: Duration::from_millis(5),
+            from_end: false,
+        }
+    }
+
     fn drain(served: &Served) -> Vec<String> {
         let mut tx = served.channel.begin().unwrap();
         let mut out = Vec::new();
@@ -529,15 +542,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let served = channel(&tmp.path().join("ch"));
         let log = tmp.path().join("app.log");
-        let settings = TailSettings {
-            name: "t".into(),
-            stream: 0,
-            paths: vec![log.display().to_string()],
-            positions: tmp.path().join("pos"),
-            batch: 10,
-            poll: Duration::from_millis(5),
-            from_end: false,
-        };
+        let settings = settings(log.display().to_string(), tmp.path(), 0);
         let mut f = std::fs::File::create(&log).unwrap();
         write!(f, "a\n{}\nb\npart", "x".repeat(100)).unwrap();
         run_until(&served, &settings, |s| s.channel.len() >= 2);
@@ -571,15 +576,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let served = channel(&tmp.path().join("ch"));
         let log = tmp.path().join("app.log");
-        let settings = TailSettings {
-            name: "t".into(),
-            stream: 3,
-            paths: vec![log.display().to_string()],
-            positions: tmp.path().join("pos"),
-            batch: 10,
-            poll: Duration::from_millis(5),
-            from_end: false,
-        };
+        let settings = settings(log.display().to_string(), tmp.path(), 3);
         let mut f = std::fs::File::create(&log).unwrap();
         writeln!(f, "a\nb").unwrap();
         run_until(&served, &settings, |s| s.channel.len() >= 2);
@@ -612,15 +609,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let served = channel(&tmp.path().join("ch"));
         let (one, two) = (tmp.path().join("one.log"), tmp.path().join("two.log"));
-        let settings = TailSettings {
-            name: "t".into(),
-            stream: 0,
-            paths: vec![tmp.path().join("*.log").display().to_string()],
-            positions: tmp.path().join("pos"),
-            batch: 10,
-            poll: Duration::from_millis(5),
-            from_end: false,
-        };
+        let settings = settings(
+            tmp.path().join("*.log").display().to_string(),
+            tmp.path(),
+            0,
+        );
         let mut f1 = std::fs::File::create(&one).unwrap();
         let mut f2 = std::fs::File::create(&two).unwrap();
         writeln!(f1, "a").unwrap();
