@@ -1,7 +1,8 @@
 //! The check runner: `cargo xtask <command>`.
 //!
 //! - `ci`: every check CI runs, installing what is missing (the thumbv7em target, rustfmt and
-//!   clippy, cargo-fuzz), ending with `cargo test`'s own summary;
+//!   clippy, cargo-fuzz, and through apt-get qemu-system-arm, strace, mosquitto and
+//!   mosquitto-clients), ending with `cargo test`'s own summary;
 //! - `sim [args]`: the crash simulation at any length (see `sim --help`);
 //! - `fuzz [--seconds N]`: every fuzz target for N seconds each (default 300);
 //! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each;
