@@ -7,7 +7,9 @@ use sluicegate_core::{
 };
 use sluicegate_sim::{CrashPolicy, SimStorage};
 
-type Sim = SimStorage<4, 256>;
+mod common;
+use common::{peek_all, Sim};
+
 type Chan<'a, K> = Channel<&'a mut Sim, &'a mut [u64], K>;
 
 /// 16 events, transactions of 4, 3 at once, 512-byte segments, 8 of them; two mark streams of
@@ -46,27 +48,6 @@ fn event(i: u64) -> Vec<u8> {
     format!("e{i}").into_bytes()
 }
 
-/// Every queued event, without consuming any.
-fn peek<K: KeyProvider>(ch: &mut Chan<'_, K>) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut txs = Vec::new();
-    let mut buf = [0u8; 64];
-    'all: for _ in 0..CONFIG.max_transactions() {
-        let tx = ch.begin().unwrap();
-        txs.push(tx);
-        for _ in 0..CONFIG.transaction_capacity() {
-            match ch.take(tx, &mut buf).unwrap() {
-                Some(n) => out.push(buf[..n].to_vec()),
-                None => break 'all,
-            }
-        }
-    }
-    for tx in txs {
-        ch.rollback(tx).unwrap();
-    }
-    out
-}
-
 /// The channel agrees with its marks: the queue is exactly the events from the take mark to
 /// the put mark.
 fn check_agrees<K: KeyProvider>(ch: &mut Chan<'_, K>, what: &str) -> (u64, u64) {
@@ -74,7 +55,7 @@ fn check_agrees<K: KeyProvider>(ch: &mut Chan<'_, K>, what: &str) -> (u64, u64) 
     let expected: Vec<Vec<u8>> = (t..p).map(event).collect();
     let r = *ch.recovery();
     assert_eq!(
-        peek(ch),
+        peek_all(ch),
         expected,
         "{what}: puts mark {p}, takes mark {t}, {r:?}"
     );
@@ -163,7 +144,7 @@ fn marks_change_with_their_commits_only() {
         let path = ch.recovery().path;
         assert_eq!(mark(&ch, PUTS), Some(1), "{path:?}");
         assert_eq!(mark(&ch, TAKES), Some(7), "{path:?}");
-        assert_eq!(peek(&mut ch), vec![b"a".to_vec()]);
+        assert_eq!(peek_all(&mut ch), vec![b"a".to_vec()]);
     }
 }
 

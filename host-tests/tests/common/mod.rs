@@ -2,7 +2,7 @@
 //! blocks, and transactions in one call.
 #![allow(dead_code)]
 
-use sluicegate_core::Channel;
+use sluicegate_core::{Channel, KeyProvider};
 use sluicegate_sim::SimStorage;
 
 pub type Sim = SimStorage<4, 256>;
@@ -37,8 +37,8 @@ pub fn take_n(ch: &mut Chan<'_>, n: usize, commit: bool) -> Vec<Vec<u8>> {
 }
 
 /// Reads the whole queue without consuming it: takes through every transaction slot, then
-/// rolls them all back.
-pub fn peek_all(ch: &mut Chan<'_>) -> Vec<Vec<u8>> {
+/// rolls them all back. Any key provider: sealed channels too.
+pub fn peek_all<K: KeyProvider>(ch: &mut Channel<&mut Sim, &mut [u64], K>) -> Vec<Vec<u8>> {
     let config = *ch.config();
     let mut out = Vec::new();
     let mut txs = Vec::new();
