@@ -16,10 +16,12 @@ use std::time::Duration;
 use sluicegate_file::{FileChannel, FileChannelConfig};
 
 use crate::config::{channel_settings, host_port, AgentConfig, SinkSection, SourceSection};
+use crate::dead_letter::DeadLetter;
 use crate::metrics::{Metrics, Served};
 use crate::owner::Owner;
 use crate::session::HANDOVER_PATIENCE;
 use crate::sinks::exec::ExecSink;
+use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mqtt::{MqttSettings, MqttSink};
 use crate::sinks::{run_sink, LocalTakes, RunnerSettings, Sink};
 use crate::sources::tail::{assign_streams, run_tail, TailSettings};
@@ -279,7 +281,20 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
                     batch: sink.pacing().0.min(s.channel.config().transaction_capacity) as usize,
                 }))
             }
+            SinkSection::Kafka { .. } => {
+                let mut settings = sink.kafka_settings(name, s.channel.identity());
+                settings.batch = settings
+                    .batch
+                    .min(s.channel.config().transaction_capacity as usize);
+                Box::new(
+                    KafkaSink::new(settings)
+                        .map_err(|e| AgentError::Config(format!("sinks.{name}: {e}")))?,
+                )
+            }
         };
+        let dead_letter = sink
+            .dead_letter_dir()
+            .map(|dir| DeadLetter::new(dir, name, channel, s.channel.identity()));
         let (batch, backoff_ms, max_backoff_ms) = sink.pacing();
         let settings = RunnerSettings {
             batch: batch.min(s.channel.config().transaction_capacity),
@@ -295,7 +310,15 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             .name(key.clone())
             .spawn(move || {
                 let mut side = LocalTakes::new(&s);
-                run_sink(&mut *deliver, &mut side, settings, &stop, Some(&component)).map(drop)
+                run_sink(
+                    &mut *deliver,
+                    &mut side,
+                    settings,
+                    &stop,
+                    Some(&component),
+                    dead_letter.as_ref(),
+                )
+                .map(drop)
             })
             .map_err(|e| AgentError::Runtime(format!("cannot start {key}: {e}")))?;
         threads.push((format!("sinks.{name}"), t));

@@ -29,6 +29,14 @@
 //! channel = "events"
 //! broker = "127.0.0.1:1883"
 //! topic = "site/telemetry"
+//!
+//! [sinks.kafka]
+//! type = "kafka"
+//! channel = "events"
+//! brokers = "127.0.0.1:9092"
+//! topic = "events"
+//! key = "id"                          # "none" (default), "id", or "field:NAME"
+//! dead_letter_dir = "/var/lib/sluicegate/dead-letter"
 //! ```
 //!
 //! Unknown keys are refused, and [`AgentConfig::check`] refuses a source or sink naming a
@@ -163,7 +171,65 @@ pub enum SinkSection {
         /// (default 10,000).
         #[serde(default = "default_ack_timeout_ms")]
         timeout_ms: u64,
+        /// Where events the broker refuses for good are kept, with the reason (default: none,
+        /// so a refused event fails its batch, which is retried).
+        dead_letter_dir: Option<PathBuf>,
     },
+    /// Produces each event to a Kafka topic with an idempotent producer; a batch commits once
+    /// every message of it has a successful delivery report.
+    Kafka {
+        /// The channel it takes from.
+        channel: String,
+        /// `bootstrap.servers`: `HOST:PORT[,HOST:PORT...]`.
+        brokers: String,
+        /// The topic every event goes to.
+        topic: String,
+        /// The key: `none` (default), `id` (the event's id), or `field:NAME` (a top-level field
+        /// of the event read as JSON).
+        #[serde(default = "default_key")]
+        key: String,
+        /// librdkafka's partitioner (default: librdkafka's, `consistent_random`).
+        partitioner: Option<String>,
+        /// `none` (default), `gzip`, `snappy` or `lz4`.
+        #[serde(default = "default_compression")]
+        compression: String,
+        /// The client id (default `sluicegate-NAME`).
+        client_id: Option<String>,
+        /// Events per batch (default 100).
+        #[serde(default = "default_batch")]
+        batch: u32,
+        /// The first retry's delay in ms (default 100); it doubles up to `max_backoff_ms`.
+        #[serde(default = "default_backoff_ms")]
+        backoff_ms: u64,
+        /// The longest delay between retries in ms (default 10,000).
+        #[serde(default = "default_max_backoff_ms")]
+        max_backoff_ms: u64,
+        /// A batch whose delivery reports have not all come after this long fails and is
+        /// retried (`message.timeout.ms`, default 30,000).
+        #[serde(default = "default_kafka_timeout_ms")]
+        timeout_ms: u64,
+        /// More librdkafka producer properties (for example `sasl.username`), applied last.
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+        /// Where events the broker refuses for good are kept, with the reason (default: none,
+        /// so a refused event fails its batch, which is retried).
+        dead_letter_dir: Option<PathBuf>,
+    },
+}
+
+/// A Kafka sink's `key` setting, or why it is not one.
+pub fn kafka_key(key: &str) -> Result<crate::sinks::kafka::KafkaKey, String> {
+    use crate::sinks::kafka::KafkaKey;
+    match key {
+        "none" => Ok(KafkaKey::None),
+        "id" => Ok(KafkaKey::Id),
+        _ => match key.strip_prefix("field:") {
+            Some(name) if !name.is_empty() => Ok(KafkaKey::Field(name.to_string())),
+            _ => Err(format!(
+                "{key:?} is not a key: give \"none\", \"id\" or \"field:NAME\""
+            )),
+        },
+    }
 }
 
 /// A `HOST:PORT` split, or why not.
@@ -204,6 +270,15 @@ fn default_timeout_ms() -> u64 {
 fn default_ack_timeout_ms() -> u64 {
     10_000
 }
+fn default_kafka_timeout_ms() -> u64 {
+    30_000
+}
+fn default_key() -> String {
+    "none".into()
+}
+fn default_compression() -> String {
+    "none".into()
+}
 
 impl SourceSection {
     /// The channel it feeds.
@@ -218,7 +293,57 @@ impl SinkSection {
     /// The channel it drains.
     pub fn channel(&self) -> &str {
         match self {
-            SinkSection::Exec { channel, .. } | SinkSection::Mqtt { channel, .. } => channel,
+            SinkSection::Exec { channel, .. }
+            | SinkSection::Mqtt { channel, .. }
+            | SinkSection::Kafka { channel, .. } => channel,
+        }
+    }
+
+    /// The settings of a Kafka sink named `name` on a channel of identity `identity` (default
+    /// settings for any other sink).
+    pub fn kafka_settings(&self, name: &str, identity: u128) -> crate::sinks::kafka::KafkaSettings {
+        use crate::sinks::kafka::{KafkaKey, KafkaSettings};
+        let SinkSection::Kafka {
+            brokers,
+            topic,
+            key,
+            partitioner,
+            compression,
+            client_id,
+            batch,
+            timeout_ms,
+            properties,
+            ..
+        } = self
+        else {
+            return KafkaSettings::default();
+        };
+        KafkaSettings {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
+            key: kafka_key(key).unwrap_or(KafkaKey::None),
+            partitioner: partitioner.clone(),
+            compression: compression.clone(),
+            timeout: std::time::Duration::from_millis(*timeout_ms),
+            client_id: client_id
+                .clone()
+                .unwrap_or_else(|| format!("sluicegate-{name}")),
+            identity,
+            batch: *batch as usize,
+            properties: properties.clone(),
+        }
+    }
+
+    /// Its dead-letter directory, if it has one.
+    pub fn dead_letter_dir(&self) -> Option<&Path> {
+        match self {
+            SinkSection::Exec { .. } => None,
+            SinkSection::Mqtt {
+                dead_letter_dir, ..
+            }
+            | SinkSection::Kafka {
+                dead_letter_dir, ..
+            } => dead_letter_dir.as_deref(),
         }
     }
 
@@ -232,6 +357,12 @@ impl SinkSection {
                 ..
             }
             | SinkSection::Mqtt {
+                batch,
+                backoff_ms,
+                max_backoff_ms,
+                ..
+            }
+            | SinkSection::Kafka {
                 batch,
                 backoff_ms,
                 max_backoff_ms,
@@ -272,6 +403,19 @@ impl AgentConfig {
             } = source
             {
                 *p = base.join(&*p);
+            }
+        }
+        for sink in config.sinks.values_mut() {
+            if let SinkSection::Mqtt {
+                dead_letter_dir: Some(d),
+                ..
+            }
+            | SinkSection::Kafka {
+                dead_letter_dir: Some(d),
+                ..
+            } = sink
+            {
+                *d = base.join(&*d);
             }
         }
         config.check()?;
@@ -365,6 +509,59 @@ impl AgentConfig {
                         return Err(format!("{key}.timeout_ms must be at least 1"));
                     }
                 }
+                SinkSection::Kafka {
+                    brokers,
+                    topic,
+                    key: message_key,
+                    partitioner,
+                    compression,
+                    timeout_ms,
+                    ..
+                } => {
+                    for b in brokers.split(',') {
+                        host_port(b.trim()).map_err(|e| format!("{key}.brokers: {e}"))?;
+                    }
+                    if topic.is_empty()
+                        || topic.len() > 249
+                        || !topic
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    {
+                        return Err(format!(
+                            "{key}.topic: {topic:?} is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+                        ));
+                    }
+                    kafka_key(message_key).map_err(|e| format!("{key}.key: {e}"))?;
+                    const PARTITIONERS: [&str; 7] = [
+                        "random",
+                        "consistent",
+                        "consistent_random",
+                        "murmur2",
+                        "murmur2_random",
+                        "fnv1a",
+                        "fnv1a_random",
+                    ];
+                    if let Some(p) = partitioner {
+                        if !PARTITIONERS.contains(&p.as_str()) {
+                            return Err(format!(
+                                "{key}.partitioner: {p:?} is not one of {}",
+                                PARTITIONERS.join(", ")
+                            ));
+                        }
+                    }
+                    if !["none", "gzip", "snappy", "lz4"].contains(&compression.as_str()) {
+                        return Err(format!(
+                            "{key}.compression: {compression:?} is not one of none, gzip, snappy, lz4"
+                        ));
+                    }
+                    if *timeout_ms == 0 {
+                        return Err(format!("{key}.timeout_ms must be at least 1"));
+                    }
+                    // librdkafka checks the whole configuration (`properties` included) when
+                    // a producer is made; it connects only when it has something to send.
+                    crate::sinks::kafka::check_producer(sink.kafka_settings(name, 0))
+                        .map_err(|e| format!("{key}: {e}"))?;
+                }
             }
         }
         Ok(())
@@ -418,6 +615,47 @@ mod tests {
             (ok.replace("listen = \"127.0.0.1:1\"", "listen = \"127.0.0.1:1\"\n            [agent]\n            metrics_listen = \"127.0.0.1:1\""), "127.0.0.1:1"),
             (ok.replace("dir = \"h\"", "dir = \"h\"\n            settings = { capacity = 0 }"), "channels.c.settings"),
             ("[agent]\n".to_string(), "no [channels"),
+        ];
+        for (text, expect) in cases {
+            let err = AgentConfig::from_toml_str(&text, base).unwrap_err();
+            assert!(err.contains(expect), "{err:?} should name {expect:?}");
+            assert!(!err.contains('\n'), "{err:?} is more than one line");
+        }
+    }
+
+    /// A Kafka sink's settings are checked by key, and relative dead-letter paths resolved.
+    #[test]
+    fn kafka_sink_settings_are_checked() {
+        let base = Path::new("/tmp");
+        let ok = r#"
+            [channels.c]
+            dir = "h"
+            [sinks.k]
+            type = "kafka"
+            channel = "c"
+            brokers = "127.0.0.1:9092,127.0.0.1:9093"
+            topic = "events"
+            key = "field:device"
+            partitioner = "murmur2_random"
+            compression = "lz4"
+            dead_letter_dir = "dl"
+        "#;
+        let config = AgentConfig::from_toml_str(ok, base).unwrap();
+        assert_eq!(
+            config.sinks["k"].dead_letter_dir(),
+            Some(Path::new("/tmp/dl"))
+        );
+        let cases = [
+            (ok.replace("127.0.0.1:9093", "nohost"), "sinks.k.brokers"),
+            (ok.replace("\"events\"", "\"a/b\""), "sinks.k.topic"),
+            (ok.replace("field:device", "field:"), "sinks.k.key"),
+            (ok.replace("field:device", "value"), "sinks.k.key"),
+            (
+                ok.replace("murmur2_random", "round_robin"),
+                "sinks.k.partitioner",
+            ),
+            (ok.replace("lz4", "zstd"), "sinks.k.compression"),
+            (ok.replace("compression", "compresion"), "compresion"),
         ];
         for (text, expect) in cases {
             let err = AgentConfig::from_toml_str(&text, base).unwrap_err();

@@ -10,7 +10,8 @@
 //!   home: use the owner if one serves it, else open the channel and become the owner.
 //! - [`config`]: the agent's TOML (channels, sources, sinks, each named).
 //! - [`sources`]: HTTP ingest (NDJSON) and file tailing. [`sinks`]: the [`sinks::Sink`] trait
-//!   and the exec sink, whose take commits only when the command exits 0.
+//!   and its sinks (exec, MQTT, Kafka), whose takes commit only when the destination
+//!   acknowledged; [`dead_letter`]: where events a destination refused for good are kept.
 //! - [`metrics`]: Flume's channel counters and per-source and per-sink figures, in Prometheus's
 //!   text format and as JSON for `sluicegate stats`.
 //! - [`agent`]: starts all of that from a config, stops it on SIGINT or SIGTERM.
@@ -24,6 +25,7 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod dead_letter;
 pub mod home;
 pub mod metrics;
 pub mod owner;

@@ -249,6 +249,7 @@ pub struct ComponentMetrics {
     errors: Family<ComponentLabels, Counter>,
     retries: Family<ComponentLabels, Counter>,
     rejected: Family<ComponentLabels, Counter>,
+    dead_lettered: Family<ComponentLabels, Counter>,
     latency: Family<ComponentLabels, Histogram>,
 }
 
@@ -266,6 +267,8 @@ pub struct Component {
     pub retries: Counter,
     /// Requests refused to the sender (full, too large, bad input).
     pub rejected: Counter,
+    /// Events a sink's destination refused for good, kept in its dead-letter file.
+    pub dead_lettered: Counter,
     /// Seconds from a batch's start to its durable commit (a source) or to the destination's
     /// acknowledgement and the take's commit (a sink).
     pub latency: Histogram,
@@ -289,6 +292,7 @@ impl Metrics {
             errors: Family::default(),
             retries: Family::default(),
             rejected: Family::default(),
+            dead_lettered: Family::default(),
             latency: Family::new_with_constructor(|| {
                 Histogram::new([
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -302,6 +306,11 @@ impl Metrics {
             ("errors", "Failures of a source or sink", &c.errors),
             ("retries", "Deliveries tried again", &c.retries),
             ("rejected", "Requests refused to a sender", &c.rejected),
+            (
+                "dead_lettered",
+                "Events a destination refused for good, kept in the dead-letter file",
+                &c.dead_lettered,
+            ),
         ] {
             registry.register(format!("sluicegate_component_{name}"), help, family.clone());
         }
@@ -330,6 +339,7 @@ impl Metrics {
             errors: c.errors.get_or_create(&labels).clone(),
             retries: c.retries.get_or_create(&labels).clone(),
             rejected: c.rejected.get_or_create(&labels).clone(),
+            dead_lettered: c.dead_lettered.get_or_create(&labels).clone(),
             latency: c.latency.get_or_create(&labels).clone(),
         }
     }

@@ -1,6 +1,7 @@
 //! The agent's costs: puts through an owner's socket against the same puts in process, HTTP
 //! ingest of NDJSON bodies with durable commits, delivery through the exec sink, and delivery
-//! through the MQTT sink to a local mosquitto against a raw `rumqttc` publisher.
+//! through the MQTT sink to a local mosquitto against a raw `rumqttc` publisher, and through
+//! the Kafka sink to a local tansu against a raw `rdkafka` producer.
 //!
 //! The socket comparison interleaves its two channels commit by commit (which goes first
 //! alternates), so a noisy machine slows both alike; its target is judged on the median over
@@ -61,6 +62,9 @@ pub struct AgentResults {
     /// take, publish, PUBACKs, commit) and from a raw `rumqttc` publisher with the same settings
     /// and no channel; empty without mosquitto.
     pub mqtt: Vec<(usize, f64, f64)>,
+    /// Kafka to a local tansu, per batch size: events per second through the sink and from a
+    /// raw `rdkafka` producer with the same settings and no channel; empty without tansu.
+    pub kafka: Vec<(usize, f64, f64)>,
 }
 
 fn config(dir: &Path) -> FileChannelConfig {
@@ -107,8 +111,17 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<AgentResults
             mqtt.push((batch, sink, raw));
         }
     }
+    progress.step("agent: delivery through the Kafka sink, and a raw Kafka producer");
+    let mut kafka = Vec::new();
+    if let Some(program) = tansu_program() {
+        for batch in [100usize, 1000] {
+            let (sink, raw) = kafka_delivery(base, plan, &program, size, batch)?;
+            kafka.push((batch, sink, raw));
+        }
+    }
     Ok(AgentResults {
         mqtt,
+        kafka,
         event_bytes: size,
         socket,
         http_rate,
@@ -407,7 +420,7 @@ fn drain(
     };
     let stop = AtomicBool::new(false);
     let mut side = LocalTakes::new(served);
-    Ok(run_sink(sink, &mut side, settings, &stop, None)?)
+    Ok(run_sink(sink, &mut side, settings, &stop, None, None)?)
 }
 
 /// A mosquitto on a loopback port for the MQTT measurement; killed when dropped.
@@ -549,6 +562,161 @@ fn raw_publish(port: u16, n: usize, batch: usize, e: &[u8]) -> Result<f64> {
     Ok(rate)
 }
 
+/// The tansu binary: `SLUICEGATE_TANSU`, or the copy `cargo xtask brokers` keeps in `~/.cache`.
+fn tansu_program() -> Option<std::path::PathBuf> {
+    std::env::var_os("SLUICEGATE_TANSU")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/sluicegate/bin/tansu-0.6.0-510f3e2"))
+        })
+        .filter(|p| p.exists())
+}
+
+/// Events per second through the Kafka sink and from a raw producer, to a tansu (in-memory
+/// storage) this starts on a free loopback port: raw, sink, raw, the raw figure the mean.
+fn kafka_delivery(
+    base: &Path,
+    plan: &Plan,
+    program: &Path,
+    size: usize,
+    batch: usize,
+) -> Result<(f64, f64)> {
+    use sluicegate_agent::sinks::kafka::{KafkaKey, KafkaSettings, KafkaSink};
+    let dir = base.join("agent-kafka");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let _broker = Broker(
+        std::process::Command::new(program)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > until {
+            return Err("tansu did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for topic in ["sink", "raw"] {
+        let status = std::process::Command::new(program)
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                "1",
+                "--broker",
+                &url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("tansu: cannot create topic {topic}").into());
+        }
+    }
+    let n = (plan.max_bytes / size as u64 / 8).clamp(2_000, 50_000) as usize;
+    let n = n - n % batch;
+    let e = event(size);
+    let served = Served::new(
+        "bench".into(),
+        Arc::new(FileChannel::open(config(&dir.join("ch")))?),
+    );
+    let settings = |topic: &str| KafkaSettings {
+        brokers: format!("127.0.0.1:{port}"),
+        topic: topic.into(),
+        key: KafkaKey::None,
+        partitioner: None,
+        compression: "none".into(),
+        timeout: Duration::from_secs(60),
+        client_id: format!("sluicegate-bench-{topic}"),
+        identity: served.channel.identity(),
+        batch,
+        properties: Default::default(),
+    };
+    let raw1 = raw_produce(&settings("raw"), n, &e)?;
+    fill(&served, n, &e)?;
+    let mut sink = KafkaSink::new(settings("sink"))?;
+    let started = Instant::now();
+    let outcome = drain(&served, &mut sink, batch)?;
+    let sink_rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
+    if outcome.delivered != n as u64 || outcome.failures > 0 {
+        return Err(format!(
+            "the Kafka sink delivered {} of {n} with {} failures",
+            outcome.delivered, outcome.failures
+        )
+        .into());
+    }
+    drop(sink);
+    let raw2 = raw_produce(&settings("raw"), n, &e)?;
+    if let Ok(channel) = Arc::try_unwrap(served.channel) {
+        channel.close()?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((sink_rate, (raw1 + raw2) / 2.0))
+}
+
+/// A raw `rdkafka` producer with the sink's configuration (idempotent, `acks=all`) and the same
+/// id header: `n` events in batches, each batch waiting for every delivery report. Events per
+/// second.
+fn raw_produce(
+    settings: &sluicegate_agent::sinks::kafka::KafkaSettings,
+    n: usize,
+    e: &[u8],
+) -> Result<f64> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer =
+        sluicegate_agent::sinks::kafka::KafkaSink::client_config(settings).create()?;
+    let started = Instant::now();
+    let mut sent = 0;
+    // Bounded by `n`.
+    while sent < n {
+        for i in 0..settings.batch {
+            let id = format!("{:032x}:{}", settings.identity, sent + i);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "sluicegate-id",
+                value: Some(id.as_str()),
+            });
+            // Bounded: the queue holds two batches, and polling drains it.
+            loop {
+                let record = BaseRecord::<(), [u8]>::to(&settings.topic)
+                    .payload(e)
+                    .headers(headers.clone());
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((err, _)) => {
+                        if err.rdkafka_error_code()
+                            != Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        {
+                            return Err(format!("raw produce: {err}").into());
+                        }
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        // Waits for the reports as the sink does (`flush` sleeps in coarser steps).
+        let until = Instant::now() + Duration::from_secs(60);
+        while producer.in_flight_count() > 0 {
+            if Instant::now() > until {
+                return Err("raw produce: no delivery reports within 60 s".into());
+            }
+            producer.poll(Duration::from_millis(20));
+        }
+        sent += settings.batch;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 /// The section's table and its targets.
 pub fn table(o: &mut String, r: &AgentResults) {
     use std::fmt::Write as _;
@@ -595,6 +763,26 @@ pub fn table(o: &mut String, r: &AgentResults) {
             r.event_bytes
         );
         for (batch, sink, raw) in &r.mqtt {
+            let _ = writeln!(
+                o,
+                "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",
+                sink / raw,
+                if sink / raw >= 0.8 { "met" } else { "NOT met" }
+            );
+        }
+    }
+    if r.kafka.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nKafka: not measured (tansu is not installed; `cargo xtask brokers` installs it)."
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "\nKafka to a local tansu (in-memory storage, one partition), {} B events, idempotent producer, `acks=all`: the sink (take, produce, every delivery report, durable take commit) against a raw `rdkafka` producer with the same settings and no channel (target: at least 0.8 of it):\n\n| batch | sink | raw producer | sink ÷ raw |\n|--:|--:|--:|--:|",
+            r.event_bytes
+        );
+        for (batch, sink, raw) in &r.kafka {
             let _ = writeln!(
                 o,
                 "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",

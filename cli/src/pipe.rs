@@ -315,7 +315,7 @@ pub fn take(
                 limit,
                 channel_errors_fatal: true,
             };
-            run_sink(&mut sink, &mut side, settings, &STOP, None)
+            run_sink(&mut sink, &mut side, settings, &STOP, None, None)
                 .map(drop)
                 .map_err(Fail::runtime)
         }

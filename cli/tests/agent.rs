@@ -252,7 +252,7 @@ type ConfigText = Box<dyn Fn(&Path) -> String>;
 fn bad_configurations_fail_before_anything_starts() {
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_port = busy.local_addr().expect("addr").port();
-    let cases: [(&str, ConfigText); 5] = [
+    let cases: [(&str, ConfigText); 6] = [
         (
             "no program",
             Box::new(|r: &Path| {
@@ -288,6 +288,16 @@ fn bad_configurations_fail_before_anything_starts() {
             }),
         ),
         ("line 1", Box::new(|_: &Path| "[channels.c\n".to_string())),
+        (
+            "no.such.property",
+            Box::new(|r: &Path| {
+                format!(
+                    "{}{}properties = {{ \"no.such.property\" = \"1\" }}\n",
+                    channel_toml(r),
+                    kafka_sink_toml(9, "t", 10, 1000)
+                )
+            }),
+        ),
     ];
     for (needle, body) in cases {
         let s = Setup::new(body);
@@ -442,20 +452,26 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
         )
     });
     let rounds = kills(200);
-    let ledger = kill_during_http_ingest(&s, port, rounds, &s.out);
+    let ledger = kill_during_http_ingest(&s, port, rounds, 150, &s.out);
     // A kill can leave one sink batch delivered but not committed.
     judge(&s.delivered(), &ledger, rounds, sink_batch);
 }
 
-/// SIGKILLs the agent of `s` `rounds` times while two clients post 10-event NDJSON bodies to
-/// its HTTP source on `port` (senders held to `MAX_LAG` lines ahead of `delivered`, the
-/// destination's file); then a last run, not killed, takes one more body, drains the channel
+/// SIGKILLs the agent of `s` `rounds` times, each from 10 to `10 + window_ms` ms after it is
+/// ready, while two clients post 10-event NDJSON bodies to its HTTP source on `port` (senders
+/// held to `MAX_LAG` lines ahead of `delivered`, the destination's file); then a last run, not killed, takes one more body, drains the channel
 /// and stops on SIGTERM. Returns what was sent and acknowledged.
-fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) -> Ledger {
+fn kill_during_http_ingest(
+    s: &Setup,
+    port: u16,
+    rounds: u32,
+    window_ms: u64,
+    delivered: &Path,
+) -> Ledger {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = Lcg(0x5eed_1234);
     for round in 0..rounds {
-        let mut agent = s.spawn();
+        let mut agent = s.spawn_logged();
         wait_ready(s, &mut agent, port);
         let stop = Arc::new(AtomicBool::new(false));
         let posters: Vec<_> = (0..2)
@@ -484,7 +500,7 @@ fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) 
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(10 + rng.next(150)));
+        std::thread::sleep(Duration::from_millis(10 + rng.next(window_ms)));
         agent.kill().expect("kill");
         agent.wait().expect("wait");
         stop.store(true, Ordering::Relaxed);
@@ -493,7 +509,7 @@ fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) 
         }
     }
     // A last run, not killed: one more acknowledged body, then a full drain.
-    let mut agent = s.spawn();
+    let mut agent = s.spawn_logged();
     wait_ready(s, &mut agent, port);
     let last: Vec<String> = (0..10)
         .map(|i| format!("{{\"id\":\"last-{i}\"}}"))
@@ -513,8 +529,8 @@ fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) 
                 let _ = agent.kill();
                 let _ = agent.wait();
                 panic!(
-                    "the last body got {other:?}; agent: {}",
-                    stderr_of(&mut agent)
+                    "the last body got {other:?}; the agent logged:\n{}",
+                    s.log()
                 )
             }
         }
@@ -524,7 +540,7 @@ fn kill_during_http_ingest(s: &Setup, port: u16, rounds: u32, delivered: &Path) 
         s.stats().is_some_and(|v| v["depth"] == 0)
     });
     let status = sigterm(&mut agent);
-    assert!(status.success(), "{}", stderr_of(&mut agent));
+    assert!(status.success(), "{}", s.log());
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     ledger
 }
@@ -947,7 +963,7 @@ fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
     // A PUBACK timeout of a minute: a loaded machine makes a batch slower, not a failure that
     // would deliver it again within a run (only a kill may).
     let rounds = kills(120);
-    let ledger = kill_during_http_ingest(&s, port, rounds, &out);
+    let ledger = kill_during_http_ingest(&s, port, rounds, 150, &out);
     // The channel drained: every acknowledged event was PUBACKed; wait for the subscriber.
     eventually("every acknowledged event at the subscriber", || {
         let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
@@ -961,4 +977,514 @@ fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
     }
     let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
     judge(&payloads, &ledger, rounds, sink_batch);
+}
+
+/// Where the tansu binary is: `SLUICEGATE_TANSU` (set by `cargo xtask ci`), the copy `cargo
+/// xtask brokers` keeps in `~/.cache`, or `tansu` on the PATH; `None` (with a loud message)
+/// where there is none, unless `SLUICEGATE_TANSU` names it (then it must run).
+fn tansu_program() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SLUICEGATE_TANSU") {
+        return Some(PathBuf::from(p));
+    }
+    let cached = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cache/sluicegate/bin/tansu-0.6.0-510f3e2"))
+        .filter(|p| p.exists());
+    let on_path = || {
+        Command::new("tansu")
+            .arg("--help")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| PathBuf::from("tansu"))
+    };
+    let found = cached.or_else(on_path);
+    if found.is_none() {
+        eprintln!(
+            "\n*** SKIPPED: tansu (a Kafka-compatible broker) is not installed (`cargo xtask brokers` installs it) ***\n"
+        );
+    }
+    found
+}
+
+/// A tansu broker on a loopback port with in-memory storage, advertising `advertised` (a
+/// [`Gate`] in front of it); stopped when dropped.
+struct Tansu {
+    port: u16,
+    program: PathBuf,
+    child: Child,
+}
+
+impl Tansu {
+    fn start(program: &Path, dir: &Path, advertised: u16) -> Tansu {
+        std::fs::create_dir_all(dir).expect("broker dir");
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("broker log");
+        let port = free_port();
+        let child = Command::new(program)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{advertised}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu");
+        eventually("tansu to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Tansu {
+            port,
+            program: program.to_path_buf(),
+            child,
+        }
+    }
+
+    fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(&self.program)
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .arg("--broker")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "cannot create topic {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder the test can shut: while shut, its port refuses connections and every
+/// connection through it is cut, as when the broker's host goes away; the broker keeps its
+/// data (tansu here stores only in memory, so stopping the broker itself would lose it).
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gate {
+    fn at(port: u16, to: u16) -> Gate {
+        let open = Arc::new(AtomicBool::new(true));
+        let done = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (o, d, l) = (Arc::clone(&open), Arc::clone(&done), Arc::clone(&links));
+        let thread = std::thread::spawn(move || {
+            // Bounded by `done`.
+            while !d.load(Ordering::Relaxed) {
+                if !o.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let listener = TcpListener::bind(("127.0.0.1", port)).expect("gate bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                while o.load(Ordering::Relaxed) && !d.load(Ordering::Relaxed) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let mut held = l.lock().expect("links");
+                    for (a, b) in [(&client, &server), (&server, &client)] {
+                        let (mut from, mut into) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut into);
+                            let _ = into.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    held.push(client);
+                    held.push(server);
+                }
+            }
+        });
+        Gate {
+            port,
+            open,
+            done,
+            links,
+            thread: Some(thread),
+        }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    fn shut(&self) {
+        self.open.store(false, Ordering::Relaxed);
+        for s in self.links.lock().expect("links").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.shut();
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A Kafka broker behind a gate: what a Kafka test starts.
+fn kafka(program: &Path, dir: &Path, topic: &str, partitions: u32) -> (Tansu, Gate) {
+    let gate_port = free_port();
+    let broker = Tansu::start(program, dir, gate_port);
+    let gate = Gate::at(gate_port, broker.port);
+    broker.create_topic(topic, partitions);
+    (broker, gate)
+}
+
+/// One message read back: partition, the `sluicegate-id` header, the payload.
+type Message = (i32, String, String);
+
+/// An rdkafka consumer (no group: it assigns itself every partition from the start) appending
+/// `PARTITION|ID|PAYLOAD` lines to a file until dropped: an independent reader of what
+/// arrived.
+struct KafkaReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KafkaReader {
+    fn start(bootstrap: u16, topic: &str, partitions: i32, out: &Path) -> KafkaReader {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message as _};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{bootstrap}"))
+            .set("group.id", "sluicegate-test-reader")
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3")
+            .create()
+            .expect("consumer");
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&list).expect("assign");
+        let mut file = std::fs::File::create(out).expect("reader output");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            // Bounded by `stop`.
+            while !stopped.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let id = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "sluicegate-id"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                writeln!(file, "{}|{id}|{payload}", m.partition()).expect("reader write");
+            }
+        });
+        KafkaReader {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a [`KafkaReader`] wrote, in arrival order.
+fn kafka_received(out: &Path) -> Vec<Message> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '|');
+            let partition = parts.next()?.parse().ok()?;
+            Some((
+                partition,
+                parts.next()?.to_string(),
+                parts.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The event-id half of a `CHANNEL:EVENT` id.
+fn event_of(id: &str) -> u128 {
+    id.rsplit_once(':')
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or_else(|| panic!("{id:?} is not CHANNEL:EVENT"))
+}
+
+fn kafka_sink_toml(bootstrap: u16, topic: &str, batch: u32, timeout_ms: u64) -> String {
+    format!(
+        "[sinks.kafka]\ntype = \"kafka\"\nchannel = \"c\"\nbrokers = \"127.0.0.1:{bootstrap}\"\ntopic = \"{topic}\"\nkey = \"id\"\nbatch = {batch}\nbackoff_ms = 50\nmax_backoff_ms = 1000\ntimeout_ms = {timeout_ms}\n"
+    )
+}
+
+/// The Kafka sink against a real broker (tansu), read back by an rdkafka consumer: every event
+/// arrives with its `sluicegate-id`, each partition in channel order; with the broker cut off
+/// (30 s; `SLUICEGATE_KAFKA_OUTAGE_MS`) the sink commits nothing and the events wait in the
+/// channel; once it is back, every event acknowledged to the HTTP source arrives, a repeat
+/// only ever with its first id, and the channel drains.
+#[test]
+fn kafka_sink_delivers_in_order_with_ids_and_waits_out_a_broker_outage() {
+    let Some(program) = tansu_program() else {
+        return;
+    };
+    let (port, mport) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "events", 3);
+    let bport = gate.port;
+    let out = tmp.path().join("received");
+    let _reader = KafkaReader::start(bport, "events", 3, &out);
+    let s = Setup::new(|r| {
+        format!(
+            "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}",
+            channel_toml(r),
+            kafka_sink_toml(bport, "events", 50, 3000),
+        )
+    });
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    let mut sent = Vec::new();
+    let mut post = |from: usize, to: usize| {
+        let body: String = (from..to).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+        assert_eq!(status, 200, "{reply}");
+        sent.extend((from..to).map(|i| format!("{{\"n\":{i}}}")));
+    };
+    post(0, 300);
+    eventually("300 messages at the reader", || {
+        kafka_received(&out).len() >= 300
+    });
+    let outage = Duration::from_millis(
+        std::env::var("SLUICEGATE_KAFKA_OUTAGE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000),
+    );
+    gate.shut();
+    let until = Instant::now() + outage;
+    let mut n = 300;
+    while Instant::now() < until {
+        post(n, n + 100);
+        n += 100;
+        std::thread::sleep(Duration::from_millis(200).min(outage));
+    }
+    let depth = s.stats().expect("stats")["depth"].as_u64().expect("depth");
+    assert!(
+        depth >= 100,
+        "with the broker away the sink must commit nothing: depth {depth}"
+    );
+    gate.reopen();
+    let until = Instant::now() + Duration::from_secs(300);
+    loop {
+        let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
+        let missing = sent.iter().filter(|e| !got.contains(*e)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} events never reached the reader; channel: {:?}; the agent logged:\n{}",
+            sent.len(),
+            s.stats().map(|v| v["depth"].clone()),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    let got = kafka_received(&out);
+    let sent_set: HashSet<&str> = sent.iter().map(String::as_str).collect();
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    let mut last: HashMap<i32, u128> = HashMap::new();
+    for (partition, id, payload) in &got {
+        assert!(
+            sent_set.contains(payload.as_str()),
+            "{payload} was never sent"
+        );
+        if let Some(first) = ids.get(payload.as_str()) {
+            assert_eq!(*first, id.as_str(), "{payload} came again with another id");
+            continue;
+        }
+        ids.insert(payload, id);
+        // In order per partition: each event's first arrival comes after every earlier
+        // event's of its partition (in the channel's order, which its id follows).
+        let event = event_of(id);
+        let seen = last.entry(*partition).or_default();
+        assert!(
+            event > *seen,
+            "{payload} (event {event}) first arrived in partition {partition} after event {seen}"
+        );
+        *seen = event;
+    }
+    let distinct: HashSet<&str> = ids.values().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "two events share an id");
+    assert!(
+        last.len() > 1,
+        "key = \"id\" spreads events over partitions"
+    );
+    let status = sigterm(&mut agent);
+    assert!(status.success(), "{}", s.log());
+    eprintln!(
+        "{} events sent, {} messages received ({} repeats) over {} partitions, {} ms outage with depth {depth}",
+        sent.len(),
+        got.len(),
+        got.len() - ids.len(),
+        last.len(),
+        outage.as_millis()
+    );
+}
+
+/// SIGKILL the agent again and again (120 times; `SLUICEGATE_AGENT_KILLS`) while clients post
+/// NDJSON and the Kafka sink produces to a real broker (tansu): every event acknowledged with
+/// 200 reaches the reader, nothing unsent does, repeats stay within one sink batch per kill,
+/// and a repeated message always carries its first id.
+#[test]
+fn sigkill_during_kafka_delivery_loses_nothing_acknowledged() {
+    let Some(program) = tansu_program() else {
+        return;
+    };
+    let port = free_port();
+    let sink_batch = 25;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "kills", 2);
+    let bport = gate.port;
+    let out = tmp.path().join("received");
+    let _reader = KafkaReader::start(bport, "kills", 2, &out);
+    let s = Setup::new(|r| {
+        format!(
+            "{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}",
+            channel_toml(r),
+            // A minute for delivery reports: a loaded machine makes a batch slower, not a
+            // failure that would deliver it again within a run (only a kill may).
+            kafka_sink_toml(bport, "kills", sink_batch, 60_000),
+        )
+    });
+    let rounds = kills(120);
+    // A producer needs the broker's metadata and a producer id before its first batch (about
+    // 0.4 s here): kills come up to 2 s after the agent is ready, so most land during delivery.
+    let ledger = kill_during_http_ingest(&s, port, rounds, 2000, &out);
+    eventually("every acknowledged event at the reader", || {
+        let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
+        ledger.acknowledged.iter().all(|a| got.contains(a))
+    });
+    let got = kafka_received(&out);
+    let mut first_id: HashMap<&str, &str> = HashMap::new();
+    for (_, id, payload) in &got {
+        let first = first_id.entry(payload.as_str()).or_insert(id.as_str());
+        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
+    }
+    let payloads: Vec<String> = got.into_iter().map(|m| m.2).collect();
+    judge(&payloads, &ledger, rounds, sink_batch);
+}
+
+/// An event Kafka refuses for good (larger than the producer's `message.max.bytes`): without
+/// `dead_letter_dir` its batch fails again and again, loudly, and nothing is lost; with it,
+/// the event lands in the dead-letter file with its reason and id, is counted, and the events
+/// after it are delivered.
+#[test]
+fn kafka_sink_dead_letters_a_refused_event_and_delivers_the_rest() {
+    let Some(program) = tansu_program() else {
+        return;
+    };
+    let (port, mport) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "dl", 1);
+    let bport = gate.port;
+    let out = tmp.path().join("received");
+    let _reader = KafkaReader::start(bport, "dl", 1, &out);
+    let config = |dead_letter: &'static str| {
+        move |r: &Path| {
+            format!(
+                "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}properties = {{ \"message.max.bytes\" = \"2000\" }}\n{dead_letter}",
+                channel_toml(r),
+                kafka_sink_toml(bport, "dl", 10, 5000),
+            )
+        }
+    };
+    let s = Setup::new(config(""));
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    let big = format!("{{\"big\":\"{}\"}}", "x".repeat(5000));
+    let body = format!("{{\"n\":1}}\n{big}\n{{\"n\":2}}\n");
+    let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+    assert_eq!(status, 200, "{reply}");
+    eventually("the refusal to be logged", || {
+        s.log().contains("set dead_letter_dir")
+    });
+    let depth = s.stats().expect("stats")["depth"].as_u64();
+    assert_eq!(depth, Some(3), "without a dead-letter file nothing leaves");
+    assert!(sigterm(&mut agent).success(), "{}", s.log());
+
+    std::fs::write(
+        &s.config,
+        config("dead_letter_dir = \"dead-letter\"\n")(&s.root),
+    )
+    .expect("config");
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    let file = s.root.join("dead-letter/kafka.jsonl");
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .expect("dead-letter file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["body"], big.as_str());
+    assert_eq!(lines[0]["sink"], "kafka");
+    let reason = lines[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("too large"), "{reason}");
+    assert!(lines[0]["id"].as_str().is_some_and(|i| i.contains(':')));
+    eventually("both small events at the reader", || {
+        let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
+        got.contains("{\"n\":1}") && got.contains("{\"n\":2}")
+    });
+    assert!(
+        kafka_received(&out).iter().all(|m| m.2 != big),
+        "the refused event reached the broker"
+    );
+    let metrics = http(mport, "GET", "/metrics", b"").expect("metrics").1;
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("sluicegate_component_dead_lettered_total") && l.contains("kafka"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(counted.ends_with(" 1"), "{counted}");
+    assert!(sigterm(&mut agent).success(), "{}", s.log());
 }

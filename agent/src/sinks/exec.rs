@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Sink, Taken};
+use super::{Refused, Sink, Taken};
 
 /// Runs `program args...` per batch.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl ExecSink {
 }
 
 impl Sink for ExecSink {
-    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
         let Some((program, args)) = self.command.split_first() else {
             return Err("no command".into());
         };
@@ -85,7 +85,7 @@ impl Sink for ExecSink {
         let _ = feeder.join();
         let status = status?;
         if status.success() {
-            Ok(())
+            Ok(Vec::new())
         } else {
             Err(format!("{program} failed ({status})"))
         }

@@ -6,8 +6,9 @@
 //! on failure. The channel side is a [`TakeSide`]: the channel itself in the agent, or a
 //! client connection for `sluicegate take --exec`.
 //!
-//! **Invariant:** a take is committed only after `Sink::deliver` returned `Ok` for every event
-//! of it; on any failure or on stop it is rolled back, so the events are delivered again.
+//! **Invariant:** a take is committed only after `Sink::deliver` returned `Ok` for the batch,
+//! and every event it reported refused for good is durably in the dead-letter file; on any
+//! failure or on stop it is rolled back, so the events are delivered again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,10 +16,11 @@ use std::time::{Duration, Instant};
 use sluicegate_core::EventId;
 use sluicegate_file::{FileChannel, Transaction};
 
+use crate::dead_letter::DeadLetter;
 use crate::metrics::{ChannelCounters, Component, Served};
 
 pub mod exec;
-
+pub mod kafka;
 pub mod mqtt;
 
 /// An event taken for delivery.
@@ -31,12 +33,22 @@ pub struct Taken {
     pub id: Option<EventId>,
 }
 
+/// An event the destination refused for good: sending it again cannot succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its index in the batch.
+    pub index: usize,
+    /// The destination's reason.
+    pub reason: String,
+}
+
 /// A destination.
 pub trait Sink: Send {
-    /// Delivers `events` in order. `Ok` means the destination acknowledged all of them; an
+    /// Delivers `events` in order. `Ok(refused)` means the destination acknowledged every event
+    /// except those in `refused`, which it refused for good (too large, not authorized); an
     /// error means some or none may have arrived, and the batch will be delivered again.
     /// `stop` is set when the agent is stopping: a long delivery should give up.
-    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String>;
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String>;
 }
 
 /// The channel end of a sink: one take transaction at a time.
@@ -139,16 +151,23 @@ pub struct RunnerOutcome {
     pub delivered: u64,
     /// Failed deliveries (each rolled back and tried again).
     pub failures: u64,
+    /// Events the destination refused for good, kept in the dead-letter file.
+    pub dead_lettered: u64,
 }
 
 /// Takes, delivers and commits until `stop` is set (or, with `until_empty`, the channel is
 /// empty). Returns an error only when the channel itself fails.
+///
+/// Events the destination refused for good go to `dead_letter` before the take commits; with
+/// no dead-letter file, a batch with a refused event fails and is retried like any failure,
+/// so nothing is dropped (and the error says what to configure).
 pub fn run_sink(
     sink: &mut dyn Sink,
     side: &mut dyn TakeSide,
     settings: RunnerSettings,
     stop: &AtomicBool,
     metrics: Option<&Component>,
+    dead_letter: Option<&DeadLetter>,
 ) -> Result<RunnerOutcome, String> {
     let mut outcome = RunnerOutcome::default();
     let mut backoff = settings.backoff;
@@ -179,17 +198,23 @@ pub fn run_sink(
             }
             continue;
         }
-        match sink.deliver(&events, stop) {
-            Ok(()) => {
+        let delivered = sink
+            .deliver(&events, stop)
+            .and_then(|refused| shelve(&events, &refused, dead_letter));
+        match delivered {
+            Ok(shelved) => {
                 if let Err(e) = side.commit() {
                     // Delivered but not committed: the batch will be delivered again.
                     channel_failure(side, settings, &mut backoff, stop, metrics, &e)?;
                     continue;
                 }
-                outcome.delivered += events.len() as u64;
+                let acknowledged = (events.len() - shelved) as u64;
+                outcome.delivered += acknowledged;
+                outcome.dead_lettered += shelved as u64;
                 backoff = settings.backoff;
                 if let Some(m) = metrics {
-                    m.events.inc_by(events.len() as u64);
+                    m.events.inc_by(acknowledged);
+                    m.dead_lettered.inc_by(shelved as u64);
                     m.batches.inc();
                     m.latency.observe(started.elapsed().as_secs_f64());
                 }
@@ -215,6 +240,40 @@ pub fn run_sink(
         }
     }
     Ok(outcome)
+}
+
+/// Puts the refused events of a batch in the dead-letter file; how many there were. Without a
+/// dead-letter file, a refusal fails the batch.
+fn shelve(
+    events: &[Taken],
+    refused: &[Refused],
+    dead_letter: Option<&DeadLetter>,
+) -> Result<usize, String> {
+    if refused.is_empty() {
+        return Ok(0);
+    }
+    let Some(dl) = dead_letter else {
+        return Err(format!(
+            "the destination refused {} event(s) for good (first: {}); set dead_letter_dir to keep them aside and deliver the rest",
+            refused.len(),
+            refused[0].reason
+        ));
+    };
+    let mut kept = Vec::with_capacity(refused.len());
+    for r in refused {
+        let event = events
+            .get(r.index)
+            .ok_or_else(|| format!("the sink refused event {} of {}", r.index, events.len()))?;
+        kept.push((event, r.reason.as_str()));
+    }
+    dl.record(&kept)?;
+    tracing::warn!(
+        events = refused.len(),
+        file = %dl.path().display(),
+        "the destination refused events for good; they are in the dead-letter file: {}",
+        refused[0].reason
+    );
+    Ok(refused.len())
 }
 
 /// A take or commit the channel refused: fatal for the CLI; for the agent, roll back (the

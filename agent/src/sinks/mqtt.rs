@@ -7,13 +7,17 @@
 //! decimal): the same each time the event is delivered, so a subscriber can drop the
 //! duplicates a crash between the broker's PUBACK and the take's commit causes.
 //!
+//! A PUBACK that refuses a publish for good (not authorized, a topic name or payload format the
+//! broker will not take) reports that event as refused, for the dead-letter file; any other
+//! failure fails the batch.
+//!
 //! The client keeps a persistent session (clean start off, a session that outlives a
 //! connection). Any failure (a connection lost or refused, a PUBACK that is not a success, no
 //! PUBACK within the timeout) fails the batch, which the runner rolls back and delivers again,
 //! and drops the client, so the next try starts from a fresh connection with nothing of the
 //! failed batch still queued in it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing};
 
-use super::{Sink, Taken};
+use super::{Refused, Sink, Taken};
 
 /// Where and how an MQTT sink publishes.
 #[derive(Debug, Clone)]
@@ -141,8 +145,9 @@ impl MqttSink {
         }
     }
 
-    /// Publishes the batch and waits for a successful PUBACK of every publish.
-    fn publish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
+    /// Publishes the batch and waits for a PUBACK of every publish; the events refused for
+    /// good.
+    fn publish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
         if self.link.is_none() {
             self.link = Some(self.connect());
         }
@@ -171,8 +176,11 @@ impl MqttSink {
                 .map_err(|e| format!("cannot publish: {e}"))?;
         }
         let deadline = Instant::now() + s.timeout;
-        let mut waiting: HashSet<u16> = HashSet::new();
+        // Packet id to the event's index: publishes go out in the order they were queued.
+        let mut waiting: HashMap<u16, usize> = HashMap::new();
+        let mut sent = 0usize;
         let mut acked = 0usize;
+        let mut refused = Vec::new();
         // Bounded by the deadline and `stop`.
         while acked < events.len() {
             if stop.load(Ordering::Relaxed) {
@@ -192,16 +200,24 @@ impl MqttSink {
                 .recv_timeout(left.min(Duration::from_millis(100)))
             {
                 Ok(Note::Sent(pkid)) => {
-                    waiting.insert(pkid);
+                    waiting.insert(pkid, sent);
+                    sent += 1;
                 }
                 Ok(Note::Acked(pkid, reason)) => {
-                    if !waiting.remove(&pkid) {
+                    let Some(index) = waiting.remove(&pkid) else {
                         continue;
-                    }
+                    };
                     match reason {
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => acked += 1,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {}
+                        PubAckReason::NotAuthorized
+                        | PubAckReason::TopicNameInvalid
+                        | PubAckReason::PayloadFormatInvalid => refused.push(Refused {
+                            index,
+                            reason: format!("the MQTT broker refused the publish: {reason:?}"),
+                        }),
                         other => return Err(format!("the broker refused a publish: {other:?}")),
                     }
+                    acked += 1;
                 }
                 Ok(Note::Down(why)) => {
                     return Err(format!("the connection to the broker failed: {why}"))
@@ -212,12 +228,12 @@ impl MqttSink {
                 }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 }
 
 impl Sink for MqttSink {
-    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
+    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
         let result = self.publish(events, stop);
         if result.is_err() {
             // A fresh client for the next try: nothing of this batch stays queued in it.
