@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use sluicegate_sim::kill::{run_crash_points, run_kills, POINT_HITS};
+use sluicegate_sim::kill::{run_crash_points, run_kills, KillOutcome, POINT_HITS};
 
 /// The tests here run one at a time. Side by side in one process, a child failed to start
 /// twice in six runs of the suite on a busy machine: its directories were "in use" by the test
@@ -21,6 +21,43 @@ fn rounds_from_env(var: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Runs `rounds` random kills under `root`, then, while the children have acknowledged no more
+/// commits than there were rounds, 10 more rounds at a time on fresh directories. Each kill
+/// comes a random time after the child is ready, so a busy machine gets less done before it:
+/// there it runs longer rather than fail. Gives up (and the caller's check fails) after 100
+/// extra batches, when the children plainly do nothing.
+fn kills_with_work(
+    exe: &std::path::Path,
+    root: &std::path::Path,
+    seed: u64,
+    rounds: u64,
+    sealed: bool,
+) -> KillOutcome {
+    let mut total =
+        run_kills(exe, root, seed, rounds, sealed, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    // Bounded by 100 batches.
+    for extra in 0..100u64 {
+        if total.acknowledged > rounds {
+            break;
+        }
+        let more = run_kills(
+            exe,
+            &root.join(format!("extra-{extra}")),
+            seed + 1000 + extra,
+            10,
+            sealed,
+            |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        println!("a slow run: 10 more rounds after {total:?}");
+        total.kills += more.kills;
+        total.recoveries += more.recoveries;
+        total.acknowledged += more.acknowledged;
+        total.in_flight_at_kill += more.in_flight_at_kill;
+    }
+    total
+}
+
 /// At least 200 kills (by default) at random moments, each followed by a checked recovery: no
 /// acknowledged commit lost, no committed take delivered again, in-flight commits all or
 /// nothing, FIFO order, no corrupt byte.
@@ -30,8 +67,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let rounds = rounds_from_env("SLUICEGATE_KILLS", 200);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
-    let outcome =
-        run_kills(exe, dir.path(), 7, rounds, false, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    let outcome = kills_with_work(exe, dir.path(), 7, rounds, false);
     println!("{rounds} rounds: {outcome:?}");
     assert!(
         outcome.kills >= rounds * 9 / 10,
@@ -81,8 +117,7 @@ fn sigkill_of_a_sealed_channel_loses_nothing_acknowledged() {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let points =
         run_crash_points(exe, dir.path(), 13, true, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
-    let random =
-        run_kills(exe, dir.path(), 17, rounds, true, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    let random = kills_with_work(exe, dir.path(), 17, rounds, true);
     println!("sealed: named crash points {points:?}; {rounds} random rounds {random:?}");
     let point_rounds = (sluicegate_file::crash::POINTS.len() * POINT_HITS.len()) as u64;
     assert_eq!(points.recoveries, point_rounds);
