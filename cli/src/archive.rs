@@ -308,13 +308,17 @@ fn write_archive(
         .map(|m| m.len())
         .sum();
     let bar = crate::progress::bytes(kind, total);
+    // For the tests only, and only in debug builds (release builds, what users run, have no
+    // such hook): die as a crash would, in the middle of the copy.
+    #[cfg(debug_assertions)]
     let abort_after: Option<usize> = std::env::var("SLUICEGATE_TEST_ABORT_BACKUP_AFTER_FILES")
         .ok()
         .and_then(|v| v.parse().ok());
+    #[cfg(not(debug_assertions))]
+    let abort_after: Option<usize> = None;
     let mut files = Vec::new();
     for (i, (from, name)) in plan.files.iter().enumerate() {
         if abort_after == Some(i) {
-            // For tests: die as a crash or kill would, in the middle of the copy.
             std::process::abort();
         }
         let mut entry = copy_file(from, &tmp.join(name), &bar)?;

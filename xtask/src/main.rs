@@ -304,6 +304,9 @@ fn ci() -> Result {
         &[],
     )?;
 
+    step("the release CLI holds no test hook");
+    no_test_hooks(&root().join("target/release/sluicegate"))?;
+
     step("the simulation demo");
     run(
         "cargo",
@@ -767,6 +770,20 @@ fn ensure_apt_files(files: &[&str], packages: &str) -> Result {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(packages.split_whitespace());
     run("apt-get", &args, &quiet)
+}
+
+/// Fails if the binary at `bin` names an environment variable only tests may set: the backup
+/// abort hook is compiled into debug builds only, and crash points are armed only by the kill
+/// tests' child, never from the environment.
+fn no_test_hooks(bin: &Path) -> Result {
+    let bytes = std::fs::read(bin).map_err(|e| format!("cannot read {}: {e}", bin.display()))?;
+    for hook in ["SLUICEGATE_TEST_", "SLUICEGATE_CRASH_AT"] {
+        if bytes.windows(hook.len()).any(|w| w == hook.as_bytes()) {
+            return Err(format!("{} contains the test hook {hook}", bin.display()));
+        }
+    }
+    println!("{}: no test hook", bin.display());
+    Ok(())
 }
 
 /// `cargo xtask brokers`: installs what the sink tests and the agent benchmark start

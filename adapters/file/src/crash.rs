@@ -1,10 +1,14 @@
 //! Named crash points for the kill tests (feature `crash-points`, off by default).
 //!
-//! With the feature on and `SLUICEGATE_CRASH_AT=NAME:N` in the environment, the process sends
-//! itself SIGKILL the `N`th time it reaches the point `NAME` (N counts from 1). Random kills
-//! rarely land inside a short window such as a log file's creation; a named point lands there
-//! every time, so a bug in that window fails the kill test on every run. Without the feature,
-//! the points compile to nothing.
+//! With the feature on, a program that calls [`arm`]`(NAME, N)` sends itself SIGKILL the `N`th
+//! time it reaches the point `NAME` (N counts from 1). Random kills rarely land inside a short
+//! window such as a log file's creation; a named point lands there every time, so a bug in that
+//! window fails the kill test on every run. Without the feature, the points compile to nothing.
+//!
+//! Only the kill tests' child calls `arm` (it reads `SLUICEGATE_CRASH_AT=NAME:N`). Nothing here
+//! reads the environment: a build that gets the feature by Cargo's feature unification (a
+//! `cargo build --workspace` builds the CLI beside the test crates that turn it on) still
+//! never dies at a point, since no code in it arms one.
 
 /// Where the adapter can be told to die.
 pub const POINTS: [&str; 4] = [
@@ -18,7 +22,7 @@ pub const POINTS: [&str; 4] = [
     "synced",
 ];
 
-/// Dies here if the environment asks for it (feature `crash-points` only).
+/// Dies here if [`arm`] asked for it (feature `crash-points` only).
 #[inline]
 pub(crate) fn point(name: &'static str) {
     #[cfg(feature = "crash-points")]
@@ -27,21 +31,24 @@ pub(crate) fn point(name: &'static str) {
     let _ = name;
 }
 
+/// Makes the process die the `n`th time it reaches `point` (feature `crash-points`).
+#[cfg(feature = "crash-points")]
+pub fn arm(point: &str, n: u64) {
+    let _ = armed::TARGET.set((point.to_string(), n));
+}
+
 #[cfg(feature = "crash-points")]
 mod armed {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
-    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    pub(super) static TARGET: OnceLock<(String, u64)> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
     pub(super) fn hit(name: &'static str) {
-        let target = TARGET.get_or_init(|| {
-            let spec = std::env::var("SLUICEGATE_CRASH_AT").ok()?;
-            let (point, n) = spec.split_once(':')?;
-            Some((point.to_string(), n.parse().ok()?))
-        });
-        let Some((point, n)) = target else { return };
+        let Some((point, n)) = TARGET.get() else {
+            return;
+        };
         if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             // SAFETY: kill(2) on our own pid with a valid signal number; it has no memory
             // effects. SIGKILL cannot be caught, so this is the same death the kill test gives.

@@ -1,5 +1,5 @@
-//! The child process of the kill tests: `crash-child DIR SEED FIRST_ID [STEPS]`. See
-//! `sluicegate_sim::kill`.
+//! The child process of the kill tests: `crash-child DIR SEED FIRST_ID [STEPS]`, with
+//! `SLUICEGATE_CRASH_AT=NAME:N` to die at a named crash point. See `sluicegate_sim::kill`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,17 @@ fn main() -> ExitCode {
         eprintln!("usage: crash-child DIR SEED FIRST_ID [STEPS]");
         return ExitCode::from(2);
     };
+    // `SLUICEGATE_CRASH_AT=NAME:N`: die at the Nth hit of a named crash point. Only this
+    // program arms one; the adapter never reads the environment.
+    if let Ok(spec) = std::env::var("SLUICEGATE_CRASH_AT") {
+        match spec.split_once(':').map(|(p, n)| (p, n.parse::<u64>())) {
+            Some((point, Ok(n))) => sluicegate_file::crash::arm(point, n),
+            _ => {
+                eprintln!("crash-child: SLUICEGATE_CRASH_AT={spec:?} is not NAME:N");
+                return ExitCode::from(2);
+            }
+        }
+    }
     match sluicegate_sim::kill::child(&dir, seed, first_id, steps) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
