@@ -1488,3 +1488,92 @@ fn kafka_sink_dead_letters_a_refused_event_and_delivers_the_rest() {
     assert!(counted.ends_with(" 1"), "{counted}");
     assert!(sigterm(&mut agent).success(), "{}", s.log());
 }
+
+/// What the only Kafka broker here does with transactions, the ground an exactly-once Kafka
+/// sink would stand on (docs/guarantees.md, "Exactly once into Kafka"): tansu commits, aborts
+/// and fences a transactional producer, but a `read_committed` consumer still reads the records
+/// of an aborted transaction and of one a new producer fenced. When this test fails, tansu
+/// has changed, and the exactly-once mode can be built and tested here.
+#[test]
+fn tansu_runs_transactions_but_read_committed_shows_aborted_records() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(program) = tansu_program() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "txn", 1);
+    let bootstrap = format!("127.0.0.1:{}", gate.port);
+    let producer = || -> BaseProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", "sluicegate-probe")
+            .create()
+            .expect("producer")
+    };
+    let t = Duration::from_secs(30);
+    let p = producer();
+    p.init_transactions(t).expect("init_transactions");
+    for (payload, commit) in [
+        ("committed-1", true),
+        ("aborted-2", false),
+        ("committed-3", true),
+    ] {
+        p.begin_transaction().expect("begin");
+        p.send(
+            BaseRecord::<(), str>::to("txn")
+                .payload(payload)
+                .partition(0),
+        )
+        .expect("send");
+        p.flush(t).expect("flush");
+        if commit {
+            p.commit_transaction(t).expect("commit");
+        } else {
+            p.abort_transaction(t).expect("abort");
+        }
+    }
+    // A transaction left open, as a crash leaves it, then fenced by the next producer.
+    p.begin_transaction().expect("begin");
+    p.send(
+        BaseRecord::<(), str>::to("txn")
+            .payload("fenced-4")
+            .partition(0),
+    )
+    .expect("send");
+    p.flush(t).expect("flush");
+    std::mem::forget(p);
+    producer()
+        .init_transactions(t)
+        .expect("fencing init_transactions");
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "sluicegate-probe-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset("txn", 0, rdkafka::Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&list).expect("assign");
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    // Bounded by the partition's end and a minute.
+    while Instant::now() < until {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                seen.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if seen.len() >= 4 => break,
+            _ => {}
+        }
+    }
+    eprintln!("tansu, read_committed: {seen:?}");
+    assert_eq!(
+        seen,
+        ["committed-1", "aborted-2", "committed-3", "fenced-4"],
+        "tansu's read_committed changed: see docs/guarantees.md, \"Exactly once into Kafka\""
+    );
+}
