@@ -105,8 +105,7 @@ impl DeadLetter {
         write(&mut file).map_err(|e| format!("cannot write {}: {e}", self.file.display()))?;
         if fresh {
             // A new file's name is durable only once its directory is synced.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
+            crate::home::sync_dir(dir)
                 .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
         }
         Ok(())

@@ -27,7 +27,9 @@ use std::process::ExitCode;
 use serde_json::json;
 use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
 use sluicegate_core::{Channel, Error, Region};
-use sluicegate_file::{segment_slot, FileChannelConfig, SnapshotOptions, FORMAT_FILE};
+use sluicegate_file::{
+    format_file_text, segment_slot, DirRole, FileChannelConfig, SnapshotOptions, FORMAT_FILE,
+};
 
 use crate::fail::{io, Fail};
 use crate::home::HomeArgs;
@@ -135,6 +137,52 @@ fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
 }
 
 /// Step 2: file sizes and stray log files.
+/// Rewrites a directory's format file (`sluicegate.dir`) that is missing or damaged (not a
+/// format file at all), when the directory holds what its role puts there (the slot file, or
+/// log files): the settings say what the directory is, and its files agree. A copy of a damaged
+/// one is kept. A format file naming another version or role is left alone: that is a real
+/// mismatch, not damage.
+fn mend_markers(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
+    let layout = config.layout();
+    let mut dirs = vec![
+        (layout.checkpoint_dir.clone(), DirRole::Checkpoint),
+        (layout.backup_dir.clone(), DirRole::Backup),
+    ];
+    dirs.extend(layout.data_dirs.iter().map(|d| (d.clone(), DirRole::Data)));
+    for (dir, role) in dirs {
+        let holds_ours = std::fs::read_dir(&dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match role {
+                    DirRole::Checkpoint => name == "checkpoint.slot",
+                    DirRole::Backup => name == "backup.slot",
+                    DirRole::Data => segment_slot(&name).is_some(),
+                }
+            })
+        });
+        if !holds_ours {
+            continue;
+        }
+        let path = dir.join(FORMAT_FILE);
+        let was = match std::fs::read(&path) {
+            Ok(bytes) if bytes.starts_with(b"sluicegate directory\n") => continue,
+            Ok(_) => {
+                r.keep_copy(&path)?;
+                "damaged"
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+            Err(e) => return Err(io(format!("cannot read {}", path.display()), e)),
+        };
+        crate::archive::write_file_durably(&path, format_file_text(role).as_bytes())?;
+        r.actions.push(format!(
+            "rewrote {} ({was}; the directory holds the channel's {} files)",
+            path.display(),
+            role.name()
+        ));
+    }
+    Ok(())
+}
+
 fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
     let layout = config.layout();
     let mut expect: Vec<(PathBuf, u64)> = vec![
@@ -352,18 +400,19 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     }
     home.refuse_half_restored()?;
     let mut config = home.config()?;
-    if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
-        return Err(Fail::runtime(format!(
-            "{} holds no channel",
-            home.dir.display()
-        )));
-    }
     let mut r = Repair {
         dir: home.dir.clone(),
         copies: None,
         copied: BTreeSet::new(),
         actions: Vec::new(),
     };
+    mend_markers(&mut r, &config)?;
+    if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
+        return Err(Fail::runtime(format!(
+            "{} holds no channel",
+            home.dir.display()
+        )));
+    }
     if let Some(p) = crate::archive::clean_interrupted_backup(&home.dir)? {
         r.actions
             .push(format!("removed an interrupted backup: {}", p.display()));

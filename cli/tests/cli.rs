@@ -633,6 +633,41 @@ fn repair_steps_over_a_damaged_length_so_later_events_survive() {
     assert!(r.contains("nothing to repair"), "{r}");
 }
 
+/// A format file (`sluicegate.dir`) full of garbage, or missing, never bricks a channel: every
+/// command names the file in one line, and `repair` rewrites it (keeping a copy of the damaged
+/// one) when the directory holds the channel's files, after which every event is there.
+#[test]
+fn repair_rewrites_a_damaged_or_missing_format_file() {
+    let h = Home::new(65536);
+    h.put(&lines("ev", 30), 5);
+    let marker = Path::new(&h.dir).join("checkpoint/sluicegate.dir");
+    std::fs::write(&marker, [0xffu8, 0xfe, 0x00, 0x41, 0x80].repeat(10)).expect("garbage");
+    for cmd in ["stats", "verify", "take"] {
+        let out = run(&[cmd, "--dir", &h.dir], "");
+        assert_one_line_error(&out, 1, "is not a Sluicegate format file");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sluicegate repair"), "{cmd}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+    }
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("rewrote") && r.contains("damaged"), "{r}");
+    assert!(
+        std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("role = checkpoint")),
+        "the format file was not rewritten"
+    );
+    // Deleted, in a data directory: the next put refuses the directory, repair rewrites it.
+    let data_marker = Path::new(&h.dir).join("data/sluicegate.dir");
+    std::fs::remove_file(&data_marker).expect("remove");
+    let out = run(&["put", "--dir", &h.dir], "more\n");
+    assert_one_line_error(&out, 1, "sluicegate.dir");
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("rewrote") && r.contains("missing"), "{r}");
+    h.put(&lines("more", 3), 5);
+    let mut want = lines("ev", 30);
+    want.extend(lines("more", 3));
+    assert_eq!(h.take_all(), want);
+}
+
 #[test]
 fn repair_pads_a_truncated_log_file_and_keeps_its_events() {
     let h = Home::new(65536);

@@ -29,7 +29,8 @@ pub enum DirRole {
 }
 
 impl DirRole {
-    fn name(self) -> &'static str {
+    /// The role's name in the format file.
+    pub fn name(self) -> &'static str {
         match self {
             DirRole::Data => "data",
             DirRole::Checkpoint => "checkpoint",
@@ -170,15 +171,21 @@ fn lock_holder(mut file: &File) -> String {
     holder.trim().to_string()
 }
 
+/// What a directory's format file holds for `role`.
+pub fn format_file_text(role: DirRole) -> String {
+    format!(
+        "sluicegate directory\nformat = {FORMAT_VERSION}\nrole = {}\n",
+        role.name()
+    )
+}
+
 /// Checks the directory's format file, or writes one into a directory that has none and holds
 /// nothing but the lock file.
 fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
     let path = dir.join(FORMAT_FILE);
-    let expected = format!(
-        "sluicegate directory\nformat = {FORMAT_VERSION}\nrole = {}\n",
-        role.name()
-    );
-    match std::fs::read_to_string(&path) {
+    let expected = format_file_text(role);
+    // Read as bytes: a damaged file (not even UTF-8) is "not a format file", not an I/O error.
+    match std::fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
         Ok(found) => {
             let field = |key: &str| {
                 found
@@ -188,7 +195,7 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
             let version = field("format = ");
             if !found.starts_with("sluicegate directory\n") || version.is_none() {
                 return Err(FileError::config(format!(
-                    "{} is not a Sluicegate format file",
+                    "{} is not a Sluicegate format file (damaged?); `sluicegate repair` rewrites it when the directory holds the channel's files",
                     path.display()
                 )));
             }
