@@ -1083,3 +1083,69 @@ fn key_files_made_by_the_cli_seal_a_channel() {
     std::fs::write(&pw, "open sesame!\n").unwrap();
     assert_one_line_error(&run(&["take", "--dir", &h.dir], ""), 1, "wrong password");
 }
+
+/// `stats`, `verify` and `dump` read a channel on a read-only filesystem (a tmpfs remounted
+/// read-only: root may write anywhere else), where they cannot take the lock file for writing;
+/// `take`, which must write, fails in one line. Mounting needs root: without it the test says
+/// so and passes, unless `SLUICEGATE_REQUIRE_TMPFS=1` (set by the check command as root).
+#[test]
+fn inspection_works_on_a_read_only_filesystem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let mount = |args: &[&str]| {
+        Command::new("mount")
+            .args(args)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount(&["-t", "tmpfs", "-o", "size=300m", "tmpfs"]) {
+        assert_ne!(
+            std::env::var("SLUICEGATE_REQUIRE_TMPFS").as_deref(),
+            Ok("1"),
+            "cannot mount a tmpfs and SLUICEGATE_REQUIRE_TMPFS=1"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let dir = mnt.join("h").display().to_string();
+    let mut input = lines("ro", 40).join("\n");
+    input.push('\n');
+    ok(
+        &[
+            "put",
+            "--dir",
+            &dir,
+            "--file-bytes",
+            "1048576",
+            "--min-free-bytes",
+            "0",
+        ],
+        &input,
+    );
+    assert!(mount(&["-o", "remount,ro"]), "remount read-only");
+    let stats = json(&["stats", "--dir", &dir, "--json"]);
+    assert_eq!(stats["depth"], 40, "{stats}");
+    let verify = ok(&["verify", "--dir", &dir], "");
+    assert!(verify.contains("clean"), "{verify}");
+    let dump = ok(&["dump", "--dir", &dir], "");
+    assert!(dump.contains("\"ro-00039\""), "{dump}");
+    let out = run(&["take", "--dir", &dir, "--limit", "1"], "");
+    assert_one_line_error(&out, 1, "read-only file system");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+    assert!(out.stdout.is_empty(), "nothing was taken");
+}

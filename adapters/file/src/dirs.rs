@@ -43,7 +43,9 @@ impl DirRole {
 /// stays, so the next holder finds it).
 #[derive(Debug)]
 pub(crate) struct DirLock {
-    _file: File,
+    /// `None` only for a read-only command on a directory with no lock file that none can be
+    /// made in (so no writer has ever held it).
+    _file: Option<File>,
 }
 
 /// Creates `dir` if missing (its parent must exist), takes its lock, and checks or writes its
@@ -81,7 +83,7 @@ pub(crate) fn lock_existing(dir: &Path, role: DirRole) -> Result<DirLock, FileEr
             dir.display()
         )));
     }
-    let lock = take_lock(dir)?;
+    let lock = take_read_lock(dir)?;
     let path = dir.join(FORMAT_FILE);
     if !path.exists() {
         return Err(FileError::config(format!(
@@ -92,6 +94,44 @@ pub(crate) fn lock_existing(dir: &Path, role: DirRole) -> Result<DirLock, FileEr
     }
     check_format(dir, role)?;
     Ok(lock)
+}
+
+/// For a read-only command: the exclusive lock, when the lock file can be written; on a
+/// read-only filesystem or for a user who may only read, a shared lock on the lock file opened
+/// for reading, which a writer's exclusive lock excludes just the same (the holder is named);
+/// and with no lock file at all where none can be made, no lock: no writer has ever held one.
+fn take_read_lock(dir: &Path) -> Result<DirLock, FileError> {
+    let err = match take_lock(dir) {
+        Ok(lock) => return Ok(lock),
+        Err(e) => e,
+    };
+    let read_only = err.io_kind().is_some_and(|k| {
+        matches!(
+            k,
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        )
+    });
+    if !read_only {
+        return Err(err);
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let file = match File::open(&lock_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirLock { _file: None }),
+        Err(e) => return Err(FileError::io("open the lock file", &lock_path, e)),
+    };
+    if file.try_lock_shared().is_err() {
+        let holder = lock_holder(&file);
+        return Err(FileError::locked(
+            format!(
+                "{} is in use: process {holder} holds the lock {}",
+                dir.display(),
+                lock_path.display()
+            ),
+            holder.parse().unwrap_or(0),
+        ));
+    }
+    Ok(DirLock { _file: Some(file) })
 }
 
 /// Takes the exclusive lock of `dir`, or names the process holding it.
@@ -125,7 +165,7 @@ fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| writeln!(file, "{}", std::process::id()))
         .map_err(|e| FileError::io("write the lock file", &lock_path, e))?;
-    Ok(DirLock { _file: file })
+    Ok(DirLock { _file: Some(file) })
 }
 
 /// Tries the lock; if the lock file names this very process, or a process that no longer
@@ -291,7 +331,7 @@ mod tests {
     fn own_lock_held_by_a_forked_copy_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let first = take_lock(dir.path()).unwrap();
-        let child_copy = first._file.try_clone().unwrap();
+        let child_copy = first._file.as_ref().unwrap().try_clone().unwrap();
         drop(first);
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -307,7 +347,7 @@ mod tests {
     fn another_process_lock_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let first = take_lock(dir.path()).unwrap();
-        let mut f = &first._file;
+        let mut f = first._file.as_ref().unwrap();
         f.set_len(0).unwrap();
         f.seek(SeekFrom::Start(0)).unwrap();
         writeln!(f, "1").unwrap();

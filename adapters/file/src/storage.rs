@@ -58,6 +58,11 @@ impl FileError {
         }
     }
 
+    /// The kind of the I/O error behind this one, if there is one.
+    pub(crate) fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.source.as_ref().map(std::io::Error::kind)
+    }
+
     pub(crate) fn config(what: String) -> Self {
         FileError {
             kind: StorageErrorKind::Other,
