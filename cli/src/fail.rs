@@ -26,8 +26,15 @@ impl Fail {
         }
     }
 
-    pub fn exit(&self) -> ExitCode {
-        eprintln!("sluicegate: {}", self.message);
+    /// Reports the failure on stderr, in one line: text, or with `json` (the command was asked
+    /// for `--json`) one JSON object, `{"error": MESSAGE, "exit": CODE}`.
+    pub fn exit(&self, json: bool) -> ExitCode {
+        if json {
+            let line = serde_json::json!({ "error": self.message, "exit": self.code });
+            eprintln!("{line}");
+        } else {
+            eprintln!("sluicegate: {}", self.message);
+        }
         ExitCode::from(self.code)
     }
 }

@@ -201,6 +201,7 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("sluicegate: internal error{at} (please report it)");
     }));
+    let json_errors = std::env::args().skip(1).any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -248,6 +249,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(f) => f.exit(),
+        Err(f) => f.exit(json_errors),
     }
 }

@@ -1149,3 +1149,29 @@ fn inspection_works_on_a_read_only_filesystem() {
     );
     assert!(out.stdout.is_empty(), "nothing was taken");
 }
+
+/// Under `--json`, an error is one JSON object on stderr, with the exit code in it.
+#[test]
+fn errors_under_json_are_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nothing-here").display().to_string();
+    for cmd in ["stats", "verify", "repair"] {
+        let out = run(&[cmd, "--dir", &missing, "--json"], "");
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+        let v: Value = serde_json::from_str(err.trim_end())
+            .unwrap_or_else(|e| panic!("{cmd}: {err:?} is not JSON: {e}"));
+        assert_eq!(v["exit"], 1, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing-here")),
+            "{v}"
+        );
+        assert!(out.stdout.is_empty(), "{cmd}");
+    }
+    // Without --json, the same error is text.
+    let out = run(&["stats", "--dir", &missing], "");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("sluicegate: "));
+}
