@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::json;
 use sluicegate_core::record::Pointer;
 use sluicegate_core::{Channel, Recovery, RecoveryPath, Stats};
-use sluicegate_file::{FileChannelConfig, SnapshotOptions, SnapshotStorage};
+use sluicegate_file::{segment_name, FileChannelConfig, SnapshotOptions, SnapshotStorage};
 
 use crate::fail::Fail;
 use crate::home::HomeArgs;
@@ -57,6 +57,7 @@ pub fn recovery_json(r: &Recovery) -> serde_json::Value {
         "corrupt_events_dropped": r.corrupt_events_dropped,
         "corrupt_records_skipped": r.corrupt_records_skipped,
         "records_lost": r.records_lost,
+        "events_in_lost_segments": r.events_in_lost_segments,
         "unmatched_takes": r.unmatched_takes,
         "events": r.events,
         "checkpoint": r.checkpoint,
@@ -215,7 +216,25 @@ pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         r.records_lost,
         r.uncommitted_puts
     );
+    if let Some(lost) = lost_line(&config, &r) {
+        println!("LOST        {lost}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What recovery says about queued events in lost log files, if any, in words.
+fn lost_line(config: &FileChannelConfig, r: &Recovery) -> Option<String> {
+    if r.events_in_lost_segments == 0 {
+        return None;
+    }
+    let layout = config.layout();
+    let slot = r.first_lost_slot as usize;
+    let file = layout.data_dirs[slot % layout.data_dirs.len()].join(segment_name(slot));
+    Some(format!(
+        "{} queued events are in log files that are missing or damaged at their start (the first: {}); the channel refuses to open until `sluicegate repair` removes them",
+        r.events_in_lost_segments,
+        file.display()
+    ))
 }
 
 /// Recovers on the snapshot, writes a checkpoint into its memory, and returns the queue (as
@@ -257,6 +276,15 @@ pub fn verify(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
             fix: None,
         }),
         Ok((with_ckpt, r1, mut st)) => {
+            if let Some(lost) = lost_line(&config, &r1) {
+                report.findings.push(scan::Finding {
+                    severity: Severity::Corruption,
+                    file: config.checkpoint_dir.display().to_string(),
+                    offset: 0,
+                    what: lost,
+                    fix: None,
+                });
+            }
             st.reset(SnapshotOptions {
                 hide_checkpoints: true,
             });

@@ -40,6 +40,8 @@ struct Repair {
     copies: Option<PathBuf>,
     copied: BTreeSet<PathBuf>,
     actions: Vec<String>,
+    /// Events repair could not keep.
+    lost: u64,
 }
 
 impl Repair {
@@ -320,6 +322,36 @@ fn mend_recovery(
         _ => layout.checkpoint_dir.join("checkpoint.slot"),
     };
     match Channel::open_with_keys(st, memory, core_config, keys) {
+        Ok(core) if core.recovery().events_in_lost_segments > 0 => {
+            // Queued events in log files that are gone: nothing can bring their bytes back.
+            // Remove them from the queue (a real open, which checkpoints the smaller queue),
+            // keeping every other event, and say so.
+            drop(core);
+            for region in [Region::Checkpoint, Region::Backup] {
+                let p = slot_file(region);
+                if p.exists() {
+                    r.keep_copy(&p)?;
+                }
+            }
+            let open = FileChannelConfig {
+                checkpoint_interval_ms: 0,
+                ..config.clone()
+            };
+            let (channel, dropped) = sluicegate_file::FileChannel::open_dropping_lost(open)
+                .map_err(|e| Fail::runtime(format!("cannot remove the lost events: {e}")))?;
+            let first = channel.recovery().first_lost_slot as usize;
+            channel
+                .close()
+                .map_err(|e| Fail::runtime(format!("cannot close the channel: {e}")))?;
+            let file = layout.data_dirs[first % layout.data_dirs.len()]
+                .join(sluicegate_file::segment_name(first));
+            r.lost += dropped;
+            r.actions.push(format!(
+                "LOST {dropped} queued events: their log files are missing or damaged at their start (the first: {}); removed from the queue, every other event kept",
+                file.display()
+            ));
+            Ok(None)
+        }
         Ok(core) => Ok(Some(format!(
             "recovery succeeds by {} with {} events",
             crate::inspect::path_name(core.recovery().path),
@@ -405,6 +437,7 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         copies: None,
         copied: BTreeSet::new(),
         actions: Vec::new(),
+        lost: 0,
     };
     mend_markers(&mut r, &config)?;
     if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
@@ -433,11 +466,27 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     };
     let changed = !r.actions.is_empty();
     r.actions.push(outcome);
+    if r.lost > 0 {
+        // A report beside the copies, so the loss outlives the terminal.
+        let dir = r.copies_dir()?;
+        let report = dir.join("LOST.txt");
+        let text = format!(
+            "repair of {} lost {} queued events\n{}\n",
+            home.dir.display(),
+            r.lost,
+            r.actions.join("\n")
+        );
+        crate::archive::write_file_durably(&report, text.as_bytes())?;
+        r.actions.push(format!(
+            "a report of what was lost is in {}",
+            report.display()
+        ));
+    }
     let copies = r.copies.as_ref().map(|p| p.display().to_string());
     if json_out {
         println!(
             "{}",
-            json!({"repaired": changed, "actions": r.actions, "copies": copies})
+            json!({"repaired": changed, "actions": r.actions, "copies": copies, "events_lost": r.lost})
         );
     } else {
         if !changed {
@@ -449,6 +498,14 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         if let Some(c) = copies {
             println!("copies of every file changed or moved are in {c}");
         }
+    }
+    if r.lost > 0 {
+        // The channel opens again, but events were lost: not a success to a script.
+        let message = format!(
+            "repair lost {} queued events (the channel opens again)",
+            r.lost
+        );
+        return Ok(crate::fail::Fail::runtime(message).exit(json_out));
     }
     Ok(ExitCode::SUCCESS)
 }

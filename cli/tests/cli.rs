@@ -1,5 +1,6 @@
 //! The operator program, run as a real process on real directories.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -631,6 +632,78 @@ fn repair_steps_over_a_damaged_length_so_later_events_survive() {
     // Repairing a healthy channel does nothing.
     let r = ok(&["repair", "--dir", &h.dir], "");
     assert!(r.contains("nothing to repair"), "{r}");
+}
+
+/// A deleted log file, or one damaged at its start, that held queued events is never a silent
+/// hole: `stats` says how many events are lost and where, `verify` fails, `take` refuses in one
+/// line and delivers nothing; `repair` removes exactly those events, keeps every other one,
+/// writes a report and exits 1; afterwards the channel delivers the rest, in order, once, and
+/// a second `repair` finds nothing to do.
+#[test]
+fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
+    for damage in ["deleted", "header overwritten"] {
+        let h = Home::new(65536);
+        let all = lines("ev", 8000);
+        h.put(&all, 500);
+        let seg = Path::new(&h.dir).join("data/log-000002.seg");
+        // The events the lost file holds, from the dump before the damage.
+        let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
+        let in_seg: HashSet<String> = dump
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "record" && v["kind"] == "put" && v["slot"] == 2)
+            .filter_map(|v| v["body"].as_str().map(String::from))
+            .collect();
+        assert!(!in_seg.is_empty(), "segment 2 holds events");
+        if damage == "deleted" {
+            std::fs::remove_file(&seg).expect("remove");
+        } else {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .expect("open");
+            f.write_all(&[0x5a; 64]).expect("overwrite");
+        }
+        let stats = ok(&["stats", "--dir", &h.dir], "");
+        assert!(
+            stats.contains(&format!("LOST        {} queued events", in_seg.len())),
+            "{damage}: {stats}"
+        );
+        assert!(stats.contains("log-000002.seg"), "{damage}: {stats}");
+        assert_eq!(
+            h.stats()["replay"]["events_in_lost_segments"],
+            in_seg.len()
+        );
+        let v = run(&["verify", "--dir", &h.dir], "");
+        assert_eq!(v.status.code(), Some(1), "{damage}: verify must fail");
+        let out = run(&["take", "--dir", &h.dir], "");
+        assert_one_line_error(
+            &out,
+            1,
+            "log-000002.seg is missing, or damaged at its start",
+        );
+        assert!(out.stdout.is_empty(), "{damage}: nothing is delivered");
+        let r = run(&["repair", "--dir", &h.dir], "");
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "{damage}: {text}");
+        assert!(
+            text.contains(&format!("LOST {} queued events", in_seg.len())),
+            "{damage}: {text}"
+        );
+        let report = text
+            .lines()
+            .find_map(|l| l.strip_prefix("a report of what was lost is in "))
+            .expect("a report");
+        assert!(std::fs::read_to_string(report).is_ok_and(|t| t.contains("lost")));
+        let want: Vec<String> = all
+            .iter()
+            .filter(|e| !in_seg.contains(*e))
+            .cloned()
+            .collect();
+        assert_eq!(h.take_all(), want, "{damage}");
+        let again = ok(&["repair", "--dir", &h.dir], "");
+        assert!(again.contains("nothing to repair"), "{damage}: {again}");
+    }
 }
 
 /// A format file (`sluicegate.dir`) full of garbage, or missing, never bricks a channel: every

@@ -439,6 +439,26 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(channel)
     }
 
+    /// Removes from the queue the events recovery found in lost segments
+    /// ([`Recovery::events_in_lost_segments`]): their bytes are gone, and a take would skip
+    /// each as corrupt. For a repair tool, right after open and before any transaction (else
+    /// [`Error::BadTransaction`]); a checkpoint afterwards makes the removal durable. Returns
+    /// how many it removed.
+    pub fn drop_lost_events(&mut self) -> Result<u64, Error<S::Error>> {
+        let (qmem, _, _) = crate::channel::split(self.memory.as_mut(), &self.config);
+        if self.queue.tagged(qmem) > 0 {
+            return Err(Error::BadTransaction);
+        }
+        if self.recovery.events_in_lost_segments == 0 {
+            return Ok(0);
+        }
+        let newest =
+            (self.recovery.path != crate::RecoveryPath::New).then_some(self.recovery.last_segment);
+        let lost = self.lost_events(newest, true)?;
+        self.recovery.events = self.queue.len() as u64;
+        Ok(lost)
+    }
+
     /// What the last open found and did.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery

@@ -207,6 +207,32 @@ impl Queue {
         self.first_free = self.first_free.min(self.span);
     }
 
+    /// How many entries point into segment slot `slot`.
+    pub fn count_slot(&self, mem: &[u64], slot: u32) -> usize {
+        (0..self.len)
+            .filter(|&i| Pointer::from_word(self.get(mem, i)).slot == slot)
+            .count()
+    }
+
+    /// Removes every entry that points into segment slot `slot`, keeping the others' order;
+    /// how many it removed. Only with nothing taken (right after recovery).
+    pub fn remove_slot(&mut self, mem: &mut [u64], slot: u32) -> usize {
+        debug_assert_eq!(self.span, 0, "entries are tagged");
+        let mut kept = 0;
+        for i in 0..self.len {
+            let w = self.get(mem, i);
+            if Pointer::from_word(w).slot != slot {
+                self.set(mem, kept, w);
+                kept += 1;
+            }
+        }
+        let removed = self.len - kept;
+        self.len = kept;
+        self.first_free = self.first_free.min(kept);
+        self.span = self.span.min(kept);
+        removed
+    }
+
     /// Calls `f` with every entry's pointer.
     pub fn for_each(&self, mem: &[u64], mut f: impl FnMut(Pointer)) {
         for i in 0..self.len {

@@ -142,6 +142,12 @@ pub struct Recovery {
     pub authentication_failures: u64,
     /// Segments of the log that are sealed (encrypted).
     pub sealed_segments: u64,
+    /// Queued events whose segment is gone: its slot holds no valid segment header, or the
+    /// header of another segment (a log file deleted, replaced, or damaged at its start). Their
+    /// bytes cannot be read; see [`Channel::drop_lost_events`](crate::Channel::drop_lost_events).
+    pub events_in_lost_segments: u64,
+    /// The slot of the first such segment (meaningful when `events_in_lost_segments` > 0).
+    pub first_lost_slot: u32,
 }
 
 /// What streaming a record's payload found.
@@ -223,6 +229,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if from.is_none() {
                 self.recovery.path = RecoveryPath::New;
             }
+            self.lost_events(None, false)?;
             self.next_wid = from.map_or(0, |f| f.wid);
             return Ok(Replayed {
                 newest: None,
@@ -257,6 +264,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if oldest < from.seq.min(newest + 1) {
             self.check_keys(oldest.max(start), from.seq.min(newest + 1) - 1)?;
         }
+        self.lost_events(Some(newest), false)?;
         let r = &mut self.recovery;
         r.last_segment = newest;
         r.events = self.queue.len() as u64;
@@ -660,6 +668,44 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Counts (or, with `remove`, removes) the queued events whose segment is gone: their slot
+    /// holds no valid header, or the header of another segment than the one they were written
+    /// to (the newest segment being `newest`, `None` when no slot holds one). Records the count
+    /// and the first such slot in the recovery report; returns the count.
+    pub(crate) fn lost_events(
+        &mut self,
+        newest: Option<u64>,
+        remove: bool,
+    ) -> Result<u64, Error<S::Error>> {
+        let geo = self.geo;
+        let mut lost = 0u64;
+        let mut first = None;
+        if self.queue.len() > 0 {
+            for slot in 0..geo.segments as u32 {
+                let gone = match (self.valid_header(slot)?, newest) {
+                    (Some(h), Some(newest)) => h.seq != geo.seq_of_slot(slot, newest),
+                    _ => true,
+                };
+                if !gone {
+                    continue;
+                }
+                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                let n = if remove {
+                    self.queue.remove_slot(qmem, slot)
+                } else {
+                    self.queue.count_slot(qmem, slot)
+                };
+                if n > 0 {
+                    lost += n as u64;
+                    first.get_or_insert(slot);
+                }
+            }
+        }
+        self.recovery.events_in_lost_segments = lost;
+        self.recovery.first_lost_slot = first.unwrap_or(0);
+        Ok(lost)
     }
 
     /// The header in `slot` if it is valid; errors for a format this build cannot read.

@@ -212,7 +212,26 @@ impl fmt::Debug for FileChannel {
 impl FileChannel {
     /// Checks the configuration, opens (creating what is missing) its directories, replays the
     /// log from the newest usable checkpoint, and starts the checkpoint thread.
+    ///
+    /// Queued events whose log file is missing, or damaged at its start
+    /// ([`Recovery::events_in_lost_segments`]), are an error naming the file and the events:
+    /// they cannot be delivered, and are never skipped silently. `sluicegate repair` removes
+    /// them with [`FileChannel::open_dropping_lost`].
     pub fn open(config: FileChannelConfig) -> Result<Self, FileChannelError> {
+        Self::open_with(config, false).map(|(ch, _)| ch)
+    }
+
+    /// As [`FileChannel::open`], but queued events in lost log files are removed from the
+    /// queue, and a checkpoint written, instead of refusing to open: for repair. Returns the
+    /// channel and how many events it removed.
+    pub fn open_dropping_lost(config: FileChannelConfig) -> Result<(Self, u64), FileChannelError> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(
+        config: FileChannelConfig,
+        drop_lost: bool,
+    ) -> Result<(Self, u64), FileChannelError> {
         let started = Instant::now();
         config.validate_dirs()?;
         let keys = config.keyring()?;
@@ -221,7 +240,23 @@ impl FileChannel {
         let identity = crate::dirs::channel_identity(&config.checkpoint_dir)
             .map_err(FileChannelError::Storage)?;
         let memory = vec![0u64; core_config.memory_words()];
-        let core = Channel::open_with_keys(storage, memory, core_config, keys)?;
+        let mut core = Channel::open_with_keys(storage, memory, core_config, keys)?;
+        let mut dropped = 0;
+        let lost = core.recovery().events_in_lost_segments;
+        if lost > 0 {
+            let layout = config.layout();
+            let slot = core.recovery().first_lost_slot as usize;
+            let file = layout.data_dirs[slot % layout.data_dirs.len()]
+                .join(crate::storage::segment_name(slot));
+            if !drop_lost {
+                return Err(FileChannelError::Storage(FileError::config(format!(
+                    "{} is missing, or damaged at its start: {lost} queued events were in it (or in other lost log files) and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest",
+                    file.display()
+                ))));
+            }
+            dropped = core.drop_lost_events()?;
+            core.checkpoint()?;
+        }
         let recovery = *core.recovery();
         let shared = Arc::new(Shared {
             config,
@@ -258,12 +293,15 @@ impl FileChannel {
         } else {
             None
         };
-        Ok(FileChannel {
-            shared,
-            checkpointer,
-            recovery,
-            open_duration: started.elapsed(),
-        })
+        Ok((
+            FileChannel {
+                shared,
+                checkpointer,
+                recovery,
+                open_duration: started.elapsed(),
+            },
+            dropped,
+        ))
     }
 
     /// The channel's identity: a random number made when the channel was first opened and kept
