@@ -670,10 +670,7 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
             "{damage}: {stats}"
         );
         assert!(stats.contains("log-000002.seg"), "{damage}: {stats}");
-        assert_eq!(
-            h.stats()["replay"]["events_in_lost_segments"],
-            in_seg.len()
-        );
+        assert_eq!(h.stats()["replay"]["events_in_lost_segments"], in_seg.len());
         let v = run(&["verify", "--dir", &h.dir], "");
         assert_eq!(v.status.code(), Some(1), "{damage}: verify must fail");
         let out = run(&["take", "--dir", &h.dir], "");
