@@ -207,13 +207,6 @@ impl Queue {
         self.first_free = self.first_free.min(self.span);
     }
 
-    /// How many entries point into segment slot `slot`.
-    pub fn count_slot(&self, mem: &[u64], slot: u32) -> usize {
-        (0..self.len)
-            .filter(|&i| Pointer::from_word(self.get(mem, i)).slot == slot)
-            .count()
-    }
-
     /// Removes every entry that points into segment slot `slot`, keeping the others' order;
     /// how many it removed. Only with nothing taken (right after recovery).
     pub fn remove_slot(&mut self, mem: &mut [u64], slot: u32) -> usize {

@@ -682,23 +682,40 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let geo = self.geo;
         let mut lost = 0u64;
         let mut first = None;
-        if self.queue.len() > 0 {
+        if remove {
+            // Rare (a repair): one pass over the queue per lost slot.
             for slot in 0..geo.segments as u32 {
-                let gone = match (self.valid_header(slot)?, newest) {
-                    (Some(h), Some(newest)) => h.seq != geo.seq_of_slot(slot, newest),
-                    _ => true,
-                };
-                if !gone {
+                if !self.slot_lost(slot, newest)? {
                     continue;
                 }
                 let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
-                let n = if remove {
-                    self.queue.remove_slot(qmem, slot)
-                } else {
-                    self.queue.count_slot(qmem, slot)
-                };
+                let n = self.queue.remove_slot(qmem, slot);
                 if n > 0 {
                     lost += n as u64;
+                    first.get_or_insert(slot);
+                }
+            }
+        } else {
+            // At every open: one pass over the queue, each slot's header read when the slot
+            // changes (queued events come in runs per segment), a few verdicts remembered.
+            let mut seen: [(u32, bool); 4] = [(u32::MAX, false); 4];
+            let mut next = 0;
+            for i in 0..self.queue.len() {
+                let slot = {
+                    let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                    Pointer::from_word(self.queue.get(qmem, i)).slot
+                };
+                let gone = match seen.iter().find(|(s, _)| *s == slot) {
+                    Some(&(_, gone)) => gone,
+                    None => {
+                        let gone = self.slot_lost(slot, newest)?;
+                        seen[next] = (slot, gone);
+                        next = (next + 1) % seen.len();
+                        gone
+                    }
+                };
+                if gone {
+                    lost += 1;
                     first.get_or_insert(slot);
                 }
             }
@@ -706,6 +723,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.recovery.events_in_lost_segments = lost;
         self.recovery.first_lost_slot = first.unwrap_or(0);
         Ok(lost)
+    }
+
+    /// True if `slot` holds no valid header, or the header of another segment than the one
+    /// queued events in it were written to (the newest segment being `newest`).
+    fn slot_lost(&mut self, slot: u32, newest: Option<u64>) -> Result<bool, Error<S::Error>> {
+        Ok(match (self.valid_header(slot)?, newest) {
+            (Some(h), Some(newest)) => h.seq != self.geo.seq_of_slot(slot, newest),
+            _ => true,
+        })
     }
 
     /// The header in `slot` if it is valid; errors for a format this build cannot read.
