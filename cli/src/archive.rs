@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluicegate_core::record::CRC32C;
 use sluicegate_file::{
-    segment_name, segment_slot, FileChannel, FileChannelConfig, SnapshotOptions,
+    segment_name, segment_slot, FileChannel, FileChannelConfig, SnapshotOptions, SnapshotStorage,
 };
 
 use crate::fail::{io, Fail};
@@ -628,9 +628,9 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
         // The channel there may have other settings, or be damaged: only a lock held by another
         // process stops a forced replace.
         let current = home.config()?;
-        if let Err(e) = crate::inspect::snapshot(&current, SnapshotOptions::default()) {
-            if e.message.contains("is in use") {
-                return Err(e);
+        if let Err(e) = SnapshotStorage::open(&current.layout(), SnapshotOptions::default()) {
+            if e.is_locked() {
+                return Err(e.into());
             }
         }
     }
