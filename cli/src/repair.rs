@@ -28,7 +28,8 @@ use serde_json::json;
 use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
 use sluicegate_core::{Channel, Error, Region};
 use sluicegate_file::{
-    format_file_text, segment_slot, DirRole, FileChannelConfig, SnapshotOptions, FORMAT_FILE,
+    format_file_text, segment_slot, DirRole, FileChannelConfig, SnapshotOptions, SnapshotStorage,
+    FORMAT_FILE,
 };
 
 use crate::fail::{io, Fail};
@@ -439,6 +440,14 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         actions: Vec::new(),
         lost: 0,
     };
+    // A channel someone owns is not repaired: its files are mapped by a live process. (The
+    // locks are taken and let go here; the steps below take them again one at a time, so a
+    // process that opens the channel while repair runs is not kept out.)
+    if let Err(e) = SnapshotStorage::open(&config.layout(), SnapshotOptions::default()) {
+        if e.is_locked() {
+            return Err(Fail::runtime(format!("{e}: stop it before a repair")));
+        }
+    }
     mend_markers(&mut r, &config)?;
     if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
         return Err(Fail::runtime(format!(

@@ -272,6 +272,10 @@ fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
             started.elapsed() < Duration::from_secs(20),
             "must not wait for the lock"
         );
+        if args[0] == "repair" {
+            // Refused before it changes anything, not halfway through.
+            assert_one_line_error(&out, 1, "stop it before a repair");
+        }
     }
     // A forced restore is refused too, and leaves the home as it was for its owner (it once
     // left its "unfinished restore" marker behind, and every later command refused the home).
