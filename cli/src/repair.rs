@@ -132,6 +132,22 @@ fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), Fail> {
         .map_err(|e| io(format!("cannot write {}", path.display()), e))
 }
 
+/// True if `path` starts with a valid segment header.
+fn intact_segment(path: &Path) -> bool {
+    segment_bytes_on_media(path).is_some()
+}
+
+/// The segment size a log file's valid header records, if it starts with one.
+fn segment_bytes_on_media(path: &Path) -> Option<u32> {
+    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
+    let mut b = [0u8; SEGMENT_HEADER_BYTES];
+    read_at(path, 0, &mut b).ok()?;
+    match SegmentHeader::decode(&b) {
+        SegmentCheck::Valid(h) => Some(h.segment_bytes),
+        _ => None,
+    }
+}
+
 fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
     use std::os::unix::fs::FileExt;
     std::fs::File::open(path)
@@ -139,8 +155,7 @@ fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
         .map_err(|e| io(format!("cannot read {}", path.display()), e))
 }
 
-/// Step 2: file sizes and stray log files.
-/// Rewrites a directory's format file (`sluicegate.dir`) that is missing or damaged (not a
+/// Step 1: format files. Rewrites a directory's format file (`sluicegate.dir`) that is missing or damaged (not a
 /// format file at all), when the directory holds what its role puts there (the slot file, or
 /// log files): the settings say what the directory is, and its files agree. A copy of a damaged
 /// one is kept. A format file naming another version or role is left alone: that is a real
@@ -186,6 +201,7 @@ fn mend_markers(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> 
     Ok(())
 }
 
+/// Step 2: file sizes and stray log files.
 fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
     let layout = config.layout();
     let mut expect: Vec<(PathBuf, u64)> = vec![
@@ -209,10 +225,34 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
                 continue;
             };
             if slot >= layout.segments as usize || slot % layout.data_dirs.len() != d {
+                if intact_segment(&p) {
+                    // Settings edited after creation, not damage: moving it out would drop
+                    // its events. The way back is the settings the log was written with.
+                    return Err(Fail::runtime(format!(
+                        "{} is an intact log file in slot {slot}, which the settings ({} log files over {} data directories, this one number {}) do not place here: {} was edited after the channel was created; put log_files and data_dirs back as they were (log_files at least {}), or restore a backup into a new home to change them",
+                        p.display(),
+                        layout.segments,
+                        layout.data_dirs.len(),
+                        d + 1,
+                        r.dir.join(crate::home::SETTINGS_FILE).display(),
+                        slot + 1
+                    )));
+                }
                 r.move_out(&p, "a log file this layout does not place here")?;
             } else {
                 expect.push((p, layout.segment_bytes as u64));
             }
+        }
+    }
+    // First, before anything is resized: a log file whose own header gives another size says
+    // the settings changed (or are missing), not the file; resizing would destroy the log.
+    for (p, len) in &expect {
+        if let Some(written) = segment_bytes_on_media(p).filter(|&b| b as u64 != *len) {
+            return Err(Fail::runtime(format!(
+                "{} says its log files are {written} bytes, the settings {len} ({} missing or edited): put max_file_bytes = {written} back in it",
+                p.display(),
+                r.dir.join(crate::home::SETTINGS_FILE).display()
+            )));
         }
     }
     for (p, len) in expect {

@@ -707,6 +707,68 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
     }
 }
 
+/// `repair` never trusts edited or missing settings over the log: with `log_files` lowered
+/// below the slots the log uses, or with `sluicegate.toml` gone on a channel of non-default
+/// sizes, it refuses in one line that names the file, the setting and the way back, and
+/// changes nothing; with the settings put back, every event is there.
+#[test]
+fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
+    let h = Home::new(65536);
+    h.put(&lines("ev", 8000), 500);
+    // Each open starts a new log file: reach slot 9 and beyond.
+    for i in 0..6 {
+        h.put(&[format!("more-{i}")], 1);
+    }
+    let settings = Path::new(&h.dir).join("sluicegate.toml");
+    let original = std::fs::read_to_string(&settings).expect("settings");
+    let listing = |dir: &str| {
+        let mut names: Vec<(String, u64)> = std::fs::read_dir(Path::new(&h.dir).join(dir))
+            .expect("list")
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().map_or(0, |m| m.len()),
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let before = (listing("data"), listing("checkpoint"));
+    std::fs::write(
+        &settings,
+        original.replace("log_files = 16", "log_files = 8"),
+    )
+    .expect("edit");
+    let out = run(&["repair", "--dir", &h.dir], "");
+    assert_one_line_error(&out, 1, "log_files at least");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(
+        (listing("data"), listing("checkpoint")),
+        before,
+        "repair changed files"
+    );
+    std::fs::remove_file(&settings).expect("remove");
+    let out = run(&["repair", "--dir", &h.dir], "");
+    assert_one_line_error(&out, 1, "put max_file_bytes = 65536 back");
+    assert_eq!(
+        (listing("data"), listing("checkpoint")),
+        before,
+        "repair changed files"
+    );
+    std::fs::write(&settings, &original).expect("put back");
+    let mut want = lines("ev", 8000);
+    want.extend((0..6).map(|i| format!("more-{i}")));
+    assert_eq!(h.take_all(), want);
+}
+
 /// A format file (`sluicegate.dir`) full of garbage, or missing, never bricks a channel: every
 /// command names the file in one line, and `repair` rewrites it (keeping a copy of the damaged
 /// one) when the directory holds the channel's files, after which every event is there.
