@@ -480,8 +480,8 @@ const AGENT_MUTANTS: [(Mutant, &str); 2] = [
         Mutant {
             name: "the sink commits its take before the destination acknowledged it",
             file: "agent/src/sinks/mod.rs",
-            from: "        match sink.deliver(&events, stop) {\n            Ok(()) => {\n                if let Err(e) = side.commit() {",
-            to: "        let early = side.commit();\n        std::thread::sleep(std::time::Duration::from_millis(2));\n        match sink.deliver(&events, stop) {\n            Ok(()) => {\n                if let Err(e) = early {",
+            from: "        let delivered = sink\n            .deliver(&events, stop)",
+            to: "        let _ = side.commit();\n        std::thread::sleep(std::time::Duration::from_millis(2));\n        let delivered = sink\n            .deliver(&events, stop)",
         },
         "sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged",
     ),

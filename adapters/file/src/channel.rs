@@ -336,6 +336,7 @@ impl FileChannel {
             txn,
             finished: false,
             size_hint: 512,
+            put_any: false,
         })
     }
 
@@ -556,6 +557,8 @@ pub struct Transaction<'a> {
     /// The buffer `take_vec` starts with: the last event's length (at least 512), so a run of
     /// events of one size is read once each, not first into a buffer too small.
     size_hint: usize,
+    /// Whether it put anything (its commit then keeps the spare log file for takes).
+    put_any: bool,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -576,9 +579,14 @@ impl<'a> Transaction<'a> {
         let deadline = Instant::now() + Duration::from_millis(shared.config.keep_alive_ms);
         let mut st = lock(&shared.state);
         self.channel.check_space(&mut st)?;
+        self.put_any = true;
         // Bounded by the deadline.
         loop {
-            match st.core().put(self.txn, event) {
+            let core = st.core();
+            core.storage_mut().keep_spare(true);
+            let put = core.put(self.txn, event);
+            core.storage_mut().keep_spare(false);
+            match put {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_full() => {
                     let now = Instant::now();
@@ -700,7 +708,11 @@ impl<'a> Transaction<'a> {
         let shared = &*self.channel.shared;
         let mut st = lock(&shared.state);
         let core = st.core();
-        let written = core.write_commit(self.txn)?;
+        // A put's commit keeps the spare log file for take commits; a take's may use it.
+        core.storage_mut().keep_spare(self.put_any);
+        let written = core.write_commit(self.txn);
+        core.storage_mut().keep_spare(false);
+        let written = written?;
         let need = core.sync_mark();
         self.finished = true;
         Ok(PendingCommit {

@@ -398,6 +398,11 @@ pub struct FileStorage {
     /// Set when a gathered write failed: every later log sync fails with it (the writes it
     /// held are lost; the PostgreSQL fsync lesson, docs/guarantees.md).
     write_failed: Option<(StorageErrorKind, String)>,
+    /// Set while a put or a put's commit writes: a segment it rolls into must have the next
+    /// slot's file made too (the spare), and a put that cannot have it fails for space, so
+    /// that take commits, which do not set this, find a file to go on in (see
+    /// [`FileStorage::keep_spare`]).
+    keep_spare: bool,
     _locks: Vec<DirLock>,
 }
 
@@ -454,8 +459,17 @@ impl FileStorage {
             files_created: 0,
             gather: Gather::default(),
             write_failed: None,
+            keep_spare: false,
             _locks: locks,
         })
+    }
+
+    /// Whether the writes from now on are a put's (or a put commit's): those keep the log's
+    /// next file made ahead of need, and fail for lack of space rather than use it. Take
+    /// commits (the default) may use it. So on a full disk, puts fail while consumers can
+    /// still commit their takes, and drain the channel.
+    pub fn keep_spare(&mut self, on: bool) {
+        self.keep_spare = on;
     }
 
     /// `fdatasync` calls issued so far, by [`Storage::sync`] and by settled
@@ -827,7 +841,17 @@ impl Storage for FileStorage {
             let end = at + range.len() as u64;
             match seg {
                 None => self.slot_file(region).erase(at, end)?,
-                Some(s) => self.segment(s)?.erase(at, end)?,
+                Some(s) => {
+                    // A segment is erased when the log first rolls into it, before any write
+                    // to it: a put's roll makes the next file too (the spare for take
+                    // commits), and fails for space here, where a full disk is not sticky.
+                    self.segment(s)?;
+                    let next = (s + 1) % self.segments.len();
+                    if self.keep_spare && self.segments[next].is_none() {
+                        self.segment(next)?;
+                    }
+                    self.segment(s)?.erase(at, end)?
+                }
             }
         }
         Ok(())

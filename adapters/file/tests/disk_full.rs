@@ -207,6 +207,46 @@ fn disk_full_fails_cleanly_and_recovers_when_space_is_freed() {
     check_holds(&ch, committed);
 }
 
+/// Consumers drain a full disk: with no floor, puts fill the disk until one fails for space,
+/// and then, without a byte freed, takes deliver every committed event and commit, and a
+/// reopen finds the channel empty. Puts keep the log's next file made ahead of need and fail
+/// for space rather than use it, so take commits have a segment to go on in.
+#[test]
+fn takes_drain_a_full_disk_without_freeing_space() {
+    let Some(m) = Mount::new("size=8m") else {
+        return;
+    };
+    fill(&m.dir.join("filler"), 2 << 20);
+    let ch = FileChannel::open(config(&m.dir, 0)).unwrap();
+    let mut committed = 0u32;
+    // Bounded: the disk fills within its 8 MiB.
+    let failure = 'fill: loop {
+        let mut tx = ch.begin().unwrap();
+        for k in 0..10 {
+            if let Err(e) = tx.put(&event(committed + k)) {
+                break 'fill e;
+            }
+        }
+        if let Err(e) = tx.commit() {
+            break 'fill e;
+        }
+        committed += 10;
+        assert!(committed < 10_000, "the disk never filled");
+    };
+    println!("disk full after {committed} committed events: {failure}");
+    match &failure {
+        FileChannelError::Channel(Error::Storage(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::NoSpace, "{e}")
+        }
+        other => panic!("expected a NoSpace storage error, got {other:?}"),
+    }
+    check_holds(&ch, committed);
+    assert_eq!(ch.len(), 0);
+    ch.close().unwrap();
+    let ch = FileChannel::open(config(&m.dir, 0)).unwrap();
+    assert_eq!(ch.len(), 0, "a committed take came back");
+}
+
 /// A directory on a read-only filesystem is refused at open with the setting's name, even for
 /// root, and nothing is written.
 #[test]
