@@ -423,8 +423,50 @@ fn drain(
     Ok(run_sink(sink, &mut side, settings, &stop, None, None)?)
 }
 
-/// A mosquitto on a loopback port for the MQTT measurement; killed when dropped.
+/// Drains the `n` events of the channel through `sink` (the `what` sink); events per second.
+/// Every event must be delivered, with no failure.
+fn timed_drain(
+    served: &Served,
+    sink: &mut dyn sluicegate_agent::sinks::Sink,
+    batch: usize,
+    n: usize,
+    what: &str,
+) -> Result<f64> {
+    let started = Instant::now();
+    let outcome = drain(served, sink, batch)?;
+    let rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
+    if outcome.delivered != n as u64 || outcome.failures > 0 {
+        return Err(format!(
+            "the {what} sink delivered {} of {n} with {} failures",
+            outcome.delivered, outcome.failures
+        )
+        .into());
+    }
+    Ok(rate)
+}
+
+/// A broker on a loopback port for a sink measurement; killed when dropped.
 struct Broker(std::process::Child);
+
+impl Broker {
+    /// Runs `command` (output discarded) and waits up to 10 s for `port` to accept.
+    fn start(mut command: std::process::Command, port: u16, name: &str) -> Result<Broker> {
+        let broker = Broker(
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > until {
+                return Err(format!("{name} did not start").into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(broker)
+    }
+}
 
 impl Drop for Broker {
     fn drop(&mut self) {
@@ -458,21 +500,9 @@ fn mqtt_delivery(
         &conf,
         format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
     )?;
-    let _broker = Broker(
-        std::process::Command::new(program)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > until {
-            return Err("mosquitto did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut command = std::process::Command::new(program);
+    command.arg("-c").arg(&conf);
+    let _broker = Broker::start(command, port, "mosquitto")?;
     let n = (plan.max_bytes / size as u64 / 8).clamp(2_000, 50_000) as usize;
     let n = n - n % batch;
     let e = event(size);
@@ -493,16 +523,7 @@ fn mqtt_delivery(
             identity: served.channel.identity(),
             batch,
         });
-    let started = Instant::now();
-    let outcome = drain(&served, &mut sink, batch)?;
-    let sink_rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
-    if outcome.delivered != n as u64 || outcome.failures > 0 {
-        return Err(format!(
-            "the MQTT sink delivered {} of {n} with {} failures",
-            outcome.delivered, outcome.failures
-        )
-        .into());
-    }
+    let sink_rate = timed_drain(&served, &mut sink, batch, n, "MQTT")?;
     drop(sink);
     let raw2 = raw_publish(port, n, batch, &e)?;
     if let Ok(channel) = Arc::try_unwrap(served.channel) {
@@ -590,21 +611,11 @@ fn kafka_delivery(
         .local_addr()?
         .port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let _broker = Broker(
-        std::process::Command::new(program)
-            .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > until {
-            return Err("tansu did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut command = std::process::Command::new(program);
+    command
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(["--listener-url", &url, "--advertised-listener-url", &url]);
+    let _broker = Broker::start(command, port, "tansu")?;
     for topic in ["sink", "raw"] {
         let status = std::process::Command::new(program)
             .args([
@@ -645,16 +656,7 @@ fn kafka_delivery(
     let raw1 = raw_produce(&settings("raw"), n, &e)?;
     fill(&served, n, &e)?;
     let mut sink = KafkaSink::new(settings("sink"))?;
-    let started = Instant::now();
-    let outcome = drain(&served, &mut sink, batch)?;
-    let sink_rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
-    if outcome.delivered != n as u64 || outcome.failures > 0 {
-        return Err(format!(
-            "the Kafka sink delivered {} of {n} with {} failures",
-            outcome.delivered, outcome.failures
-        )
-        .into());
-    }
+    let sink_rate = timed_drain(&served, &mut sink, batch, n, "Kafka")?;
     drop(sink);
     let raw2 = raw_produce(&settings("raw"), n, &e)?;
     if let Ok(channel) = Arc::try_unwrap(served.channel) {
@@ -717,6 +719,27 @@ fn raw_produce(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A sink-against-raw-client table: `rows` of (batch, sink rate, raw rate), or `missing`.
+fn sink_table(o: &mut String, rows: &[(usize, f64, f64)], missing: &str, title: &str, raw: &str) {
+    use std::fmt::Write as _;
+    if rows.is_empty() {
+        let _ = writeln!(o, "\n{missing}");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{title}\n\n| batch | sink | {raw} | sink ÷ raw |\n|--:|--:|--:|--:|"
+    );
+    for (batch, sink, raw) in rows {
+        let _ = writeln!(
+            o,
+            "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",
+            sink / raw,
+            if sink / raw >= 0.8 { "met" } else { "NOT met" }
+        );
+    }
+}
+
 /// The section's table and its targets.
 pub fn table(o: &mut String, r: &AgentResults) {
     use std::fmt::Write as _;
@@ -754,43 +777,20 @@ pub fn table(o: &mut String, r: &AgentResults) {
         "\nA follower behind a producer, both through the socket: from the start of a one-event put commit to the follower's receipt, median {:.2} ms, p99 {:.2} ms ({} events, one every 2 ms).",
         r.follow_ms.0, r.follow_ms.1, r.follow_events
     );
-    if r.mqtt.is_empty() {
-        let _ = writeln!(o, "\nMQTT: not measured (mosquitto is not installed).");
-    } else {
-        let _ = writeln!(
-            o,
-            "\nMQTT to a local mosquitto, {} B events, QoS 1 (MQTT 5): the sink (take, publish, every PUBACK, durable take commit) against a raw `rumqttc` publisher with the same settings and no channel (target: at least 0.8 of it):\n\n| batch | sink | raw publisher | sink ÷ raw |\n|--:|--:|--:|--:|",
-            r.event_bytes
-        );
-        for (batch, sink, raw) in &r.mqtt {
-            let _ = writeln!(
-                o,
-                "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",
-                sink / raw,
-                if sink / raw >= 0.8 { "met" } else { "NOT met" }
-            );
-        }
-    }
-    if r.kafka.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nKafka: not measured (tansu is not installed; `cargo xtask brokers` installs it)."
-        );
-    } else {
-        let _ = writeln!(
-            o,
-            "\nKafka to a local tansu (in-memory storage, one partition), {} B events, idempotent producer, `acks=all`: the sink (take, produce, every delivery report, durable take commit) against a raw `rdkafka` producer with the same settings and no channel (target: at least 0.8 of it):\n\n| batch | sink | raw producer | sink ÷ raw |\n|--:|--:|--:|--:|",
-            r.event_bytes
-        );
-        for (batch, sink, raw) in &r.kafka {
-            let _ = writeln!(
-                o,
-                "| {batch} | {sink:.0}/s | {raw:.0}/s | {:.2} ({}) |",
-                sink / raw,
-                if sink / raw >= 0.8 { "met" } else { "NOT met" }
-            );
-        }
-    }
+    sink_table(
+        o,
+        &r.mqtt,
+        "MQTT: not measured (mosquitto is not installed).",
+        &format!("MQTT to a local mosquitto, {} B events, QoS 1 (MQTT 5): the sink (take, publish, every PUBACK, durable take commit) against a raw `rumqttc` publisher with the same settings and no channel (target: at least 0.8 of it):", r.event_bytes),
+        "raw publisher",
+    );
+    sink_table(
+        o,
+        &r.kafka,
+        "Kafka: not measured (tansu is not installed; `cargo xtask brokers` installs it).",
+        &format!("Kafka to a local tansu (in-memory storage, one partition), {} B events, idempotent producer, `acks=all`: the sink (take, produce, every delivery report, durable take commit) against a raw `rdkafka` producer with the same settings and no channel (target: at least 0.8 of it):", r.event_bytes),
+        "raw producer",
+    );
     let b100 = r.socket.iter().find(|s| s.batch == 100);
     let _ = writeln!(
         o,

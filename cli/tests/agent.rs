@@ -840,6 +840,83 @@ fn received(out: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What [`through_an_outage`] sent and saw.
+struct Outage {
+    /// Every event acknowledged to the HTTP source, in order.
+    sent: Vec<String>,
+    /// The channel's depth at the end of the outage.
+    depth: u64,
+    /// How long the destination was away.
+    length: Duration,
+}
+
+/// Posts 300 events to the HTTP source of the agent of `s` on `port` and waits until
+/// `received` (the payloads the destination holds) has them; takes the destination away
+/// (`reach(false)`) and posts 100 events every 200 ms for the outage (`var` in ms, 30 s by
+/// default); checks that the sink committed nothing meanwhile (the channel holds at least 100);
+/// brings it back (`reach(true)`), and waits until every event arrived and the channel drained.
+fn through_an_outage(
+    s: &Setup,
+    port: u16,
+    var: &str,
+    received: &dyn Fn() -> HashSet<String>,
+    reach: &mut dyn FnMut(bool),
+) -> Outage {
+    let mut sent = Vec::new();
+    let mut post = |from: usize, to: usize| {
+        let body: String = (from..to).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+        assert_eq!(status, 200, "{reply}");
+        sent.extend((from..to).map(|i| format!("{{\"n\":{i}}}")));
+    };
+    post(0, 300);
+    eventually("300 events at the destination", || received().len() >= 300);
+    let length = Duration::from_millis(
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000),
+    );
+    reach(false);
+    let until = Instant::now() + length;
+    let mut n = 300;
+    while Instant::now() < until {
+        post(n, n + 100);
+        n += 100;
+        std::thread::sleep(Duration::from_millis(200).min(length));
+    }
+    let depth = s.stats().expect("stats")["depth"].as_u64().expect("depth");
+    assert!(
+        depth >= 100,
+        "with the destination away the sink must commit nothing: depth {depth}"
+    );
+    reach(true);
+    let until = Instant::now() + Duration::from_secs(300);
+    loop {
+        let got = received();
+        let missing = sent.iter().filter(|e| !got.contains(*e)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} events never reached the destination; channel: {:?}; the agent logged:\n{}",
+            sent.len(),
+            s.stats().map(|v| v["depth"].clone()),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    Outage {
+        sent,
+        depth,
+        length,
+    }
+}
+
 /// The MQTT sink against a real mosquitto, read back by `mosquitto_sub`: every event arrives
 /// with its `sluicegate-id`; with the broker stopped (30 s; `SLUICEGATE_MQTT_OUTAGE_MS`), the
 /// sink commits nothing and the events wait in the channel; once the broker is back, every
@@ -864,56 +941,21 @@ fn mqtt_sink_delivers_with_ids_and_waits_out_a_broker_outage() {
     });
     let mut agent = s.spawn_logged();
     wait_ready(&s, &mut agent, port);
-    let mut sent = Vec::new();
-    let mut post = |from: usize, to: usize| {
-        let body: String = (from..to).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
-        assert_eq!(status, 200, "{reply}");
-        sent.extend((from..to).map(|i| format!("{{\"n\":{i}}}")));
-    };
-    post(0, 300);
-    eventually("300 messages at the subscriber", || {
-        received(&out).len() >= 300
-    });
-    let outage = Duration::from_millis(
-        std::env::var("SLUICEGATE_MQTT_OUTAGE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30_000),
+    let got = || received(&out).into_iter().map(|(_, p)| p).collect();
+    let Outage {
+        sent,
+        depth,
+        length: outage,
+    } = through_an_outage(
+        &s,
+        port,
+        "SLUICEGATE_MQTT_OUTAGE_MS",
+        &got,
+        &mut |up| match up {
+            false => broker.stop(),
+            true => broker.resume(&program),
+        },
     );
-    broker.stop();
-    let until = Instant::now() + outage;
-    let mut n = 300;
-    while Instant::now() < until {
-        post(n, n + 100);
-        n += 100;
-        std::thread::sleep(Duration::from_millis(200).min(outage));
-    }
-    let depth = s.stats().expect("stats")["depth"].as_u64().expect("depth");
-    assert!(
-        depth >= 100,
-        "with the broker away the sink must commit nothing: depth {depth}"
-    );
-    broker.resume(&program);
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
-        let missing = sent.iter().filter(|e| !got.contains(*e)).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "{missing} of {} events never reached the subscriber; channel: {:?}; the agent logged:\n{}",
-            sent.len(),
-            s.stats().map(|v| v["depth"].clone()),
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eventually("the channel to drain", || {
-        s.stats().is_some_and(|v| v["depth"] == 0)
-    });
     let got = received(&out);
     let mut ids: HashMap<&str, &str> = HashMap::new();
     let sent_set: HashSet<&str> = sent.iter().map(String::as_str).collect();
@@ -936,6 +978,18 @@ fn mqtt_sink_delivers_with_ids_and_waits_out_a_broker_outage() {
         got.len() - ids.len(),
         outage.as_millis()
     );
+}
+
+/// [`judge`] on `(id, payload)` messages a broker holds, and each repeated message carries
+/// its first id.
+fn judge_with_ids(got: &[(String, String)], ledger: &Ledger, kills: u32, batch: u32) {
+    let mut first_id: HashMap<&str, &str> = HashMap::new();
+    for (id, payload) in got {
+        let first = first_id.entry(payload.as_str()).or_insert(id.as_str());
+        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
+    }
+    let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
+    judge(&payloads, ledger, kills, batch);
 }
 
 /// SIGKILL the agent again and again (120 times; `SLUICEGATE_AGENT_KILLS`) while clients post
@@ -969,14 +1023,7 @@ fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
         let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
         ledger.acknowledged.iter().all(|a| got.contains(a))
     });
-    let got = received(&out);
-    let mut first_id: HashMap<&str, &str> = HashMap::new();
-    for (id, payload) in &got {
-        let first = first_id.entry(payload.as_str()).or_insert(id.as_str());
-        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
-    }
-    let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
-    judge(&payloads, &ledger, rounds, sink_batch);
+    judge_with_ids(&received(&out), &ledger, rounds, sink_batch);
 }
 
 /// Where the tansu binary is: `SLUICEGATE_TANSU` (set by `cargo xtask ci`), the copy `cargo
@@ -1149,13 +1196,34 @@ impl Drop for Gate {
     }
 }
 
-/// A Kafka broker behind a gate: what a Kafka test starts.
-fn kafka(program: &Path, dir: &Path, topic: &str, partitions: u32) -> (Tansu, Gate) {
-    let gate_port = free_port();
-    let broker = Tansu::start(program, dir, gate_port);
-    let gate = Gate::at(gate_port, broker.port);
-    broker.create_topic(topic, partitions);
-    (broker, gate)
+/// What a Kafka test starts: a tansu behind a gate, one topic, and (unless `read` is false)
+/// a reader of it appending to `out`; `None` (loudly) where tansu is not installed.
+struct KafkaRig {
+    gate: Gate,
+    out: PathBuf,
+    _reader: Option<KafkaReader>,
+    _broker: Tansu,
+    _tmp: tempfile::TempDir,
+}
+
+impl KafkaRig {
+    fn start(topic: &str, partitions: u32, read: bool) -> Option<KafkaRig> {
+        let program = tansu_program()?;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let gate_port = free_port();
+        let broker = Tansu::start(&program, &tmp.path().join("broker"), gate_port);
+        let gate = Gate::at(gate_port, broker.port);
+        broker.create_topic(topic, partitions);
+        let out = tmp.path().join("received");
+        let reader = read.then(|| KafkaReader::start(gate_port, topic, partitions as i32, &out));
+        Some(KafkaRig {
+            gate,
+            out,
+            _reader: reader,
+            _broker: broker,
+            _tmp: tmp,
+        })
+    }
 }
 
 /// One message read back: partition, the `sluicegate-id` header, the payload.
@@ -1258,15 +1326,11 @@ fn kafka_sink_toml(bootstrap: u16, topic: &str, batch: u32, timeout_ms: u64) -> 
 /// only ever with its first id, and the channel drains.
 #[test]
 fn kafka_sink_delivers_in_order_with_ids_and_waits_out_a_broker_outage() {
-    let Some(program) = tansu_program() else {
+    let Some(rig) = KafkaRig::start("events", 3, true) else {
         return;
     };
     let (port, mport) = (free_port(), free_port());
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "events", 3);
-    let bport = gate.port;
-    let out = tmp.path().join("received");
-    let _reader = KafkaReader::start(bport, "events", 3, &out);
+    let (gate, out, bport) = (&rig.gate, rig.out.clone(), rig.gate.port);
     let s = Setup::new(|r| {
         format!(
             "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}",
@@ -1276,56 +1340,21 @@ fn kafka_sink_delivers_in_order_with_ids_and_waits_out_a_broker_outage() {
     });
     let mut agent = s.spawn_logged();
     wait_ready(&s, &mut agent, port);
-    let mut sent = Vec::new();
-    let mut post = |from: usize, to: usize| {
-        let body: String = (from..to).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
-        assert_eq!(status, 200, "{reply}");
-        sent.extend((from..to).map(|i| format!("{{\"n\":{i}}}")));
-    };
-    post(0, 300);
-    eventually("300 messages at the reader", || {
-        kafka_received(&out).len() >= 300
-    });
-    let outage = Duration::from_millis(
-        std::env::var("SLUICEGATE_KAFKA_OUTAGE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30_000),
+    let got = || kafka_received(&out).into_iter().map(|m| m.2).collect();
+    let Outage {
+        sent,
+        depth,
+        length: outage,
+    } = through_an_outage(
+        &s,
+        port,
+        "SLUICEGATE_KAFKA_OUTAGE_MS",
+        &got,
+        &mut |up| match up {
+            false => gate.shut(),
+            true => gate.reopen(),
+        },
     );
-    gate.shut();
-    let until = Instant::now() + outage;
-    let mut n = 300;
-    while Instant::now() < until {
-        post(n, n + 100);
-        n += 100;
-        std::thread::sleep(Duration::from_millis(200).min(outage));
-    }
-    let depth = s.stats().expect("stats")["depth"].as_u64().expect("depth");
-    assert!(
-        depth >= 100,
-        "with the broker away the sink must commit nothing: depth {depth}"
-    );
-    gate.reopen();
-    let until = Instant::now() + Duration::from_secs(300);
-    loop {
-        let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
-        let missing = sent.iter().filter(|e| !got.contains(*e)).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "{missing} of {} events never reached the reader; channel: {:?}; the agent logged:\n{}",
-            sent.len(),
-            s.stats().map(|v| v["depth"].clone()),
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eventually("the channel to drain", || {
-        s.stats().is_some_and(|v| v["depth"] == 0)
-    });
     let got = kafka_received(&out);
     let sent_set: HashSet<&str> = sent.iter().map(String::as_str).collect();
     let mut ids: HashMap<&str, &str> = HashMap::new();
@@ -1374,16 +1403,12 @@ fn kafka_sink_delivers_in_order_with_ids_and_waits_out_a_broker_outage() {
 /// and a repeated message always carries its first id.
 #[test]
 fn sigkill_during_kafka_delivery_loses_nothing_acknowledged() {
-    let Some(program) = tansu_program() else {
+    let Some(rig) = KafkaRig::start("kills", 2, true) else {
         return;
     };
     let port = free_port();
     let sink_batch = 25;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "kills", 2);
-    let bport = gate.port;
-    let out = tmp.path().join("received");
-    let _reader = KafkaReader::start(bport, "kills", 2, &out);
+    let (out, bport) = (rig.out.clone(), rig.gate.port);
     let s = Setup::new(|r| {
         format!(
             "{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}",
@@ -1401,14 +1426,11 @@ fn sigkill_during_kafka_delivery_loses_nothing_acknowledged() {
         let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
         ledger.acknowledged.iter().all(|a| got.contains(a))
     });
-    let got = kafka_received(&out);
-    let mut first_id: HashMap<&str, &str> = HashMap::new();
-    for (_, id, payload) in &got {
-        let first = first_id.entry(payload.as_str()).or_insert(id.as_str());
-        assert_eq!(*first, id.as_str(), "{payload} came again with another id");
-    }
-    let payloads: Vec<String> = got.into_iter().map(|m| m.2).collect();
-    judge(&payloads, &ledger, rounds, sink_batch);
+    let got: Vec<(String, String)> = kafka_received(&out)
+        .into_iter()
+        .map(|(_, id, payload)| (id, payload))
+        .collect();
+    judge_with_ids(&got, &ledger, rounds, sink_batch);
 }
 
 /// An event Kafka refuses for good (larger than the producer's `message.max.bytes`): without
@@ -1417,15 +1439,11 @@ fn sigkill_during_kafka_delivery_loses_nothing_acknowledged() {
 /// after it are delivered.
 #[test]
 fn kafka_sink_dead_letters_a_refused_event_and_delivers_the_rest() {
-    let Some(program) = tansu_program() else {
+    let Some(rig) = KafkaRig::start("dl", 1, true) else {
         return;
     };
     let (port, mport) = (free_port(), free_port());
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "dl", 1);
-    let bport = gate.port;
-    let out = tmp.path().join("received");
-    let _reader = KafkaReader::start(bport, "dl", 1, &out);
+    let (out, bport) = (rig.out.clone(), rig.gate.port);
     let config = |dead_letter: &'static str| {
         move |r: &Path| {
             format!(
@@ -1499,12 +1517,10 @@ fn tansu_runs_transactions_but_read_committed_shows_aborted_records() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message as _;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let Some(program) = tansu_program() else {
+    let Some(rig) = KafkaRig::start("txn", 1, false) else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (_broker, gate) = kafka(&program, &tmp.path().join("broker"), "txn", 1);
-    let bootstrap = format!("127.0.0.1:{}", gate.port);
+    let bootstrap = format!("127.0.0.1:{}", rig.gate.port);
     let producer = || -> BaseProducer {
         rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

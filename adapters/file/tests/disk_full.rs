@@ -109,6 +109,34 @@ fn check_holds(ch: &FileChannel, n: u32) {
     assert_eq!(i, n);
 }
 
+/// Commits 10 events at a time until a put or commit fails, which must be for lack of space;
+/// how many were committed.
+fn fill_until_no_space(ch: &FileChannel) -> u32 {
+    let mut committed = 0u32;
+    // Bounded: the small disk fills.
+    let failure = 'fill: loop {
+        let mut tx = ch.begin().unwrap();
+        for k in 0..10 {
+            if let Err(e) = tx.put(&event(committed + k)) {
+                break 'fill e;
+            }
+        }
+        if let Err(e) = tx.commit() {
+            break 'fill e;
+        }
+        committed += 10;
+        assert!(committed < 10_000, "the disk never filled");
+    };
+    println!("disk full after {committed} committed events: {failure}");
+    match &failure {
+        FileChannelError::Channel(Error::Storage(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::NoSpace, "{e}")
+        }
+        other => panic!("expected a NoSpace storage error, got {other:?}"),
+    }
+    committed
+}
+
 /// Below `minimum_required_space_bytes` puts are refused with a message naming the directory
 /// and the figures, takes go on, and puts resume once space is freed.
 #[test]
@@ -163,27 +191,7 @@ fn disk_full_fails_cleanly_and_recovers_when_space_is_freed() {
     let filler = m.dir.join("filler");
     fill(&filler, 2 << 20);
     let ch = FileChannel::open(config(&m.dir, 0)).unwrap();
-    let mut committed = 0u32;
-    let failure = 'fill: loop {
-        let mut tx = ch.begin().unwrap();
-        for k in 0..10 {
-            if let Err(e) = tx.put(&event(committed + k)) {
-                break 'fill e;
-            }
-        }
-        if let Err(e) = tx.commit() {
-            break 'fill e;
-        }
-        committed += 10;
-        assert!(committed < 10_000, "the disk never filled");
-    };
-    println!("disk full after {committed} committed events: {failure}");
-    match &failure {
-        FileChannelError::Channel(Error::Storage(e)) => {
-            assert_eq!(e.kind(), StorageErrorKind::NoSpace, "{e}")
-        }
-        other => panic!("expected a NoSpace storage error, got {other:?}"),
-    }
+    let mut committed = fill_until_no_space(&ch);
     assert_eq!(ch.len(), committed as usize);
     // No temporary file is left behind by the failed creation.
     for d in &ch.config().data_dirs {
@@ -218,28 +226,7 @@ fn takes_drain_a_full_disk_without_freeing_space() {
     };
     fill(&m.dir.join("filler"), 2 << 20);
     let ch = FileChannel::open(config(&m.dir, 0)).unwrap();
-    let mut committed = 0u32;
-    // Bounded: the disk fills within its 8 MiB.
-    let failure = 'fill: loop {
-        let mut tx = ch.begin().unwrap();
-        for k in 0..10 {
-            if let Err(e) = tx.put(&event(committed + k)) {
-                break 'fill e;
-            }
-        }
-        if let Err(e) = tx.commit() {
-            break 'fill e;
-        }
-        committed += 10;
-        assert!(committed < 10_000, "the disk never filled");
-    };
-    println!("disk full after {committed} committed events: {failure}");
-    match &failure {
-        FileChannelError::Channel(Error::Storage(e)) => {
-            assert_eq!(e.kind(), StorageErrorKind::NoSpace, "{e}")
-        }
-        other => panic!("expected a NoSpace storage error, got {other:?}"),
-    }
+    let committed = fill_until_no_space(&ch);
     check_holds(&ch, committed);
     assert_eq!(ch.len(), 0);
     ch.close().unwrap();
