@@ -1311,3 +1311,55 @@ fn errors_under_json_are_json() {
     let out = run(&["stats", "--dir", &missing], "");
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("sluicegate: "));
 }
+
+/// `put` never holds an over-long line: a 200 MB line (max_event_bytes is 1 MiB by default)
+/// is refused as it streams past, the line after it is put, and the process's peak memory
+/// stays far below the line's size (measured by the kernel: `wait4`'s `ru_maxrss`).
+#[test]
+// The child is reaped by `wait4`, which gives its peak memory; `Child::wait` after it could
+// reap another test's child that reused the pid.
+#[allow(clippy::zombie_processes)]
+fn put_streams_past_an_over_long_line_in_bounded_memory() {
+    let h = Home::new(65536);
+    let mut child = sg()
+        .args(["put", "--dir", &h.dir])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn put");
+    let mut input = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            input.write_all(&chunk).expect("feed");
+        }
+        input.write_all(b"\nafter\n").expect("feed");
+    });
+    let mut stderr = String::new();
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = out_pipe.read_to_string(&mut out);
+        out
+    });
+    let _ = err_pipe.read_to_string(&mut stderr);
+    feeder.join().expect("feeder");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be filled in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid, with valid pointers; it reaps the child, which
+    // `Child` is then not asked to wait for.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    let _ = reader.join();
+    let peak_mib = usage.ru_maxrss as f64 / 1024.0;
+    eprintln!("put's peak resident memory: {peak_mib:.1} MiB for a 200 MiB line");
+    assert!(stderr.contains("over max_event_bytes"), "{stderr}");
+    assert!(
+        peak_mib < 64.0,
+        "put held {peak_mib:.1} MiB while a 200 MiB line streamed past"
+    );
+    assert_eq!(h.take_all(), vec!["after".to_string()]);
+}
