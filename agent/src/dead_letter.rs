@@ -44,7 +44,7 @@ pub struct DeadLetter {
     file: PathBuf,
     sink: String,
     channel: String,
-    identity: String,
+    identity: u128,
 }
 
 impl DeadLetter {
@@ -55,7 +55,7 @@ impl DeadLetter {
             file: dir.join(format!("{sink}.jsonl")),
             sink: sink.to_string(),
             channel: channel.to_string(),
-            identity: format!("{identity:032x}"),
+            identity,
         }
     }
 
@@ -76,7 +76,7 @@ impl DeadLetter {
             let line = Line {
                 sink: &self.sink,
                 channel: &self.channel,
-                id: event.id.map(|id| format!("{}:{}", self.identity, id.get())),
+                id: event.id.map(|id| crate::sinks::id_text(self.identity, id)),
                 reason,
                 at_ms,
                 body: utf8,

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::json;
 use sluicegate_core::record::Pointer;
 use sluicegate_core::{Channel, Recovery, RecoveryPath, Stats};
-use sluicegate_file::{segment_name, FileChannelConfig, SnapshotOptions, SnapshotStorage};
+use sluicegate_file::{FileChannelConfig, SnapshotOptions, SnapshotStorage};
 
 use crate::fail::Fail;
 use crate::home::HomeArgs;
@@ -227,9 +227,7 @@ fn lost_line(config: &FileChannelConfig, r: &Recovery) -> Option<String> {
     if r.events_in_lost_segments == 0 {
         return None;
     }
-    let layout = config.layout();
-    let slot = r.first_lost_slot as usize;
-    let file = layout.data_dirs[slot % layout.data_dirs.len()].join(segment_name(slot));
+    let file = config.layout().segment_path(r.first_lost_slot as usize);
     Some(format!(
         "{} queued events are in log files that are missing or damaged at their start (the first: {}); the channel refuses to open until `sluicegate repair` removes them",
         r.events_in_lost_segments,

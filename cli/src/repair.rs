@@ -384,8 +384,7 @@ fn mend_recovery(
             channel
                 .close()
                 .map_err(|e| Fail::runtime(format!("cannot close the channel: {e}")))?;
-            let file = layout.data_dirs[first % layout.data_dirs.len()]
-                .join(sluicegate_file::segment_name(first));
+            let file = layout.segment_path(first);
             r.lost += dropped;
             r.actions.push(format!(
                 "LOST {dropped} queued events: their log files are missing or damaged at their start (the first: {}); removed from the queue, every other event kept",

@@ -244,10 +244,9 @@ impl FileChannel {
         let mut dropped = 0;
         let lost = core.recovery().events_in_lost_segments;
         if lost > 0 {
-            let layout = config.layout();
-            let slot = core.recovery().first_lost_slot as usize;
-            let file = layout.data_dirs[slot % layout.data_dirs.len()]
-                .join(crate::storage::segment_name(slot));
+            let file = config
+                .layout()
+                .segment_path(core.recovery().first_lost_slot as usize);
             if !drop_lost {
                 return Err(FileChannelError::Storage(FileError::config(format!(
                     "{} is missing, or damaged at its start: {lost} queued events were in it (or in other lost log files) and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest",

@@ -33,6 +33,13 @@ pub struct Layout {
     pub slot_bytes: u64,
 }
 
+impl Layout {
+    /// The file of log segment `slot`: segments go round-robin over the data directories.
+    pub fn segment_path(&self, slot: usize) -> PathBuf {
+        self.data_dirs[slot % self.data_dirs.len()].join(segment_name(slot))
+    }
+}
+
 /// An error of the file adapter: what failed, on which path.
 #[derive(Debug)]
 pub struct FileError {

@@ -118,8 +118,6 @@ pub fn check_producer(settings: KafkaSettings) -> Result<(), String> {
 /// Produces batches to Kafka.
 pub struct KafkaSink {
     settings: KafkaSettings,
-    /// The channel's identity in hexadecimal, the first half of every id.
-    identity: String,
     reports: Reports,
     producer: Option<BaseProducer<Reporter>>,
 }
@@ -129,7 +127,6 @@ impl KafkaSink {
     /// refuses is an error here, before anything runs.
     pub fn new(settings: KafkaSettings) -> Result<Self, String> {
         let mut sink = KafkaSink {
-            identity: format!("{:032x}", settings.identity),
             settings,
             reports: Arc::default(),
             producer: None,
@@ -204,7 +201,9 @@ impl KafkaSink {
         let mut refused = Vec::new();
         let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(5);
         for (index, event) in events.iter().enumerate() {
-            let id = event.id.map(|id| format!("{}:{}", self.identity, id.get()));
+            let id = event
+                .id
+                .map(|id| super::id_text(self.settings.identity, id));
             let key = self.key(event, &id);
             let mut headers = OwnedHeaders::new();
             if let Some(id) = &id {

@@ -23,6 +23,12 @@ pub mod exec;
 pub mod kafka;
 pub mod mqtt;
 
+/// An event's id as the sinks send it and the dead-letter file keeps it: `CHANNEL:EVENT`, the
+/// channel's identity in hexadecimal and the event's id in decimal.
+pub fn id_text(identity: u128, id: EventId) -> String {
+    format!("{identity:032x}:{}", id.get())
+}
+
 /// An event taken for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {

@@ -76,8 +76,6 @@ impl Drop for Link {
 /// Publishes batches to an MQTT broker.
 pub struct MqttSink {
     settings: MqttSettings,
-    /// The channel's identity in hexadecimal, the first half of every id.
-    identity: String,
     link: Option<Link>,
 }
 
@@ -85,7 +83,6 @@ impl MqttSink {
     /// A sink that connects on its first delivery.
     pub fn new(settings: MqttSettings) -> Self {
         MqttSink {
-            identity: format!("{:032x}", settings.identity),
             settings,
             link: None,
         }
@@ -162,7 +159,7 @@ impl MqttSink {
             if let Some(id) = e.id {
                 properties.user_properties.push((
                     "sluicegate-id".into(),
-                    format!("{}:{}", self.identity, id.get()),
+                    super::id_text(self.settings.identity, id),
                 ));
             }
             link.client
