@@ -7,6 +7,8 @@ use std::process::ExitCode;
 pub struct Fail {
     pub message: String,
     pub code: u8,
+    /// The channel error's kind (`FileErrorKind::name`), when the failure is one.
+    pub kind: Option<&'static str>,
 }
 
 impl Fail {
@@ -15,6 +17,7 @@ impl Fail {
         Fail {
             message: message.into(),
             code: 1,
+            kind: None,
         }
     }
 
@@ -23,14 +26,19 @@ impl Fail {
         Fail {
             message: message.into(),
             code: 2,
+            kind: Some("usage"),
         }
     }
 
     /// Reports the failure on stderr, in one line: text, or with `json` (the command was asked
-    /// for `--json`) one JSON object, `{"error": MESSAGE, "exit": CODE}`.
+    /// for `--json`) one JSON object, `{"error": MESSAGE, "kind": KIND, "exit": CODE}` (`kind`
+    /// only when the failure has one: `usage`, or a channel error's kind).
     pub fn exit(&self, json: bool) -> ExitCode {
         if json {
-            let line = serde_json::json!({ "error": self.message, "exit": self.code });
+            let mut line = serde_json::json!({ "error": self.message, "exit": self.code });
+            if let Some(kind) = self.kind {
+                line["kind"] = kind.into();
+            }
             eprintln!("{line}");
         } else {
             eprintln!("sluicegate: {}", self.message);
@@ -41,13 +49,19 @@ impl Fail {
 
 impl From<sluicegate_file::FileChannelError> for Fail {
     fn from(e: sluicegate_file::FileChannelError) -> Self {
-        Fail::runtime(e.to_string())
+        Fail {
+            kind: Some(e.kind().name()),
+            ..Fail::runtime(e.to_string())
+        }
     }
 }
 
 impl From<sluicegate_file::FileError> for Fail {
     fn from(e: sluicegate_file::FileError) -> Self {
-        Fail::runtime(e.to_string())
+        Fail {
+            kind: Some(e.detail().name()),
+            ..Fail::runtime(e.to_string())
+        }
     }
 }
 

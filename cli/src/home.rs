@@ -189,5 +189,5 @@ pub fn open(config: FileChannelConfig) -> Result<FileChannel, Fail> {
     let spinner = crate::progress::spinner("recovering the channel");
     let result = FileChannel::open(config);
     spinner.finish_and_clear();
-    result.map_err(|e| Fail::runtime(e.to_string()))
+    Ok(result?)
 }

@@ -222,26 +222,28 @@ pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What recovery says about queued events in lost log files, if any, in words.
+/// What recovery says about queued events that cannot be read, if any, in words.
 fn lost_line(config: &FileChannelConfig, r: &Recovery) -> Option<String> {
     if r.events_in_lost_segments == 0 {
         return None;
     }
     let file = config.layout().segment_path(r.first_lost_slot as usize);
     Some(format!(
-        "{} queued events are in log files that are missing or damaged at their start (the first: {}); the channel refuses to open until `sluicegate repair` removes them",
+        "{} queued events are in log files that are missing, cut short or damaged (the first: {}), and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest",
         r.events_in_lost_segments,
         file.display()
     ))
 }
 
-/// Recovers on the snapshot, writes a checkpoint into its memory, and returns the queue (as
-/// pointers) and the snapshot.
+/// Recovers on the snapshot, reads every queued event's record, writes a checkpoint into its
+/// memory, and returns the queue (as pointers), the recovery report and the snapshot.
 fn queue_after_recovery(
     config: &FileChannelConfig,
     st: SnapshotStorage,
 ) -> Result<(Vec<Pointer>, Recovery, SnapshotStorage), Fail> {
     let mut core = recover(config, st)?;
+    core.check_queued_events()
+        .map_err(|e| Fail::runtime(format!("reading the queued events fails: {e}")))?;
     core.checkpoint()
         .map_err(|e| Fail::runtime(format!("checkpoint in memory failed: {e}")))?;
     let r = *core.recovery();

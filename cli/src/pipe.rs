@@ -299,6 +299,7 @@ pub fn take(
     let batch = check_batch(batch, &config)?;
     watch_signals();
     let mut session = attach(home, &config)?;
+    let skipped_before = skipped_events(&mut session);
     let mut side = SessionTakes {
         session: &mut session,
     };
@@ -321,9 +322,27 @@ pub fn take(
         }
         Delivery::Stdout => to_stdout(&mut side, batch, limit, follow),
     };
+    let skipped = skipped_events(&mut session).saturating_sub(skipped_before);
     session.close()?;
     outcome?;
+    if skipped > 0 {
+        // A damage no open can see (a record decayed inside the log) is still never silent.
+        return Err(Fail::runtime(format!(
+            "{skipped} queued events failed their checks when read and were skipped, never delivered (`sluicegate verify` names the damage)"
+        )));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The owner's count of queued events skipped because their record failed its checks
+/// (`corrupt_events_skipped`; by any consumer), or 0 if it cannot tell.
+fn skipped_events(session: &mut Session) -> u64 {
+    session
+        .client()
+        .stats()
+        .ok()
+        .and_then(|v| v["corrupt_events_skipped"].as_u64())
+        .unwrap_or(0)
 }
 
 fn to_stdout(

@@ -362,9 +362,14 @@ fn mend_recovery(
         Region::Backup => layout.backup_dir.join("backup.slot"),
         _ => layout.checkpoint_dir.join("checkpoint.slot"),
     };
-    match Channel::open_with_keys(st, memory, core_config, keys) {
+    let opened = Channel::open_with_keys(st, memory, core_config, keys).and_then(|mut core| {
+        core.check_queued_events()?;
+        Ok(core)
+    });
+    match opened {
         Ok(core) if core.recovery().events_in_lost_segments > 0 => {
-            // Queued events in log files that are gone: nothing can bring their bytes back.
+            // Queued events whose bytes are gone (a log file missing, cut short or damaged):
+            // nothing can bring them back.
             // Remove them from the queue (a real open, which checkpoints the smaller queue),
             // keeping every other event, and say so.
             drop(core);
@@ -387,7 +392,7 @@ fn mend_recovery(
             let file = layout.segment_path(first);
             r.lost += dropped;
             r.actions.push(format!(
-                "LOST {dropped} queued events: their log files are missing or damaged at their start (the first: {}); removed from the queue, every other event kept",
+                "LOST {dropped} queued events: their log files are missing, cut short or damaged (the first: {}); removed from the queue, every other event kept",
                 file.display()
             ));
             Ok(None)

@@ -593,8 +593,13 @@ fn verify_is_clean_on_a_healthy_channel_and_finds_a_damaged_event() {
     assert_eq!(f["severity"], "corruption");
     assert_eq!(f["offset"], offset);
     assert!(f["file"].as_str().unwrap_or("").ends_with(".seg"));
-    // The damaged event is never delivered; every other one is.
-    let got = h.take_all();
+    // The damaged event is never delivered, and the take says so; every other one is.
+    let out = run(&["take", "--dir", &h.dir], "");
+    assert_one_line_error(&out, 1, "1 queued events failed their checks when read");
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(got.len(), 44);
     assert!(!got.contains(&"ev-00020".to_string()));
     let out = run(&["verify", "--dir", &h.dir, "--bogus"], "");
@@ -638,52 +643,109 @@ fn repair_steps_over_a_damaged_length_so_later_events_survive() {
     assert!(r.contains("nothing to repair"), "{r}");
 }
 
-/// A deleted log file, or one damaged at its start, that held queued events is never a silent
-/// hole: `stats` says how many events are lost and where, `verify` fails, `take` refuses in one
-/// line and delivers nothing; `repair` removes exactly those events, keeps every other one,
-/// writes a report and exits 1; afterwards the channel delivers the rest, in order, once, and
-/// a second `repair` finds nothing to do.
+/// A log file that held queued events and is deleted, damaged at its start, cut short, zeroed
+/// from its middle on, or has one record flipped, is never a silent hole: `stats` says how many
+/// events are lost and where (each damage an open can see), `verify` fails, `take` refuses in
+/// one line and delivers nothing (or, for the one flipped record, which only a full read finds,
+/// skips it and says so); `repair` removes exactly those events, keeps every other one, writes a
+/// report and exits 1; afterwards the channel delivers the rest, in order, once, and a second
+/// `repair` finds nothing to do.
 #[test]
 fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
-    for damage in ["deleted", "header overwritten"] {
+    for damage in [
+        "deleted",
+        "header overwritten",
+        "cut short",
+        "zeroed from the middle",
+        "one record flipped",
+    ] {
         let h = Home::new(65536);
         let all = lines("ev", 8000);
         h.put(&all, 500);
         let seg = Path::new(&h.dir).join("data/log-000002.seg");
-        // The events the lost file holds, from the dump before the damage.
+        // The puts the file holds (body, offset, length), from the dump before the damage.
         let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
-        let in_seg: HashSet<String> = dump
+        let puts: Vec<(String, u64, u64)> = dump
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["type"] == "record" && v["kind"] == "put" && v["slot"] == 2)
-            .filter_map(|v| v["body"].as_str().map(String::from))
+            .filter_map(|v| {
+                Some((
+                    v["body"].as_str()?.to_string(),
+                    v["offset"].as_u64()?,
+                    v["len"].as_u64()?,
+                ))
+            })
             .collect();
-        assert!(!in_seg.is_empty(), "segment 2 holds events");
-        if damage == "deleted" {
-            std::fs::remove_file(&seg).expect("remove");
-        } else {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&seg)
-                .expect("open");
-            f.write_all(&[0x5a; 64]).expect("overwrite");
+        assert!(puts.len() > 100, "segment 2 holds events");
+        let middle = 32768u64;
+        let flipped = &puts[puts.len() / 2];
+        let lost_here = |(_, offset, len): &&(String, u64, u64)| match damage {
+            "cut short" | "zeroed from the middle" => offset + 16 + len > middle,
+            "one record flipped" => *offset == flipped.1,
+            _ => true,
+        };
+        let in_seg: HashSet<String> = puts.iter().filter(lost_here).map(|p| p.0.clone()).collect();
+        assert!(!in_seg.is_empty() && in_seg.len() < 8000, "{damage}");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open");
+        match damage {
+            "deleted" => std::fs::remove_file(&seg).expect("remove"),
+            "header overwritten" => f.write_all(&[0x5a; 64]).expect("overwrite"),
+            "cut short" => f.set_len(middle).expect("truncate"),
+            "zeroed from the middle" => f
+                .write_all_at(&vec![0u8; 65536 - middle as usize], middle)
+                .expect("zero"),
+            _ => f
+                .write_all_at(&[0xff], flipped.1 + 16)
+                .expect("flip a byte of a body"),
         }
+        drop(f);
+        let open_sees_it = damage != "one record flipped";
         let stats = ok(&["stats", "--dir", &h.dir], "");
-        assert!(
-            stats.contains(&format!("LOST        {} queued events", in_seg.len())),
-            "{damage}: {stats}"
-        );
-        assert!(stats.contains("log-000002.seg"), "{damage}: {stats}");
-        assert_eq!(h.stats()["replay"]["events_in_lost_segments"], in_seg.len());
+        if open_sees_it {
+            assert!(
+                stats.contains(&format!("LOST        {} queued events", in_seg.len())),
+                "{damage}: {stats}"
+            );
+            assert!(stats.contains("log-000002.seg"), "{damage}: {stats}");
+            assert_eq!(h.stats()["replay"]["events_in_lost_segments"], in_seg.len());
+        }
         let v = run(&["verify", "--dir", &h.dir], "");
         assert_eq!(v.status.code(), Some(1), "{damage}: verify must fail");
-        let out = run(&["take", "--dir", &h.dir], "");
-        assert_one_line_error(
-            &out,
-            1,
-            "log-000002.seg is missing, or damaged at its start",
+        let v = String::from_utf8_lossy(&v.stdout);
+        assert!(
+            v.contains(&format!("{} queued events are in log files", in_seg.len())),
+            "{damage}: {v}"
         );
-        assert!(out.stdout.is_empty(), "{damage}: nothing is delivered");
+        if open_sees_it {
+            let out = run(&["take", "--dir", &h.dir], "");
+            let expect = if damage == "cut short" {
+                "log-000002.seg is cut short (32768 of 65536 bytes): "
+            } else {
+                "log-000002.seg is missing or damaged: "
+            };
+            assert_one_line_error(&out, 1, expect);
+            assert!(
+                String::from_utf8_lossy(&out.stderr)
+                    .contains(&format!("{} queued events were in", in_seg.len())),
+                "{damage}"
+            );
+            assert!(out.stdout.is_empty(), "{damage}: nothing is delivered");
+        } else {
+            // A take meets the damaged record: it delivers the rest and says what it skipped.
+            let copy = h.root.join("copy");
+            let cp = Command::new("cp")
+                .args(["-a", &h.dir, &copy.display().to_string()])
+                .status()
+                .expect("cp");
+            assert!(cp.success());
+            let out = run(&["take", "--dir", &copy.display().to_string()], "");
+            assert_one_line_error(&out, 1, "1 queued events failed their checks when read");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7999);
+        }
         let r = run(&["repair", "--dir", &h.dir], "");
         let text = String::from_utf8_lossy(&r.stdout);
         assert_eq!(r.status.code(), Some(1), "{damage}: {text}");
@@ -1286,7 +1348,8 @@ fn inspection_works_on_a_read_only_filesystem() {
     assert!(out.stdout.is_empty(), "nothing was taken");
 }
 
-/// Under `--json`, an error is one JSON object on stderr, with the exit code in it.
+/// Under `--json`, an error is one JSON object on stderr, with the exit code in it and, for a
+/// channel error, its kind.
 #[test]
 fn errors_under_json_are_json() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -1310,6 +1373,20 @@ fn errors_under_json_are_json() {
     // Without --json, the same error is text.
     let out = run(&["stats", "--dir", &missing], "");
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("sluicegate: "));
+    // A channel error carries its kind: here queued events in a log file cut short.
+    let h = Home::new(65536);
+    h.put(&lines("ev", 8000), 500);
+    let seg = Path::new(&h.dir).join("data/log-000002.seg");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(32768))
+        .expect("cut short");
+    let out = run(&["checkpoint", "--dir", &h.dir, "--json"], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(err.trim_end()).expect("JSON error");
+    assert_eq!(v["kind"], "lost", "{v}");
+    assert_eq!(v["exit"], 1, "{v}");
 }
 
 /// `put` never holds an over-long line: a 200 MB line (max_event_bytes is 1 MiB by default)

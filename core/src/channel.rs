@@ -439,22 +439,32 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(channel)
     }
 
-    /// Removes from the queue the events recovery found in lost segments
-    /// ([`Recovery::events_in_lost_segments`]): their bytes are gone, and a take would skip
-    /// each as corrupt. For a repair tool, right after open and before any transaction (else
+    /// Removes from the queue every event whose bytes cannot be read: its segment is gone or
+    /// its put record is damaged. Every queued record is read in full, so this finds more than
+    /// an open's check ([`Recovery::events_in_lost_segments`]); a take would skip each such
+    /// event as corrupt. For a repair tool, right after open and before any transaction (else
     /// [`Error::BadTransaction`]); a checkpoint afterwards makes the removal durable. Returns
-    /// how many it removed.
+    /// how many it removed, and leaves that count in the recovery report.
     pub fn drop_lost_events(&mut self) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(true)
+    }
+
+    /// Reads every queued event's record in full and counts those whose bytes cannot be read
+    /// (as [`Channel::drop_lost_events`] would remove them), leaving the count in
+    /// [`Recovery::events_in_lost_segments`]: for a verifying tool, right after open and before
+    /// any transaction (else [`Error::BadTransaction`]).
+    pub fn check_queued_events(&mut self) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(false)
+    }
+
+    fn lost_events_checked(&mut self, remove: bool) -> Result<u64, Error<S::Error>> {
         let (qmem, _, _) = crate::channel::split(self.memory.as_mut(), &self.config);
         if self.queue.tagged(qmem) > 0 {
             return Err(Error::BadTransaction);
         }
-        if self.recovery.events_in_lost_segments == 0 {
-            return Ok(0);
-        }
         let newest =
             (self.recovery.path != crate::RecoveryPath::New).then_some(self.recovery.last_segment);
-        let lost = self.lost_events(newest, true)?;
+        let lost = self.lost_events(newest, crate::recovery::Check::Every, remove)?;
         self.recovery.events = self.queue.len() as u64;
         Ok(lost)
     }

@@ -73,7 +73,8 @@ impl Queue {
         mem[self.index(i)]
     }
 
-    fn set(&self, mem: &mut [u64], i: usize, w: u64) {
+    /// Overwrites entry `i` (which must exist).
+    pub fn set(&self, mem: &mut [u64], i: usize, w: u64) {
         mem[self.index(i)] = w;
     }
 
@@ -87,8 +88,9 @@ impl Queue {
         true
     }
 
-    /// Drops the entries from `len` on, which must all have been appended untagged since the
-    /// queue was `len` long (replay undoing a commit it could not read the same way twice).
+    /// Drops the entries from `len` on, which must all be untagged (replay undoing a commit it
+    /// could not read the same way twice; repair removing lost events, after moving the kept
+    /// ones forward with [`Queue::set`]).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
             self.len = len;
@@ -205,25 +207,6 @@ impl Queue {
         }
         // Entries at or past `span` are untagged, so the tagged prefix cannot reach beyond it.
         self.first_free = self.first_free.min(self.span);
-    }
-
-    /// Removes every entry that points into segment slot `slot`, keeping the others' order;
-    /// how many it removed. Only with nothing taken (right after recovery).
-    pub fn remove_slot(&mut self, mem: &mut [u64], slot: u32) -> usize {
-        debug_assert_eq!(self.span, 0, "entries are tagged");
-        let mut kept = 0;
-        for i in 0..self.len {
-            let w = self.get(mem, i);
-            if Pointer::from_word(w).slot != slot {
-                self.set(mem, kept, w);
-                kept += 1;
-            }
-        }
-        let removed = self.len - kept;
-        self.len = kept;
-        self.first_free = self.first_free.min(kept);
-        self.span = self.span.min(kept);
-        removed
     }
 
     /// Calls `f` with every entry's pointer.

@@ -142,12 +142,26 @@ pub struct Recovery {
     pub authentication_failures: u64,
     /// Segments of the log that are sealed (encrypted).
     pub sealed_segments: u64,
-    /// Queued events whose segment is gone: its slot holds no valid segment header, or the
-    /// header of another segment (a log file deleted, replaced, or damaged at its start). Their
-    /// bytes cannot be read; see [`Channel::drop_lost_events`](crate::Channel::drop_lost_events).
+    /// Queued events whose bytes cannot be read: their segment is gone (its slot holds no valid
+    /// segment header, or the header of another segment: a log file deleted, replaced, or
+    /// damaged at its start), or their put record is damaged. An open reads the highest queued
+    /// record of each run of queued events in a segment (so a log file cut short or zeroed from
+    /// some point on is found), and the rest of a run only when that one is damaged;
+    /// [`Channel::check_queued_events`](crate::Channel::check_queued_events) reads every one.
+    /// See [`Channel::drop_lost_events`](crate::Channel::drop_lost_events).
     pub events_in_lost_segments: u64,
     /// The slot of the first such segment (meaningful when `events_in_lost_segments` > 0).
     pub first_lost_slot: u32,
+}
+
+/// How closely [`Channel::lost_events`] reads the queued events' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The highest record of each run of queued events in one segment, and the whole run only
+    /// if that one is damaged: what every open can afford.
+    Runs,
+    /// Every queued record, in full.
+    Every,
 }
 
 /// What streaming a record's payload found.
@@ -229,7 +243,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if from.is_none() {
                 self.recovery.path = RecoveryPath::New;
             }
-            self.lost_events(None, false)?;
+            self.lost_events(None, Check::Runs, false)?;
             self.next_wid = from.map_or(0, |f| f.wid);
             return Ok(Replayed {
                 newest: None,
@@ -264,7 +278,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if oldest < from.seq.min(newest + 1) {
             self.check_keys(oldest.max(start), from.seq.min(newest + 1) - 1)?;
         }
-        self.lost_events(Some(newest), false)?;
+        self.lost_events(Some(newest), Check::Runs, false)?;
         let r = &mut self.recovery;
         r.last_segment = newest;
         r.events = self.queue.len() as u64;
@@ -670,59 +684,104 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(())
     }
 
-    /// Counts (or, with `remove`, removes) the queued events whose segment is gone: their slot
-    /// holds no valid header, or the header of another segment than the one they were written
-    /// to (the newest segment being `newest`, `None` when no slot holds one). Records the count
-    /// and the first such slot in the recovery report; returns the count.
+    /// Counts (or, with `remove`, removes) the queued events whose bytes cannot be read: their
+    /// segment is gone (its slot holds no valid header, or the header of another segment than
+    /// the one they were written to, the newest segment being `newest`, `None` when no slot
+    /// holds one), or their put record is damaged (a log file cut short and padded, or zeroed,
+    /// or decayed). Records the count and the first such slot in the recovery report; returns
+    /// the count.
+    ///
+    /// `Check::Runs` (every open) reads one record per run of queued events in one segment, the
+    /// run's highest: a file cut short, or damaged from some point on, loses its last records
+    /// first, and only then are the run's other records read. `Check::Every` (repair, verify)
+    /// reads every queued record in full; only it may remove.
     pub(crate) fn lost_events(
         &mut self,
         newest: Option<u64>,
+        check: Check,
         remove: bool,
     ) -> Result<u64, Error<S::Error>> {
-        let geo = self.geo;
+        debug_assert!(!remove || check == Check::Every);
+        let len = self.queue.len();
         let mut lost = 0u64;
         let mut first = None;
-        if remove {
-            // Rare (a repair): one pass over the queue per lost slot.
-            for slot in 0..geo.segments as u32 {
-                if !self.slot_lost(slot, newest)? {
-                    continue;
+        let mut kept = 0usize;
+        // A few slot verdicts remembered: queued events come in runs per segment.
+        let mut seen: [(u32, bool); 4] = [(u32::MAX, false); 4];
+        let mut next = 0;
+        let mut i = 0;
+        // Bounded: every turn moves `i` past at least one entry.
+        while i < len {
+            let p = self.queued(i);
+            let slot_gone = match seen.iter().find(|(s, _)| *s == p.slot) {
+                Some(&(_, gone)) => gone,
+                None => {
+                    let gone = self.slot_lost(p.slot, newest)?;
+                    seen[next] = (p.slot, gone);
+                    next = (next + 1) % seen.len();
+                    gone
                 }
-                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
-                let n = self.queue.remove_slot(qmem, slot);
-                if n > 0 {
-                    lost += n as u64;
-                    first.get_or_insert(slot);
+            };
+            // The run of entries in this slot, and its highest record.
+            let mut end = i + 1;
+            let mut highest = p;
+            while end < len {
+                let q = self.queued(end);
+                if q.slot != p.slot {
+                    break;
                 }
+                if q.offset > highest.offset {
+                    highest = q;
+                }
+                end += 1;
             }
-        } else {
-            // At every open: one pass over the queue, each slot's header read when the slot
-            // changes (queued events come in runs per segment), a few verdicts remembered.
-            let mut seen: [(u32, bool); 4] = [(u32::MAX, false); 4];
-            let mut next = 0;
-            for i in 0..self.queue.len() {
-                let slot = {
-                    let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
-                    Pointer::from_word(self.queue.get(qmem, i)).slot
-                };
-                let gone = match seen.iter().find(|(s, _)| *s == slot) {
-                    Some(&(_, gone)) => gone,
-                    None => {
-                        let gone = self.slot_lost(slot, newest)?;
-                        seen[next] = (slot, gone);
-                        next = (next + 1) % seen.len();
-                        gone
-                    }
-                };
+            let newest_seq = newest.unwrap_or(0);
+            let read_each =
+                !slot_gone && (check == Check::Every || !self.put_intact(highest, newest_seq)?);
+            for j in i..end {
+                let q = self.queued(j);
+                let gone = slot_gone || (read_each && !self.put_intact(q, newest_seq)?);
                 if gone {
                     lost += 1;
-                    first.get_or_insert(slot);
+                    first.get_or_insert(q.slot);
+                } else if remove {
+                    let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                    self.queue.set(qmem, kept, q.to_word());
+                    kept += 1;
                 }
             }
+            i = end;
+        }
+        if remove {
+            self.queue.truncate(kept);
         }
         self.recovery.events_in_lost_segments = lost;
         self.recovery.first_lost_slot = first.unwrap_or(0);
         Ok(lost)
+    }
+
+    /// The queue's entry `i` (untagged: recovery and repair run before any take).
+    fn queued(&mut self, i: usize) -> Pointer {
+        let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+        Pointer::from_word(self.queue.get(qmem, i))
+    }
+
+    /// True if `p` points at an intact put record of segment `seq_of_slot(p.slot, newest)`:
+    /// its kind, a length that fits the segment, and the CRC of header and payload (streamed,
+    /// so an event of any size costs no memory). Sealed records are checked the same way,
+    /// without their key.
+    fn put_intact(&mut self, p: Pointer, newest: u64) -> Result<bool, Error<S::Error>> {
+        let geo = self.geo;
+        let seq = geo.seq_of_slot(p.slot, newest);
+        let offset = geo.record_offset(p);
+        let header = read_record_header(&mut self.storage, offset).map_err(Error::Storage)?;
+        let room = geo
+            .segment_bytes
+            .saturating_sub(p.offset as u64 + RECORD_HEADER_BYTES as u64);
+        if header.kind != RecordKind::Put as u8 || header.len as u64 > room {
+            return Ok(false);
+        }
+        payload_matches(&mut self.storage, &header, seq, offset).map_err(Error::Storage)
     }
 
     /// True if `slot` holds no valid header, or the header of another segment than the one

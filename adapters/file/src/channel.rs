@@ -21,7 +21,8 @@ use sluicegate_core::{Channel, Error, EventId, Recovery, Stats, SyncMark, Txn};
 
 use crate::config::{ConfigError, FileChannelConfig};
 use crate::keys::Keyring;
-use crate::storage::{FileError, FileStorage};
+use crate::snapshot::{SnapshotOptions, SnapshotStorage};
+use crate::storage::{FileError, FileErrorKind, FileStorage};
 
 type Core = Channel<FileStorage, Vec<u64>, Keyring>;
 
@@ -81,6 +82,32 @@ impl fmt::Display for FileChannelError {
 impl std::error::Error for FileChannelError {}
 
 impl FileChannelError {
+    /// What the error is, so callers decide by kind, never by the message's words.
+    pub fn kind(&self) -> FileErrorKind {
+        match self {
+            FileChannelError::Config(_) => FileErrorKind::Config,
+            FileChannelError::Storage(e) | FileChannelError::Channel(Error::Storage(e)) => {
+                e.detail()
+            }
+            FileChannelError::Channel(Error::Config(_)) => FileErrorKind::Layout,
+            FileChannelError::Channel(Error::LogFull | Error::ChannelFull) => FileErrorKind::Full,
+            FileChannelError::Channel(
+                Error::Corrupted { .. } | Error::UnsupportedFormat { .. },
+            ) => FileErrorKind::Format,
+            FileChannelError::Channel(
+                Error::CapacityTooSmall { .. }
+                | Error::KeyMissing { .. }
+                | Error::WrongKey { .. }
+                | Error::UnsupportedAlgorithm { .. }
+                | Error::EventTooLarge { .. },
+            ) => FileErrorKind::Config,
+            FileChannelError::Channel(_) => FileErrorKind::Other,
+            FileChannelError::InsufficientSpace { .. } | FileChannelError::Full(_) => {
+                FileErrorKind::Full
+            }
+        }
+    }
+
     /// True if opening failed because another process holds the channel's directories.
     pub fn is_locked(&self) -> bool {
         matches!(self, FileChannelError::Storage(e) if e.is_locked())
@@ -188,6 +215,49 @@ struct Shared {
 
 /// Locks a mutex, going on if a thread panicked while holding it: the core's state stays
 /// consistent between calls, and a panic cannot leave a write half-acknowledged.
+/// The error for an open that `FileStorage::open` refused. A log file cut short gets the number
+/// of queued events in its missing part, from a read-only recovery that reads that part as
+/// zeros; any other error is returned as it is.
+fn cut_short_error(config: &FileChannelConfig, e: FileError) -> FileChannelError {
+    let FileErrorKind::CutShort { slot } = e.detail() else {
+        return FileChannelError::Storage(e);
+    };
+    let counted = (|| {
+        let core_config = config.core_config().ok()?;
+        let keys = config.keyring().ok()?;
+        let snapshot = SnapshotStorage::open(&config.layout(), SnapshotOptions::default()).ok()?;
+        let memory = vec![0u64; core_config.memory_words()];
+        Some(
+            Channel::open_with_keys(snapshot, memory, core_config, keys)
+                .map(|core| core.recovery().events_in_lost_segments),
+        )
+    })();
+    let file = config.layout().segment_path(slot);
+    FileChannelError::Storage(match counted {
+        // The file's header gives another size: the settings are wrong, not the file.
+        Some(Err(core @ Error::Config(_))) => return FileChannelError::Channel(core),
+        Some(Ok(0)) => FileError::cut_short(
+            format!(
+                "{e}, though no queued event was in its missing part; `sluicegate repair` restores its size"
+            ),
+            slot,
+        ),
+        Some(Ok(lost)) => FileError::lost(
+            format!(
+                "{e}: {lost} queued events were in its missing part (or in other damaged log files) and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest"
+            ),
+            lost,
+        ),
+        Some(Err(_)) | None => FileError::cut_short(
+            format!(
+                "{e}; `sluicegate repair` keeps what it holds and reports what is lost ({} cannot be recovered read-only either)",
+                file.display()
+            ),
+            slot,
+        ),
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -213,17 +283,20 @@ impl FileChannel {
     /// Checks the configuration, opens (creating what is missing) its directories, replays the
     /// log from the newest usable checkpoint, and starts the checkpoint thread.
     ///
-    /// Queued events whose log file is missing, or damaged at its start
-    /// ([`Recovery::events_in_lost_segments`]), are an error naming the file and the events:
-    /// they cannot be delivered, and are never skipped silently. `sluicegate repair` removes
-    /// them with [`FileChannel::open_dropping_lost`].
+    /// Queued events whose log file is missing, cut short or damaged as far as an open checks
+    /// ([`Recovery::events_in_lost_segments`]) are an error naming the file and the events
+    /// ([`FileErrorKind::Lost`]): they cannot be delivered, and are never skipped silently. A log
+    /// file shorter than the layout is [`FileErrorKind::Lost`] too, counted by a read-only
+    /// recovery, or [`FileErrorKind::CutShort`] when no queued event was in its missing part.
+    /// `sluicegate repair` removes them with [`FileChannel::open_dropping_lost`].
     pub fn open(config: FileChannelConfig) -> Result<Self, FileChannelError> {
         Self::open_with(config, false).map(|(ch, _)| ch)
     }
 
-    /// As [`FileChannel::open`], but queued events in lost log files are removed from the
-    /// queue, and a checkpoint written, instead of refusing to open: for repair. Returns the
-    /// channel and how many events it removed.
+    /// As [`FileChannel::open`], but every queued event's record is read, and those that cannot
+    /// be (lost log files, damaged records) are removed from the queue, and a checkpoint
+    /// written, instead of refusing to open: for repair. Returns the channel and how many
+    /// events it removed.
     pub fn open_dropping_lost(config: FileChannelConfig) -> Result<(Self, u64), FileChannelError> {
         Self::open_with(config, true)
     }
@@ -236,25 +309,33 @@ impl FileChannel {
         config.validate_dirs()?;
         let keys = config.keyring()?;
         let core_config = config.core_config()?;
-        let storage = FileStorage::open(&config.layout()).map_err(FileChannelError::Storage)?;
+        let storage = match FileStorage::open(&config.layout()) {
+            Ok(storage) => storage,
+            Err(e) => return Err(cut_short_error(&config, e)),
+        };
         let identity = crate::dirs::channel_identity(&config.checkpoint_dir)
             .map_err(FileChannelError::Storage)?;
         let memory = vec![0u64; core_config.memory_words()];
         let mut core = Channel::open_with_keys(storage, memory, core_config, keys)?;
         let mut dropped = 0;
         let lost = core.recovery().events_in_lost_segments;
-        if lost > 0 {
+        if drop_lost {
+            // Every queued record is read, not only what an open checks.
+            dropped = core.drop_lost_events()?;
+            if dropped > 0 {
+                core.checkpoint()?;
+            }
+        } else if lost > 0 {
             let file = config
                 .layout()
                 .segment_path(core.recovery().first_lost_slot as usize);
-            if !drop_lost {
-                return Err(FileChannelError::Storage(FileError::config(format!(
-                    "{} is missing, or damaged at its start: {lost} queued events were in it (or in other lost log files) and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest",
+            return Err(FileChannelError::Storage(FileError::lost(
+                format!(
+                    "{} is missing or damaged: {lost} queued events were in it (or in other damaged log files) and cannot be read; `sluicegate repair` removes them from the queue and keeps the rest",
                     file.display()
-                ))));
-            }
-            dropped = core.drop_lost_events()?;
-            core.checkpoint()?;
+                ),
+                lost,
+            )));
         }
         let recovery = *core.recovery();
         let shared = Arc::new(Shared {

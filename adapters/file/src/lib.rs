@@ -67,4 +67,6 @@ pub use space::available_bytes;
 
 pub use dirs::{format_file_text, DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
 pub use snapshot::{SnapshotOptions, SnapshotStorage};
-pub use storage::{segment_name, segment_slot, FileError, FileStorage, Layout, LogSyncTicket};
+pub use storage::{
+    segment_name, segment_slot, FileError, FileErrorKind, FileStorage, Layout, LogSyncTicket,
+};

@@ -37,7 +37,8 @@ struct Part {
     path: PathBuf,
     file: Option<File>,
     /// The file's length: a checkpoint slot written before marks were on is shorter than the
-    /// layout, and reads as erased (zeros) past its end, as the writer grows it.
+    /// layout, and reads as erased (zeros) past its end, as the writer grows it. A log file cut
+    /// short reads the same way, so a recovery counts the queued events in its missing part.
     len: u64,
 }
 
@@ -63,7 +64,7 @@ fn region_id(r: Region) -> u8 {
     }
 }
 
-fn open_part(path: PathBuf, len: u64, shorter_ok: bool) -> Result<Part, FileError> {
+fn open_part(path: PathBuf, len: u64) -> Result<Part, FileError> {
     if !path.exists() {
         return Ok(Part {
             path,
@@ -79,7 +80,7 @@ fn open_part(path: PathBuf, len: u64, shorter_ok: bool) -> Result<Part, FileErro
         .metadata()
         .map_err(|e| FileError::io("stat", &path, e))?
         .len();
-    if found != len && !(shorter_ok && found < len) {
+    if found > len {
         return Err(FileError::config(format!(
             "{} is {found} bytes, the layout says {len}: it was written with another configuration, or damaged (`sluicegate repair` mends it)",
             path.display()
@@ -95,7 +96,8 @@ fn open_part(path: PathBuf, len: u64, shorter_ok: bool) -> Result<Part, FileErro
 impl SnapshotStorage {
     /// Locks the existing directories of `layout` and opens every file in them read-only.
     /// A directory that does not exist, or is not a Sluicegate directory of the right role, is
-    /// an error; so is a file whose size the layout does not give.
+    /// an error; so is a file longer than the layout says (a shorter one reads as zeros past
+    /// its end).
     pub fn open(layout: &Layout, options: SnapshotOptions) -> Result<Self, FileError> {
         crate::storage::validate(layout)?;
         let mut locks = vec![
@@ -109,11 +111,7 @@ impl SnapshotStorage {
         let segments = (0..layout.segments as usize)
             .map(|slot| {
                 let dir = &layout.data_dirs[slot % layout.data_dirs.len()];
-                open_part(
-                    dir.join(segment_name(slot)),
-                    layout.segment_bytes as u64,
-                    false,
-                )
+                open_part(dir.join(segment_name(slot)), layout.segment_bytes as u64)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SnapshotStorage {
@@ -121,13 +119,8 @@ impl SnapshotStorage {
             checkpoint: open_part(
                 layout.checkpoint_dir.join("checkpoint.slot"),
                 layout.slot_bytes,
-                true,
             )?,
-            backup: open_part(
-                layout.backup_dir.join("backup.slot"),
-                layout.slot_bytes,
-                true,
-            )?,
+            backup: open_part(layout.backup_dir.join("backup.slot"), layout.slot_bytes)?,
             segment_bytes: layout.segment_bytes as u64,
             slot_bytes: layout.slot_bytes,
             hide_checkpoints: options.hide_checkpoints,

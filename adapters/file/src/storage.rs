@@ -40,15 +40,73 @@ impl Layout {
     }
 }
 
+/// What a [`FileError`] (or a [`FileChannelError`](crate::FileChannelError)) is, so callers
+/// decide by kind, never by the message's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileErrorKind {
+    /// Another process holds a directory's lock: its pid, if the lock file names it.
+    Locked {
+        /// The holder's pid.
+        pid: Option<u32>,
+    },
+    /// Queued events cannot be read: their log file is missing, cut short or damaged.
+    /// `sluicegate repair` removes them and reports them.
+    Lost {
+        /// How many.
+        events: u64,
+    },
+    /// A log file is shorter than the layout says.
+    CutShort {
+        /// Its slot in the ring.
+        slot: usize,
+    },
+    /// The directories, their format files or their files do not match this build, the
+    /// configuration or each other.
+    Layout,
+    /// The media hold a format this build does not read, or data that passed its checksum
+    /// but contradicts the format.
+    Format,
+    /// A device has no space left.
+    NoSpace,
+    /// An I/O failure.
+    Io,
+    /// A bad argument or setting.
+    Config,
+    /// A channel that is full (capacity or log space) after waiting `keep_alive_ms`, or below
+    /// `minimum_required_space_bytes`.
+    Full,
+    /// Anything else (a transaction misused, a bug).
+    Other,
+}
+
+impl FileErrorKind {
+    /// The kind's name in JSON errors: `locked`, `lost`, `cut-short`, `layout`, `format`, `no-space`,
+    /// `io`, `config`, `full` or `other`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileErrorKind::Locked { .. } => "locked",
+            FileErrorKind::Lost { .. } => "lost",
+            FileErrorKind::CutShort { .. } => "cut-short",
+            FileErrorKind::Layout => "layout",
+            FileErrorKind::Format => "format",
+            FileErrorKind::NoSpace => "no-space",
+            FileErrorKind::Io => "io",
+            FileErrorKind::Config => "config",
+            FileErrorKind::Full => "full",
+            FileErrorKind::Other => "other",
+        }
+    }
+}
+
 /// An error of the file adapter: what failed, on which path.
 #[derive(Debug)]
 pub struct FileError {
     kind: StorageErrorKind,
     what: String,
     source: Option<std::io::Error>,
-    /// Set when a directory's lock is held by another process: its pid, or 0 if the lock file
-    /// does not say.
-    locked_by: Option<u32>,
+    /// What it is, for callers.
+    detail: FileErrorKind,
 }
 
 impl FileError {
@@ -61,7 +119,11 @@ impl FileError {
             kind,
             what: format!("cannot {doing} {}: {e}", path.display()),
             source: Some(e),
-            locked_by: None,
+            detail: if kind == StorageErrorKind::NoSpace {
+                FileErrorKind::NoSpace
+            } else {
+                FileErrorKind::Io
+            },
         }
     }
 
@@ -75,28 +137,55 @@ impl FileError {
             kind: StorageErrorKind::Other,
             what,
             source: None,
-            locked_by: None,
+            detail: FileErrorKind::Layout,
         }
     }
 
     /// A directory whose lock another process holds (`holder` is its pid, 0 if unknown).
     pub(crate) fn locked(what: String, holder: u32) -> Self {
         FileError {
-            locked_by: Some(holder),
+            detail: FileErrorKind::Locked {
+                pid: (holder != 0).then_some(holder),
+            },
             ..FileError::config(what)
         }
+    }
+
+    /// The log file of `slot` is shorter than the layout says: cut short (a copy or a disk
+    /// that failed part way) or made with a smaller `max_file_bytes`.
+    pub(crate) fn cut_short(what: String, slot: usize) -> Self {
+        FileError {
+            detail: FileErrorKind::CutShort { slot },
+            ..FileError::config(what)
+        }
+    }
+
+    /// `events` queued events cannot be read.
+    pub(crate) fn lost(what: String, events: u64) -> Self {
+        FileError {
+            detail: FileErrorKind::Lost { events },
+            ..FileError::config(what)
+        }
+    }
+
+    /// What the error is.
+    pub fn detail(&self) -> FileErrorKind {
+        self.detail
     }
 
     /// True if the error is a directory lock held by another process: the channel is open
     /// elsewhere. Callers decide by this, never by the message's words.
     pub fn is_locked(&self) -> bool {
-        self.locked_by.is_some()
+        matches!(self.detail, FileErrorKind::Locked { .. })
     }
 
     /// The pid of the process holding a directory's lock, if that is the error and the lock
     /// file names it.
     pub fn lock_holder(&self) -> Option<u32> {
-        self.locked_by.filter(|&pid| pid != 0)
+        match self.detail {
+            FileErrorKind::Locked { pid } => pid,
+            _ => None,
+        }
     }
 
     /// The error every log sync returns after a gathered write failed: the bytes it held are
@@ -109,7 +198,11 @@ impl FileError {
                 failed.1
             ),
             source: None,
-            locked_by: None,
+            detail: if failed.0 == StorageErrorKind::NoSpace {
+                FileErrorKind::NoSpace
+            } else {
+                FileErrorKind::Io
+            },
         }
     }
 
@@ -118,7 +211,7 @@ impl FileError {
             kind: StorageErrorKind::OutOfBounds,
             what: format!("{region:?}: {len} bytes at {offset} are outside the region"),
             source: None,
-            locked_by: None,
+            detail: FileErrorKind::Other,
         }
     }
 }
@@ -446,9 +539,24 @@ impl FileStorage {
         }
         let found = scan_data_dirs(layout, true)?;
         let mut segments = Vec::with_capacity(layout.segments as usize);
-        for present in found {
+        for (slot, present) in found.into_iter().enumerate() {
             segments.push(match present {
-                Some(path) => Some(Mapped::open(path, layout.segment_bytes as u64)?),
+                Some(path) => {
+                    let len = std::fs::metadata(&path)
+                        .map_err(|e| FileError::io("stat", &path, e))?
+                        .len();
+                    if len < layout.segment_bytes as u64 {
+                        return Err(FileError::cut_short(
+                            format!(
+                                "{} is cut short ({len} of {} bytes)",
+                                path.display(),
+                                layout.segment_bytes
+                            ),
+                            slot,
+                        ));
+                    }
+                    Some(Mapped::open(path, layout.segment_bytes as u64)?)
+                }
                 None => None,
             });
         }
