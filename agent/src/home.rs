@@ -38,6 +38,15 @@ pub fn load_settings(home: &Path) -> Result<Option<FileChannelConfig>, ConfigErr
 /// Writes `config` as `home/sluicegate.toml` (durably), with directories inside `home` made
 /// relative to it.
 pub fn write_settings(home: &Path, config: &FileChannelConfig) -> io::Result<()> {
+    write_file_durably(
+        &home.join(SETTINGS_FILE),
+        settings_text(home, config)?.as_bytes(),
+    )
+}
+
+/// The text of `home/sluicegate.toml` for `config`, with directories inside `home` made
+/// relative to it (their parents must exist).
+pub fn settings_text(home: &Path, config: &FileChannelConfig) -> io::Result<String> {
     let home_abs = home.canonicalize()?;
     let rel = |p: &Path| -> PathBuf {
         let abs = p
@@ -60,7 +69,7 @@ pub fn write_settings(home: &Path, config: &FileChannelConfig) -> io::Result<()>
          # section (see `sluicegate key --help` and docs/operations.md).\n{}",
         toml::to_string(&c).map_err(|e| io::Error::other(format!("cannot write settings: {e}")))?
     );
-    write_file_durably(&home.join(SETTINGS_FILE), text.as_bytes())
+    Ok(text)
 }
 
 /// Writes a whole file through a temporary file, a sync, a rename and a sync of its directory.

@@ -20,6 +20,8 @@ use crate::fail::Fail;
 pub use sluicegate_agent::home::SETTINGS_FILE;
 /// Present while a restore into the home is unfinished.
 pub const RESTORING_FILE: &str = "sluicegate.restoring";
+/// Present while a migrate is swapping directories: `sluicegate migrate` finishes it.
+pub const MIGRATING_FILE: &str = "sluicegate.migrating";
 /// Names the temporary directory of a backup in progress.
 pub const BACKUP_JOURNAL: &str = "sluicegate.backup-in-progress";
 
@@ -71,8 +73,14 @@ impl HomeArgs {
         config.checkpoint_dir.join(FORMAT_FILE).exists()
     }
 
-    /// The configuration: the settings file if there is one, else the defaults, with the
-    /// directory flags applied.
+    /// True if the home has no settings file.
+    pub fn settings_missing(&self) -> bool {
+        !self.settings_path().exists()
+    }
+
+    /// The configuration: the settings file if there is one, else the defaults with the
+    /// geometry the channel's directories record (so a lost settings file never makes a
+    /// command misread the log files), with the directory flags applied.
     pub fn config(&self) -> Result<FileChannelConfig, Fail> {
         let path = self.settings_path();
         let mut config = if path.exists() {
@@ -80,6 +88,7 @@ impl HomeArgs {
         } else {
             FileChannelConfig::in_dir(&self.dir)
         };
+        let from_media = !path.exists();
         let cwd = std::env::current_dir().unwrap_or_default();
         if let Some(d) = &self.checkpoint_dir {
             config.checkpoint_dir = cwd.join(d);
@@ -89,6 +98,12 @@ impl HomeArgs {
         }
         if !self.data_dirs.is_empty() {
             config.data_dirs = self.data_dirs.iter().map(|d| cwd.join(d)).collect();
+        }
+        if from_media {
+            if let Some((g, _)) = sluicegate_file::recorded_geometry(&config.layout()) {
+                set_file_bytes(&mut config, g.max_file_bytes);
+                config.log_files = g.log_files;
+            }
         }
         Ok(config)
     }
@@ -115,6 +130,13 @@ impl HomeArgs {
     }
 
     pub fn refuse_half_restored(&self) -> Result<(), Fail> {
+        if self.dir.join(MIGRATING_FILE).exists() {
+            return Err(Fail::runtime(format!(
+                "{} holds an unfinished migrate ({MIGRATING_FILE}): run `sluicegate migrate --dir {}` to finish it",
+                self.dir.display(),
+                self.dir.display()
+            )));
+        }
         if self.dir.join(RESTORING_FILE).exists() {
             return Err(Fail::runtime(format!(
                 "{} holds an unfinished restore ({RESTORING_FILE}): run the same `sluicegate restore` again to finish it",
@@ -150,11 +172,7 @@ impl HomeArgs {
             config.transaction_capacity = config.transaction_capacity.min(v);
         }
         if let Some(v) = create.file_bytes {
-            // A record (an event, or a commit listing a whole transaction) must fit in a file:
-            // small files get smaller limits.
-            config.max_file_bytes = v;
-            config.max_event_bytes = config.max_event_bytes.min(v / 4);
-            config.transaction_capacity = config.transaction_capacity.min(v / 32);
+            set_file_bytes(&mut config, v);
         }
         if let Some(v) = create.log_files {
             config.log_files = v;
@@ -172,6 +190,14 @@ impl HomeArgs {
     pub fn write_settings(&self, config: &FileChannelConfig) -> Result<(), Fail> {
         write_settings(&self.dir, config)
     }
+}
+
+/// Sets the log file size, and the limits a record (an event, or a commit listing a whole
+/// transaction) must keep to fit in one: small files get smaller limits, as at creation.
+pub fn set_file_bytes(config: &mut FileChannelConfig, v: u32) {
+    config.max_file_bytes = v;
+    config.max_event_bytes = config.max_event_bytes.min(v / 4);
+    config.transaction_capacity = config.transaction_capacity.min(v / 32);
 }
 
 /// Writes `config` as `home/sluicegate.toml`, with directories inside `home` made relative.

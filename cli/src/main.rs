@@ -15,6 +15,7 @@ mod home;
 mod inspect;
 mod keys;
 mod load;
+mod migrate;
 mod pipe;
 mod progress;
 mod repair;
@@ -119,6 +120,17 @@ enum Command {
         /// The backup directory to create (it must not exist).
         #[arg(long, value_name = "DEST")]
         to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change what the channel's directories record as fixed (the log file size, the number
+    /// of log files, the data directories) by copying every event, in order, into a new
+    /// layout; the old directories are kept whole beside the new ones.
+    Migrate {
+        #[command(flatten)]
+        home: HomeArgs,
+        #[command(flatten)]
+        to: migrate::MigrateArgs,
         #[arg(long)]
         json: bool,
     },
@@ -242,6 +254,7 @@ fn main() -> ExitCode {
             force,
             json,
         } => archive::restore(&from, &home, force, json),
+        Command::Migrate { home, to, json } => migrate::migrate(&home, &to, json),
         Command::Key(command) => keys::run(&command),
         Command::Load(args) => load::load(&args)
             .map(|()| ExitCode::SUCCESS)

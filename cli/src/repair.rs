@@ -28,8 +28,8 @@ use serde_json::json;
 use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
 use sluicegate_core::{Channel, Error, Region};
 use sluicegate_file::{
-    format_file_text, segment_slot, DirRole, FileChannelConfig, SnapshotOptions, SnapshotStorage,
-    FORMAT_FILE,
+    format_file_text, recorded_geometry, segment_slot, DirRole, FileChannelConfig, SnapshotOptions,
+    SnapshotStorage, FORMAT_FILE,
 };
 
 use crate::fail::{io, Fail};
@@ -191,7 +191,11 @@ fn mend_markers(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> 
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
             Err(e) => return Err(io(format!("cannot read {}", path.display()), e)),
         };
-        crate::archive::write_file_durably(&path, format_file_text(role).as_bytes())?;
+        let geometry = recorded_geometry(&layout).map(|(g, _)| g);
+        crate::archive::write_file_durably(
+            &path,
+            format_file_text(role, geometry.as_ref()).as_bytes(),
+        )?;
         r.actions.push(format!(
             "rewrote {} ({was}; the directory holds the channel's {} files)",
             path.display(),
@@ -492,6 +496,8 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
             return Err(Fail::runtime(format!("{e}: stop it before a repair")));
         }
     }
+    // Settings that contradict the geometry the directories record: refused, nothing changed.
+    sluicegate_file::check_geometry(&config.layout())?;
     mend_markers(&mut r, &config)?;
     if !config.checkpoint_dir.join(FORMAT_FILE).exists() {
         return Err(Fail::runtime(format!(
@@ -517,6 +523,15 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     let Some(outcome) = outcome else {
         return Err(Fail::runtime("repair did not converge in 64 rounds"));
     };
+    if home.settings_missing() && recorded_geometry(&config.layout()).is_some() {
+        crate::home::write_settings(&home.dir, &config)?;
+        r.actions.push(format!(
+            "rebuilt the missing {} from the geometry the channel's directories record (max_file_bytes = {}, log_files = {}); every other setting is the default: check capacity and [encryption]",
+            home.dir.join(crate::home::SETTINGS_FILE).display(),
+            config.max_file_bytes,
+            config.log_files
+        ));
+    }
     let changed = !r.actions.is_empty();
     r.actions.push(outcome);
     if r.lost > 0 {

@@ -769,10 +769,12 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
     }
 }
 
-/// `repair` never trusts edited or missing settings over the log: with `log_files` lowered
-/// below the slots the log uses, or with `sluicegate.toml` gone on a channel of non-default
-/// sizes, it refuses in one line that names the file, the setting and the way back, and
-/// changes nothing; with the settings put back, every event is there.
+/// The home describes itself: every directory's `sluicegate.dir` records the geometry
+/// (`max_file_bytes`, `log_files`, the number of data directories). An edited fixed setting is
+/// refused by `stats`, `take` and `repair` in one line naming the setting, the value on disk and
+/// the way back, and nothing changes; a missing `sluicegate.toml` is read from what the media
+/// record, and `repair` rebuilds it. A home made before the geometry was recorded still gets
+/// the log's word over the settings: `repair` refuses, naming the setting to put back.
 #[test]
 fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     let h = Home::new(65536);
@@ -781,8 +783,16 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     for i in 0..6 {
         h.put(&[format!("more-{i}")], 1);
     }
+    let mut want = lines("ev", 8000);
+    want.extend((0..6).map(|i| format!("more-{i}")));
     let settings = Path::new(&h.dir).join("sluicegate.toml");
     let original = std::fs::read_to_string(&settings).expect("settings");
+    let marker = Path::new(&h.dir).join("checkpoint/sluicegate.dir");
+    let recorded = std::fs::read_to_string(&marker).expect("marker");
+    assert!(
+        recorded.contains("max_file_bytes = 65536") && recorded.contains("log_files = 16"),
+        "{recorded}"
+    );
     let listing = |dir: &str| {
         let mut names: Vec<(String, u64)> = std::fs::read_dir(Path::new(&h.dir).join(dir))
             .expect("list")
@@ -798,36 +808,143 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
         names
     };
     let before = (listing("data"), listing("checkpoint"));
-    std::fs::write(
-        &settings,
-        original.replace("log_files = 16", "log_files = 8"),
-    )
-    .expect("edit");
-    let out = run(&["repair", "--dir", &h.dir], "");
-    assert_one_line_error(&out, 1, "log_files at least");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr)
-            .trim_end()
-            .lines()
-            .count(),
-        1
+    let other_disk = h.root.join("disk2").display().to_string();
+    std::fs::create_dir(&other_disk).expect("a new disk");
+    let edits = [
+        (
+            "log_files = 16",
+            "log_files = 8".to_string(),
+            "log_files = 16 back",
+        ),
+        (
+            "max_file_bytes = 65536",
+            "max_file_bytes = 131072".to_string(),
+            "max_file_bytes = 65536 back",
+        ),
+        (
+            "data_dirs = [",
+            format!("data_dirs = [\"{other_disk}\", "),
+            "data_dirs = 1 back",
+        ),
+    ];
+    for (from, to, way_back) in edits {
+        assert!(original.contains(from), "{original}");
+        std::fs::write(&settings, original.replacen(from, &to, 1)).expect("edit");
+        for cmd in ["stats", "take", "repair"] {
+            let out = run(&[cmd, "--dir", &h.dir], "");
+            assert_one_line_error(&out, 1, way_back);
+            assert_one_line_error(&out, 1, "sluicegate migrate");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+            assert!(out.stdout.is_empty(), "{cmd} after {to}");
+        }
+        assert_eq!(
+            (listing("data"), listing("checkpoint")),
+            before,
+            "a command changed files after {to}"
+        );
+    }
+    // Settings gone: read from the media, and rebuilt by repair.
+    std::fs::remove_file(&settings).expect("remove");
+    assert_eq!(h.stats()["depth"], 8006);
+    let r = ok(&["repair", "--dir", &h.dir], "");
+    assert!(r.contains("rebuilt the missing"), "{r}");
+    let rebuilt = std::fs::read_to_string(&settings).expect("rebuilt settings");
+    assert!(
+        rebuilt.contains("max_file_bytes = 65536") && rebuilt.contains("log_files = 16"),
+        "{rebuilt}"
     );
     assert_eq!(
         (listing("data"), listing("checkpoint")),
         before,
         "repair changed files"
     );
+    // A home from before the geometry was recorded: the log's headers still win.
+    for dir in ["checkpoint", "backup", "data"] {
+        let m = Path::new(&h.dir).join(dir).join("sluicegate.dir");
+        let text = std::fs::read_to_string(&m).expect("marker");
+        let legacy: String = text
+            .lines()
+            .filter(|l| !l.contains(" = ") || l.starts_with("format") || l.starts_with("role"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&m, legacy).expect("legacy marker");
+    }
     std::fs::remove_file(&settings).expect("remove");
     let out = run(&["repair", "--dir", &h.dir], "");
     assert_one_line_error(&out, 1, "put max_file_bytes = 65536 back");
-    assert_eq!(
-        (listing("data"), listing("checkpoint")),
-        before,
-        "repair changed files"
-    );
     std::fs::write(&settings, &original).expect("put back");
+    assert_eq!(h.take_all(), want);
+    // The open that took them recorded the geometry again.
+    assert!(std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("log_files = 16")));
+}
+
+/// `migrate` is the one way to change the recorded geometry, and it loses nothing: every event
+/// is copied, in order, into a channel of twice the log files, twice the file size and two data
+/// directories; the old directories are kept whole; the directories record the new geometry and
+/// the settings say it; afterwards every event is delivered once, in order. A migrate that
+/// changes nothing is a usage error.
+#[test]
+fn migrate_changes_the_geometry_and_keeps_every_event() {
+    let h = Home::new(65536);
+    h.put(&lines("ev", 8000), 500);
+    for i in 0..6 {
+        h.put(&[format!("more-{i}")], 1);
+    }
     let mut want = lines("ev", 8000);
     want.extend((0..6).map(|i| format!("more-{i}")));
+    let out = run(&["migrate", "--dir", &h.dir], "");
+    assert_one_line_error(&out, 2, "nothing to migrate");
+    let second = h.root.join("disk2").display().to_string();
+    let first = Path::new(&h.dir).join("data").display().to_string();
+    let text = ok(
+        &[
+            "migrate",
+            "--dir",
+            &h.dir,
+            "--log-files",
+            "32",
+            "--file-bytes",
+            "131072",
+            "--to-data-dir",
+            &first,
+            "--to-data-dir",
+            &second,
+        ],
+        "",
+    );
+    assert!(text.contains("copied 8006 events"), "{text}");
+    let kept: Vec<String> = std::fs::read_dir(&h.dir)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".before-migrate-"))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        4,
+        "checkpoint, backup, data and the settings: {kept:?}"
+    );
+    let marker =
+        std::fs::read_to_string(Path::new(&second).join("sluicegate.dir")).expect("marker");
+    assert!(
+        marker.contains("log_files = 32")
+            && marker.contains("max_file_bytes = 131072")
+            && marker.contains("data_dirs = 2"),
+        "{marker}"
+    );
+    let settings =
+        std::fs::read_to_string(Path::new(&h.dir).join("sluicegate.toml")).expect("settings");
+    assert!(settings.contains("log_files = 32"), "{settings}");
+    assert!(
+        std::fs::read_dir(&second)
+            .expect("disk2")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg")),
+        "the log now goes over both data directories"
+    );
+    let v = ok(&["verify", "--dir", &h.dir], "");
+    assert!(v.contains("clean"), "{v}");
     assert_eq!(h.take_all(), want);
 }
 

@@ -317,6 +317,8 @@ impl FileChannel {
             .map_err(FileChannelError::Storage)?;
         let memory = vec![0u64; core_config.memory_words()];
         let mut core = Channel::open_with_keys(storage, memory, core_config, keys)?;
+        // The layout fits the files: record it, so no later edit of the settings can misread them.
+        crate::dirs::record_geometry(&config.layout()).map_err(FileChannelError::Storage)?;
         let mut dropped = 0;
         let lost = core.recovery().events_in_lost_segments;
         if drop_lost {

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::storage::FileError;
+use crate::storage::{FileError, Layout};
 
 /// The lock file in every directory.
 pub const LOCK_FILE: &str = "sluicegate.lock";
@@ -211,19 +211,145 @@ fn lock_holder(mut file: &File) -> String {
     holder.trim().to_string()
 }
 
-/// What a directory's format file holds for `role`.
-pub fn format_file_text(role: DirRole) -> String {
-    format!(
+/// The layout a channel's files were made with, which no setting may change without moving
+/// every event (`sluicegate migrate`): recorded in every directory's format file.
+///
+/// Capacity is not in it (a larger one works at any restart, a smaller one that holds the
+/// queue too), nor is encryption (the log names the key of every sealed segment, so turning it
+/// off while sealed data remains is refused by the key check, and turning it on is supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The size of one log file (`max_file_bytes`).
+    pub max_file_bytes: u32,
+    /// The log files in the ring (`log_files`).
+    pub log_files: u32,
+    /// How many data directories the log files go round-robin over (`data_dirs`).
+    pub data_dirs: u32,
+}
+
+impl Geometry {
+    /// The geometry of `layout`.
+    pub fn of(layout: &Layout) -> Self {
+        Geometry {
+            max_file_bytes: layout.segment_bytes,
+            log_files: layout.segments,
+            data_dirs: layout.data_dirs.len() as u32,
+        }
+    }
+
+    /// Reads the geometry lines of a format file's text; `None` if it has none (a directory
+    /// made before they were written) or they do not parse.
+    pub fn parse(text: &str) -> Option<Self> {
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        Some(Geometry {
+            max_file_bytes: field("max_file_bytes = ")?,
+            log_files: field("log_files = ")?,
+            data_dirs: field("data_dirs = ")?,
+        })
+    }
+
+    /// The first setting in which `configured` differs from this (recorded) geometry: its
+    /// name, the recorded value and the configured one.
+    pub fn differs(&self, configured: &Geometry) -> Option<(&'static str, u32, u32)> {
+        [
+            (
+                "max_file_bytes",
+                self.max_file_bytes,
+                configured.max_file_bytes,
+            ),
+            ("log_files", self.log_files, configured.log_files),
+            ("data_dirs", self.data_dirs, configured.data_dirs),
+        ]
+        .into_iter()
+        .find(|(_, on_disk, set)| on_disk != set)
+    }
+}
+
+/// What a directory's format file holds for `role`, with the channel's geometry when known.
+pub fn format_file_text(role: DirRole, geometry: Option<&Geometry>) -> String {
+    let mut text = format!(
         "sluicegate directory\nformat = {FORMAT_VERSION}\nrole = {}\n",
         role.name()
-    )
+    );
+    if let Some(g) = geometry {
+        text.push_str(&format!(
+            "max_file_bytes = {}\nlog_files = {}\ndata_dirs = {}\n",
+            g.max_file_bytes, g.log_files, g.data_dirs
+        ));
+    }
+    text
+}
+
+/// The geometry recorded in the format files of `layout`'s directories (the checkpoint
+/// directory's first, then the data directories', then the backup directory's), and the file
+/// it came from; `None` if none records one.
+pub fn recorded_geometry(layout: &Layout) -> Option<(Geometry, PathBuf)> {
+    std::iter::once(&layout.checkpoint_dir)
+        .chain(&layout.data_dirs)
+        .chain(std::iter::once(&layout.backup_dir))
+        .map(|d| d.join(FORMAT_FILE))
+        .find_map(|path| {
+            let bytes = std::fs::read(&path).ok()?;
+            Geometry::parse(&String::from_utf8_lossy(&bytes)).map(|g| (g, path))
+        })
+}
+
+/// Refuses a layout whose geometry differs from the one recorded in its directories, naming
+/// the setting, the value on disk and the way back. Every open checks it; `repair` checks it
+/// before it changes anything.
+pub fn check_geometry(layout: &Layout) -> Result<(), FileError> {
+    let Some((recorded, path)) = recorded_geometry(layout) else {
+        return Ok(());
+    };
+    match recorded.differs(&Geometry::of(layout)) {
+        None => Ok(()),
+        Some((setting, on_disk, set)) => Err(FileError::config(format!(
+            "{setting} is {set} in the settings, but this channel was made with {setting} = {on_disk} (recorded in {}): put {setting} = {on_disk} back; `sluicegate migrate` changes it without losing an event",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes the geometry into every format file of `layout`'s directories that lacks it (a
+/// directory made before it was recorded, or just made), through a synced temporary file and
+/// a rename. Call with the directories' locks held, once an open has shown the layout fits the
+/// files.
+pub(crate) fn record_geometry(layout: &Layout) -> Result<(), FileError> {
+    let geometry = Geometry::of(layout);
+    let dirs = [
+        (&layout.checkpoint_dir, DirRole::Checkpoint),
+        (&layout.backup_dir, DirRole::Backup),
+    ]
+    .into_iter()
+    .chain(layout.data_dirs.iter().map(|d| (d, DirRole::Data)));
+    for (dir, role) in dirs {
+        let path = dir.join(FORMAT_FILE);
+        let text = std::fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned());
+        if text.as_deref().ok().and_then(Geometry::parse).is_some() {
+            continue;
+        }
+        let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(format_file_text(role, Some(&geometry)).as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| FileError::io("write", &path, e))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Checks the directory's format file, or writes one into a directory that has none and holds
 /// nothing but the lock file.
 fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
     let path = dir.join(FORMAT_FILE);
-    let expected = format_file_text(role);
+    let expected = format_file_text(role, None);
     // Read as bytes: a damaged file (not even UTF-8) is "not a format file", not an I/O error.
     match std::fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
         Ok(found) => {

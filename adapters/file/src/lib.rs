@@ -65,7 +65,10 @@ pub use keys::{
 };
 pub use space::available_bytes;
 
-pub use dirs::{format_file_text, DirRole, FORMAT_FILE, FORMAT_VERSION, LOCK_FILE};
+pub use dirs::{
+    check_geometry, format_file_text, recorded_geometry, DirRole, Geometry, FORMAT_FILE,
+    FORMAT_VERSION, LOCK_FILE,
+};
 pub use snapshot::{SnapshotOptions, SnapshotStorage};
 pub use storage::{
     segment_name, segment_slot, FileError, FileErrorKind, FileStorage, Layout, LogSyncTicket,

@@ -100,6 +100,7 @@ impl SnapshotStorage {
     /// its end).
     pub fn open(layout: &Layout, options: SnapshotOptions) -> Result<Self, FileError> {
         crate::storage::validate(layout)?;
+        crate::dirs::check_geometry(layout)?;
         let mut locks = vec![
             lock_existing(&layout.checkpoint_dir, DirRole::Checkpoint)?,
             lock_existing(&layout.backup_dir, DirRole::Backup)?,

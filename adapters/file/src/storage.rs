@@ -531,6 +531,9 @@ impl FileStorage {
     /// files are created as the log first reaches them.
     pub fn open(layout: &Layout) -> Result<Self, FileError> {
         validate(layout)?;
+        // Before any directory is made or locked: settings that contradict the recorded
+        // geometry change nothing.
+        crate::dirs::check_geometry(layout)?;
         let mut locks = Vec::new();
         locks.push(claim(&layout.checkpoint_dir, DirRole::Checkpoint)?);
         locks.push(claim(&layout.backup_dir, DirRole::Backup)?);
