@@ -30,6 +30,12 @@ impl Fail {
         }
     }
 
+    /// The same failure with `note` after its message (`MESSAGE: NOTE`).
+    pub fn context(mut self, note: &str) -> Self {
+        self.message = format!("{}: {note}", self.message);
+        self
+    }
+
     /// Reports the failure on stderr, in one line: text, or with `json` (the command was asked
     /// for `--json`) one JSON object, `{"error": MESSAGE, "kind": KIND, "exit": CODE}` (`kind`
     /// only when the failure has one: `usage`, or a channel error's kind).

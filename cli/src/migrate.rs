@@ -60,6 +60,10 @@ pub fn migrate(home: &HomeArgs, args: &MigrateArgs, json_out: bool) -> Result<Ex
         return report(json_out, &finished, None);
     }
     let old = home.existing()?;
+    // Held until the swap is done: no process may add an event to the old channel after the
+    // copy began.
+    let _held = sluicegate_file::HeldDirs::hold(&old.all_dirs())
+        .map_err(|e| Fail::from(e).context("stop it before a migrate"))?;
     let mut new = old.clone();
     if let Some(v) = args.file_bytes {
         crate::home::set_file_bytes(&mut new, v);

@@ -29,7 +29,7 @@ use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
 use sluicegate_core::{Channel, Error, Region};
 use sluicegate_file::{
     format_file_text, recorded_geometry, segment_slot, DirRole, FileChannelConfig, SnapshotOptions,
-    SnapshotStorage, FORMAT_FILE,
+    FORMAT_FILE,
 };
 
 use crate::fail::{io, Fail};
@@ -488,14 +488,10 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         actions: Vec::new(),
         lost: 0,
     };
-    // A channel someone owns is not repaired: its files are mapped by a live process. (The
-    // locks are taken and let go here; the steps below take them again one at a time, so a
-    // process that opens the channel while repair runs is not kept out.)
-    if let Err(e) = SnapshotStorage::open(&config.layout(), SnapshotOptions::default()) {
-        if e.is_locked() {
-            return Err(Fail::runtime(format!("{e}: stop it before a repair")));
-        }
-    }
+    // A channel someone owns is not repaired: its files are mapped by a live process. The
+    // locks are held until repair ends, so no process opens the channel while files change.
+    let _held = sluicegate_file::HeldDirs::hold(&config.all_dirs())
+        .map_err(|e| Fail::from(e).context("stop it before a repair"))?;
     // Settings that contradict the geometry the directories record: refused, nothing changed.
     sluicegate_file::check_geometry(&config.layout())?;
     mend_markers(&mut r, &config)?;

@@ -264,6 +264,7 @@ fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
         vec!["verify", "--dir", &h.dir],
         vec!["backup", "--dir", &h.dir, "--to", &h.path("bk")],
         vec!["repair", "--dir", &h.dir],
+        vec!["migrate", "--dir", &h.dir, "--log-files", "32"],
     ] {
         let started = Instant::now();
         let out = run(&args, "");
@@ -272,9 +273,9 @@ fn beside_a_running_producer_clients_work_and_file_commands_fail_at_once() {
             started.elapsed() < Duration::from_secs(20),
             "must not wait for the lock"
         );
-        if args[0] == "repair" {
+        if args[0] == "repair" || args[0] == "migrate" {
             // Refused before it changes anything, not halfway through.
-            assert_one_line_error(&out, 1, "stop it before a repair");
+            assert_one_line_error(&out, 1, &format!("stop it before a {}", args[0]));
         }
     }
     // A forced restore is refused too, and leaves the home as it was for its owner (it once

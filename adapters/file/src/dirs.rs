@@ -43,8 +43,9 @@ impl DirRole {
 /// stays, so the next holder finds it).
 #[derive(Debug)]
 pub(crate) struct DirLock {
-    /// `None` only for a read-only command on a directory with no lock file that none can be
-    /// made in (so no writer has ever held it).
+    /// `None` for a read-only command on a directory with no lock file that none can be made
+    /// in (so no writer has ever held it), and for a directory this process holds through a
+    /// [`HeldDirs`].
     _file: Option<File>,
 }
 
@@ -134,8 +135,62 @@ fn take_read_lock(dir: &Path) -> Result<DirLock, FileError> {
     Ok(DirLock { _file: Some(file) })
 }
 
-/// Takes the exclusive lock of `dir`, or names the process holding it.
+/// The directories this process holds through a [`HeldDirs`] (canonical paths): opens inside
+/// the process use them without locking again (a second `flock` in the same process would
+/// conflict with the first).
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn held_here(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    HELD.lock().is_ok_and(|held| held.contains(&dir))
+}
+
+/// The exclusive locks of a channel's directories, held by this process until dropped, for a
+/// command that rewrites files across several steps (`repair`, `migrate`): no other process can
+/// open the channel in between, while opens inside this process go through.
+#[derive(Debug)]
+pub struct HeldDirs {
+    locks: Vec<(PathBuf, DirLock)>,
+}
+
+impl HeldDirs {
+    /// Takes the exclusive lock of every directory of `dirs` that exists, or fails naming the
+    /// process that holds one (nothing is then held).
+    pub fn hold(dirs: &[PathBuf]) -> Result<Self, FileError> {
+        let mut held = HeldDirs { locks: Vec::new() };
+        for dir in dirs {
+            if !dir.is_dir() || held_here(dir) {
+                continue;
+            }
+            let lock = take_lock(dir)?;
+            let canonical = dir
+                .canonicalize()
+                .map_err(|e| FileError::io("resolve", dir, e))?;
+            if let Ok(mut list) = HELD.lock() {
+                list.push(canonical.clone());
+            }
+            held.locks.push((canonical, lock));
+        }
+        Ok(held)
+    }
+}
+
+impl Drop for HeldDirs {
+    fn drop(&mut self) {
+        if let Ok(mut list) = HELD.lock() {
+            list.retain(|d| !self.locks.iter().any(|(h, _)| h == d));
+        }
+    }
+}
+
+/// Takes the exclusive lock of `dir`, or names the process holding it; a directory this
+/// process holds through a [`HeldDirs`] is used as it is.
 fn take_lock(dir: &Path) -> Result<DirLock, FileError> {
+    if held_here(dir) {
+        return Ok(DirLock { _file: None });
+    }
     let lock_path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -466,6 +521,20 @@ mod tests {
         let second = take_lock(dir.path());
         releaser.join().unwrap();
         assert!(second.is_ok(), "{:?}", second.err());
+    }
+
+    /// While a `HeldDirs` holds a directory, another open file description (what another
+    /// process would have) cannot lock it, an open inside this process goes through, and the
+    /// lock is free again once the guard is dropped.
+    #[test]
+    fn held_dirs_keep_others_out_and_let_this_process_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = HeldDirs::hold(&[dir.path().to_path_buf()]).unwrap();
+        let other = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(other.try_lock().is_err(), "another process would get the lock");
+        assert!(claim(dir.path(), DirRole::Data).is_ok(), "this process is let in");
+        drop(held);
+        assert!(other.try_lock().is_ok(), "released with the guard");
     }
 
     /// A lock held under another pid is refused at once, naming that pid.

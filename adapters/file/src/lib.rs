@@ -66,7 +66,7 @@ pub use keys::{
 pub use space::available_bytes;
 
 pub use dirs::{
-    check_geometry, format_file_text, recorded_geometry, DirRole, Geometry, FORMAT_FILE,
+    check_geometry, format_file_text, recorded_geometry, DirRole, Geometry, HeldDirs, FORMAT_FILE,
     FORMAT_VERSION, LOCK_FILE,
 };
 pub use snapshot::{SnapshotOptions, SnapshotStorage};
