@@ -73,22 +73,49 @@ impl HomeArgs {
         config.checkpoint_dir.join(FORMAT_FILE).exists()
     }
 
-    /// True if the home has no settings file.
+    /// True if the home has no settings file, or an empty one: commands then read the
+    /// geometry the channel's directories record, and `repair` writes the file.
     pub fn settings_missing(&self) -> bool {
-        !self.settings_path().exists()
+        std::fs::read(self.settings_path())
+            .map_or(true, |b| b.iter().all(|c| c.is_ascii_whitespace()))
+    }
+
+    /// The settings file, if it exists and is damaged: not UTF-8, or not TOML at all (a file
+    /// that is TOML but names an unknown setting or a bad value is an error of its own).
+    pub fn settings_damaged(&self) -> Option<PathBuf> {
+        let path = self.settings_path();
+        let bytes = std::fs::read(&path).ok()?;
+        let damaged = match std::str::from_utf8(&bytes) {
+            Ok(text) => text.parse::<toml::Table>().is_err(),
+            Err(_) => true,
+        };
+        damaged.then_some(path)
     }
 
     /// The configuration: the settings file if there is one, else the defaults with the
     /// geometry the channel's directories record (so a lost settings file never makes a
     /// command misread the log files), with the directory flags applied.
     pub fn config(&self) -> Result<FileChannelConfig, Fail> {
+        self.config_with(false)
+    }
+
+    /// As [`HomeArgs::config`]; with `damaged_ok`, a damaged settings file is read as a
+    /// missing one (for `repair`, which rebuilds it).
+    pub fn config_with(&self, damaged_ok: bool) -> Result<FileChannelConfig, Fail> {
         let path = self.settings_path();
-        let mut config = if path.exists() {
-            FileChannelConfig::from_toml_file(&path).map_err(|e| Fail::runtime(e.to_string()))?
-        } else {
+        let damaged = self.settings_damaged();
+        if let Some(damaged) = damaged.as_ref().filter(|_| !damaged_ok) {
+            return Err(Fail::runtime(format!(
+                "{} is damaged (not TOML); `sluicegate repair` rebuilds it from what the channel's directories record, keeping a copy",
+                damaged.display()
+            )));
+        }
+        let from_media = self.settings_missing() || damaged.is_some();
+        let mut config = if from_media {
             FileChannelConfig::in_dir(&self.dir)
+        } else {
+            FileChannelConfig::from_toml_file(&path).map_err(|e| Fail::runtime(e.to_string()))?
         };
-        let from_media = !path.exists();
         let cwd = std::env::current_dir().unwrap_or_default();
         if let Some(d) = &self.checkpoint_dir {
             config.checkpoint_dir = cwd.join(d);

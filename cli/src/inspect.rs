@@ -39,7 +39,11 @@ pub fn recover(config: &FileChannelConfig, st: SnapshotStorage) -> Result<Core, 
     let keys = config.keyring().map_err(|e| Fail::runtime(e.to_string()))?;
     let memory = vec![0u64; core_config.memory_words()];
     Channel::open_with_keys(st, memory, core_config, keys)
-        .map_err(|e| Fail::runtime(format!("recovery fails: {e}")))
+        .map_err(|e| {
+            Fail::runtime(format!(
+                "recovery fails: {e}; `sluicegate verify` says where, `sluicegate repair` mends what it can"
+            ))
+        })
 }
 
 pub fn recovery_json(r: &Recovery) -> serde_json::Value {

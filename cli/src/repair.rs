@@ -137,6 +137,25 @@ fn intact_segment(path: &Path) -> bool {
     segment_bytes_on_media(path).is_some()
 }
 
+/// The slot a log file's valid header puts it in (its segment's sequence number modulo the
+/// log files), if it starts with one of the layout's segment size.
+fn header_slot(path: &Path, layout: &sluicegate_file::Layout) -> Option<usize> {
+    let seq = header_seq(path)?;
+    (segment_bytes_on_media(path)? == layout.segment_bytes)
+        .then_some((seq % layout.segments as u64) as usize)
+}
+
+/// The sequence number in a log file's valid header.
+fn header_seq(path: &Path) -> Option<u64> {
+    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
+    let mut b = [0u8; SEGMENT_HEADER_BYTES];
+    read_at(path, 0, &mut b).ok()?;
+    match SegmentHeader::decode(&b) {
+        SegmentCheck::Valid(h) => Some(h.seq),
+        _ => None,
+    }
+}
+
 /// The segment size a log file's valid header records, if it starts with one.
 fn segment_bytes_on_media(path: &Path) -> Option<u32> {
     use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -208,6 +227,9 @@ fn mend_markers(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> 
 /// Step 2: file sizes and stray log files.
 fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
     let layout = config.layout();
+    // With the geometry recorded (and checked against the settings), a log file outside the
+    // layout is a stray, not a sign of edited settings.
+    let recorded = recorded_geometry(&layout);
     let mut expect: Vec<(PathBuf, u64)> = vec![
         (
             layout.checkpoint_dir.join("checkpoint.slot"),
@@ -228,8 +250,36 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
             let Some(slot) = segment_slot(&name) else {
                 continue;
             };
+            // A log file renamed (or moved to another data directory): if its header names a
+            // slot whose file is missing, it goes back there, and its events with it.
+            if let Some(home_slot) = header_slot(&p, &layout).filter(|&h| h != slot) {
+                let there = layout.segment_path(home_slot);
+                if !there.exists() {
+                    let seq = header_seq(&p).unwrap_or_default();
+                    std::fs::rename(&p, &there)
+                        .and_then(|()| sluicegate_agent::home::sync_dir(dir))
+                        .and_then(|()| {
+                            sluicegate_agent::home::sync_dir(sluicegate_agent::home::parent_of(
+                                &there,
+                            ))
+                        })
+                        .map_err(|e| {
+                            io(
+                                format!("cannot move {} to {}", p.display(), there.display()),
+                                e,
+                            )
+                        })?;
+                    r.actions.push(format!(
+                        "{} holds segment {} of slot {home_slot}, whose file was missing: renamed to {}",
+                        p.display(),
+                        seq,
+                        there.display()
+                    ));
+                    continue;
+                }
+            }
             if slot >= layout.segments as usize || slot % layout.data_dirs.len() != d {
-                if intact_segment(&p) {
+                if intact_segment(&p) && recorded.is_none() {
                     // Settings edited after creation, not damage: moving it out would drop
                     // its events. The way back is the settings the log was written with.
                     return Err(Fail::runtime(format!(
@@ -242,7 +292,10 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
                         slot + 1
                     )));
                 }
-                r.move_out(&p, "a log file this layout does not place here")?;
+                r.move_out(
+                    &p,
+                    "a log file the recorded layout does not place here, its own slot taken",
+                )?;
             } else {
                 expect.push((p, layout.segment_bytes as u64));
             }
@@ -480,7 +533,6 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         )));
     }
     home.refuse_half_restored()?;
-    let mut config = home.config()?;
     let mut r = Repair {
         dir: home.dir.clone(),
         copies: None,
@@ -488,10 +540,16 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
         actions: Vec::new(),
         lost: 0,
     };
+    let mut config = home.config_with(true)?;
     // A channel someone owns is not repaired: its files are mapped by a live process. The
     // locks are held until repair ends, so no process opens the channel while files change.
     let _held = sluicegate_file::HeldDirs::hold(&config.all_dirs())
         .map_err(|e| Fail::from(e).context("stop it before a repair"))?;
+    let settings_damaged = home.settings_damaged();
+    if let Some(damaged) = &settings_damaged {
+        // Rebuilt at the end from the geometry the directories record.
+        r.move_out(damaged, "damaged: not TOML")?;
+    }
     // Settings that contradict the geometry the directories record: refused, nothing changed.
     sluicegate_file::check_geometry(&config.layout())?;
     mend_markers(&mut r, &config)?;
@@ -522,7 +580,7 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     if home.settings_missing() && recorded_geometry(&config.layout()).is_some() {
         crate::home::write_settings(&home.dir, &config)?;
         r.actions.push(format!(
-            "rebuilt the missing {} from the geometry the channel's directories record (max_file_bytes = {}, log_files = {}); every other setting is the default: check capacity and [encryption]",
+            "rebuilt {} (it was missing, empty or damaged) from the geometry the channel's directories record (max_file_bytes = {}, log_files = {}); every other setting is the default: check capacity and [encryption]",
             home.dir.join(crate::home::SETTINGS_FILE).display(),
             config.max_file_bytes,
             config.log_files

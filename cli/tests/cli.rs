@@ -849,7 +849,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     std::fs::remove_file(&settings).expect("remove");
     assert_eq!(h.stats()["depth"], 8006);
     let r = ok(&["repair", "--dir", &h.dir], "");
-    assert!(r.contains("rebuilt the missing"), "{r}");
+    assert!(r.contains("rebuilt") && r.contains("was missing"), "{r}");
     let rebuilt = std::fs::read_to_string(&settings).expect("rebuilt settings");
     assert!(
         rebuilt.contains("max_file_bytes = 65536") && rebuilt.contains("log_files = 16"),
@@ -947,6 +947,107 @@ fn migrate_changes_the_geometry_and_keeps_every_event() {
     let v = ok(&["verify", "--dir", &h.dir], "");
     assert!(v.contains("clean"), "{v}");
     assert_eq!(h.take_all(), want);
+}
+
+/// A log file renamed into an unused slot goes back to its own slot; a stray copy (beyond the
+/// ring, or in an unused slot) is moved out: `stats` fails in one line until then, `repair`
+/// exits 0, and every event is there.
+#[test]
+fn repair_puts_a_renamed_log_file_back_and_moves_a_stray_copy_out() {
+    for case in [
+        "renamed",
+        "copied beyond the ring",
+        "copied into an unused slot",
+    ] {
+        let h = Home::new(65536);
+        let all = lines("ev", 8000);
+        h.put(&all, 500);
+        let data = Path::new(&h.dir).join("data");
+        match case {
+            "renamed" => std::fs::rename(data.join("log-000002.seg"), data.join("log-000007.seg")),
+            "copied beyond the ring" => {
+                std::fs::copy(data.join("log-000001.seg"), data.join("log-000020.seg")).map(drop)
+            }
+            _ => std::fs::copy(data.join("log-000001.seg"), data.join("log-000009.seg")).map(drop),
+        }
+        .expect("damage");
+        let out = run(&["stats", "--dir", &h.dir], "");
+        if case != "copied into an unused slot" {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{case}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{case}: {err}");
+            assert!(err.contains("sluicegate repair"), "{case}: {err}");
+        }
+        let r = ok(&["repair", "--dir", &h.dir], "");
+        let expect = if case == "renamed" {
+            "renamed to"
+        } else {
+            "moved"
+        };
+        assert!(r.contains(expect), "{case}: {r}");
+        assert_eq!(h.take_all(), all, "{case}");
+    }
+}
+
+/// No small file bricks a channel: each metadata file of a home (the lock file, the identity,
+/// the settings, a format file) garbage, empty or missing is either harmless (every command
+/// works) or named in one line and mended by `repair`; either way every event is there after.
+#[test]
+fn each_metadata_file_garbage_empty_or_missing_is_mended_or_harmless() {
+    let garbage = [0xffu8, 0xfe, 0x00, 0x41, 0x80].repeat(10);
+    for file in [
+        "checkpoint/sluicegate.lock",
+        "data/sluicegate.lock",
+        "checkpoint/sluicegate.id",
+        "sluicegate.toml",
+        "backup/sluicegate.dir",
+    ] {
+        for damage in ["garbage", "empty", "missing"] {
+            let h = Home::new(65536);
+            let all = lines("ev", 300);
+            h.put(&all, 50);
+            let path = Path::new(&h.dir).join(file);
+            match damage {
+                "garbage" => std::fs::write(&path, &garbage).expect("garbage"),
+                "empty" => std::fs::write(&path, b"").expect("empty"),
+                _ => std::fs::remove_file(&path).expect("remove"),
+            }
+            let out = run(&["stats", "--dir", &h.dir, "--json"], "");
+            let needs_repair = file.ends_with("sluicegate.dir")
+                || (file == "sluicegate.toml" && damage == "garbage");
+            if needs_repair {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(1), "{file} {damage}: {err}");
+                assert_eq!(err.trim_end().lines().count(), 1, "{file} {damage}: {err}");
+                assert!(
+                    err.contains(file.rsplit('/').next().unwrap_or(file)),
+                    "{err}"
+                );
+                assert!(err.contains("sluicegate repair"), "{file} {damage}: {err}");
+            } else {
+                assert_eq!(out.status.code(), Some(0), "{file} {damage}");
+                let v: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+                assert_eq!(v["depth"], 300, "{file} {damage}");
+            }
+            if needs_repair || file == "sluicegate.toml" {
+                let r = ok(&["repair", "--dir", &h.dir], "");
+                assert!(
+                    r.contains("rebuilt") || r.contains("rewrote"),
+                    "{file} {damage}: {r}"
+                );
+                if file == "sluicegate.toml" {
+                    let text = std::fs::read_to_string(&path).expect("settings rebuilt");
+                    assert!(text.contains("max_file_bytes = 65536"), "{text}");
+                }
+            }
+            assert_eq!(h.take_all(), all, "{file} {damage}");
+            let again = ok(&["repair", "--dir", &h.dir], "");
+            assert!(
+                again.contains("nothing to repair"),
+                "{file} {damage}: {again}"
+            );
+        }
+    }
 }
 
 /// A format file (`sluicegate.dir`) full of garbage, or missing, never bricks a channel: every

@@ -88,7 +88,7 @@ pub(crate) fn lock_existing(dir: &Path, role: DirRole) -> Result<DirLock, FileEr
     let path = dir.join(FORMAT_FILE);
     if !path.exists() {
         return Err(FileError::config(format!(
-            "{} has no {FORMAT_FILE}: not a Sluicegate {} directory",
+            "{} has no {FORMAT_FILE}: not a Sluicegate {} directory (if it holds the channel's files, `sluicegate repair` rewrites it)",
             dir.display(),
             role.name()
         )));
@@ -445,7 +445,7 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
                 .collect();
             if let Some(first) = foreign.first() {
                 return Err(FileError::config(format!(
-                    "{} holds files but no {FORMAT_FILE} (for example {}): not a Sluicegate directory, refusing to use it",
+                    "{} holds files but no {FORMAT_FILE} (for example {}): not a Sluicegate directory, refusing to use it (if they are the channel's, `sluicegate repair` rewrites it)",
                     dir.display(),
                     first.display()
                 )));
@@ -531,8 +531,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let held = HeldDirs::hold(&[dir.path().to_path_buf()]).unwrap();
         let other = File::open(dir.path().join(LOCK_FILE)).unwrap();
-        assert!(other.try_lock().is_err(), "another process would get the lock");
-        assert!(claim(dir.path(), DirRole::Data).is_ok(), "this process is let in");
+        assert!(
+            other.try_lock().is_err(),
+            "another process would get the lock"
+        );
+        assert!(
+            claim(dir.path(), DirRole::Data).is_ok(),
+            "this process is let in"
+        );
         drop(held);
         assert!(other.try_lock().is_ok(), "released with the guard");
     }

@@ -838,7 +838,7 @@ pub(crate) fn scan_data_dirs(
             };
             if slot >= layout.segments as usize || slot % dirs != d {
                 return Err(FileError::config(format!(
-                    "{} does not belong to this layout ({} segments over {} data directories, this one number {}): the log was written with another configuration",
+                    "{} does not belong to this layout ({} segments over {} data directories, this one number {}): the log was written with another configuration, or it is a stray copy (`sluicegate repair` moves it back to its slot, or out)",
                     path.display(),
                     layout.segments,
                     dirs,
