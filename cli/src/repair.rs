@@ -358,17 +358,17 @@ fn mend_records(r: &mut Repair, config: &FileChannelConfig) -> Result<usize, Fai
                 r.keep_copy(&path)?;
                 let mut hb = [0u8; RECORD_HEADER_BYTES];
                 read_at(&path, offset, &mut hb)?;
-                let len = (next - offset - RECORD_HEADER_BYTES as u64) as u32;
-                hb[5..8].copy_from_slice(&len.to_le_bytes()[..3]);
+                let mut header = RecordHeader::decode(&hb);
+                header.len = (next - offset - RECORD_HEADER_BYTES as u64) as u32;
                 // The record must stay damaged: if the new length happens to make its CRC
                 // match, spoil the CRC.
-                let mut payload = vec![0u8; len as usize];
+                let mut payload = vec![0u8; header.len as usize];
                 read_at(&path, offset + RECORD_HEADER_BYTES as u64, &mut payload)?;
                 let seq = report.segments[slot].seq.unwrap_or(0);
-                if RecordHeader::decode(&hb).check(seq, &payload) {
-                    hb[0] ^= 1;
+                if header.check(seq, &payload) {
+                    header.crc ^= 1;
                 }
-                write_at(&path, offset, &hb)?;
+                write_at(&path, offset, &header.encode())?;
                 r.actions.push(format!(
                     "{} @ {offset}: damaged record ({}); its length now leads to the intact record at {next}, so replay steps over it",
                     path.display(),
@@ -380,9 +380,11 @@ fn mend_records(r: &mut Repair, config: &FileChannelConfig) -> Result<usize, Fai
                     continue;
                 };
                 r.keep_copy(&path)?;
-                let mut b = [0u8; 1];
-                read_at(&path, offset, &mut b)?;
-                write_at(&path, offset, &[b[0] ^ 1])?;
+                let mut hb = [0u8; RECORD_HEADER_BYTES];
+                read_at(&path, offset, &mut hb)?;
+                let mut header = RecordHeader::decode(&hb);
+                header.crc ^= 1;
+                write_at(&path, offset, &header.encode())?;
                 r.actions.push(format!(
                     "{} @ {offset}: {}; its CRC is spoilt so replay steps over it",
                     path.display(),

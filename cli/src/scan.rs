@@ -1,7 +1,8 @@
 //! An offline walk over every byte a channel keeps: segment headers, every record, both
 //! checkpoint slots. `verify`, `dump`, `stats` and `repair` are built on it.
 //!
-//! It follows docs/format.md, but unlike replay it does not stop at the first damaged record of
+//! It reads headers and records through the core's one reader of the format
+//! (`sluicegate_core::walk`), but unlike replay it does not stop at the first damaged record of
 //! a segment: it searches the rest of the segment for the next intact record, so a report can
 //! say how much lies behind the damage, and `repair` can make replay step over it.
 //!
@@ -21,17 +22,17 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES, STARTED_BYTES};
 use sluicegate_core::record::{
-    align_up, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
-    SegmentHeader, COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES,
-    RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
-    SEGMENT_HEADER_BYTES,
+    align_up, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentHeader,
+    COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
 };
 use sluicegate_core::seal::TAG_BYTES;
+use sluicegate_core::walk::{self, Geometry, HeaderRead};
 use sluicegate_core::{Region, Storage};
 use sluicegate_file::{FileError, SnapshotStorage};
 
-const ALIGN: u64 = 8;
-const FIRST_RECORD: u64 = align_up(SEGMENT_HEADER_BYTES as u64, ALIGN);
+/// Records are aligned to the file adapter's write size.
+const ALIGN: u64 = <SnapshotStorage as Storage>::WRITE_SIZE as u64;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -194,72 +195,33 @@ pub fn escape(bytes: &[u8], max: usize) -> String {
 
 struct Reader<'a> {
     st: &'a mut SnapshotStorage,
-    seg_bytes: u64,
+    geo: Geometry,
 }
 
 impl Reader<'_> {
     fn log(&mut self, slot: usize, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
-        self.st
-            .read(Region::Log, slot as u64 * self.seg_bytes + offset, buf)
+        self.st.read(
+            Region::Log,
+            self.geo.segment_start(slot as u32) + offset,
+            buf,
+        )
     }
 
-    /// The intact record at `offset` of the segment with `seq`, if there is one.
+    /// The intact record at `offset` of segment `h` (the core's check), with its payload read
+    /// into `payload`, if there is one.
     fn record_at(
         &mut self,
-        slot: usize,
-        seq: u64,
+        h: &SegmentHeader,
         offset: u64,
-        max_payload: u32,
         payload: &mut Vec<u8>,
     ) -> Result<Option<RecordHeader>, FileError> {
-        if offset + RECORD_HEADER_BYTES as u64 > self.seg_bytes {
+        let Some(r) = walk::read_record(self.st, &self.geo, h, offset, None)? else {
             return Ok(None);
-        }
-        let mut hb = [0u8; RECORD_HEADER_BYTES];
-        self.log(slot, offset, &mut hb)?;
-        let h = RecordHeader::decode(&hb);
-        let end = offset + RECORD_HEADER_BYTES as u64 + h.len as u64;
-        if h.len > max_payload || end > self.seg_bytes {
-            return Ok(None);
-        }
-        payload.resize(h.len as usize, 0);
+        };
+        payload.resize(r.len as usize, 0);
+        let slot = self.geo.slot_of(h.seq) as usize;
         self.log(slot, offset + RECORD_HEADER_BYTES as u64, payload)?;
-        Ok(h.check(seq, payload).then_some(h))
-    }
-
-    /// The first intact record at or after `from` whose write-order delta is past `index`.
-    /// Reads the segment a chunk at a time and checks only offsets whose kind byte is one this
-    /// build writes, so a long erased or garbled stretch costs one pass.
-    fn next_intact(
-        &mut self,
-        slot: usize,
-        seq: u64,
-        from: u64,
-        index: u64,
-        max_payload: u32,
-    ) -> Result<Option<(u64, u64)>, FileError> {
-        const CHUNK: u64 = 1 << 20;
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut payload = Vec::new();
-        let mut base = from;
-        while base + RECORD_HEADER_BYTES as u64 <= self.seg_bytes {
-            let n = (self.seg_bytes - base).min(CHUNK) as usize;
-            self.log(slot, base, &mut buf[..n])?;
-            let mut i = 0usize;
-            while i + RECORD_HEADER_BYTES <= n {
-                if RecordKind::from_u8(buf[i + 4]).is_some() {
-                    let at = base + i as u64;
-                    if let Some(r) = self.record_at(slot, seq, at, max_payload, &mut payload)? {
-                        if r.wid_delta as u64 > index {
-                            return Ok(Some((at, r.wid_delta as u64)));
-                        }
-                    }
-                }
-                i += ALIGN as usize;
-            }
-            base += i as u64;
-        }
-        Ok(None)
+        Ok(Some(r))
     }
 
     fn is_erased(&mut self, slot: usize, from: u64, to: u64) -> Result<bool, FileError> {
@@ -292,34 +254,31 @@ pub fn scan(
     };
 
     // Headers first: which segments form the log recovery reads.
+    let geo = Geometry::new(n as u64, seg_bytes, ALIGN as usize);
     let mut headers: Vec<Option<SegmentHeader>> = Vec::with_capacity(n);
     for slot in 0..n {
         let present = st.segment_path(slot).is_some();
         let mut hb = [0u8; SEGMENT_HEADER_BYTES];
-        st.read(Region::Log, slot as u64 * seg_bytes, &mut hb)?;
-        let (state, h) = if !present {
-            ("absent", None)
-        } else {
-            match SegmentHeader::decode(&hb) {
-                SegmentCheck::Valid(h) => ("valid", Some(h)),
-                SegmentCheck::Unsupported(v) => {
-                    out.findings.push(Finding {
-                        severity: Severity::Corruption,
-                        file: name(st, slot),
-                        offset: 0,
-                        what: format!(
-                            "segment header of format version {v}: this build reads version 1"
-                        ),
-                        fix: None,
-                    });
-                    ("unsupported", None)
-                }
-                SegmentCheck::Invalid if hb.iter().all(|&b| b == 0) => ("unused", None),
-                SegmentCheck::Invalid => ("invalid", None),
+        st.read(Region::Log, geo.segment_start(slot as u32), &mut hb)?;
+        let read = walk::read_header(st, &geo, slot as u32)?;
+        let (state, h) = match read {
+            _ if !present => ("absent", None),
+            HeaderRead::Valid(h) => ("valid", Some(h)),
+            HeaderRead::Unsupported(v) => {
+                out.findings.push(Finding {
+                    severity: Severity::Corruption,
+                    file: name(st, slot),
+                    offset: 0,
+                    what: format!(
+                        "segment header of format version {v}: this build reads version 1"
+                    ),
+                    fix: None,
+                });
+                ("unsupported", None)
             }
-        };
-        let h = match h {
-            Some(h) if h.seq % n as u64 != slot as u64 || h.segment_bytes as u64 != seg_bytes => {
+            HeaderRead::Invalid if hb.iter().all(|&b| b == 0) => ("unused", None),
+            HeaderRead::Invalid => ("invalid", None),
+            HeaderRead::Misplaced(h) | HeaderRead::OtherSize(h) => {
                 out.findings.push(Finding {
                     severity: Severity::Corruption,
                     file: name(st, slot),
@@ -330,9 +289,8 @@ pub fn scan(
                     ),
                     fix: Some(Fix::MoveSegment { slot }),
                 });
-                None
+                ("valid", None)
             }
-            h => h,
         };
         headers.push(h);
         out.segments.push(SegmentInfo {
@@ -383,7 +341,7 @@ pub fn scan(
     let mut intact_puts: HashSet<Pointer> = HashSet::new();
     let mut payload = Vec::new();
     if let (Some(first), Some(last)) = (oldest, newest) {
-        let mut rd = Reader { st, seg_bytes };
+        let mut rd = Reader { st, geo };
         for seq in first..=last {
             let Some((slot, h)) = by_seq(seq) else {
                 continue;
@@ -394,7 +352,7 @@ pub fn scan(
             let next = by_seq(seq + 1);
             let run_ends_here = next.is_none_or(|(_, nh)| nh.flags & SEGMENT_FLAG_OPENED != 0);
             let limit = next.map(|(_, nh)| nh.base_wid);
-            let mut at = FIRST_RECORD;
+            let mut at = geo.first_record;
             let mut index: u64 = 0;
             loop {
                 let wid = h.base_wid + index;
@@ -409,7 +367,7 @@ pub fn scan(
                 if hb.iter().all(|&b| b == 0) && rd.is_erased(slot, at, seg_bytes)? {
                     break;
                 }
-                match rd.record_at(slot, seq, at, h.max_payload, &mut payload)? {
+                match rd.record_at(&h, at, &mut payload)? {
                     Some(r) if r.wid_delta as u64 == index => {
                         let sealed = h.flags & SEGMENT_FLAG_SEALED != 0;
                         let info = record_info(
@@ -463,7 +421,8 @@ pub fn scan(
                     }
                     _ => {
                         // Damaged. Search the rest of the segment for the next intact record.
-                        let found = rd.next_intact(slot, seq, at + ALIGN, index, h.max_payload)?;
+                        let found = walk::next_intact(rd.st, &geo, &h, at + ALIGN, index)?
+                            .map(|(next_at, r)| (next_at, r.wid_delta as u64));
                         match found {
                             Some((next_at, delta)) => {
                                 let lost = delta - index;

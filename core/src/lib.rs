@@ -45,6 +45,7 @@ pub mod record;
 mod recovery;
 pub mod seal;
 pub mod storage;
+pub mod walk;
 
 pub use channel::{Channel, EventId, Stats, SyncMark, Txn};
 pub use config::{

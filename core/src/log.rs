@@ -21,8 +21,10 @@ const STAGE_BYTES: usize = 256;
 
 /// Where segments and records lie in the log region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
+pub struct Geometry {
+    /// The segments in the ring.
     pub segments: u64,
+    /// The size of one segment.
     pub segment_bytes: u64,
     /// Records are aligned to this (the storage's write size).
     pub align: u64,
@@ -31,6 +33,8 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of a ring of `segments` segments of `segment_bytes` on a storage whose
+    /// write size is `write_size`.
     pub fn new(segments: u64, segment_bytes: u64, write_size: usize) -> Self {
         let align = write_size as u64;
         Geometry {
@@ -41,14 +45,17 @@ impl Geometry {
         }
     }
 
+    /// The slot of the segment numbered `seq`.
     pub fn slot_of(&self, seq: u64) -> u32 {
         (seq % self.segments) as u32
     }
 
+    /// Where the segment in `slot` starts in the log region.
     pub fn segment_start(&self, slot: u32) -> u64 {
         slot as u64 * self.segment_bytes
     }
 
+    /// Where the record `p` points at lies in the log region.
     pub fn record_offset(&self, p: Pointer) -> u64 {
         self.segment_start(p.slot) + p.offset as u64
     }

@@ -24,19 +24,17 @@ use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
 use crate::error::Error;
-use crate::log::{
-    payload_matches, read_record_header, read_segment_header, stream_payload, Geometry,
-};
+use crate::log::{payload_matches, read_record_header, stream_payload, Geometry};
 use crate::mark::{self, split_marks};
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
-    decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentCheck, SegmentHeader,
-    COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
-    SEGMENT_FLAG_OPENED,
+    decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES,
+    CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
 use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
 use crate::storage::{Region, Storage};
+use crate::walk::{self, HeaderRead};
 
 /// How an open rebuilt the queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -793,30 +791,23 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         })
     }
 
-    /// The header in `slot` if it is valid; errors for a format this build cannot read.
+    /// The header in `slot` if it is valid; errors for a format this build cannot read, a log of
+    /// another segment size, and an intact header recovery refuses ([`walk::read_header`]).
     fn valid_header(&mut self, slot: u32) -> Result<Option<SegmentHeader>, Error<S::Error>> {
         let geo = self.geo;
-        match read_segment_header(&mut self.storage, &geo, slot).map_err(Error::Storage)? {
-            SegmentCheck::Invalid => Ok(None),
-            SegmentCheck::Unsupported(found) => Err(Error::UnsupportedFormat { found }),
-            SegmentCheck::Valid(h) => {
-                if h.segment_bytes as u64 != geo.segment_bytes {
-                    return Err(crate::error::ConfigError::SegmentSizeMismatch {
-                        on_media: h.segment_bytes,
-                        configured: geo.segment_bytes as u32,
-                    }
-                    .into());
-                }
-                if geo.slot_of(h.seq) != slot
-                    || h.max_payload as u64 + RECORD_HEADER_BYTES as u64 > geo.segment_bytes
-                {
-                    return Err(Error::Corrupted {
-                        region: Region::Log,
-                        offset: geo.segment_start(slot),
-                    });
-                }
-                Ok(Some(h))
+        match walk::read_header(&mut self.storage, &geo, slot).map_err(Error::Storage)? {
+            HeaderRead::Invalid => Ok(None),
+            HeaderRead::Valid(h) => Ok(Some(h)),
+            HeaderRead::Unsupported(found) => Err(Error::UnsupportedFormat { found }),
+            HeaderRead::OtherSize(h) => Err(crate::error::ConfigError::SegmentSizeMismatch {
+                on_media: h.segment_bytes,
+                configured: geo.segment_bytes as u32,
             }
+            .into()),
+            HeaderRead::Misplaced(_) => Err(Error::Corrupted {
+                region: Region::Log,
+                offset: geo.segment_start(slot),
+            }),
         }
     }
 
@@ -852,7 +843,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             let raw =
                 read_record_header(&mut self.storage, base + offset).map_err(Error::Storage)?;
             let next = offset + geo.record_span(raw.len as u64);
-            let plausible = raw.len <= seg.max_payload
+            // The length of a damaged record is believed only within bounds.
+            let plausible = walk::fits(&geo, seg, offset, &raw, None)
                 && next + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes
                 && seg.base_wid + index + 1 < limit;
             if plausible && self.valid_record(seg, next, index + 1)?.is_some() {
@@ -888,10 +880,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let geo = self.geo;
         let at = geo.segment_start(geo.slot_of(segment.seq)) + offset;
         let h = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
-        if h.len > segment.max_payload
-            || offset + RECORD_HEADER_BYTES as u64 + h.len as u64 > geo.segment_bytes
-            || h.wid_delta as u64 != index
-        {
+        if !walk::fits(&geo, segment, offset, &h, Some(index)) {
             return Ok(None);
         }
         let keys = self.segment_keys(segment.seq)?;
