@@ -20,6 +20,25 @@ use crate::fail::Fail;
 pub use sluicegate_agent::home::SETTINGS_FILE;
 /// Present while a restore into the home is unfinished.
 pub const RESTORING_FILE: &str = "sluicegate.restoring";
+/// Written by a `repair` that lost events: how many, and where its reports are; `stats` shows
+/// it until `repair --acknowledge` removes it.
+pub const LOST_FILE: &str = "sluicegate.lost";
+
+/// What `DIR/sluicegate.lost` says: events lost by repairs, not yet acknowledged, and the
+/// reports of those repairs.
+pub fn lost_by_repair(home: &Path) -> Option<(u64, Vec<String>)> {
+    let text = std::fs::read_to_string(home.join(LOST_FILE)).ok()?;
+    let mut events = 0u64;
+    let mut reports = Vec::new();
+    for line in text.lines() {
+        if let Some((n, report)) = line.split_once('\t') {
+            events += n.trim().parse::<u64>().unwrap_or(0);
+            reports.push(report.to_string());
+        }
+    }
+    Some((events, reports))
+}
+
 /// Present while a migrate is swapping directories: `sluicegate migrate` finishes it.
 pub const MIGRATING_FILE: &str = "sluicegate.migrating";
 /// Names the temporary directory of a backup in progress.

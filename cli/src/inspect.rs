@@ -85,6 +85,10 @@ fn live_stats(home: &HomeArgs, json_out: bool) -> Option<Result<ExitCode, Fail>>
             Err(e) => return Some(Err(Fail::runtime(format!("the channel's owner: {e}")))),
         }
     };
+    let mut f = f;
+    if let Some(v) = lost_json(home) {
+        f["lost_by_repair"] = v;
+    }
     if json_out {
         println!("{f}");
         return Some(Ok(ExitCode::SUCCESS));
@@ -139,7 +143,24 @@ fn live_stats(home: &HomeArgs, json_out: bool) -> Option<Result<ExitCode, Fail>>
         r["corrupt_events_dropped"].as_u64().unwrap_or(0),
         r["records_lost"].as_u64().unwrap_or(0)
     );
+    print_repaired(home);
     Some(Ok(ExitCode::SUCCESS))
+}
+
+/// Events lost by repairs and not yet acknowledged, as JSON, if any.
+fn lost_json(home: &HomeArgs) -> Option<serde_json::Value> {
+    let (events, reports) = crate::home::lost_by_repair(&home.dir)?;
+    Some(json!({"events": events, "reports": reports}))
+}
+
+/// The `REPAIRED` line of `stats`: events lost by repairs, until acknowledged.
+fn print_repaired(home: &HomeArgs) {
+    if let Some((events, reports)) = crate::home::lost_by_repair(&home.dir) {
+        println!(
+            "REPAIRED    {events} queued events were lost to damage and removed by repair (report: {}); `sluicegate repair --acknowledge` clears this line",
+            reports.join(", ")
+        );
+    }
 }
 
 /// `stats`.
@@ -181,6 +202,7 @@ pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
                 "checkpoint_age_seconds": age,
                 "recovery": path_name(r.path),
                 "replay": recovery_json(&r),
+                "lost_by_repair": lost_json(home),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -223,6 +245,7 @@ pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     if let Some(lost) = lost_line(&config, &r) {
         println!("LOST        {lost}");
     }
+    print_repaired(home);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -105,6 +105,9 @@ enum Command {
         home: HomeArgs,
         #[arg(long)]
         json: bool,
+        /// Only acknowledge the events earlier repairs lost (`stats` stops showing them).
+        #[arg(long)]
+        acknowledge: bool,
     },
     /// Write a checkpoint now.
     Checkpoint {
@@ -245,7 +248,11 @@ fn main() -> ExitCode {
         Command::Verify { home, json } => inspect::verify(&home, json),
         Command::Dump { home, json } => inspect::dump(&home, json),
         Command::Checkpoint { home, json } => pipe::checkpoint(&home, json),
-        Command::Repair { home, json } => repair::repair(&home, json),
+        Command::Repair {
+            home,
+            json,
+            acknowledge,
+        } => repair::repair(&home, json, acknowledge),
         Command::Backup { home, to, json } => archive::backup(&home, &to, json),
         Command::Savepoint { home, to, json } => archive::savepoint(&home, &to, json),
         Command::Restore {

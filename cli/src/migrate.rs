@@ -94,15 +94,16 @@ pub fn migrate(home: &HomeArgs, args: &MigrateArgs, json_out: bool) -> Result<Ex
 
     // Build the new channel beside the old one.
     let staged = |d: &Path| sibling(d, ".migrate-new");
-    let mut building = FileChannelConfig {
+    // It closes with a checkpoint, so the first open after the swap replays nothing.
+    let building = FileChannelConfig {
         checkpoint_dir: staged(&new.checkpoint_dir),
         backup_checkpoint_dir: staged(&new.backup_checkpoint_dir),
         data_dirs: new.data_dirs.iter().map(|d| staged(d)).collect(),
         checkpoint_interval_ms: 0,
+        checkpoint_on_close: true,
         minimum_required_space_bytes: 0,
         ..new.clone()
     };
-    building.checkpoint_on_close = true;
     for d in channel_dirs(&building) {
         if d.exists() {
             // A migrate cut short before its journal: the old channel is whole.

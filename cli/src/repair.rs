@@ -174,6 +174,23 @@ fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
         .map_err(|e| io(format!("cannot read {}", path.display()), e))
 }
 
+/// `repair --acknowledge`: the operator has seen what repairs lost; `stats` stops showing it.
+fn acknowledge_lost(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+    let path = home.dir.join(crate::home::LOST_FILE);
+    let events = crate::home::lost_by_repair(&home.dir).map_or(0, |(n, _)| n);
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .and_then(|()| sluicegate_agent::home::sync_dir(&home.dir))
+            .map_err(|e| io(format!("cannot remove {}", path.display()), e))?;
+    }
+    if json_out {
+        println!("{}", json!({"acknowledged": events}));
+    } else {
+        println!("acknowledged {events} events lost by earlier repairs");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Step 1: format files. Rewrites a directory's format file (`sluicegate.dir`) that is missing or damaged (not a
 /// format file at all), when the directory holds what its role puts there (the slot file, or
 /// log files): the settings say what the directory is, and its files agree. A copy of a damaged
@@ -527,7 +544,10 @@ fn mend_recovery(
 }
 
 /// `repair`.
-pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
+pub fn repair(home: &HomeArgs, json_out: bool, acknowledge: bool) -> Result<ExitCode, Fail> {
+    if acknowledge {
+        return acknowledge_lost(home, json_out);
+    }
     if !home.dir.is_dir() {
         return Err(Fail::runtime(format!(
             "{} does not exist",
@@ -601,6 +621,11 @@ pub fn repair(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
             r.actions.join("\n")
         );
         crate::archive::write_file_durably(&report, text.as_bytes())?;
+        // Shown by `stats` until acknowledged.
+        let lost_file = home.dir.join(crate::home::LOST_FILE);
+        let mut record = std::fs::read_to_string(&lost_file).unwrap_or_default();
+        record.push_str(&format!("{}\t{}\n", r.lost, report.display()));
+        crate::archive::write_file_durably(&lost_file, record.as_bytes())?;
         r.actions.push(format!(
             "a report of what was lost is in {}",
             report.display()

@@ -649,8 +649,8 @@ fn repair_steps_over_a_damaged_length_so_later_events_survive() {
 /// events are lost and where (each damage an open can see), `verify` fails, `take` refuses in
 /// one line and delivers nothing (or, for the one flipped record, which only a full read finds,
 /// skips it and says so); `repair` removes exactly those events, keeps every other one, writes a
-/// report and exits 1; afterwards the channel delivers the rest, in order, once, and a second
-/// `repair` finds nothing to do.
+/// report and exits 1, and `stats` shows the loss until `repair --acknowledge`; afterwards the
+/// channel delivers the rest, in order, once, and a second `repair` finds nothing to do.
 #[test]
 fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
     for damage in [
@@ -759,6 +759,17 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
             .find_map(|l| l.strip_prefix("a report of what was lost is in "))
             .expect("a report");
         assert!(std::fs::read_to_string(report).is_ok_and(|t| t.contains("lost")));
+        // The loss stays in `stats` until acknowledged.
+        assert_eq!(
+            h.stats()["lost_by_repair"]["events"],
+            in_seg.len(),
+            "{damage}"
+        );
+        let text = ok(&["stats", "--dir", &h.dir], "");
+        assert!(
+            text.contains(&format!("REPAIRED    {} queued events", in_seg.len())),
+            "{damage}: {text}"
+        );
         let want: Vec<String> = all
             .iter()
             .filter(|e| !in_seg.contains(*e))
@@ -767,6 +778,12 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
         assert_eq!(h.take_all(), want, "{damage}");
         let again = ok(&["repair", "--dir", &h.dir], "");
         assert!(again.contains("nothing to repair"), "{damage}: {again}");
+        let ack = ok(&["repair", "--dir", &h.dir, "--acknowledge"], "");
+        assert!(
+            ack.contains(&format!("acknowledged {}", in_seg.len())),
+            "{damage}: {ack}"
+        );
+        assert!(h.stats()["lost_by_repair"].is_null(), "{damage}");
     }
 }
 
@@ -825,7 +842,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
         (
             "data_dirs = [",
             format!("data_dirs = [\"{other_disk}\", "),
-            "data_dirs = 1 back",
+            "put the data_dirs list as it was back",
         ),
     ];
     for (from, to, way_back) in edits {

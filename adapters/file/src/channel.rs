@@ -213,8 +213,6 @@ struct Shared {
     opened: Instant,
 }
 
-/// Locks a mutex, going on if a thread panicked while holding it: the core's state stays
-/// consistent between calls, and a panic cannot leave a write half-acknowledged.
 /// The error for an open that `FileStorage::open` refused. A log file cut short gets the number
 /// of queued events in its missing part, from a read-only recovery that reads that part as
 /// zeros; any other error is returned as it is.
@@ -258,6 +256,8 @@ fn cut_short_error(config: &FileChannelConfig, e: FileError) -> FileChannelError
     })
 }
 
+/// Locks a mutex, going on if a thread panicked while holding it: the core's state stays
+/// consistent between calls, and a panic cannot leave a write half-acknowledged.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -360,13 +360,26 @@ pub fn check_geometry(layout: &Layout) -> Result<(), FileError> {
     let Some((recorded, path)) = recorded_geometry(layout) else {
         return Ok(());
     };
-    match recorded.differs(&Geometry::of(layout)) {
-        None => Ok(()),
-        Some((setting, on_disk, set)) => Err(FileError::config(format!(
-            "{setting} is {set} in the settings, but this channel was made with {setting} = {on_disk} (recorded in {}): put {setting} = {on_disk} back; `sluicegate migrate` changes it without losing an event",
-            path.display()
-        ))),
-    }
+    let Some((setting, on_disk, set)) = recorded.differs(&Geometry::of(layout)) else {
+        return Ok(());
+    };
+    let (now, made, back) = if setting == "data_dirs" {
+        (
+            format!("data_dirs lists {set} directories"),
+            format!("{on_disk} data directories"),
+            "the data_dirs list as it was".to_string(),
+        )
+    } else {
+        (
+            format!("{setting} is {set}"),
+            format!("{setting} = {on_disk}"),
+            format!("{setting} = {on_disk}"),
+        )
+    };
+    Err(FileError::config(format!(
+        "{now} in the settings, but this channel was made with {made} (recorded in {}): put {back} back; `sluicegate migrate` changes it without losing an event",
+        path.display()
+    )))
 }
 
 /// Writes the geometry into every format file of `layout`'s directories that lacks it (a
