@@ -43,6 +43,8 @@ struct Repair {
     actions: Vec<String>,
     /// Events repair could not keep.
     lost: u64,
+    /// Their ids (`CHANNEL:EVENT`, as sinks send them), for the report.
+    lost_ids: Vec<String>,
 }
 
 impl Repair {
@@ -438,8 +440,9 @@ fn mend_recovery(
         Region::Backup => layout.backup_dir.join("backup.slot"),
         _ => layout.checkpoint_dir.join("checkpoint.slot"),
     };
+    let mut ids = Vec::new();
     let opened = Channel::open_with_keys(st, memory, core_config, keys).and_then(|mut core| {
-        core.check_queued_events()?;
+        core.check_queued_events_each(&mut |id| ids.push(id))?;
         Ok(core)
     });
     match opened {
@@ -462,6 +465,11 @@ fn mend_recovery(
             let (channel, dropped) = sluicegate_file::FileChannel::open_dropping_lost(open)
                 .map_err(|e| Fail::runtime(format!("cannot remove the lost events: {e}")))?;
             let first = channel.recovery().first_lost_slot as usize;
+            let identity = channel.identity();
+            r.lost_ids.extend(
+                ids.iter()
+                    .map(|&id| sluicegate_agent::sinks::id_text(identity, id)),
+            );
             channel
                 .close()
                 .map_err(|e| Fail::runtime(format!("cannot close the channel: {e}")))?;
@@ -561,6 +569,7 @@ pub fn repair(home: &HomeArgs, json_out: bool, acknowledge: bool) -> Result<Exit
         copied: BTreeSet::new(),
         actions: Vec::new(),
         lost: 0,
+        lost_ids: Vec::new(),
     };
     let mut config = home.config_with(true)?;
     // A channel someone owns is not repaired: its files are mapped by a live process. The
@@ -615,10 +624,11 @@ pub fn repair(home: &HomeArgs, json_out: bool, acknowledge: bool) -> Result<Exit
         let dir = r.copies_dir()?;
         let report = dir.join("LOST.txt");
         let text = format!(
-            "repair of {} lost {} queued events\n{}\n",
+            "repair of {} lost {} queued events\n{}\n\nthe lost events' ids (CHANNEL:EVENT, as sinks send them in sluicegate-id):\n{}\n",
             home.dir.display(),
             r.lost,
-            r.actions.join("\n")
+            r.actions.join("\n"),
+            r.lost_ids.join("\n")
         );
         crate::archive::write_file_durably(&report, text.as_bytes())?;
         // Shown by `stats` until acknowledged.

@@ -678,6 +678,12 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
                 ))
             })
             .collect();
+        let seq2 = dump
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "record" && v["slot"] == 2)
+            .and_then(|v| v["seq"].as_u64())
+            .expect("segment 2's sequence number");
         assert!(puts.len() > 100, "segment 2 holds events");
         let middle = 32768u64;
         let flipped = &puts[puts.len() / 2];
@@ -687,6 +693,12 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
             _ => true,
         };
         let in_seg: HashSet<String> = puts.iter().filter(lost_here).map(|p| p.0.clone()).collect();
+        // Their event ids, as the repair report must list them.
+        let lost_ids: HashSet<u128> = puts
+            .iter()
+            .filter(lost_here)
+            .map(|p| (seq2 as u128) << 32 | p.1 as u128)
+            .collect();
         assert!(!in_seg.is_empty() && in_seg.len() < 8000, "{damage}");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -758,7 +770,17 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
             .lines()
             .find_map(|l| l.strip_prefix("a report of what was lost is in "))
             .expect("a report");
-        assert!(std::fs::read_to_string(report).is_ok_and(|t| t.contains("lost")));
+        let report = std::fs::read_to_string(report).expect("the report");
+        let listed: HashSet<u128> = report
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(channel, _)| channel.len() == 32)
+            .filter_map(|(_, id)| id.parse().ok())
+            .collect();
+        assert_eq!(
+            listed, lost_ids,
+            "{damage}: the report lists the lost events' ids"
+        );
         // The loss stays in `stats` until acknowledged.
         assert_eq!(
             h.stats()["lost_by_repair"]["events"],

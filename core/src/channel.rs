@@ -53,7 +53,7 @@ pub struct EventId {
 }
 
 impl EventId {
-    const fn new(seq: u64, offset: u32) -> Self {
+    pub(crate) const fn new(seq: u64, offset: u32) -> Self {
         EventId { seq, offset }
     }
 
@@ -446,7 +446,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// [`Error::BadTransaction`]); a checkpoint afterwards makes the removal durable. Returns
     /// how many it removed, and leaves that count in the recovery report.
     pub fn drop_lost_events(&mut self) -> Result<u64, Error<S::Error>> {
-        self.lost_events_checked(true)
+        self.lost_events_checked(true, &mut |_| {})
     }
 
     /// Reads every queued event's record in full and counts those whose bytes cannot be read
@@ -454,17 +454,30 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// [`Recovery::events_in_lost_segments`]: for a verifying tool, right after open and before
     /// any transaction (else [`Error::BadTransaction`]).
     pub fn check_queued_events(&mut self) -> Result<u64, Error<S::Error>> {
-        self.lost_events_checked(false)
+        self.lost_events_checked(false, &mut |_| {})
     }
 
-    fn lost_events_checked(&mut self, remove: bool) -> Result<u64, Error<S::Error>> {
+    /// As [`Channel::check_queued_events`], calling `f` with the id of each event whose bytes
+    /// cannot be read, in queue order: what a repair's report lists.
+    pub fn check_queued_events_each(
+        &mut self,
+        f: &mut dyn FnMut(EventId),
+    ) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(false, f)
+    }
+
+    fn lost_events_checked(
+        &mut self,
+        remove: bool,
+        on_lost: &mut dyn FnMut(EventId),
+    ) -> Result<u64, Error<S::Error>> {
         let (qmem, _, _) = crate::channel::split(self.memory.as_mut(), &self.config);
         if self.queue.tagged(qmem) > 0 {
             return Err(Error::BadTransaction);
         }
         let newest =
             (self.recovery.path != crate::RecoveryPath::New).then_some(self.recovery.last_segment);
-        let lost = self.lost_events(newest, crate::recovery::Check::Every, remove)?;
+        let lost = self.lost_events(newest, crate::recovery::Check::Every, remove, on_lost)?;
         self.recovery.events = self.queue.len() as u64;
         Ok(lost)
     }

@@ -241,7 +241,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if from.is_none() {
                 self.recovery.path = RecoveryPath::New;
             }
-            self.lost_events(None, Check::Runs, false)?;
+            self.lost_events(None, Check::Runs, false, &mut |_| {})?;
             self.next_wid = from.map_or(0, |f| f.wid);
             return Ok(Replayed {
                 newest: None,
@@ -276,7 +276,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if oldest < from.seq.min(newest + 1) {
             self.check_keys(oldest.max(start), from.seq.min(newest + 1) - 1)?;
         }
-        self.lost_events(Some(newest), Check::Runs, false)?;
+        self.lost_events(Some(newest), Check::Runs, false, &mut |_| {})?;
         let r = &mut self.recovery;
         r.last_segment = newest;
         r.events = self.queue.len() as u64;
@@ -692,12 +692,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// `Check::Runs` (every open) reads one record per run of queued events in one segment, the
     /// run's highest: a file cut short, or damaged from some point on, loses its last records
     /// first, and only then are the run's other records read. `Check::Every` (repair, verify)
-    /// reads every queued record in full; only it may remove.
+    /// reads every queued record in full; only it may remove. `on_lost` sees each lost event's
+    /// id.
     pub(crate) fn lost_events(
         &mut self,
         newest: Option<u64>,
         check: Check,
         remove: bool,
+        on_lost: &mut dyn FnMut(crate::EventId),
     ) -> Result<u64, Error<S::Error>> {
         debug_assert!(!remove || check == Check::Every);
         let len = self.queue.len();
@@ -742,6 +744,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 if gone {
                     lost += 1;
                     first.get_or_insert(q.slot);
+                    on_lost(crate::EventId::new(
+                        self.geo.seq_of_slot(q.slot, newest_seq),
+                        q.offset,
+                    ));
                 } else if remove {
                     let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
                     self.queue.set(qmem, kept, q.to_word());
