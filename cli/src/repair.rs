@@ -26,7 +26,8 @@ use std::process::ExitCode;
 
 use serde_json::json;
 use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
-use sluicegate_core::{Channel, Error, Region};
+use sluicegate_core::walk::Geometry;
+use sluicegate_core::{Channel, Error, Region, Storage};
 use sluicegate_file::{
     format_file_text, recorded_geometry, segment_slot, DirRole, FileChannelConfig, SnapshotOptions,
     FORMAT_FILE,
@@ -121,17 +122,6 @@ impl Repair {
         ));
         Ok(())
     }
-}
-
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), Fail> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| io(format!("cannot open {}", path.display()), e))?;
-    f.write_all_at(bytes, offset)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io(format!("cannot write {}", path.display()), e))
 }
 
 /// True if `path` starts with a valid segment header.
@@ -367,57 +357,71 @@ fn mend_records(r: &mut Repair, config: &FileChannelConfig) -> Result<usize, Fai
         .collect();
     drop(st);
     let mut applied = 0;
+    // Record fixes go through the file adapter (a header rewritten by its encoder, at the
+    // offset the scan found); segments move out after, with nothing mapped.
+    let mut storage: Option<sluicegate_file::FileStorage> = None;
+    let geo = Geometry::new(
+        config.log_files as u64,
+        config.max_file_bytes as u64,
+        <sluicegate_file::FileStorage as Storage>::WRITE_SIZE,
+    );
     for f in &report.findings {
-        let Some(fix) = f.fix else { continue };
-        match fix {
-            Fix::Bridge { slot, offset, next } => {
-                let Some(path) = paths[slot].clone() else {
-                    continue;
-                };
-                r.keep_copy(&path)?;
-                let mut hb = [0u8; RECORD_HEADER_BYTES];
-                read_at(&path, offset, &mut hb)?;
-                let mut header = RecordHeader::decode(&hb);
+        let (slot, offset, next) = match f.fix {
+            Some(Fix::Bridge { slot, offset, next }) => (slot, offset, Some(next)),
+            Some(Fix::Spoil { slot, offset }) => (slot, offset, None),
+            _ => continue,
+        };
+        let Some(path) = paths[slot].clone() else {
+            continue;
+        };
+        r.keep_copy(&path)?;
+        let st = match &mut storage {
+            Some(st) => st,
+            None => storage.insert(sluicegate_file::FileStorage::open(&config.layout())?),
+        };
+        let at = geo.segment_start(slot as u32) + offset;
+        let mut hb = [0u8; RECORD_HEADER_BYTES];
+        st.read(Region::Log, at, &mut hb)?;
+        let mut header = RecordHeader::decode(&hb);
+        match next {
+            Some(next) => {
                 header.len = (next - offset - RECORD_HEADER_BYTES as u64) as u32;
                 // The record must stay damaged: if the new length happens to make its CRC
                 // match, spoil the CRC.
                 let mut payload = vec![0u8; header.len as usize];
-                read_at(&path, offset + RECORD_HEADER_BYTES as u64, &mut payload)?;
+                st.read(Region::Log, at + RECORD_HEADER_BYTES as u64, &mut payload)?;
                 let seq = report.segments[slot].seq.unwrap_or(0);
                 if header.check(seq, &payload) {
                     header.crc ^= 1;
                 }
-                write_at(&path, offset, &header.encode())?;
                 r.actions.push(format!(
                     "{} @ {offset}: damaged record ({}); its length now leads to the intact record at {next}, so replay steps over it",
                     path.display(),
                     f.what
                 ));
             }
-            Fix::Spoil { slot, offset } => {
-                let Some(path) = paths[slot].clone() else {
-                    continue;
-                };
-                r.keep_copy(&path)?;
-                let mut hb = [0u8; RECORD_HEADER_BYTES];
-                read_at(&path, offset, &mut hb)?;
-                let mut header = RecordHeader::decode(&hb);
+            None => {
                 header.crc ^= 1;
-                write_at(&path, offset, &header.encode())?;
                 r.actions.push(format!(
                     "{} @ {offset}: {}; its CRC is spoilt so replay steps over it",
                     path.display(),
                     f.what
                 ));
             }
-            Fix::MoveSegment { slot } => {
-                let Some(path) = paths[slot].clone() else {
-                    continue;
-                };
+        }
+        st.write(Region::Log, at, &header.encode())?;
+        applied += 1;
+    }
+    if let Some(mut st) = storage.take() {
+        st.sync(Region::Log)?;
+    }
+    for f in &report.findings {
+        if let Some(Fix::MoveSegment { slot }) = f.fix {
+            if let Some(path) = paths[slot].clone() {
                 r.move_out(&path, &f.what)?;
+                applied += 1;
             }
         }
-        applied += 1;
     }
     Ok(applied)
 }
