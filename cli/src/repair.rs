@@ -109,12 +109,7 @@ impl Repair {
     /// Moves `path` into the copies directory.
     fn move_out(&mut self, path: &Path, why: &str) -> Result<(), Fail> {
         let to = self.copy_name(path)?;
-        std::fs::rename(path, &to).map_err(|e| {
-            io(
-                format!("cannot move {} to {}", path.display(), to.display()),
-                e,
-            )
-        })?;
+        rename_durably(path, &to)?;
         self.actions.push(format!(
             "moved {} out to {} ({why})",
             path.display(),
@@ -122,6 +117,20 @@ impl Repair {
         ));
         Ok(())
     }
+}
+
+/// Renames `from` to `to` and syncs both directories.
+fn rename_durably(from: &Path, to: &Path) -> Result<(), Fail> {
+    use sluicegate_agent::home::{parent_of, sync_dir};
+    std::fs::rename(from, to)
+        .and_then(|()| sync_dir(parent_of(from)))
+        .and_then(|()| sync_dir(parent_of(to)))
+        .map_err(|e| {
+            io(
+                format!("cannot move {} to {}", from.display(), to.display()),
+                e,
+            )
+        })
 }
 
 /// True if `path` starts with a valid segment header.
@@ -265,19 +274,7 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
                 let there = layout.segment_path(home_slot);
                 if !there.exists() {
                     let seq = header_seq(&p).unwrap_or_default();
-                    std::fs::rename(&p, &there)
-                        .and_then(|()| sluicegate_agent::home::sync_dir(dir))
-                        .and_then(|()| {
-                            sluicegate_agent::home::sync_dir(sluicegate_agent::home::parent_of(
-                                &there,
-                            ))
-                        })
-                        .map_err(|e| {
-                            io(
-                                format!("cannot move {} to {}", p.display(), there.display()),
-                                e,
-                            )
-                        })?;
+                    rename_durably(&p, &there)?;
                     r.actions.push(format!(
                         "{} holds segment {} of slot {home_slot}, whose file was missing: renamed to {}",
                         p.display(),
