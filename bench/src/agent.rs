@@ -209,8 +209,16 @@ fn socket_vs_local(base: &Path, plan: &Plan, size: usize, batch: usize) -> Resul
     let budget = plan.duration * 2;
     let started = Instant::now();
     let mut turn = 0usize;
-    // Bounded by the time budget (at least 20 turns, so the median means something).
-    while started.elapsed() < budget || turn < 20 {
+    // Nothing is taken, so each channel's log must hold every turn: stop at half of it (a
+    // full run's budget would fill it).
+    let log_bytes = {
+        let c = config(&dir.join("local"));
+        c.max_file_bytes as usize * c.log_files as usize
+    };
+    let room_for = |turns: usize| turns * batch * (size + 64) < log_bytes / 2;
+    // Bounded by the time budget (at least 20 turns, so the median means something) and the
+    // log's room.
+    while (started.elapsed() < budget || turn < 20) && room_for(turn + 1) {
         for side in 0..2 {
             let local_first = turn.is_multiple_of(2);
             let t = Instant::now();
@@ -345,7 +353,14 @@ fn http_ingest(base: &Path, plan: &Plan, size: usize) -> Result<(f64, usize, usi
             })
         })
         .collect();
-    std::thread::sleep(plan.duration * 2);
+    // Nothing is taken, so the run ends at half the log's room if the time budget has not
+    // ended it first (a full run's budget would fill the log).
+    let c = config(&dir);
+    let room = (c.max_file_bytes as u64 * c.log_files as u64 / 2) / (size as u64 + 64);
+    // Bounded by the time budget.
+    while started.elapsed() < plan.duration * 2 && acked.load(Ordering::Relaxed) < room {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     let mut failure = None;
     for t in threads {
