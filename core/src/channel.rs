@@ -15,6 +15,7 @@
 use crate::checkpoint::{Checkpoints, SlotLayout};
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
+use crate::latch::Latched;
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::log::{read_segment_header, stream_payload};
 use crate::mark;
@@ -29,7 +30,7 @@ use crate::seal::{
     nonce, Algorithm, Domain, Key, KeyId, KeyProvider, NoKeys, Sealer, SealerCache, SALT_BYTES,
     TAG_BYTES,
 };
-use crate::storage::{Region, Storage, StorageError, StorageErrorKind};
+use crate::storage::{Region, Storage};
 
 /// A handle on an open transaction. It is only a number: the state lives in the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +258,8 @@ const SEAL_CACHE: usize = 4;
 /// array on firmware) or a `Vec<u64>` on a server. `K` gives the keys when the log is
 /// encrypted ([`Channel::open_with_keys`]); the default, [`NoKeys`], writes plaintext.
 pub struct Channel<S: Storage, M, K = NoKeys> {
-    pub(crate) storage: S,
+    /// The storage, with the first failed log write or sync latched (`crate::latch`).
+    pub(crate) storage: Latched<S>,
     pub(crate) memory: M,
     pub(crate) config: Config,
     pub(crate) geo: Geometry,
@@ -280,7 +282,6 @@ pub struct Channel<S: Storage, M, K = NoKeys> {
     pub(crate) restart_pending: bool,
     /// The sequence number the next new segment gets.
     pub(crate) roll_to: u64,
-    poisoned: bool,
     pub(crate) stats: Stats,
     pub(crate) recovery: Recovery,
     pub(crate) ckpt: Checkpoints,
@@ -379,7 +380,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         let checkpoints = checkpoint_slots_usable(&storage, &config, &geo, sealing.is_some())?;
         let mut channel = Channel {
-            storage,
+            storage: Latched::new(storage),
             memory,
             config,
             geo,
@@ -400,7 +401,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             // segment, so a device that loses power over and over while idle never fills its log.
             restart_pending: true,
             roll_to: 0,
-            poisoned: false,
             stats: Stats::default(),
             recovery: Recovery::default(),
             ckpt: Checkpoints::new(),
@@ -504,7 +504,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// Gives back the storage and the memory.
     pub fn into_parts(self) -> (S, M) {
-        (self.storage, self.memory)
+        (self.storage.into_inner(), self.memory)
     }
 
     /// The key provider.
@@ -519,13 +519,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// Borrows the storage (for counters in tests and adapters).
     pub fn storage(&self) -> &S {
-        &self.storage
+        self.storage.inner()
     }
 
     /// Borrows the storage mutably, for tests that damage the medium under an open channel and
     /// for adapters' housekeeping. Writing to the log region through it breaks the channel.
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        self.storage.inner_mut()
     }
 
     /// A snapshot of the state and counters.
@@ -857,7 +857,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         outcome: Result<(), S::Error>,
     ) -> Result<(), Error<S::Error>> {
         if let Err(e) = outcome {
-            self.poisoned = true;
+            // A sync the adapter carried out itself never passed through the latch.
+            self.storage.latch();
             return Err(Error::Storage(e));
         }
         let max = self.config.max_transactions() as usize;
@@ -948,7 +949,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     }
 
     fn check_writable(&self) -> Result<(), Error<S::Error>> {
-        if self.poisoned {
+        if self.storage.latched() {
             Err(Error::Poisoned)
         } else {
             Ok(())
@@ -1236,12 +1237,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             _ => return Err(Error::LogicBug("segment sealing differs from the run's")),
         };
         match outcome {
-            Err(e) => {
-                self.poisoned = true;
-                Err(Error::Storage(e))
-            }
+            // The latch saw the failure.
+            Err(e) => Err(Error::Storage(e)),
             Ok((end, written)) if end != start + span || written != len as u64 => {
-                self.poisoned = true;
+                self.storage.latch();
                 Err(Error::LogicBug("record length differs from its header"))
             }
             Ok(_) => {
@@ -1370,11 +1369,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             // The slot is free and nothing has been written after this erase, so a partial
             // erase leaves what a power cut during it would, which replay handles. When the
             // cause is a full disk (an adapter creating the segment's file), the write that
-            // needed the segment fails and the channel stays usable once space is freed. Any
-            // other failure poisons, as every failed write does.
-            if e.kind() != StorageErrorKind::NoSpace {
-                self.poisoned = true;
-            }
+            // needed the segment fails and the channel stays usable once space is freed (the
+            // latch lets a failed erase for lack of space pass); any other failure is latched.
             return Err(Error::Storage(e));
         }
         let result = storage
@@ -1392,7 +1388,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 w.finish().map(|_| ())
             });
         if let Err(e) = result {
-            self.poisoned = true;
+            // Latched (unless an erase failed for lack of space: the segment is still free).
             return Err(Error::Storage(e));
         }
         self.stats.syncs += 1;
@@ -1449,7 +1445,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             .and_then(|()| w.push(&payload))
             .and_then(|()| w.finish());
         if let Err(e) = written {
-            self.poisoned = true;
+            // Latched.
             return Err(Error::Storage(e));
         }
         self.write_offset += self.geo.record_span(SEAL_PAYLOAD_BYTES as u64);

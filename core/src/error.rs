@@ -13,7 +13,8 @@ use crate::storage::{Region, StorageError};
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error<E> {
-    /// The storage adapter failed. After a failed write, erase or sync the channel is poisoned.
+    /// The storage adapter failed. After a failed write or sync of the log (or an erase that
+    /// failed for another reason than lack of space) the channel is poisoned.
     Storage(E),
     /// An earlier write, erase or sync failed, so the state of unsynced data is unknown; the
     /// channel refuses to write until it is reopened (reopening replays the log and finds out).

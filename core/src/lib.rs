@@ -38,6 +38,7 @@ mod channel;
 pub mod checkpoint;
 mod config;
 mod error;
+mod latch;
 mod log;
 mod mark;
 mod queue;
