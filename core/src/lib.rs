@@ -45,6 +45,7 @@ mod queue;
 pub mod record;
 mod recovery;
 pub mod seal;
+mod sealed_write;
 pub mod storage;
 pub mod walk;
 

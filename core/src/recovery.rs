@@ -1,7 +1,11 @@
-//! Recovery by full replay of the log, and the report of what it found.
+//! Recovery, and the report of what it found ([`Recovery`]): it loads the newest usable
+//! checkpoint (or none), checks the keys of sealed segments, replays the log from the
+//! checkpoint's position (or all of it), and checks that the queued events' bytes can still be
+//! read.
 //!
 //! Replay reads every segment header, finds the newest segment, walks back to the oldest
-//! segment of the unbroken run that ends there, and replays records in write order:
+//! segment of the unbroken run that ends there, and replays records in write order from the
+//! checkpoint's position (the oldest segment's start without one):
 //!
 //! - `Put`: counted, nothing else (a put counts only once a commit lists it);
 //! - `PutCommit`: its pointers join the queue's tail. If a put it lists did not survive, replay
@@ -19,7 +23,7 @@
 //! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
 //! loop in it is bounded by the geometry of the log.
 
-use crate::channel::{padded, split, Channel, SegKeys};
+use crate::channel::{padded, split, Channel};
 use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
@@ -33,6 +37,7 @@ use crate::record::{
     CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
 use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
+use crate::sealed_write::SegKeys;
 use crate::storage::{Region, Storage};
 use crate::walk::{self, HeaderRead};
 
@@ -1340,7 +1345,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// The seal of the record `record` in segment `seq`, positioned at the start of its text.
     pub(crate) fn sealer_for(
         &mut self,
-        seal: crate::channel::SegSeal,
+        seal: crate::sealed_write::SegSeal,
         seq: u64,
         record: &RecordHeader,
     ) -> Result<Sealer, Error<S::Error>> {
