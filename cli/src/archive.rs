@@ -657,6 +657,10 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
         ..config.clone()
     };
     sluicegate_file::FileChannel::open(empty)?.close()?;
+    // From here to the end no other process may open the channel being written (the marker
+    // keeps the CLI's commands out; the locks keep everything out).
+    let _held = sluicegate_file::HeldDirs::hold(&config.all_dirs())
+        .map_err(|e| Fail::from(e).context("the restore stops"))?;
     let total = m.files.iter().map(|f| f.bytes).sum();
     let bar = crate::progress::bytes("restoring", total);
     for f in &m.files {
