@@ -322,7 +322,13 @@ fn scan(settings: &TailSettings, files: &mut BTreeMap<(u64, u64), Tracked>, know
             continue;
         };
         for path in paths.flatten() {
-            let Ok(meta) = std::fs::metadata(&path) else {
+            // The file is opened first and its identity read from the open file: a rotation
+            // between a look at the path and the open would otherwise pair one file's saved
+            // position with another file's bytes.
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else {
                 continue;
             };
             if !meta.is_file() {
@@ -334,9 +340,6 @@ fn scan(settings: &TailSettings, files: &mut BTreeMap<(u64, u64), Tracked>, know
                 t.path = path;
                 continue;
             }
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
             let offset = match known.get(&id) {
                 Some(&o) => o,
                 None if settings.from_end => meta.len(),
