@@ -133,39 +133,23 @@ fn rename_durably(from: &Path, to: &Path) -> Result<(), Fail> {
         })
 }
 
-/// True if `path` starts with a valid segment header.
-fn intact_segment(path: &Path) -> bool {
-    segment_bytes_on_media(path).is_some()
+/// The valid segment header a log file starts with, if it starts with one.
+fn file_header(path: &Path) -> Option<sluicegate_core::record::SegmentHeader> {
+    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
+    let mut b = [0u8; SEGMENT_HEADER_BYTES];
+    read_at(path, 0, &mut b).ok()?;
+    match SegmentHeader::decode(&b) {
+        SegmentCheck::Valid(h) => Some(h),
+        _ => None,
+    }
 }
 
 /// The slot a log file's valid header puts it in (its segment's sequence number modulo the
 /// log files), if it starts with one of the layout's segment size.
 fn header_slot(path: &Path, layout: &sluicegate_file::Layout) -> Option<usize> {
-    let seq = header_seq(path)?;
-    (segment_bytes_on_media(path)? == layout.segment_bytes)
-        .then_some((seq % layout.segments as u64) as usize)
-}
-
-/// The sequence number in a log file's valid header.
-fn header_seq(path: &Path) -> Option<u64> {
-    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
-    let mut b = [0u8; SEGMENT_HEADER_BYTES];
-    read_at(path, 0, &mut b).ok()?;
-    match SegmentHeader::decode(&b) {
-        SegmentCheck::Valid(h) => Some(h.seq),
-        _ => None,
-    }
-}
-
-/// The segment size a log file's valid header records, if it starts with one.
-fn segment_bytes_on_media(path: &Path) -> Option<u32> {
-    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
-    let mut b = [0u8; SEGMENT_HEADER_BYTES];
-    read_at(path, 0, &mut b).ok()?;
-    match SegmentHeader::decode(&b) {
-        SegmentCheck::Valid(h) => Some(h.segment_bytes),
-        _ => None,
-    }
+    file_header(path)
+        .filter(|h| h.segment_bytes == layout.segment_bytes)
+        .map(|h| (h.seq % layout.segments as u64) as usize)
 }
 
 fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
@@ -273,7 +257,7 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
             if let Some(home_slot) = header_slot(&p, &layout).filter(|&h| h != slot) {
                 let there = layout.segment_path(home_slot);
                 if !there.exists() {
-                    let seq = header_seq(&p).unwrap_or_default();
+                    let seq = file_header(&p).map_or(0, |h| h.seq);
                     rename_durably(&p, &there)?;
                     r.actions.push(format!(
                         "{} holds segment {} of slot {home_slot}, whose file was missing: renamed to {}",
@@ -285,7 +269,7 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
                 }
             }
             if slot >= layout.segments as usize || slot % layout.data_dirs.len() != d {
-                if intact_segment(&p) && recorded.is_none() {
+                if file_header(&p).is_some() && recorded.is_none() {
                     // Settings edited after creation, not damage: moving it out would drop
                     // its events. The way back is the settings the log was written with.
                     return Err(Fail::runtime(format!(
@@ -310,7 +294,10 @@ fn mend_files(r: &mut Repair, config: &FileChannelConfig) -> Result<(), Fail> {
     // First, before anything is resized: a log file whose own header gives another size says
     // the settings changed (or are missing), not the file; resizing would destroy the log.
     for (p, len) in &expect {
-        if let Some(written) = segment_bytes_on_media(p).filter(|&b| b as u64 != *len) {
+        if let Some(written) = file_header(p)
+            .map(|h| h.segment_bytes)
+            .filter(|&b| b as u64 != *len)
+        {
             return Err(Fail::runtime(format!(
                 "{} says its log files are {written} bytes, the settings {len} ({} missing or edited): put max_file_bytes = {written} back in it",
                 p.display(),

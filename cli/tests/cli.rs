@@ -52,6 +52,15 @@ struct Home {
 }
 
 impl Home {
+    /// A home of 64 KiB log files holding `ev-00000` to `ev-07999`, put in batches of 500 (so
+    /// they span log files 0 to 3), and those events.
+    fn with_8000_events() -> (Home, Vec<String>) {
+        let h = Home::new(65536);
+        let all = lines("ev", 8000);
+        h.put(&all, 500);
+        (h, all)
+    }
+
     fn new(file_bytes: u32) -> Home {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().to_path_buf();
@@ -660,9 +669,7 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
         "zeroed from the middle",
         "one record flipped",
     ] {
-        let h = Home::new(65536);
-        let all = lines("ev", 8000);
-        h.put(&all, 500);
+        let (h, all) = Home::with_8000_events();
         let seg = Path::new(&h.dir).join("data/log-000002.seg");
         // The puts the file holds (body, offset, length), from the dump before the damage.
         let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
@@ -817,8 +824,7 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
 /// the log's word over the settings: `repair` refuses, naming the setting to put back.
 #[test]
 fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
-    let h = Home::new(65536);
-    h.put(&lines("ev", 8000), 500);
+    let (h, _) = Home::with_8000_events();
     // Each open starts a new log file: reach slot 9 and beyond.
     for i in 0..6 {
         h.put(&[format!("more-{i}")], 1);
@@ -926,8 +932,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
 /// changes nothing is a usage error.
 #[test]
 fn migrate_changes_the_geometry_and_keeps_every_event() {
-    let h = Home::new(65536);
-    h.put(&lines("ev", 8000), 500);
+    let (h, _) = Home::with_8000_events();
     for i in 0..6 {
         h.put(&[format!("more-{i}")], 1);
     }
@@ -998,9 +1003,7 @@ fn repair_puts_a_renamed_log_file_back_and_moves_a_stray_copy_out() {
         "copied beyond the ring",
         "copied into an unused slot",
     ] {
-        let h = Home::new(65536);
-        let all = lines("ev", 8000);
-        h.put(&all, 500);
+        let (h, all) = Home::with_8000_events();
         let data = Path::new(&h.dir).join("data");
         match case {
             "renamed" => std::fs::rename(data.join("log-000002.seg"), data.join("log-000007.seg")),
@@ -1632,8 +1635,7 @@ fn errors_under_json_are_json() {
     let out = run(&["stats", "--dir", &missing], "");
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("sluicegate: "));
     // A channel error carries its kind: here queued events in a log file cut short.
-    let h = Home::new(65536);
-    h.put(&lines("ev", 8000), 500);
+    let (h, _) = Home::with_8000_events();
     let seg = Path::new(&h.dir).join("data/log-000002.seg");
     std::fs::OpenOptions::new()
         .write(true)
