@@ -712,19 +712,20 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let mut first = None;
         let mut kept = 0usize;
         // A few slot verdicts remembered: queued events come in runs per segment.
-        let mut seen: [(u32, bool); 4] = [(u32::MAX, false); 4];
+        // Each slot's live header (`None`: the segment is gone), for the last few slots.
+        let mut seen: [(u32, Option<SegmentHeader>); 4] = [(u32::MAX, None); 4];
         let mut next = 0;
         let mut i = 0;
         // Bounded: every turn moves `i` past at least one entry.
         while i < len {
             let p = self.queued(i);
-            let slot_gone = match seen.iter().find(|(s, _)| *s == p.slot) {
-                Some(&(_, gone)) => gone,
+            let segment = match seen.iter().find(|(s, _)| *s == p.slot) {
+                Some(&(_, h)) => h,
                 None => {
-                    let gone = self.slot_lost(p.slot, newest)?;
-                    seen[next] = (p.slot, gone);
+                    let h = self.live_header(p.slot, newest)?;
+                    seen[next] = (p.slot, h);
                     next = (next + 1) % seen.len();
-                    gone
+                    h
                 }
             };
             // The run of entries in this slot, and its highest record.
@@ -741,11 +742,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 end += 1;
             }
             let newest_seq = newest.unwrap_or(0);
-            let read_each =
-                !slot_gone && (check == Check::Every || !self.put_intact(highest, newest_seq)?);
+            let read_each = match &segment {
+                None => false,
+                Some(h) => check == Check::Every || !self.put_intact(h, highest)?,
+            };
             for j in i..end {
                 let q = self.queued(j);
-                let gone = slot_gone || (read_each && !self.put_intact(q, newest_seq)?);
+                let gone = match &segment {
+                    None => true,
+                    Some(h) => read_each && !self.put_intact(h, q)?,
+                };
                 if gone {
                     lost += 1;
                     first.get_or_insert(q.slot);
@@ -775,30 +781,26 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Pointer::from_word(self.queue.get(qmem, i))
     }
 
-    /// True if `p` points at an intact put record of segment `seq_of_slot(p.slot, newest)`:
-    /// its kind, a length that fits the segment, and the CRC of header and payload (streamed,
-    /// so an event of any size costs no memory). Sealed records are checked the same way,
-    /// without their key.
-    fn put_intact(&mut self, p: Pointer, newest: u64) -> Result<bool, Error<S::Error>> {
+    /// True if `p` points at an intact put record of `segment` ([`walk::read_record`]: bounds and
+    /// the CRC of header and payload, streamed, so an event of any size costs no memory). Sealed
+    /// records are checked the same way, without their key.
+    fn put_intact(&mut self, segment: &SegmentHeader, p: Pointer) -> Result<bool, Error<S::Error>> {
         let geo = self.geo;
-        let seq = geo.seq_of_slot(p.slot, newest);
-        let offset = geo.record_offset(p);
-        let header = read_record_header(&mut self.storage, offset).map_err(Error::Storage)?;
-        let room = geo
-            .segment_bytes
-            .saturating_sub(p.offset as u64 + RECORD_HEADER_BYTES as u64);
-        if header.kind != RecordKind::Put as u8 || header.len as u64 > room {
-            return Ok(false);
-        }
-        payload_matches(&mut self.storage, &header, seq, offset).map_err(Error::Storage)
+        let record = walk::read_record(&mut self.storage, &geo, segment, p.offset as u64, None)
+            .map_err(Error::Storage)?;
+        Ok(record.is_some_and(|h| h.kind == RecordKind::Put as u8))
     }
 
-    /// True if `slot` holds no valid header, or the header of another segment than the one
-    /// queued events in it were written to (the newest segment being `newest`).
-    fn slot_lost(&mut self, slot: u32, newest: Option<u64>) -> Result<bool, Error<S::Error>> {
+    /// The valid header in `slot` if it is the segment queued events in it were written to
+    /// (the newest segment being `newest`); `None` if that segment is gone.
+    fn live_header(
+        &mut self,
+        slot: u32,
+        newest: Option<u64>,
+    ) -> Result<Option<SegmentHeader>, Error<S::Error>> {
         Ok(match (self.valid_header(slot)?, newest) {
-            (Some(h), Some(newest)) => h.seq != self.geo.seq_of_slot(slot, newest),
-            _ => true,
+            (Some(h), Some(newest)) if h.seq == self.geo.seq_of_slot(slot, newest) => Some(h),
+            _ => None,
         })
     }
 
