@@ -392,7 +392,7 @@ fn exec_delivery(base: &Path, plan: &Plan, size: usize, batch: usize) -> Result<
     fill(&served, n, &event(size))?;
     let mut sink = ExecSink::shell("cat > /dev/null", Duration::from_secs(60));
     let started = Instant::now();
-    let outcome = drain(&served, &mut sink, batch)?;
+    let outcome = drain(&served, &mut sink, batch, None)?;
     let rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
     if outcome.delivered != n as u64 {
         return Err(format!("the exec sink delivered {} of {n}", outcome.delivered).into());
@@ -424,13 +424,14 @@ fn drain(
     served: &Served,
     sink: &mut dyn sluicegate_agent::sinks::Sink,
     batch: usize,
+    limit: Option<u64>,
 ) -> Result<sluicegate_agent::sinks::RunnerOutcome> {
     let settings = RunnerSettings {
         batch: batch as u32,
         backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         until_empty: true,
-        limit: None,
+        limit,
         channel_errors_fatal: true,
     };
     let stop = AtomicBool::new(false);
@@ -438,8 +439,9 @@ fn drain(
     Ok(run_sink(sink, &mut side, settings, &stop, None, None)?)
 }
 
-/// Drains the `n` events of the channel through `sink` (the `what` sink); events per second.
-/// Every event must be delivered, with no failure.
+/// Delivers one batch through `sink` (the `what` sink) untimed, which carries the client's
+/// start, then drains the `n` events left; events per second of those. Every event must be
+/// delivered, with no failure.
 fn timed_drain(
     served: &Served,
     sink: &mut dyn sluicegate_agent::sinks::Sink,
@@ -447,8 +449,12 @@ fn timed_drain(
     n: usize,
     what: &str,
 ) -> Result<f64> {
+    let warm = drain(served, sink, batch, Some(batch as u64))?;
+    if warm.delivered != batch as u64 || warm.failures > 0 {
+        return Err(format!("the {what} sink's warm-up batch failed").into());
+    }
     let started = Instant::now();
-    let outcome = drain(served, sink, batch)?;
+    let outcome = drain(served, sink, batch, None)?;
     let rate = outcome.delivered as f64 / started.elapsed().as_secs_f64();
     if outcome.delivered != n as u64 || outcome.failures > 0 {
         return Err(format!(
@@ -527,7 +533,7 @@ fn mqtt_delivery(
         "bench".into(),
         Arc::new(FileChannel::open(config(&dir.join("ch")))?),
     );
-    fill(&served, n, &e)?;
+    fill(&served, n + batch, &e)?;
     let mut sink =
         sluicegate_agent::sinks::mqtt::MqttSink::new(sluicegate_agent::sinks::mqtt::MqttSettings {
             host: "127.0.0.1".into(),
@@ -563,33 +569,64 @@ fn raw_publish(port: u16, n: usize, batch: usize, e: &[u8]) -> Result<f64> {
         .set_keep_alive(Duration::from_secs(10))
         .set_network_options(network);
     let (client, mut connection) = Client::new(options, batch * 2 + 16);
-    let (tx, acks) = std::sync::mpsc::channel();
+    // PUBACKs counted by the connection's thread, which signals once a batch is all in (as
+    // the sink's does): waking the publisher for each PUBACK would cost it, not the broker.
+    let acks = Arc::new((
+        std::sync::Mutex::new((0usize, false)),
+        std::sync::Condvar::new(),
+    ));
+    let counted = Arc::clone(&acks);
+    let want = Arc::new(std::sync::atomic::AtomicUsize::new(batch));
+    let wanted = Arc::clone(&want);
     let driver = std::thread::spawn(move || {
+        let (count, signal) = &*counted;
         for ev in connection.iter() {
+            let mut count = count.lock().unwrap_or_else(|p| p.into_inner());
             match ev {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    if tx.send(()).is_err() {
-                        break;
+                    count.0 += 1;
+                    if count.0 >= wanted.load(std::sync::atomic::Ordering::Relaxed) {
+                        signal.notify_all();
                     }
                 }
                 Ok(_) => {}
-                Err(_) => break,
+                Err(_) => {
+                    count.1 = true;
+                    signal.notify_all();
+                    break;
+                }
             }
         }
     });
-    let started = Instant::now();
+    // The first batch, untimed, carries the connection, as the sink's warm-up batch does.
+    let mut started = Instant::now();
     let mut sent = 0;
-    // Bounded by `n`.
-    while sent < n {
+    // Bounded by `n` and the warm-up batch.
+    while sent < n + batch {
+        if sent == batch {
+            started = Instant::now();
+        }
+        want.store(sent + batch, std::sync::atomic::Ordering::Relaxed);
         for _ in 0..batch {
             client
                 .publish("bench/raw", QoS::AtLeastOnce, false, e.to_vec())
                 .map_err(|e| format!("raw publish: {e}"))?;
         }
-        for _ in 0..batch {
-            acks.recv_timeout(Duration::from_secs(60))
-                .map_err(|e| format!("raw publish: no PUBACK: {e}"))?;
+        let (count, signal) = &*acks;
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut count = count.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by `until`.
+        while count.0 < sent + batch {
+            let left = until.saturating_duration_since(Instant::now());
+            if count.1 || left.is_zero() {
+                return Err("raw publish: the PUBACKs did not come".into());
+            }
+            count = signal
+                .wait_timeout(count, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        drop(count);
         sent += batch;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -669,7 +706,7 @@ fn kafka_delivery(
         properties: Default::default(),
     };
     let raw1 = raw_produce(&settings("raw"), n, &e)?;
-    fill(&served, n, &e)?;
+    fill(&served, n + batch, &e)?;
     let mut sink = KafkaSink::new(settings("sink"))?;
     let sink_rate = timed_drain(&served, &mut sink, batch, n, "Kafka")?;
     drop(sink);
@@ -681,29 +718,54 @@ fn kafka_delivery(
     Ok((sink_rate, (raw1 + raw2) / 2.0))
 }
 
+/// Counts a raw producer's delivery reports and signals each, as the sink's own context does.
+#[derive(Default)]
+struct Counted {
+    reports: std::sync::Mutex<usize>,
+    arrived: std::sync::Condvar,
+}
+
+impl rdkafka::ClientContext for Counted {}
+
+impl rdkafka::producer::ProducerContext for Counted {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        *self.reports.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.arrived.notify_all();
+    }
+}
+
 /// A raw `rdkafka` producer with the sink's configuration (idempotent, `acks=all`) and the same
-/// id header: `n` events in batches, each batch waiting for every delivery report. Events per
-/// second.
+/// id header: `n` events in batches, each batch waiting for every delivery report on a signal
+/// from the producer's thread, as the sink waits. Events per second.
 fn raw_produce(
     settings: &sluicegate_agent::sinks::kafka::KafkaSettings,
     n: usize,
     e: &[u8],
 ) -> Result<f64> {
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer =
-        sluicegate_agent::sinks::kafka::KafkaSink::client_config(settings).create()?;
-    let started = Instant::now();
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<Counted> =
+        sluicegate_agent::sinks::kafka::KafkaSink::client_config(settings)
+            .create_with_context(Counted::default())?;
+    let context = producer.context();
+    // The first batch, untimed, carries the producer's start (its connections and producer
+    // id, about half a second against tansu), as the sink's warm-up batch does.
+    let mut started = Instant::now();
     let mut sent = 0;
-    // Bounded by `n`.
-    while sent < n {
+    // Bounded by `n` and the warm-up batch.
+    while sent < n + settings.batch {
+        if sent == settings.batch {
+            started = Instant::now();
+        }
         for i in 0..settings.batch {
             let id = format!("{:032x}:{}", settings.identity, sent + i);
             let headers = OwnedHeaders::new().insert(Header {
                 key: "sluicegate-id",
                 value: Some(id.as_str()),
             });
-            // Bounded: the queue holds two batches, and polling drains it.
+            // Bounded: the queue holds two batches, and the producer's thread drains it.
             loop {
                 let record = BaseRecord::<(), [u8]>::to(&settings.topic)
                     .payload(e)
@@ -716,19 +778,26 @@ fn raw_produce(
                         {
                             return Err(format!("raw produce: {err}").into());
                         }
-                        producer.poll(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
             }
         }
-        // Waits for the reports as the sink does (`flush` sleeps in coarser steps).
         let until = Instant::now() + Duration::from_secs(60);
-        while producer.in_flight_count() > 0 {
-            if Instant::now() > until {
+        let mut reports = context.reports.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by `until`.
+        while *reports < sent + settings.batch {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err("raw produce: no delivery reports within 60 s".into());
             }
-            producer.poll(Duration::from_millis(20));
+            reports = context
+                .arrived
+                .wait_timeout(reports, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        drop(reports);
         sent += settings.batch;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())

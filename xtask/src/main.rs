@@ -480,8 +480,8 @@ const AGENT_MUTANTS: [(Mutant, &str); 2] = [
         Mutant {
             name: "the sink commits its take before the destination acknowledged it",
             file: "agent/src/sinks/mod.rs",
-            from: "        let delivered = sink\n            .deliver(&events, stop)",
-            to: "        let _ = side.commit();\n        std::thread::sleep(std::time::Duration::from_millis(2));\n        let delivered = sink\n            .deliver(&events, stop)",
+            from: "        let delivered = sink\n            .finish(&events, stop)",
+            to: "        let _ = side.commit();\n        std::thread::sleep(std::time::Duration::from_millis(2));\n        let delivered = sink\n            .finish(&events, stop)",
         },
         "sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged",
     ),

@@ -32,7 +32,7 @@ impl ExecSink {
 }
 
 impl Sink for ExecSink {
-    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
+    fn finish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
         let Some((program, args)) = self.command.split_first() else {
             return Err("no command".into());
         };

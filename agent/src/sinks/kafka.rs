@@ -18,13 +18,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 
 use super::{Refused, Sink, Taken};
@@ -68,8 +70,24 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-/// Delivery reports of the current batch, by index.
-type Reports = Arc<Mutex<Vec<Option<Result<(), KafkaError>>>>>;
+/// How long a wait for reports sleeps before it looks at the deadline and `stop` again.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// The delivery reports of the batch being delivered, by index, and how many are still to
+/// come.
+#[derive(Default)]
+struct Batch {
+    reports: Vec<Option<Result<(), KafkaError>>>,
+    left: usize,
+}
+
+/// The reports of the current batch, and the signal that the last one came.
+///
+/// The producer's own thread (rdkafka's `ThreadedProducer`) serves delivery reports as they
+/// arrive and files them here; the sink waits on the signal. (Polling the producer from the
+/// sink's thread does not do: rdkafka's `poll` returns only at its timeout, so that timeout set
+/// the pace of every batch: 20 ms per batch against a broker that answers in one or two.)
+type Reports = Arc<(Mutex<Batch>, Condvar)>;
 
 /// Files each delivery report under its message's index in the batch.
 struct Reporter {
@@ -82,13 +100,24 @@ impl ProducerContext for Reporter {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
-        let mut reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = reports.get_mut(index) {
-            *slot = Some(match result {
-                Ok(_) => Ok(()),
-                Err((e, _)) => Err(e.clone()),
-            });
+        let (batch, done) = &*self.reports;
+        let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        file(&mut batch, index, report);
+        if batch.left == 0 {
+            done.notify_all();
         }
+    }
+}
+
+/// Files `report` as message `index`'s, unless it already has one.
+fn file(batch: &mut Batch, index: usize, report: Result<(), KafkaError>) {
+    if let Some(slot @ None) = batch.reports.get_mut(index) {
+        *slot = Some(report);
+        batch.left -= 1;
     }
 }
 
@@ -119,7 +148,11 @@ pub fn check_producer(settings: KafkaSettings) -> Result<(), String> {
 pub struct KafkaSink {
     settings: KafkaSettings,
     reports: Reports,
-    producer: Option<BaseProducer<Reporter>>,
+    producer: Option<ThreadedProducer<Reporter>>,
+    /// Events of the started batch refused when produced.
+    refused: Vec<Refused>,
+    /// When the started batch must have all its reports.
+    deadline: Instant,
 }
 
 impl KafkaSink {
@@ -130,6 +163,8 @@ impl KafkaSink {
             settings,
             reports: Arc::default(),
             producer: None,
+            refused: Vec::new(),
+            deadline: Instant::now(),
         };
         sink.producer = Some(sink.create()?);
         Ok(sink)
@@ -164,7 +199,7 @@ impl KafkaSink {
         config
     }
 
-    fn create(&self) -> Result<BaseProducer<Reporter>, String> {
+    fn create(&self) -> Result<ThreadedProducer<Reporter>, String> {
         Self::client_config(&self.settings)
             .create_with_context(Reporter {
                 reports: Arc::clone(&self.reports),
@@ -186,8 +221,9 @@ impl KafkaSink {
         }
     }
 
-    /// Produces the batch and waits for every delivery report; the events refused for good.
-    fn produce(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
+    /// Produces the batch into the producer's queue; the events refused at once are kept for
+    /// [`KafkaSink::reports`].
+    fn produce(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
         if self.producer.is_none() {
             self.producer = Some(self.create()?);
         }
@@ -197,9 +233,17 @@ impl KafkaSink {
         if let Some((code, why)) = producer.client().fatal_error() {
             return Err(format!("the producer has a fatal error ({code:?}): {why}"));
         }
-        *self.reports.lock().unwrap_or_else(PoisonError::into_inner) = vec![None; events.len()];
-        let mut refused = Vec::new();
+        *self
+            .reports
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Batch {
+            reports: vec![None; events.len()],
+            left: events.len(),
+        };
+        self.refused.clear();
         let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(5);
+        self.deadline = deadline;
         for (index, event) in events.iter().enumerate() {
             let id = event
                 .id
@@ -229,55 +273,70 @@ impl KafkaSink {
                         if Instant::now() >= deadline {
                             return Err("the producer's queue stayed full".into());
                         }
-                        producer.poll(Duration::from_millis(10));
+                        // The producer's thread drains the queue as reports come.
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((KafkaError::MessageProduction(code), _)) if refused_for_good(code) => {
-                        refused.push(Refused {
+                        self.refused.push(Refused {
                             index,
                             reason: format!("Kafka refused the message: {code}"),
                         });
-                        self.reports.lock().unwrap_or_else(PoisonError::into_inner)[index] =
-                            Some(Ok(()));
+                        let mut batch = self
+                            .reports
+                            .0
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        file(&mut batch, index, Ok(()));
                         break;
                     }
                     Err((e, _)) => return Err(format!("cannot produce: {e}")),
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Waits for every delivery report of the produced batch; the events refused for good.
+    fn reports(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
+        let Some(producer) = self.producer.as_ref() else {
+            return Err("no producer".into());
+        };
+        let mut refused = std::mem::take(&mut self.refused);
+        let deadline = self.deadline;
+        let (batch, done) = &*self.reports;
+        let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded by the deadline (message.timeout.ms makes librdkafka report every message
         // before it) and `stop`.
-        loop {
-            producer.poll(Duration::from_millis(20));
-            let reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
-            if reports.iter().all(Option::is_some) {
-                for (index, report) in reports.iter().enumerate() {
-                    match report {
-                        Some(Err(KafkaError::MessageProduction(code)))
-                            if refused_for_good(*code) =>
-                        {
-                            refused.push(Refused {
-                                index,
-                                reason: format!("Kafka refused the message: {code}"),
-                            });
-                        }
-                        Some(Err(e)) => return Err(format!("a delivery failed: {e}")),
-                        _ => {}
-                    }
-                }
-                break;
-            }
-            let waiting = reports.iter().filter(|r| r.is_none()).count();
-            drop(reports);
+        while batch.left > 0 {
             if stop.load(Ordering::Relaxed) {
                 return Err("the agent is stopping".into());
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(format!(
-                    "{waiting} of {} messages without a delivery report",
+                    "{} of {} messages without a delivery report",
+                    batch.left,
                     events.len()
                 ));
             }
+            batch = done
+                .wait_timeout(batch, left.min(RECHECK))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        for (index, report) in batch.reports.iter().enumerate() {
+            match report {
+                Some(Err(KafkaError::MessageProduction(code))) if refused_for_good(*code) => {
+                    refused.push(Refused {
+                        index,
+                        reason: format!("Kafka refused the message: {code}"),
+                    });
+                }
+                Some(Err(e)) => return Err(format!("a delivery failed: {e}")),
+                _ => {}
+            }
+        }
+        drop(batch);
         if let Some((code, why)) = producer.client().fatal_error() {
             return Err(format!("the producer has a fatal error ({code:?}): {why}"));
         }
@@ -287,12 +346,26 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn deliver(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
+    fn start(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<(), String> {
         let result = self.produce(events, stop);
         if result.is_err() {
-            // A fresh producer for the next try: dropping this one purges what it still holds.
-            self.producer = None;
+            self.abandon();
         }
         result
+    }
+
+    fn finish(&mut self, events: &[Taken], stop: &AtomicBool) -> Result<Vec<Refused>, String> {
+        let result = self.reports(events, stop);
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
+    fn abandon(&mut self) {
+        // A fresh producer for the next try: dropping this one purges what it still holds,
+        // and no late report of the forgotten batch reaches the next one's.
+        self.producer = None;
+        self.refused.clear();
     }
 }
