@@ -464,11 +464,12 @@ fn segment_files(
     config: &FileChannelConfig,
     slots: impl Iterator<Item = usize>,
 ) -> Vec<(PathBuf, String)> {
+    let layout = config.layout();
     slots
         .filter_map(|slot| {
-            let name = segment_name(slot);
-            let p = config.data_dirs[slot % config.data_dirs.len()].join(&name);
-            p.exists().then(|| (p, format!("segments/{name}")))
+            let p = layout.segment_path(slot);
+            p.exists()
+                .then(|| (p, format!("segments/{}", segment_name(slot))))
         })
         .collect()
 }
@@ -534,9 +535,8 @@ fn destination(config: &FileChannelConfig, name: &str) -> Option<PathBuf> {
         "checkpoint.slot" => Some(layout.checkpoint_dir.join(name)),
         "backup.slot" => Some(layout.backup_dir.join(name)),
         _ => {
-            let file = name.strip_prefix("segments/")?;
-            let slot = segment_slot(file)?;
-            Some(config.data_dirs[slot % config.data_dirs.len()].join(file))
+            let slot = segment_slot(name.strip_prefix("segments/")?)?;
+            Some(layout.segment_path(slot))
         }
     }
 }

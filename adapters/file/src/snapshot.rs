@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use sluicegate_core::{ErrorType, Region, Storage};
 
 use crate::dirs::{lock_existing, DirLock, DirRole};
-use crate::storage::{segment_name, FileError, FileStorage, Layout};
+use crate::storage::{FileError, FileStorage, Layout};
 
 const PAGE: u64 = 4096;
 
@@ -110,10 +110,7 @@ impl SnapshotStorage {
         }
         crate::storage::scan_data_dirs(layout, false)?;
         let segments = (0..layout.segments as usize)
-            .map(|slot| {
-                let dir = &layout.data_dirs[slot % layout.data_dirs.len()];
-                open_part(dir.join(segment_name(slot)), layout.segment_bytes as u64)
-            })
+            .map(|slot| open_part(layout.segment_path(slot), layout.segment_bytes as u64))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SnapshotStorage {
             segments,

@@ -36,8 +36,14 @@ pub struct Layout {
 impl Layout {
     /// The file of log segment `slot`: segments go round-robin over the data directories.
     pub fn segment_path(&self, slot: usize) -> PathBuf {
-        self.data_dirs[slot % self.data_dirs.len()].join(segment_name(slot))
+        segment_path(&self.data_dirs, slot)
     }
+}
+
+/// The file of log segment `slot` among `data_dirs`: round-robin, the one rule every reader and
+/// writer of log files follows.
+fn segment_path(data_dirs: &[PathBuf], slot: usize) -> PathBuf {
+    data_dirs[slot % data_dirs.len()].join(segment_name(slot))
 }
 
 /// What a [`FileError`] (or a [`FileChannelError`](crate::FileChannelError)) is, so callers
@@ -722,7 +728,7 @@ impl FileStorage {
 
     /// The path of segment `slot`.
     fn segment_path(&self, slot: usize) -> PathBuf {
-        self.data_dirs[slot % self.data_dirs.len()].join(segment_name(slot))
+        segment_path(&self.data_dirs, slot)
     }
 
     /// The mapped file of segment `slot`, created now if the log has not reached it before.
