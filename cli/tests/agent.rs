@@ -731,6 +731,11 @@ fn mosquitto_program() -> Option<PathBuf> {
 
 impl Mosquitto {
     fn start(program: &Path, dir: &Path) -> Mosquitto {
+        Self::start_with(program, dir, "")
+    }
+
+    /// A broker whose configuration ends with `extra` lines.
+    fn start_with(program: &Path, dir: &Path, extra: &str) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_port(),
             dir: dir.to_path_buf(),
@@ -743,7 +748,7 @@ impl Mosquitto {
                 // Mosquitto keeps at most 1,000 messages for a subscriber that is away by
                 // default and drops the rest silently, after acknowledging them to the sink;
                 // and started as root it saves its state as user `mosquitto` unless told.
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\n{extra}",
                 m.port,
                 dir.display()
             ),
@@ -990,6 +995,86 @@ fn judge_with_ids(got: &[(String, String)], ledger: &Ledger, kills: u32, batch: 
     }
     let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
     judge(&payloads, ledger, kills, batch);
+}
+
+/// A broker that refuses the sink's publishes (mosquitto's ACL allows only `ok/#`, and answers
+/// a PUBACK `NotAuthorized`, reason 0x87): without `dead_letter_dir` the batch fails again and
+/// again, loudly, and the events stay in the channel; with it, every event lands in the
+/// dead-letter file with the broker's reason and its id, is counted, and the channel drains.
+#[test]
+fn mqtt_sink_dead_letters_what_the_broker_refuses() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let (port, mport) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("broker");
+    std::fs::create_dir_all(&dir).expect("broker dir");
+    std::fs::write(dir.join("acl"), "topic readwrite ok/#\n").expect("acl");
+    let broker = Mosquitto::start_with(
+        &program,
+        &dir,
+        // mosquitto 2.0.11 with `max_queued_messages 0` (no limit) drops the connection right
+        // after a PUBACK that refuses (docs/operations.md): this broker keeps a limit.
+        &format!(
+            "acl_file {}\nmax_queued_messages 1000\n",
+            dir.join("acl").display()
+        ),
+    );
+    let bport = broker.port;
+    let config = move |dead_letter: &'static str| {
+        move |r: &Path| {
+            format!(
+                "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n[sinks.mqtt]\ntype = \"mqtt\"\nchannel = \"c\"\nbroker = \"127.0.0.1:{bport}\"\ntopic = \"denied/telemetry\"\nbatch = 10\nbackoff_ms = 50\nmax_backoff_ms = 200\ntimeout_ms = 5000\n{dead_letter}",
+                channel_toml(r),
+            )
+        }
+    };
+    let s = Setup::new(config(""));
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    let body = "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
+    let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+    assert_eq!(status, 200, "{reply}");
+    eventually("the refusal to be logged", || {
+        s.log().contains("set dead_letter_dir")
+    });
+    assert!(s.log().contains("NotAuthorized"), "{}", s.log());
+    let depth = s.stats().expect("stats")["depth"].as_u64();
+    assert_eq!(depth, Some(3), "without a dead-letter file nothing leaves");
+    assert!(sigterm(&mut agent).success(), "{}", s.log());
+
+    std::fs::write(
+        &s.config,
+        config("dead_letter_dir = \"dead-letter\"\n")(&s.root),
+    )
+    .expect("config");
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    let lines: Vec<Value> = std::fs::read_to_string(s.root.join("dead-letter/mqtt.jsonl"))
+        .expect("dead-letter file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let bodies: Vec<&str> = lines.iter().filter_map(|l| l["body"].as_str()).collect();
+    assert_eq!(bodies, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"], "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["sink"], "mqtt");
+        let reason = line["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("NotAuthorized"), "{reason}");
+        assert!(line["id"].as_str().is_some_and(|i| i.contains(':')));
+    }
+    let metrics = http(mport, "GET", "/metrics", b"").expect("metrics").1;
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("sluicegate_component_dead_lettered_total") && l.contains("mqtt"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(counted.ends_with(" 3"), "{counted}");
+    assert!(sigterm(&mut agent).success(), "{}", s.log());
 }
 
 /// SIGKILL the agent again and again (120 times; `SLUICEGATE_AGENT_KILLS`) while clients post
