@@ -997,6 +997,58 @@ fn judge_with_ids(got: &[(String, String)], ledger: &Ledger, kills: u32, batch: 
     judge(&payloads, ledger, kills, batch);
 }
 
+/// The two runs of a dead-letter test, whose HTTP source posts `body` (three events, some or all
+/// of which the destination refuses for good) to sink `sink`: first with no `dead_letter_dir`,
+/// where the batch fails again and again, the log says to set it (and names `refusal`) and all
+/// three events stay in the channel; then, after a SIGTERM, with `dead_letter_dir =
+/// "dead-letter"`, until the channel drains. Returns the setup, the running agent, the lines of
+/// the sink's dead-letter file and its `dead_lettered_total` line from `/metrics`.
+fn refused_then_dead_lettered<F: Fn(&Path) -> String + 'static>(
+    config: impl Fn(&'static str) -> F,
+    port: u16,
+    mport: u16,
+    body: &str,
+    sink: &str,
+    refusal: &str,
+) -> (Setup, Agent, Vec<Value>, String) {
+    let s = Setup::new(config(""));
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
+    assert_eq!(status, 200, "{reply}");
+    eventually("the refusal to be logged", || {
+        s.log().contains("set dead_letter_dir")
+    });
+    assert!(s.log().contains(refusal), "{}", s.log());
+    let depth = s.stats().expect("stats")["depth"].as_u64();
+    assert_eq!(depth, Some(3), "without a dead-letter file nothing leaves");
+    assert!(sigterm(&mut agent).success(), "{}", s.log());
+
+    std::fs::write(
+        &s.config,
+        config("dead_letter_dir = \"dead-letter\"\n")(&s.root),
+    )
+    .expect("config");
+    let mut agent = s.spawn_logged();
+    wait_ready(&s, &mut agent, port);
+    eventually("the channel to drain", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
+    let lines: Vec<Value> =
+        std::fs::read_to_string(s.root.join(format!("dead-letter/{sink}.jsonl")))
+            .expect("dead-letter file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+    let metrics = http(mport, "GET", "/metrics", b"").expect("metrics").1;
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("sluicegate_component_dead_lettered_total") && l.contains(sink))
+        .unwrap_or_default()
+        .to_string();
+    (s, agent, lines, counted)
+}
+
 /// A broker that refuses the sink's publishes (mosquitto's ACL allows only `ok/#`, and answers
 /// a PUBACK `NotAuthorized`, reason 0x87): without `dead_letter_dir` the batch fails again and
 /// again, loudly, and the events stay in the channel; with it, every event lands in the
@@ -1030,35 +1082,9 @@ fn mqtt_sink_dead_letters_what_the_broker_refuses() {
             )
         }
     };
-    let s = Setup::new(config(""));
-    let mut agent = s.spawn_logged();
-    wait_ready(&s, &mut agent, port);
     let body = "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
-    let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
-    assert_eq!(status, 200, "{reply}");
-    eventually("the refusal to be logged", || {
-        s.log().contains("set dead_letter_dir")
-    });
-    assert!(s.log().contains("NotAuthorized"), "{}", s.log());
-    let depth = s.stats().expect("stats")["depth"].as_u64();
-    assert_eq!(depth, Some(3), "without a dead-letter file nothing leaves");
-    assert!(sigterm(&mut agent).success(), "{}", s.log());
-
-    std::fs::write(
-        &s.config,
-        config("dead_letter_dir = \"dead-letter\"\n")(&s.root),
-    )
-    .expect("config");
-    let mut agent = s.spawn_logged();
-    wait_ready(&s, &mut agent, port);
-    eventually("the channel to drain", || {
-        s.stats().is_some_and(|v| v["depth"] == 0)
-    });
-    let lines: Vec<Value> = std::fs::read_to_string(s.root.join("dead-letter/mqtt.jsonl"))
-        .expect("dead-letter file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let (s, mut agent, lines, counted) =
+        refused_then_dead_lettered(config, port, mport, body, "mqtt", "NotAuthorized");
     let bodies: Vec<&str> = lines.iter().filter_map(|l| l["body"].as_str()).collect();
     assert_eq!(bodies, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"], "{lines:?}");
     for line in &lines {
@@ -1067,12 +1093,6 @@ fn mqtt_sink_dead_letters_what_the_broker_refuses() {
         assert!(reason.contains("NotAuthorized"), "{reason}");
         assert!(line["id"].as_str().is_some_and(|i| i.contains(':')));
     }
-    let metrics = http(mport, "GET", "/metrics", b"").expect("metrics").1;
-    let counted = metrics
-        .lines()
-        .find(|l| l.starts_with("sluicegate_component_dead_lettered_total") && l.contains("mqtt"))
-        .unwrap_or_default()
-        .to_string();
     assert!(counted.ends_with(" 3"), "{counted}");
     assert!(sigterm(&mut agent).success(), "{}", s.log());
 }
@@ -1540,36 +1560,10 @@ fn kafka_sink_dead_letters_a_refused_event_and_delivers_the_rest() {
             )
         }
     };
-    let s = Setup::new(config(""));
-    let mut agent = s.spawn_logged();
-    wait_ready(&s, &mut agent, port);
     let big = format!("{{\"big\":\"{}\"}}", "x".repeat(5000));
     let body = format!("{{\"n\":1}}\n{big}\n{{\"n\":2}}\n");
-    let (status, reply) = http(port, "POST", "/", body.as_bytes()).expect("post");
-    assert_eq!(status, 200, "{reply}");
-    eventually("the refusal to be logged", || {
-        s.log().contains("set dead_letter_dir")
-    });
-    let depth = s.stats().expect("stats")["depth"].as_u64();
-    assert_eq!(depth, Some(3), "without a dead-letter file nothing leaves");
-    assert!(sigterm(&mut agent).success(), "{}", s.log());
-
-    std::fs::write(
-        &s.config,
-        config("dead_letter_dir = \"dead-letter\"\n")(&s.root),
-    )
-    .expect("config");
-    let mut agent = s.spawn_logged();
-    wait_ready(&s, &mut agent, port);
-    eventually("the channel to drain", || {
-        s.stats().is_some_and(|v| v["depth"] == 0)
-    });
-    let file = s.root.join("dead-letter/kafka.jsonl");
-    let lines: Vec<Value> = std::fs::read_to_string(&file)
-        .expect("dead-letter file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let (s, mut agent, lines, counted) =
+        refused_then_dead_lettered(config, port, mport, &body, "kafka", "");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["body"], big.as_str());
     assert_eq!(lines[0]["sink"], "kafka");
@@ -1584,12 +1578,6 @@ fn kafka_sink_dead_letters_a_refused_event_and_delivers_the_rest() {
         kafka_received(&out).iter().all(|m| m.2 != big),
         "the refused event reached the broker"
     );
-    let metrics = http(mport, "GET", "/metrics", b"").expect("metrics").1;
-    let counted = metrics
-        .lines()
-        .find(|l| l.starts_with("sluicegate_component_dead_lettered_total") && l.contains("kafka"))
-        .unwrap_or_default()
-        .to_string();
     assert!(counted.ends_with(" 1"), "{counted}");
     assert!(sigterm(&mut agent).success(), "{}", s.log());
 }
