@@ -178,8 +178,20 @@ impl Slot {
 enum WriteClass {
     /// Adds data (a put): must leave a segment for commit records and one for a restart.
     Produce,
-    /// A commit record: may use the commit reserve, never the restart spare.
-    Commit,
+    /// A commit record: may use the commit reserve, never the restart spare. `adds` is true
+    /// for a put's commit, which like a put has the storage prepare the segment after a new
+    /// one ([`Storage::prepare`]).
+    Commit { adds: bool },
+}
+
+impl WriteClass {
+    /// True for the writes that add data, whose rolls the storage is told of in advance.
+    fn adds_data(self) -> bool {
+        matches!(
+            self,
+            WriteClass::Produce | WriteClass::Commit { adds: true }
+        )
+    }
 }
 
 /// What a record's payload is made of.
@@ -748,7 +760,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             (kind, taken)
         };
         let wid = self.next_wid;
-        self.append(kind, slot.id, body, len as u32, WriteClass::Commit)?;
+        let class = WriteClass::Commit {
+            adds: slot.kind == KIND_PUT,
+        };
+        self.append(kind, slot.id, body, len as u32, class)?;
         let (_, _, txns) = split(self.memory.as_mut(), &self.config);
         slot.state = STATE_WRITTEN;
         slot.commit_wid = wid;
@@ -784,37 +799,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.settle_sync(mark, outcome)
     }
 
-    /// The first half of a sync done outside the channel, for adapters that let concurrent
-    /// commits share one sync without holding their lock on the channel during it (group
-    /// commit). Returns the mark of every log write issued so far.
-    ///
-    /// The adapter must then make every log write issued before this call durable, exactly as
-    /// `Storage::sync(Region::Log)` would, and report the outcome to [`Channel::finish_sync`].
-    /// Only the core decides what a sync covers: the mark; the adapter only performs it.
+    /// The mark of every log write made so far: a commit written before now is durable once a
+    /// sync that covers this mark has finished ([`Channel::sync`], or a [`crate::PendingSync`]
+    /// of group commit begun after now).
     pub fn sync_mark(&self) -> SyncMark {
         SyncMark(self.next_wid)
     }
 
-    /// The second half of a sync done outside the channel: applies, in log order, every commit
-    /// written before `mark`, and advances checkpoint work by a step as a commit does. A failed
-    /// sync poisons the channel, as a failed [`Channel::sync`] does.
-    pub fn finish_sync(
-        &mut self,
-        mark: SyncMark,
-        outcome: Result<(), S::Error>,
-    ) -> Result<(), Error<S::Error>> {
-        self.check_writable()?;
-        if mark.0 > self.next_wid {
-            return Err(Error::LogicBug("a sync mark from the future"));
-        }
-        self.settle_sync(mark, outcome)?;
-        // The commits are durable: a checkpoint failure must not make them look failed.
-        let _ = self.checkpoint_work(None);
-        Ok(())
-    }
-
     /// Records a finished sync of everything before `mark` and applies the commits it covers.
-    fn settle_sync(
+    pub(crate) fn settle_sync(
         &mut self,
         mark: SyncMark,
         outcome: Result<(), S::Error>,
@@ -911,7 +904,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(slot)
     }
 
-    fn check_writable(&self) -> Result<(), Error<S::Error>> {
+    pub(crate) fn check_writable(&self) -> Result<(), Error<S::Error>> {
         if self.storage.latched() {
             Err(Error::Poisoned)
         } else {
@@ -1223,9 +1216,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let needed = match (class, roll, self.restart_pending) {
             (WriteClass::Produce, false, _) => 2,
             (WriteClass::Produce, true, _) => 3,
-            (WriteClass::Commit, false, _) => 0,
-            (WriteClass::Commit, true, false) => 2,
-            (WriteClass::Commit, true, true) => 1,
+            (WriteClass::Commit { .. }, false, _) => 0,
+            (WriteClass::Commit { .. }, true, false) => 2,
+            (WriteClass::Commit { .. }, true, true) => 1,
         };
         if needed > 0 && self.free_ahead() < needed {
             self.refresh_pins();
@@ -1241,6 +1234,19 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
         }
         if roll {
+            if class.adds_data() {
+                // Written not to panic (`segments` is never 0), so that with an adapter whose
+                // `prepare` does nothing (flash) the whole step compiles away.
+                let slot = (self.roll_to + 1)
+                    .checked_rem(self.geo.segments)
+                    .unwrap_or(0);
+                let next = slot.wrapping_mul(self.geo.segment_bytes);
+                let end = next.wrapping_add(self.geo.segment_bytes);
+                // Lack of space fails this write and latches nothing (`crate::latch`).
+                self.storage
+                    .prepare(Region::Log, next, end)
+                    .map_err(Error::Storage)?;
+            }
             let flags = if self.restart_pending {
                 SEGMENT_FLAG_OPENED
             } else {

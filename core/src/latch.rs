@@ -6,8 +6,9 @@
 //! erase and sync of the channel goes through this wrapper, so no write path can forget to
 //! latch a failure; every write path starts with `Channel::check_writable`, which asks it.
 //!
-//! What does not latch: a failed erase for lack of space (it touched only a free segment,
-//! which the next try erases again, so a channel on a full disk is usable once space is freed);
+//! What does not latch: a failed erase or preparation for lack of space (it touched only a free
+//! segment, which the next try does again, so a channel on a full disk is usable once space is
+//! freed);
 //! failures in the checkpoint regions (a failed checkpoint is abandoned and counted, and the log
 //! is not affected); reads.
 //!
@@ -59,6 +60,19 @@ impl<S> Latched<S> {
         }
         result
     }
+
+    /// As [`Latched::note`], except that lack of space does not latch: an erase or a
+    /// preparation touches only a free segment, which the next try does again.
+    fn note_unless_full<E: StorageError>(
+        &mut self,
+        region: Region,
+        result: Result<(), E>,
+    ) -> Result<(), E> {
+        match &result {
+            Err(e) if e.kind() == StorageErrorKind::NoSpace => result,
+            _ => self.note(region, result),
+        }
+    }
 }
 
 impl<S: Storage> ErrorType for Latched<S> {
@@ -93,10 +107,16 @@ impl<S: Storage> Storage for Latched<S> {
             "a log erase after a latched failure: a write path skipped check_writable"
         );
         let result = self.inner.erase(region, from, to);
-        match &result {
-            Err(e) if e.kind() == StorageErrorKind::NoSpace => result,
-            _ => self.note(region, result),
-        }
+        self.note_unless_full(region, result)
+    }
+
+    fn prepare(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        let result = self.inner.prepare(region, from, to);
+        self.note_unless_full(region, result)
+    }
+
+    fn whole_records(&self) -> bool {
+        self.inner.whole_records()
     }
 
     fn sync(&mut self, region: Region) -> Result<(), Self::Error> {

@@ -38,6 +38,7 @@ mod channel;
 pub mod checkpoint;
 mod config;
 mod error;
+mod group;
 mod latch;
 mod log;
 mod mark;
@@ -54,7 +55,8 @@ pub use config::{
     Config, MAX_MARK_BYTES, MAX_MARK_STREAMS, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS,
 };
 pub use error::{ConfigError, Error};
+pub use group::PendingSync;
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};
 pub use seal::{Algorithm, Key, KeyId, KeyProvider, NoKeys, StaticKeys, KEY_BYTES, SALT_BYTES};
-pub use storage::{ErrorType, Region, Storage, StorageError, StorageErrorKind};
+pub use storage::{ErrorType, Region, SplitSync, Storage, StorageError, StorageErrorKind};

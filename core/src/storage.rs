@@ -104,6 +104,47 @@ pub trait Storage: ErrorType {
     /// If it returns an error the state of the unsynced data is unknown, and the core stops
     /// writing until it is reopened (the fsync lesson from PostgreSQL).
     fn sync(&mut self, region: Region) -> Result<(), Self::Error>;
+
+    /// Called before a write that adds data (a put, or a put's commit) rolls the log into a
+    /// new segment, with the range of the segment after that one. An adapter that makes
+    /// segments on demand makes that one ready now, and fails with
+    /// [`StorageErrorKind::NoSpace`] if it cannot: so the put fails for room while a take's
+    /// commit, which is never announced, still finds a segment to go on in and can drain the
+    /// channel. It writes nothing the core reads. The default does nothing.
+    fn prepare(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        let _ = (region, from, to);
+        Ok(())
+    }
+
+    /// True if the adapter gathers log writes that continue one another into larger ones (the
+    /// file adapter). A server build of the core then hands each sealed record that fits its
+    /// staging buffer to the storage as one write, header first, as it does a plaintext one,
+    /// instead of its body and then its header in front of it. The default, false, keeps the
+    /// body-first order, which needs no second staging buffer (firmware stacks are small).
+    fn whole_records(&self) -> bool {
+        false
+    }
+}
+
+/// An optional capability of a [`Storage`]: a sync of the log in three steps, so that the
+/// durable wait runs without the caller's lock and commits from several threads share one sync
+/// (group commit). The core drives it, and keeps the one book of what is durable
+/// (`Channel::begin_sync`, `Channel::finish_sync`); the adapter only performs it.
+pub trait SplitSync: Storage {
+    /// What a sync begun now must make durable.
+    type Ticket;
+
+    /// Under the caller's lock: a ticket that covers every log write and erase made so far.
+    fn begin_log_sync(&mut self) -> Self::Ticket;
+
+    /// Without the lock: makes durable what the ticket covers, exactly as
+    /// `sync(Region::Log)` would have at [`SplitSync::begin_log_sync`]. Safe while other
+    /// writes are made. An error means the state of the unsynced data is unknown.
+    fn run_log_sync(ticket: &Self::Ticket) -> Result<(), Self::Error>;
+
+    /// Under the lock again, after [`SplitSync::run_log_sync`] returned `Ok`: records that
+    /// what the ticket covers is durable, so a later sync need not repeat it.
+    fn settle_log_sync(&mut self, ticket: &Self::Ticket);
 }
 
 /// A `&mut S` is a storage too, so a caller can lend its storage to a channel and take it back.
@@ -130,5 +171,24 @@ impl<S: Storage> Storage for &mut S {
     }
     fn sync(&mut self, region: Region) -> Result<(), Self::Error> {
         S::sync(self, region)
+    }
+    fn prepare(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        S::prepare(self, region, from, to)
+    }
+    fn whole_records(&self) -> bool {
+        S::whole_records(self)
+    }
+}
+
+impl<S: SplitSync> SplitSync for &mut S {
+    type Ticket = S::Ticket;
+    fn begin_log_sync(&mut self) -> Self::Ticket {
+        S::begin_log_sync(self)
+    }
+    fn run_log_sync(ticket: &Self::Ticket) -> Result<(), Self::Error> {
+        S::run_log_sync(ticket)
+    }
+    fn settle_log_sync(&mut self, ticket: &Self::Ticket) {
+        S::settle_log_sync(self, ticket)
     }
 }

@@ -65,6 +65,10 @@ pub struct Scenario {
     pub sealed: bool,
     /// The AEAD of a sealed run's log segments (checkpoints are always XChaCha20-Poly1305).
     pub algorithm: Algorithm,
+    /// On [`SimStorage`]: the medium asks for whole records (`Storage::whole_records`), as
+    /// the file adapter does, so a sealed record is written header first in one write instead
+    /// of its body and then its header.
+    pub whole_records: bool,
 }
 
 /// The keys of sealed runs.
@@ -97,7 +101,8 @@ impl Scenario {
     /// Three seeds in four also take checkpoints, automatically every 1 to 3 commits, in steps
     /// of 8 entries, and have their checkpoint regions damaged before some recoveries. Half the
     /// seeds (in runs of six) seal the log and checkpoints; of those, every other run of six
-    /// seals the log with AES-256-GCM instead of XChaCha20-Poly1305.
+    /// seals the log with AES-256-GCM instead of XChaCha20-Poly1305. In runs of 24, the
+    /// simulated medium asks for whole records or not.
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
@@ -109,6 +114,7 @@ impl Scenario {
         if seed / 12 % 2 == 1 {
             s.algorithm = Algorithm::Aes256Gcm;
         }
+        s.whole_records = seed / 24 % 2 == 1;
         s
     }
 
@@ -138,6 +144,7 @@ impl Scenario {
             unstable_reads: false,
             sealed: false,
             algorithm: Algorithm::XChaCha20Poly1305,
+            whole_records: false,
         }
     }
 }
@@ -255,6 +262,16 @@ pub trait Medium: Storage + Clone {
     fn mutations(&self) -> u64;
     /// True if the error means the power is off.
     fn is_power_loss(e: &Self::Error) -> bool;
+    /// Commits `txn` through group commit (`write_commit`, then a sync begun, run and
+    /// finished through [`sluicegate_core::SplitSync`]), on media that offer it; `None` on
+    /// the others.
+    fn group_commit(
+        channel: &mut SimChannel<'_, Self>,
+        txn: Txn,
+    ) -> Option<Result<(), Error<Self::Error>>> {
+        let _ = (channel, txn);
+        None
+    }
 }
 
 impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
@@ -262,7 +279,9 @@ impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
     const REPLAY_FLAG: &'static str = "";
     fn blank(scenario: &Scenario) -> Self {
         let slots = scenario.slot_bytes;
-        SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased)
+        let mut m = SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased);
+        m.set_whole_records(scenario.whole_records);
+        m
     }
     fn cut_power_after(&mut self, n: u64) {
         SimStorage::cut_power_after(self, n)
@@ -287,6 +306,20 @@ impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
     }
     fn is_power_loss(e: &SimError) -> bool {
         e.kind == StorageErrorKind::PowerLoss
+    }
+    fn group_commit(
+        channel: &mut SimChannel<'_, Self>,
+        txn: Txn,
+    ) -> Option<Result<(), Error<SimError>>> {
+        let mut commit = || {
+            if channel.write_commit(txn)? {
+                let mut sync = channel.begin_sync()?;
+                sync.run();
+                channel.finish_sync(sync)?;
+            }
+            Ok(())
+        };
+        Some(commit())
     }
 }
 
@@ -715,7 +748,13 @@ fn epoch_workload<M: Medium>(
             finish(model, &mut taken, &mut pending_puts, &t, false);
             continue;
         }
-        match channel.commit(t.handle) {
+        // Every other commit goes through group commit, where the medium offers it.
+        let grouped = if outcome.commits % 2 == 1 {
+            M::group_commit(channel, t.handle)
+        } else {
+            None
+        };
+        match grouped.unwrap_or_else(|| channel.commit(t.handle)) {
             Ok(()) => {
                 outcome.commits += 1;
                 finish(model, &mut taken, &mut pending_puts, &t, true);

@@ -41,7 +41,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sluicegate_core::{ErrorType, Region, Storage, StorageError, StorageErrorKind};
+use sluicegate_core::{ErrorType, Region, SplitSync, Storage, StorageError, StorageErrorKind};
 
 /// An error from the simulated medium.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +166,8 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     powered: bool,
     fail: Option<(OpKind, u64, StorageErrorKind)>,
     violations: Vec<String>,
+    /// What [`Storage::whole_records`] answers (see [`SimStorage::set_whole_records`]).
+    whole_records: bool,
 }
 
 fn region_index(r: Region) -> usize {
@@ -223,12 +225,20 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
             powered: true,
             fail: None,
             violations: Vec::new(),
+            whole_records: false,
         }
     }
 
     /// Operation counts since creation or the last [`SimStorage::reset_counters`].
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Makes the medium ask for whole records, as the file adapter does
+    /// ([`Storage::whole_records`]), so the core's other order of writing a sealed record runs
+    /// under its power cuts too.
+    pub fn set_whole_records(&mut self, on: bool) {
+        self.whole_records = on;
     }
 
     /// Zeroes the counters.
@@ -550,6 +560,10 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
         Ok(())
     }
 
+    fn whole_records(&self) -> bool {
+        self.whole_records
+    }
+
     fn sync(&mut self, region: Region) -> Result<(), SimError> {
         self.fault(OpKind::Sync)?;
         self.counters.syncs += 1;
@@ -565,4 +579,21 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
         r.pending.clear();
         Ok(())
     }
+}
+
+/// Group commit on the simulated medium, which has no second thread: the sync is made when it
+/// begins, and the ticket carries its outcome to the run (a fault scheduled for the next sync
+/// fails it there). A commit still waits for the finish to be applied.
+impl<const WRITE: usize, const ERASE: usize> SplitSync for SimStorage<WRITE, ERASE> {
+    type Ticket = Result<(), SimError>;
+
+    fn begin_log_sync(&mut self) -> Self::Ticket {
+        self.sync(Region::Log)
+    }
+
+    fn run_log_sync(ticket: &Self::Ticket) -> Result<(), SimError> {
+        ticket.clone()
+    }
+
+    fn settle_log_sync(&mut self, _: &Self::Ticket) {}
 }

@@ -338,11 +338,9 @@ fn no_space_for_a_new_segment_is_not_sticky() {
 
 /// A sync done outside the channel (group commit) applies exactly the commits written before
 /// its mark, in log order; a commit written after the mark waits for the next sync; a failed
-/// outside sync poisons like a failed sync.
+/// outside sync poisons like a failed sync, and one never run applies nothing.
 #[test]
 fn outside_sync_applies_only_what_its_mark_covers() {
-    use sluicegate_core::Region as R;
-    use sluicegate_core::Storage as _;
     let (mut sim, mut mem) = (sim(), memory());
     let mut ch = open(&mut sim, &mut mem);
     let (a, b, c) = (
@@ -355,11 +353,12 @@ fn outside_sync_applies_only_what_its_mark_covers() {
     ch.put(c, b"c").unwrap();
     assert!(ch.write_commit(b).unwrap());
     assert!(ch.write_commit(a).unwrap());
-    let mark = ch.sync_mark();
-    assert!(ch.write_commit(c).unwrap());
     let syncs = ch.storage().counters().syncs;
-    let outcome = ch.storage_mut().sync(R::Log);
-    ch.finish_sync(mark, outcome).unwrap();
+    let mut pending = ch.begin_sync().unwrap();
+    assert_eq!(pending.mark(), ch.sync_mark());
+    assert!(ch.write_commit(c).unwrap());
+    pending.run();
+    ch.finish_sync(pending).unwrap();
     assert!(ch.is_finished(a) && ch.is_finished(b));
     assert!(!ch.is_finished(c), "c was written after the mark");
     assert_eq!(ch.len(), 2);
@@ -370,15 +369,13 @@ fn outside_sync_applies_only_what_its_mark_covers() {
     let d = ch.begin().unwrap();
     ch.put(d, b"d").unwrap();
     assert!(ch.write_commit(d).unwrap());
-    let mark = ch.sync_mark();
-    let failed = Err(sluicegate_sim::SimError {
-        kind: sluicegate_core::StorageErrorKind::Io,
-        what: "outside sync failed",
-    });
-    assert!(matches!(
-        ch.finish_sync(mark, failed),
-        Err(Error::Storage(_))
-    ));
+    let unrun = ch.begin_sync().unwrap();
+    assert!(matches!(ch.finish_sync(unrun), Err(Error::LogicBug(_))));
+    assert!(!ch.is_finished(d), "a sync that never ran applies nothing");
+    ch.storage_mut().fail_nth(OpKind::Sync, 1);
+    let mut failed = ch.begin_sync().unwrap();
+    failed.run();
+    assert!(matches!(ch.finish_sync(failed), Err(Error::Storage(_))));
     assert!(!ch.is_finished(d));
     let e = ch.begin().unwrap();
     assert_eq!(ch.put(e, b"e"), Err(Error::Poisoned));

@@ -411,7 +411,7 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 10] = [
+const MUTANTS: [Mutant; 11] = [
     Mutant {
         name: "commit returns without syncing",
         file: "core/src/channel.rs",
@@ -472,7 +472,22 @@ const MUTANTS: [Mutant; 10] = [
         from: "                ip.cursor = cursor;\n                ip.remaining = remaining;",
         to: "                let _ = (cursor, remaining);",
     },
+    Mutant {
+        name: "a group sync that failed is reported durable, and its commits applied",
+        file: "core/src/group.rs",
+        from: "            Some(Err(e)) => Err(e),",
+        to: "            Some(Err(_)) => Ok(()),",
+    },
 ];
+
+/// Bugs in the file adapter a full disk shows, caught by its tmpfs tests (which need root).
+const DISK_FULL_MUTANTS: [Mutant; 1] = [Mutant {
+    name:
+        "a put's roll does not make the log's next file, so take commits cannot drain a full disk",
+    file: "adapters/file/src/storage.rs",
+    from: "if slot < self.segments.len() {",
+    to: "if slot < self.segments.len() && region != Region::Log {",
+}];
 
 /// Bugs in the agent, each caught by one of its kill tests (`cli/tests/agent.rs`).
 const AGENT_MUTANTS: [(Mutant, &str); 2] = [
@@ -581,6 +596,22 @@ fn mutants() -> Result {
     ];
     let kill_envs = [envs[0], ("SLUICEGATE_KILLS", "200")];
     caught += catch_all(&ws, &KILL_MUTANTS, "the kill test", &kill_args, &kill_envs)?;
+    // The full-disk tests mount tmpfs filesystems: as root only (CI runs as root).
+    let disk_full_args = ["test", "-q", "-p", "sluicegate-file", "--test", "disk_full"];
+    let disk_full_envs = [envs[0], ("SLUICEGATE_REQUIRE_TMPFS", "1")];
+    if output("id", &["-u"]).is_some_and(|o| o.trim() == "0") {
+        caught += catch_all(
+            &ws,
+            &DISK_FULL_MUTANTS,
+            "the full-disk tests",
+            &disk_full_args,
+            &disk_full_envs,
+        )?;
+    } else {
+        println!(
+            "not root: the full-disk tests cannot mount tmpfs, so their planted bug is not run"
+        );
+    }
     caught += catch_all_firmware(&ws, &FIRMWARE_MUTANTS)?;
     // Bugs in the agent, each caught by the kill test of the path it breaks.
     for (m, test) in &AGENT_MUTANTS {
@@ -607,6 +638,7 @@ fn mutants() -> Result {
     let total = MUTANTS.len()
         + UNSTABLE_MUTANTS.len()
         + KILL_MUTANTS.len()
+        + DISK_FULL_MUTANTS.len()
         + FIRMWARE_MUTANTS.len()
         + MARK_MUTANTS.len()
         + AGENT_MUTANTS.len();

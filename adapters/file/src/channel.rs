@@ -418,7 +418,6 @@ impl FileChannel {
             txn,
             finished: false,
             size_hint: 512,
-            put_any: false,
         })
     }
 
@@ -524,26 +523,23 @@ impl FileChannel {
         }
     }
 
-    /// One group sync: mark and ticket under the lock, `fdatasync` without it, settle under it.
+    /// One group sync: begun under the lock, run (`fdatasync`) without it, finished under it.
     /// Returns the mark now durable, or `None` if `txn` needed no sync: another path (a
     /// checkpoint's or a new segment's sync) already applied it.
     fn lead_sync(&self, txn: Txn) -> Result<Option<SyncMark>, FileChannelError> {
         let shared = &*self.shared;
-        let (mark, ticket) = {
+        let mut pending = {
             let mut st = lock(&shared.state);
             let core = st.core();
             if core.is_finished(txn) {
                 return Ok(None);
             }
-            (core.sync_mark(), core.storage_mut().log_sync_ticket())
+            core.begin_sync()?
         };
-        let outcome = ticket.sync();
+        pending.run();
+        let mark = pending.mark();
         let mut st = lock(&shared.state);
-        let core = st.core();
-        if outcome.is_ok() {
-            core.storage_mut().settle(&ticket);
-        }
-        let result = core.finish_sync(mark, outcome);
+        let result = st.core().finish_sync(pending);
         drop(st);
         shared.room.notify_all();
         result?;
@@ -639,8 +635,6 @@ pub struct Transaction<'a> {
     /// The buffer `take_vec` starts with: the last event's length (at least 512), so a run of
     /// events of one size is read once each, not first into a buffer too small.
     size_hint: usize,
-    /// Whether it put anything (its commit then keeps the spare log file for takes).
-    put_any: bool,
 }
 
 impl fmt::Debug for Transaction<'_> {
@@ -661,14 +655,9 @@ impl<'a> Transaction<'a> {
         let deadline = Instant::now() + Duration::from_millis(shared.config.keep_alive_ms);
         let mut st = lock(&shared.state);
         self.channel.check_space(&mut st)?;
-        self.put_any = true;
         // Bounded by the deadline.
         loop {
-            let core = st.core();
-            core.storage_mut().keep_spare(true);
-            let put = core.put(self.txn, event);
-            core.storage_mut().keep_spare(false);
-            match put {
+            match st.core().put(self.txn, event) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_full() => {
                     let now = Instant::now();
@@ -790,11 +779,7 @@ impl<'a> Transaction<'a> {
         let shared = &*self.channel.shared;
         let mut st = lock(&shared.state);
         let core = st.core();
-        // A put's commit keeps the spare log file for take commits; a take's may use it.
-        core.storage_mut().keep_spare(self.put_any);
-        let written = core.write_commit(self.txn);
-        core.storage_mut().keep_spare(false);
-        let written = written?;
+        let written = core.write_commit(self.txn)?;
         let need = core.sync_mark();
         self.finished = true;
         Ok(PendingCommit {

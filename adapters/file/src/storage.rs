@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use sluicegate_core::{ErrorType, Region, Storage, StorageError, StorageErrorKind};
+use sluicegate_core::{ErrorType, Region, SplitSync, Storage, StorageError, StorageErrorKind};
 
 use crate::dirs::{claim, sync_dir, DirLock, DirRole};
 
@@ -407,7 +407,7 @@ fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileE
 
 /// What a sync of the log must cover, taken under the channel's lock so that it can be carried
 /// out without it: the files written so far, and how many writes of each it covers. See
-/// [`FileStorage::log_sync_ticket`].
+/// `SplitSync::begin_log_sync`.
 #[derive(Debug, Default)]
 pub struct LogSyncTicket {
     files: Vec<(usize, Arc<File>, PathBuf, u64)>,
@@ -439,25 +439,22 @@ impl LogSyncTicket {
 /// Log writes above this size go straight to the file, and gathered writes are made before
 /// they would span more than this.
 const GATHER_BYTES: usize = 64 << 10;
-/// The widest gap a gathered write may leave after the bytes gathered before it, or before them.
-const GATHER_GAP_BYTES: u64 = 4096;
 
-/// Log writes to one window of one segment file, waiting to be made in one `pwrite`.
+/// Log writes to one run of one segment file, waiting to be made in one `pwrite`.
 ///
-/// The core writes a record in pieces (a sealed one in chunks of its staging buffer, and its
-/// header last, in front of its body); gathering them makes a commit of 100 records a few
-/// system calls instead of hundreds. The buffer is allocated once, at its full size, and the
-/// window never outgrows it. A write may land anywhere in the
-/// window, or up to [`GATHER_GAP_BYTES`] on either side of it. One that leaves a gap (a sealed
-/// record's body, whose header comes next; or that header, when its body opened the window and
-/// the window's start moves back to it) leaves a hole; what later writes do not cover of it is
-/// filled with what the file holds there just before the `pwrite`, which so rewrites those
-/// bytes unchanged.
+/// The core hands a record to the storage in ordered pieces (a plaintext or small sealed
+/// record from its header on; a large sealed one body first, then its header in front), so
+/// gathering them makes a commit of 100 records a few system calls instead of hundreds. The
+/// run has no holes: a write joins it only if it continues the run (starts at its end) or
+/// leads it (ends at its start: a large sealed record's header, after its body); any other
+/// write makes the gathered bytes first. The buffer is allocated once, at its full size, and
+/// the run never outgrows it.
 ///
-/// Gathered bytes are written before any read, erase or sync of the log, before a log write
-/// outside the window, and before a sync ticket is taken, so reads see every write and a sync
-/// covers every write made before it, as [`Storage`] requires. Until then they are as durable
-/// as any unsynced write: not at all.
+/// Reads see the gathered bytes without making them (the map, overlaid with the run), so a
+/// read writes nothing. Gathered bytes are made before an erase or sync of the log, before a
+/// log write that does not join the run, before a sync ticket is taken, and when the storage
+/// is dropped, so a sync covers every write made before it, as [`Storage`] requires. Until
+/// then they are as durable as any unsynced write: not at all.
 #[derive(Default)]
 struct Gather {
     /// The segment, or `None` when nothing is gathered.
@@ -465,27 +462,48 @@ struct Gather {
     /// The file offset of `bytes[0]`.
     at: u64,
     bytes: Vec<u8>,
-    /// Ranges of `bytes` no write has given: taken from the file when the bytes are written.
-    holes: Vec<std::ops::Range<usize>>,
 }
 
 impl Gather {
-    /// Takes `[from, to)` of `bytes` out of the holes.
-    fn cover(&mut self, from: usize, to: usize) {
-        let mut i = 0;
-        while i < self.holes.len() {
-            let h = self.holes[i].clone();
-            if h.end <= from || h.start >= to {
-                i += 1;
-                continue;
-            }
-            self.holes.swap_remove(i);
-            if h.start < from {
-                self.holes.push(h.start..from);
-            }
-            if h.end > to {
-                self.holes.push(to..h.end);
-            }
+    /// Where the run ends in its file.
+    fn end(&self) -> u64 {
+        self.at + self.bytes.len() as u64
+    }
+
+    /// True if a write of `len` bytes at `at` in segment `slot` joins the run.
+    fn joins(&self, slot: usize, at: u64, len: usize) -> bool {
+        let room = self.bytes.len() + len <= GATHER_BYTES;
+        self.slot == Some(slot) && room && (at == self.end() || at + len as u64 == self.at)
+    }
+
+    /// Adds a write that [`Gather::joins`] the run (or starts it).
+    fn add(&mut self, slot: usize, at: u64, data: &[u8]) {
+        if self.slot.is_none() {
+            self.slot = Some(slot);
+            self.at = at;
+            // The run spans at most GATHER_BYTES, so this is the only allocation.
+            self.bytes.reserve_exact(GATHER_BYTES);
+        }
+        if at == self.end() {
+            self.bytes.extend_from_slice(data);
+        } else {
+            self.bytes.splice(0..0, data.iter().copied());
+            self.at = at;
+        }
+    }
+
+    /// Copies the gathered bytes of segment `slot` that fall in `[at, at + buf.len())` over
+    /// `buf`.
+    fn overlay(&self, slot: usize, at: u64, buf: &mut [u8]) {
+        if self.slot != Some(slot) {
+            return;
+        }
+        let from = at.max(self.at);
+        let to = (at + buf.len() as u64).min(self.end());
+        if from < to {
+            let (b, g) = ((from - at) as usize, (from - self.at) as usize);
+            let n = (to - from) as usize;
+            buf[b..b + n].copy_from_slice(&self.bytes[g..g + n]);
         }
     }
 }
@@ -504,11 +522,6 @@ pub struct FileStorage {
     /// Set when a gathered write failed: every later log sync fails with it (the writes it
     /// held are lost; the PostgreSQL fsync lesson, docs/guarantees.md).
     write_failed: Option<(StorageErrorKind, String)>,
-    /// Set while a put or a put's commit writes: a segment it rolls into must have the next
-    /// slot's file made too (the spare), and a put that cannot have it fails for space, so
-    /// that take commits, which do not set this, find a file to go on in (see
-    /// [`FileStorage::keep_spare`]).
-    keep_spare: bool,
     _locks: Vec<DirLock>,
 }
 
@@ -583,17 +596,8 @@ impl FileStorage {
             files_created: 0,
             gather: Gather::default(),
             write_failed: None,
-            keep_spare: false,
             _locks: locks,
         })
-    }
-
-    /// Whether the writes from now on are a put's (or a put commit's): those keep the log's
-    /// next file made ahead of need, and fail for lack of space rather than use it. Take
-    /// commits (the default) may use it. So on a full disk, puts fail while consumers can
-    /// still commit their takes, and drain the channel.
-    pub fn keep_spare(&mut self, on: bool) {
-        self.keep_spare = on;
     }
 
     /// `fdatasync` calls issued so far, by [`Storage::sync`] and by settled
@@ -613,11 +617,9 @@ impl FileStorage {
     }
 
     /// What a sync of the log must cover now, for a sync run without the channel's lock
-    /// (group commit): take it, together with the core's `sync_mark`, under the lock; run
-    /// [`LogSyncTicket::sync`] without it; then, under the lock again, [`FileStorage::settle`]
-    /// it and pass the outcome to the core's `finish_sync`. Gathered writes are made first; if
-    /// that fails (or failed before), the ticket's sync fails.
-    pub fn log_sync_ticket(&mut self) -> LogSyncTicket {
+    /// (group commit, [`SplitSync`]; the core's `Channel::begin_sync` takes it). Gathered
+    /// writes are made first; if that fails (or failed before), the ticket's sync fails.
+    fn log_sync_ticket(&mut self) -> LogSyncTicket {
         let _ = self.flush_gathered();
         let failed = self.write_failed.clone();
         let files = self
@@ -639,19 +641,12 @@ impl FileStorage {
         };
         let at = self.gather.at;
         let result = match self.segments[slot].as_ref() {
-            Some(m) => {
-                let g = &mut self.gather;
-                for h in g.holes.drain(..) {
-                    let (from, to) = (at as usize + h.start, at as usize + h.end);
-                    g.bytes[h].copy_from_slice(&m.map[from..to]);
-                }
-                m.file
-                    .write_all_at(&g.bytes, at)
-                    .map_err(|e| FileError::io("write", &m.path, e))
-            }
+            Some(m) => m
+                .file
+                .write_all_at(&self.gather.bytes, at)
+                .map_err(|e| FileError::io("write", &m.path, e)),
             None => Err(FileError::config("a gathered segment vanished".into())),
         };
-        self.gather.holes.clear();
         self.gather.bytes.clear();
         if let Err(e) = &result {
             self.write_failed
@@ -660,30 +655,12 @@ impl FileStorage {
         result
     }
 
-    /// A log write to segment `slot` at file offset `at`: gathered when it lands in the window
-    /// of the writes gathered before it (see [`Gather`]), made at once when it is large.
+    /// A log write to segment `slot` at file offset `at`: gathered when it joins the run of the
+    /// writes gathered before it (see [`Gather`]), made at once when it is large.
     fn write_log(&mut self, slot: usize, at: u64, data: &[u8]) -> Result<(), FileError> {
         self.segment(slot)?.count_write();
-        let g = &self.gather;
-        let end = g.at + g.bytes.len() as u64;
-        let first = g.at.min(at);
-        let fits = g.slot == Some(slot)
-            && first + GATHER_GAP_BYTES >= g.at
-            && at <= end + GATHER_GAP_BYTES
-            && (at + data.len() as u64).max(end) - first <= GATHER_BYTES as u64;
-        if !fits {
+        if !self.gather.joins(slot, at, data.len()) {
             self.flush_gathered()?;
-        } else if at < g.at {
-            // Just behind the window (a sealed record's header, when its body opened the
-            // window): move the window's start back, leaving a hole for the write to cover.
-            let shift = (g.at - at) as usize;
-            let gather = &mut self.gather;
-            gather.bytes.splice(0..0, std::iter::repeat_n(0, shift));
-            for h in &mut gather.holes {
-                *h = h.start + shift..h.end + shift;
-            }
-            gather.holes.push(0..shift);
-            gather.at = at;
         }
         if data.len() >= GATHER_BYTES {
             let m = self.segment(slot)?;
@@ -692,32 +669,13 @@ impl FileStorage {
                 .write_all_at(data, at)
                 .map_err(|e| FileError::io("write", &m.path, e));
         }
-        let gather = &mut self.gather;
-        if gather.slot.is_none() {
-            gather.slot = Some(slot);
-            gather.at = at;
-            // The window spans at most GATHER_BYTES, so this is the only allocation.
-            gather.bytes.reserve_exact(GATHER_BYTES);
-        }
-        let len = gather.bytes.len();
-        let from = (at - gather.at) as usize;
-        if from > len {
-            // A gap: a hole until a write covers it, else the file's bytes at the flush.
-            gather.bytes.resize(from, 0);
-            gather.holes.push(len..from);
-        }
-        let overlap = (gather.bytes.len() - from).min(data.len());
-        gather.bytes[from..from + overlap].copy_from_slice(&data[..overlap]);
-        gather.bytes.extend_from_slice(&data[overlap..]);
-        if overlap > 0 {
-            gather.cover(from, from + overlap);
-        }
+        self.gather.add(slot, at, data);
         Ok(())
     }
 
     /// Records that `ticket` was synced successfully, so `Storage::sync` does not sync those
     /// writes again.
-    pub fn settle(&mut self, ticket: &LogSyncTicket) {
+    fn settle(&mut self, ticket: &LogSyncTicket) {
         for (i, _, _, upto) in &ticket.files {
             if let Some(m) = self.segments[*i].as_mut() {
                 m.synced = m.synced.max(*upto);
@@ -920,10 +878,9 @@ impl Storage for FileStorage {
         }
     }
 
+    /// Reads through the maps, with the gathered log writes laid over them: a read makes
+    /// nothing.
     fn read(&mut self, region: Region, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
-        if region == Region::Log {
-            self.flush_gathered()?;
-        }
         for (seg, at, range) in self.pieces(region, offset, buf.len())? {
             let at = at as usize;
             let map = match seg {
@@ -938,6 +895,9 @@ impl Storage for FileStorage {
                 },
             };
             buf[range.clone()].copy_from_slice(&map[at..at + range.len()]);
+            if let Some(s) = seg {
+                self.gather.overlay(s, at as u64, &mut buf[range]);
+            }
         }
         Ok(())
     }
@@ -965,20 +925,30 @@ impl Storage for FileStorage {
             let end = at + range.len() as u64;
             match seg {
                 None => self.slot_file(region).erase(at, end)?,
-                Some(s) => {
-                    // A segment is erased when the log first rolls into it, before any write
-                    // to it: a put's roll makes the next file too (the spare for take
-                    // commits), and fails for space here, where a full disk is not sticky.
-                    self.segment(s)?;
-                    let next = (s + 1) % self.segments.len();
-                    if self.keep_spare && self.segments[next].is_none() {
-                        self.segment(next)?;
-                    }
-                    self.segment(s)?.erase(at, end)?
-                }
+                // A segment is erased when the log first rolls into it, before any write to
+                // it: its file is made here if missing, and fails for space here, where a full
+                // disk is not sticky.
+                Some(s) => self.segment(s)?.erase(at, end)?,
             }
         }
         Ok(())
+    }
+
+    /// Makes the file of the segment at `from` (the one after a put's roll), so that take
+    /// commits find it made when a full disk refuses new files: puts fail for space first.
+    fn prepare(&mut self, region: Region, from: u64, _to: u64) -> Result<(), FileError> {
+        if region == Region::Log {
+            let slot = (from / self.segment_bytes) as usize;
+            if slot < self.segments.len() {
+                self.segment(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Log writes are gathered while each continues the last or leads it.
+    fn whole_records(&self) -> bool {
+        true
     }
 
     fn sync(&mut self, region: Region) -> Result<(), FileError> {
@@ -1000,6 +970,24 @@ impl Storage for FileStorage {
         self.fsyncs += synced;
         crate::crash::point("synced");
         Ok(())
+    }
+}
+
+/// Group commit: the ticket names the segment files written since their last sync, with how
+/// many writes of each it covers; running it `fdatasync`s them from the caller's thread.
+impl SplitSync for FileStorage {
+    type Ticket = LogSyncTicket;
+
+    fn begin_log_sync(&mut self) -> LogSyncTicket {
+        self.log_sync_ticket()
+    }
+
+    fn run_log_sync(ticket: &LogSyncTicket) -> Result<(), FileError> {
+        ticket.sync()
+    }
+
+    fn settle_log_sync(&mut self, ticket: &LogSyncTicket) {
+        self.settle(ticket)
     }
 }
 
@@ -1034,6 +1022,6 @@ mod tests {
         s.write(Region::Log, 24, &[3; 8]).unwrap();
         let err = s.sync(Region::Log).unwrap_err().to_string();
         assert!(err.contains("an earlier log write failed"), "{err}");
-        assert!(s.log_sync_ticket().sync().is_err());
+        assert!(FileStorage::run_log_sync(&s.begin_log_sync()).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sluicegate_core::{Channel, Config, RecoveryPath, Region, Storage};
+use sluicegate_core::{Channel, Config, RecoveryPath, Region, SplitSync, Storage};
 use sluicegate_file::{FileStorage, Layout, FORMAT_FILE, LOCK_FILE};
 
 const CONFIG: Config = Config::new(1000, 100, 4, 1024, 64 * 1024);
@@ -242,80 +242,61 @@ fn sync_tickets_cover_exactly_the_dirty_files() {
     let mut s = FileStorage::open(&l).unwrap();
     s.write(Region::Log, 8, &[1; 8]).unwrap();
     s.write(Region::Log, seg + 8, &[2; 8]).unwrap();
-    let ticket = s.log_sync_ticket();
+    let ticket = s.begin_log_sync();
     assert_eq!(ticket.files(), 2);
-    ticket.sync().unwrap();
-    s.settle(&ticket);
+    FileStorage::run_log_sync(&ticket).unwrap();
+    s.settle_log_sync(&ticket);
     assert_eq!(s.fsyncs(), 2);
     s.sync(Region::Log).unwrap();
     assert_eq!(s.fsyncs(), 2, "settled writes are not synced again");
     s.write(Region::Log, 16, &[3; 8]).unwrap();
-    assert_eq!(s.log_sync_ticket().files(), 1);
+    assert_eq!(s.begin_log_sync().files(), 1);
     s.sync(Region::Log).unwrap();
     assert_eq!(s.fsyncs(), 3);
-    assert_eq!(s.log_sync_ticket().files(), 0);
+    assert_eq!(s.begin_log_sync().files(), 0);
 }
 
-/// Log writes are gathered and made together (a sealed record's header comes after its body,
-/// in front of it): each byte lands where it was sent, bytes in a gap between gathered writes
-/// keep what the file held, and a read sees everything at once.
+/// Log writes are gathered while each continues the last or leads it (a large sealed record's
+/// header comes after its body, in front of it) and made together: each byte lands where it was
+/// sent; a read sees the gathered bytes without making them; a write that does not join the
+/// run, a sync, and dropping the storage make them.
 #[test]
 fn gathered_writes_land_where_they_were_sent() {
     let root = tempfile::tempdir().unwrap();
     let l = layout(root.path(), 1);
     let mut s = FileStorage::open(&l).unwrap();
     let file = l.data_dirs[0].join("log-000000.seg");
-    s.write(Region::Log, 96, &[1; 16]).unwrap();
-    let mut b = [0u8; 16];
-    s.read(Region::Log, 96, &mut b).unwrap();
-    assert_eq!(b, [1; 16]);
-    // A window from 64: a write at 200 leaves a gap over the bytes at 96, already in the file.
-    s.write(Region::Log, 64, &[2; 8]).unwrap();
-    s.write(Region::Log, 200, &[3; 8]).unwrap();
-    s.write(Region::Log, 72, &[4; 8]).unwrap();
-    let on_disk = std::fs::read(&file).unwrap();
-    assert_eq!(
-        on_disk[64..72],
-        [0; 8],
-        "the writes wait to be made together"
-    );
-    let mut expect = vec![0u8; 208 - 64];
-    expect[..8].fill(2);
-    expect[8..16].fill(4);
-    expect[96 - 64..112 - 64].fill(1);
-    expect[200 - 64..].fill(3);
-    let mut back = vec![0u8; 208 - 64];
-    s.read(Region::Log, 64, &mut back).unwrap();
-    assert_eq!(back, expect);
-    assert_eq!(std::fs::read(&file).unwrap()[64..208], expect[..]);
-    // A write just behind the window (a sealed record's header, after its body) joins it; the
-    // gap it leaves keeps what the file holds there.
-    s.write(Region::Log, 8208, &[10; 32]).unwrap();
+    let on_disk = |from: usize, to: usize| std::fs::read(&file).unwrap()[from..to].to_vec();
+    // A run from 64: a write continuing it, then one leading it.
+    s.write(Region::Log, 64, &[1; 16]).unwrap();
+    s.write(Region::Log, 80, &[2; 8]).unwrap();
+    s.write(Region::Log, 56, &[3; 8]).unwrap();
+    let mut back = [0u8; 40];
+    s.read(Region::Log, 48, &mut back).unwrap();
+    let mut expect = [0u8; 40];
+    expect[8..16].fill(3);
+    expect[16..32].fill(1);
+    expect[32..40].fill(2);
+    assert_eq!(back, expect, "a read sees the gathered writes");
+    assert_eq!(on_disk(48, 88), [0; 40], "a read makes nothing");
+    // A write with a gap before it does not join: the run is made first, and it starts another.
+    s.write(Region::Log, 104, &[4; 8]).unwrap();
+    assert_eq!(on_disk(48, 88), expect[..]);
+    assert_eq!(on_disk(104, 112), [0; 8]);
+    let mut b = [0u8; 8];
+    s.read(Region::Log, 104, &mut b).unwrap();
+    assert_eq!(b, [4; 8]);
+    // A sync makes the run.
     s.sync(Region::Log).unwrap();
-    s.write(Region::Log, 8240, &[5; 8]).unwrap();
-    s.write(Region::Log, 8200, &[6; 8]).unwrap();
-    let on_disk = std::fs::read(&file).unwrap();
-    assert_eq!(
-        [&on_disk[8200..8208], &on_disk[8240..8248]],
-        [[0; 8], [0; 8]],
-        "a write just behind the window waits with it"
-    );
-    // A write outside the window (far behind it, or in another file) makes the gathered ones
-    // first; so does a sync, and so does dropping the storage.
-    s.write(Region::Log, 64, &[9; 8]).unwrap();
-    let on_disk = std::fs::read(&file).unwrap();
-    assert_eq!(on_disk[8200..8208], [6; 8]);
-    assert_eq!(
-        on_disk[8208..8240],
-        [10; 32],
-        "the hole keeps the file's bytes"
-    );
-    assert_eq!(on_disk[8240..8248], [5; 8]);
+    assert_eq!(on_disk(104, 112), [4; 8]);
+    // A write in another file makes the run too.
+    s.write(Region::Log, 112, &[5; 8]).unwrap();
     s.write(Region::Log, l.segment_bytes as u64 + 8, &[7; 8])
         .unwrap();
-    assert_eq!(std::fs::read(&file).unwrap()[64..72], [9; 8]);
+    assert_eq!(on_disk(112, 120), [5; 8]);
     s.sync(Region::Log).unwrap();
+    // Dropping the storage makes what is gathered.
     s.write(Region::Log, 400, &[8; 8]).unwrap();
     drop(s);
-    assert_eq!(std::fs::read(&file).unwrap()[400..408], [8; 8]);
+    assert_eq!(on_disk(400, 408), [8; 8]);
 }
