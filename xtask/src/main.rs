@@ -414,43 +414,43 @@ struct Mutant {
 const MUTANTS: [Mutant; 11] = [
     Mutant {
         name: "commit returns without syncing",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/mod.rs",
         from: "let outcome = self.storage.sync(Region::Log);",
         to: "let outcome = Ok::<(), S::Error>(());",
     },
     Mutant {
         name: "take delivers an event without checking its CRC",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/read.rs",
         from: "if !header.check(seq, &buf[..len]) {",
         to: "if false && !header.check(seq, &buf[..len]) {",
     },
     Mutant {
         name: "a new run reuses the newest segment's number (and so its nonces)",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/mod.rs",
         from: "roll_to: (newest + 1).max(from.seq),",
         to: "roll_to: newest.max(from.seq),",
     },
     Mutant {
         name: "replay ignores take commits",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/records.rs",
         from: "self.recovery.take_commits += 1;",
         to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
     },
     Mutant {
         name: "replay applies commits whose puts did not survive",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/records.rs",
         from: "if damaged > 0 && !self.acknowledged(seg, offset, index, record, state)? {",
         to: "if false && damaged > 0 {",
     },
     Mutant {
         name: "a new segment's body is erased without syncing the erase of its header first",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/append.rs",
         from: "let result = storage\n            .sync(Region::Log)\n            .and_then(",
         to: "let result = Ok::<(), S::Error>(())\n            .and_then(",
     },
     Mutant {
         name: "a run writes without opening a segment of its own",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/mod.rs",
         from: "restart_pending: true,",
         to: "restart_pending: false,",
     },
@@ -462,13 +462,13 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "replay lets take commits remove only events in retained segments",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/records.rs",
         from: "self.for_each_pointer(here, record, |ch, p, _| {",
         to: "self.for_each_pointer(here, record, |ch, p, live| { if !live { return Ok(()); }",
     },
     Mutant {
         name: "a checkpoint's cursor does not follow events removed while it is written",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/txn.rs",
         from: "                ip.cursor = cursor;\n                ip.remaining = remaining;",
         to: "                let _ = (cursor, remaining);",
     },
@@ -516,7 +516,7 @@ const AGENT_MUTANTS: [(Mutant, &str); 2] = [
 const MARK_MUTANTS: [Mutant; 2] = [
     Mutant {
         name: "replay applies a commit's events but not the mark it carries",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/records.rs",
         from: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;\n                self.apply_replayed_mark();",
         to: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;",
     },
@@ -676,7 +676,7 @@ fn catch_all(
 /// A bug only NOR cells that read differently from one read to the next show.
 const UNSTABLE_MUTANTS: [Mutant; 1] = [Mutant {
     name: "an open that replayed a tail does not checkpoint, so a later recovery may judge a half-programmed record the other way",
-    file: "core/src/channel.rs",
+    file: "core/src/channel/mod.rs",
     from: "if channel.ckpt.enabled && replayed.read_tail {",
     to: "if false && channel.ckpt.enabled && replayed.read_tail {",
 }];
@@ -694,13 +694,13 @@ const KILL_MUTANTS: [Mutant; 1] = [Mutant {
 const FIRMWARE_MUTANTS: [Mutant; 2] = [
     Mutant {
         name: "replay ignores take commits (the firmware sees readings come back)",
-        file: "core/src/recovery.rs",
+        file: "core/src/recovery/records.rs",
         from: "self.recovery.take_commits += 1;",
         to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
     },
     Mutant {
         name: "a run appends after the last run's tail (the firmware's flash part sees words programmed twice)",
-        file: "core/src/channel.rs",
+        file: "core/src/channel/mod.rs",
         from: "restart_pending: true,",
         to: "restart_pending: false,",
     },

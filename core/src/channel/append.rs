@@ -1,0 +1,403 @@
+//! The log writer: appending a record (plaintext through the word writer, sealed through
+//! `SealedWrite`), the space reserve and the segment pins, and opening a new segment (its
+//! erase, header and seal record).
+
+use super::*;
+
+/// The kind of write, for the log's space reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteClass {
+    /// Adds data (a put): must leave a segment for commit records and one for a restart.
+    Produce,
+    /// A commit record: may use the commit reserve, never the restart spare. `adds` is true
+    /// for a put's commit, which like a put has the storage prepare the segment after a new
+    /// one ([`Storage::prepare`]).
+    Commit { adds: bool },
+}
+
+impl WriteClass {
+    /// True for the writes that add data, whose rolls the storage is told of in advance.
+    fn adds_data(self) -> bool {
+        matches!(
+            self,
+            WriteClass::Produce | WriteClass::Commit { adds: true }
+        )
+    }
+}
+
+/// What a record's payload is made of.
+pub(super) enum Body<'a> {
+    Event(&'a [u8]),
+    /// A put commit: the durable mark, the slot's mark if `marked`, then the pending-put
+    /// pointers of the transaction slot.
+    Pending {
+        synced_wid: u64,
+        slot: usize,
+        count: usize,
+        marked: bool,
+    },
+    /// A take commit: the durable mark, the slot's mark if `marked`, then the queue entries
+    /// tagged by the transaction.
+    Taken {
+        synced_wid: u64,
+        tag: u8,
+        marked: bool,
+    },
+}
+
+/// Hands a mark entry to `sink` as a commit record carries it: the prefix, then the bytes
+/// padded with zeros to whole words.
+pub(crate) fn emit_mark(e: &[u64], sink: &mut dyn FnMut(&[u8])) {
+    let Some((stream, len)) = mark::head(e) else {
+        return;
+    };
+    sink(&mark_prefix(stream, len));
+    let mut left = padded(len) as usize;
+    mark::for_each_piece(e, |piece| {
+        let mut b = [0u8; 8];
+        b[..piece.len()].copy_from_slice(piece);
+        sink(&b);
+        left -= 8;
+    });
+    debug_assert_eq!(left, 0);
+}
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
+    /// Appends one record to the log, rolling to a new segment if it does not fit. `len` is
+    /// the plaintext length of the body; a sealed record carries a tag after it.
+    pub(super) fn append(
+        &mut self,
+        kind: RecordKind,
+        txn_id: u32,
+        body: Body<'_>,
+        len: u32,
+        class: WriteClass,
+    ) -> Result<Pointer, Error<S::Error>> {
+        self.check_writable()?;
+        let tag = if self.sealing.is_some() {
+            TAG_BYTES as u32
+        } else {
+            0
+        };
+        let record_len = len + tag;
+        let span = self.geo.record_span(record_len as u64);
+        // Pair assertion with replay's checks: what we write, replay must accept.
+        if len as u64 > self.config.max_payload_bytes() {
+            return Err(Error::LogicBug("record longer than the configured maximum"));
+        }
+        self.make_room(span, class)?;
+        let ptr = Pointer {
+            slot: self.geo.slot_of(self.seq),
+            offset: self.write_offset as u32,
+        };
+        let wid_delta = (self.next_wid - self.seg_base_wid) as u32;
+        let (qmem, pool, _) = split_ref(self.memory.as_ref(), &self.config);
+        let (_, pending_marks) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let mark_words = self.config.mark_entry_words();
+        let cap = self.config.transaction_capacity() as usize;
+        let queue = self.queue;
+        let emit = |sink: &mut dyn FnMut(&[u8])| match body {
+            Body::Event(bytes) => sink(bytes),
+            Body::Pending {
+                synced_wid,
+                slot,
+                count,
+                marked,
+            } => {
+                sink(&synced_wid.to_le_bytes());
+                if marked {
+                    emit_mark(mark::entry(pending_marks, mark_words, slot), sink);
+                }
+                for &w in &pool[slot * cap..slot * cap + count] {
+                    sink(&Pointer::from_word(w).encode());
+                }
+            }
+            Body::Taken {
+                synced_wid,
+                tag,
+                marked,
+            } => {
+                sink(&synced_wid.to_le_bytes());
+                if marked {
+                    emit_mark(
+                        mark::entry(pending_marks, mark_words, tag as usize - 1),
+                        sink,
+                    );
+                }
+                queue.for_each_tagged(qmem, tag, |p| sink(&p.encode()))
+            }
+        };
+        let start = self.geo.record_offset(ptr);
+        let outcome = match self.write_seal {
+            Some(seal) if tag > 0 => {
+                let Some(key) = self.keys.key(seal.key) else {
+                    return Err(Error::LogicBug("the sealing key vanished"));
+                };
+                let header = RecordHeader {
+                    crc: 0,
+                    kind: kind as u8,
+                    len: record_len,
+                    wid_delta,
+                    txn: txn_id,
+                };
+                let sealed = SealedWrite {
+                    key,
+                    seal,
+                    seq: self.seq,
+                    header,
+                    align: self.geo.align,
+                    start,
+                };
+                sealed.write(&mut self.storage, &mut self.sealers, &emit)
+            }
+            None if tag == 0 => {
+                let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
+                    emit(&mut |b| d.update(b))
+                });
+                let mut writer =
+                    WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
+                let mut result = writer.push(&header.encode());
+                let mut written = 0u64;
+                emit(&mut |b| {
+                    written += b.len() as u64;
+                    if result.is_ok() {
+                        result = writer.push(b);
+                    }
+                });
+                result
+                    .and_then(|()| writer.finish())
+                    .map(|end| (end, written))
+            }
+            _ => return Err(Error::LogicBug("segment sealing differs from the run's")),
+        };
+        match outcome {
+            // The latch saw the failure.
+            Err(e) => Err(Error::Storage(e)),
+            Ok((end, written)) if end != start + span || written != len as u64 => {
+                self.storage.latch();
+                Err(Error::LogicBug("record length differs from its header"))
+            }
+            Ok(_) => {
+                self.write_offset += span;
+                self.next_wid += 1;
+                self.ckpt.bytes_since += span;
+                Ok(ptr)
+            }
+        }
+    }
+
+    /// Makes sure a record of `span` bytes can be written, keeping the reserve: a put must leave
+    /// one free segment for commit records and one for the segment the next run starts; a commit
+    /// may use the first but never the second, except to start this run's own segment.
+    fn make_room(&mut self, span: u64, class: WriteClass) -> Result<(), Error<S::Error>> {
+        let roll = self.restart_pending || self.write_offset + span > self.geo.segment_bytes;
+        let needed = match (class, roll, self.restart_pending) {
+            (WriteClass::Produce, false, _) => 2,
+            (WriteClass::Produce, true, _) => 3,
+            (WriteClass::Commit { .. }, false, _) => 0,
+            (WriteClass::Commit { .. }, true, false) => 2,
+            (WriteClass::Commit { .. }, true, true) => 1,
+        };
+        if needed > 0 && self.free_ahead() < needed {
+            self.refresh_pins();
+            if self.free_ahead() < needed && self.checkpoints_pin_the_log() {
+                // The older checkpoint's replay position holds the log, not an event: moving
+                // both checkpoints to the present frees it. A stall, but only under pressure.
+                self.checkpoint()?;
+                self.checkpoint()?;
+                self.refresh_pins();
+            }
+            if self.free_ahead() < needed {
+                return Err(Error::LogFull);
+            }
+        }
+        if roll {
+            if class.adds_data() {
+                // Written not to panic (`segments` is never 0), so that with an adapter whose
+                // `prepare` does nothing (flash) the whole step compiles away.
+                let slot = (self.roll_to + 1)
+                    .checked_rem(self.geo.segments)
+                    .unwrap_or(0);
+                let next = slot.wrapping_mul(self.geo.segment_bytes);
+                let end = next.wrapping_add(self.geo.segment_bytes);
+                // Lack of space fails this write and latches nothing (`crate::latch`).
+                self.storage
+                    .prepare(Region::Log, next, end)
+                    .map_err(Error::Storage)?;
+            }
+            let flags = if self.restart_pending {
+                SEGMENT_FLAG_OPENED
+            } else {
+                0
+            };
+            self.open_segment(self.roll_to, flags)?;
+        }
+        Ok(())
+    }
+
+    /// Segments after the newest one that hold nothing anyone needs.
+    pub(super) fn free_ahead(&self) -> u64 {
+        (self.min_pinned + self.geo.segments)
+            .saturating_sub(self.seq + 1)
+            .min(self.geo.segments - 1)
+    }
+
+    /// Recomputes the oldest segment that a queued event or a pending put points into. A scan
+    /// of the queue, done only when space runs short and something may have been freed.
+    pub(super) fn refresh_pins(&mut self) {
+        if !self.pins_dirty {
+            return;
+        }
+        // A checkpoint replays from its position, so the log from there on stays.
+        let replay = self.ckpt.oldest_replay_seq().unwrap_or(self.seq);
+        let min = self.oldest_event_seq().min(replay);
+        self.min_pinned = min;
+        self.pins_dirty = false;
+    }
+
+    /// True if a checkpoint, not an event, is what keeps the oldest segments from being reused.
+    fn checkpoints_pin_the_log(&self) -> bool {
+        self.ckpt.enabled
+            && self
+                .ckpt
+                .oldest_replay_seq()
+                .is_some_and(|seq| seq < self.oldest_event_seq())
+    }
+
+    /// The oldest segment a queued event or a pending put points into (the newest if none).
+    pub(super) fn oldest_event_seq(&self) -> u64 {
+        let (qmem, pool, txns) = split_ref(self.memory.as_ref(), &self.config);
+        let (geo, newest) = (self.geo, self.seq);
+        let mut min = newest;
+        self.queue
+            .for_each(qmem, |p| min = min.min(geo.seq_of_slot(p.slot, newest)));
+        let cap = self.config.transaction_capacity() as usize;
+        for s in 0..self.config.max_transactions() as usize {
+            let slot = Slot::load(txns, s);
+            if slot.state != STATE_FREE && slot.kind == KIND_PUT {
+                for &w in &pool[s * cap..s * cap + slot.count as usize] {
+                    min = min.min(geo.seq_of_slot(Pointer::from_word(w).slot, newest));
+                }
+            }
+        }
+        min
+    }
+
+    /// Erases the slot for segment `seq` and writes its header. The header's erase block is
+    /// erased and synced first, so a power cut during the rest of the erase can never leave the
+    /// old header in front of half-erased records.
+    pub(crate) fn open_segment(&mut self, seq: u64, flags: u16) -> Result<(), Error<S::Error>> {
+        self.check_writable()?;
+        let start = self.geo.segment_start(self.geo.slot_of(seq));
+        let first_block = S::ERASE_SIZE as u64;
+        let end = start + self.geo.segment_bytes;
+        let header = SegmentHeader {
+            flags,
+            segment_bytes: self.geo.segment_bytes as u32,
+            seq,
+            base_wid: self.next_wid,
+            max_payload: (self.config.max_payload_bytes()
+                + if self.sealing.is_some() {
+                    TAG_BYTES as u64
+                } else {
+                    0
+                }) as u32,
+        };
+        let header = SegmentHeader {
+            flags: if self.sealing.is_some() {
+                header.flags | SEGMENT_FLAG_SEALED
+            } else {
+                header.flags
+            },
+            ..header
+        };
+        let storage = &mut self.storage;
+        if let Err(e) = storage.erase(Region::Log, start, start + first_block) {
+            // The slot is free and nothing has been written after this erase, so a partial
+            // erase leaves what a power cut during it would, which replay handles. When the
+            // cause is a full disk (an adapter creating the segment's file), the write that
+            // needed the segment fails and the channel stays usable once space is freed (the
+            // latch lets a failed erase for lack of space pass); any other failure is latched.
+            return Err(Error::Storage(e));
+        }
+        let result = storage
+            .sync(Region::Log)
+            .and_then(|()| {
+                if end > start + first_block {
+                    storage.erase(Region::Log, start + first_block, end)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| {
+                let mut w = WordWriter::new(&mut *storage, Region::Log, self.geo.align, start);
+                w.push(&header.encode())?;
+                w.finish().map(|_| ())
+            });
+        if let Err(e) = result {
+            // Latched (unless an erase failed for lack of space: the segment is still free).
+            return Err(Error::Storage(e));
+        }
+        self.stats.syncs += 1;
+        self.synced_wid = self.next_wid;
+        self.stats.segments_opened += 1;
+        self.restart_pending = false;
+        self.roll_to = seq + 1;
+        self.seq = seq;
+        self.seg_base_wid = self.next_wid;
+        self.write_offset = self.geo.first_record;
+        self.write_seal = None;
+        if let Some(key_id) = self.sealing {
+            self.write_seal_record(key_id, &header)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the seal record that opens a sealed segment, with a fresh salt.
+    fn write_seal_record(
+        &mut self,
+        key_id: KeyId,
+        segment: &SegmentHeader,
+    ) -> Result<(), Error<S::Error>> {
+        let Some(key) = self.keys.key(key_id).copied() else {
+            return Err(Error::LogicBug("the sealing key vanished"));
+        };
+        let seal = SegSeal {
+            key: key_id,
+            algorithm: self.keys.algorithm(),
+            salt: self.keys.fresh_salt(),
+        };
+        let mut record = RecordHeader {
+            crc: 0,
+            kind: RecordKind::Seal as u8,
+            len: SEAL_PAYLOAD_BYTES as u32,
+            wid_delta: 0,
+            txn: 0,
+        };
+        let mut payload = SealRecord {
+            key: key_id,
+            algorithm: seal.algorithm,
+            salt: seal.salt,
+            tag: [0; TAG_BYTES],
+        };
+        payload.tag = payload.tag_for(&key, segment, &record);
+        let payload = payload.encode();
+        let mut digest = record.digest(segment.seq);
+        digest.update(&payload);
+        record.crc = digest.finalize();
+        let start = self.geo.segment_start(self.geo.slot_of(segment.seq)) + self.write_offset;
+        let mut w = WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
+        let written = w
+            .push(&record.encode())
+            .and_then(|()| w.push(&payload))
+            .and_then(|()| w.finish());
+        if let Err(e) = written {
+            // Latched.
+            return Err(Error::Storage(e));
+        }
+        self.write_offset += self.geo.record_span(SEAL_PAYLOAD_BYTES as u64);
+        self.next_wid += 1;
+        self.write_seal = Some(seal);
+        Ok(())
+    }
+}

@@ -1,0 +1,570 @@
+//! The channel: transactions of puts or takes over the log and the in-memory queue.
+//!
+//! A put writes a `Put` record at once and keeps a pointer to it in its transaction's slot. A
+//! take tags the queue's first available entry and reads the event; nothing is written. A commit
+//! writes one record that lists every pointer of the transaction (`PutCommit` or `TakeCommit`),
+//! then syncs; only after the sync returns do the puts join the queue or the takes leave it. A
+//! rollback writes nothing: a put that no commit lists is ignored by replay, and a take that no
+//! commit lists never happened.
+//!
+//! **Invariant:** `commit` returns `Ok` only after the commit record and every put record it
+//! lists are durable (one sync covers both, and replay refuses a commit whose puts did not
+//! survive). **Invariant:** events become visible, and leave, in the order of their commit
+//! records in the log, which is the order replay rebuilds.
+//!
+//! The parts: this file holds the type, opening and the sync that applies commits; `txn` the
+//! transactions over the slot table; `append` the log writer; `read` the reads for takes.
+
+use crate::checkpoint::{Checkpoints, SlotLayout};
+use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
+use crate::error::{ConfigError, Error};
+use crate::latch::Latched;
+use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
+use crate::log::{read_segment_header, stream_payload};
+use crate::mark;
+use crate::queue::Queue;
+use crate::record::{
+    align_up, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
+    SegmentHeader, COMMIT_PREFIX_BYTES, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
+};
+use crate::recovery::Recovery;
+use crate::seal::{KeyId, KeyProvider, NoKeys, SealerCache, TAG_BYTES};
+use crate::sealed_write::{SealedWrite, SegKeys, SegSeal};
+use crate::storage::{Region, Storage};
+
+mod append;
+mod read;
+mod txn;
+
+pub(crate) use append::emit_mark;
+use append::{Body, WriteClass};
+use read::ReadFail;
+use txn::{Slot, KIND_PUT, STATE_FREE, STATE_WRITTEN};
+
+/// A handle on an open transaction. It is only a number: the state lives in the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Txn {
+    slot: u8,
+    generation: u32,
+}
+
+/// An event's identity within its channel: the sequence number of the log segment its put
+/// record is in, and the record's offset there. A put record is written once and never moves,
+/// and segment numbers never repeat, so an event keeps its id across rollbacks, crashes and
+/// redeliveries, and no two events of a channel share one. Ids grow in write order. A sink
+/// sends it with each event so that a destination can drop the duplicates a crash between its
+/// acknowledgement and the take's commit causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EventId {
+    seq: u64,
+    offset: u32,
+}
+
+impl EventId {
+    pub(crate) const fn new(seq: u64, offset: u32) -> Self {
+        EventId { seq, offset }
+    }
+
+    /// The sequence number of the segment holding the event's put record.
+    pub const fn segment(self) -> u64 {
+        self.seq
+    }
+
+    /// The put record's offset in its segment.
+    pub const fn offset(self) -> u32 {
+        self.offset
+    }
+
+    /// The id as one number, `segment × 2^32 + offset`.
+    pub const fn get(self) -> u128 {
+        (self.seq as u128) << 32 | self.offset as u128
+    }
+}
+
+/// A position in the log: every record written before it. See [`Channel::sync_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SyncMark(u64);
+
+/// A snapshot of the channel's state and counters since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct Stats {
+    /// Committed events in the queue, including those taken by open transactions.
+    pub depth: u64,
+    /// Events taken by transactions that have not committed.
+    pub in_flight_takes: u64,
+    /// Events put by transactions that have not committed.
+    pub pending_puts: u64,
+    /// The configured capacity.
+    pub capacity: u32,
+    /// Transactions open now.
+    pub open_transactions: u16,
+    /// Segments in the log ring.
+    pub segments: u64,
+    /// Segments that cannot be reused yet, from the oldest one an event points into to the one
+    /// being written.
+    pub segments_pinned: u64,
+    /// Segments that can be reused now.
+    pub segments_free: u64,
+    /// Put records written.
+    pub puts: u64,
+    /// Events delivered by `take`.
+    pub takes: u64,
+    /// Commits that wrote a record.
+    pub commits: u64,
+    /// Rollbacks.
+    pub rollbacks: u64,
+    /// Sync barriers issued.
+    pub syncs: u64,
+    /// Queued events whose record failed its checks when read; they were never delivered, and
+    /// leave the queue with the take transaction that met them.
+    pub corrupt_events_skipped: u64,
+    /// Segments opened (erased and given a header).
+    pub segments_opened: u64,
+    /// The sequence number of the newest segment (the one being written). Segment `seq` lives
+    /// in slot `seq % segments`, so this also tells how often each slot has been erased (see
+    /// `sluicegate-flash`'s wear report).
+    pub newest_segment: u64,
+    /// Segments from the oldest one a queued event or a pending put points into, to the newest:
+    /// what one old unconsumed event keeps from being reused.
+    pub segments_pinned_by_events: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
+    /// Checkpoints abandoned because the checkpoint region failed (the log is unaffected).
+    pub checkpoint_failures: u64,
+    /// True while a checkpoint is being written.
+    pub checkpoint_in_progress: bool,
+    /// Sealed records whose CRC held but whose authentication tag did not: the ciphertext was
+    /// altered on purpose (a random error fails the CRC first). Such an event is never
+    /// delivered; it is also counted in `corrupt_events_skipped`.
+    pub authentication_failures: u64,
+}
+
+/// Segments whose keys are remembered for reads.
+const SEAL_CACHE: usize = 4;
+
+/// A durable, transactional FIFO of events over a [`Storage`].
+///
+/// `M` is the caller's memory, [`Config::memory_words`] `u64` words: a `&mut [u64]` (a static
+/// array on firmware) or a `Vec<u64>` on a server. `K` gives the keys when the log is
+/// encrypted ([`Channel::open_with_keys`]); the default, [`NoKeys`], writes plaintext.
+pub struct Channel<S: Storage, M, K = NoKeys> {
+    /// The storage, with the first failed log write or sync latched (`crate::latch`).
+    pub(crate) storage: Latched<S>,
+    pub(crate) memory: M,
+    pub(crate) config: Config,
+    pub(crate) geo: Geometry,
+    pub(crate) queue: Queue,
+    /// The sequence number of the segment being written.
+    pub(crate) seq: u64,
+    pub(crate) seg_base_wid: u64,
+    /// Where the next record goes, inside the segment being written.
+    pub(crate) write_offset: u64,
+    pub(crate) next_wid: u64,
+    /// Every record with a smaller write-order id is durable: the mark at the last sync.
+    synced_wid: u64,
+    pub(crate) next_txn_id: u32,
+    generation: u32,
+    pending_puts: u64,
+    /// A lower bound of the oldest segment anything points into.
+    min_pinned: u64,
+    pub(crate) pins_dirty: bool,
+    /// True until this run has opened its first segment.
+    pub(crate) restart_pending: bool,
+    /// The sequence number the next new segment gets.
+    pub(crate) roll_to: u64,
+    pub(crate) stats: Stats,
+    pub(crate) recovery: Recovery,
+    pub(crate) ckpt: Checkpoints,
+    pub(crate) keys: K,
+    /// The key this run seals with (the provider's active key when the channel opened).
+    pub(crate) sealing: Option<KeyId>,
+    /// The key and salt of the segment being written, if it is sealed.
+    write_seal: Option<SegSeal>,
+    seal_cache: [Option<(u64, SegKeys)>; SEAL_CACHE],
+    seal_cache_next: usize,
+    /// The AES-GCM keys of the segments sealed and opened last.
+    pub(crate) sealers: SealerCache,
+    /// Keys that opened at least one segment at open: a seal record that fails one of these
+    /// was altered, not sealed with another key.
+    pub(crate) proven_keys: [Option<KeyId>; 8],
+}
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M, NoKeys> {
+    /// Opens a plaintext channel: [`Channel::open_with_keys`] without keys. A log that holds
+    /// sealed segments is refused with [`Error::KeyMissing`].
+    pub fn open(storage: S, memory: M, config: Config) -> Result<Self, Error<S::Error>> {
+        Self::open_with_keys(storage, memory, config, NoKeys)
+    }
+}
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
+    /// Opens a channel: checks the configuration against the storage and replays the log.
+    /// [`Channel::recovery`] tells what replay did.
+    ///
+    /// With an active key in `keys`, every segment and checkpoint this run writes is sealed
+    /// with it (see docs/guarantees.md). Segments and checkpoints already on the medium are
+    /// read with the key they name, which `keys` must have: a missing key is
+    /// [`Error::KeyMissing`], a key that does not match is [`Error::WrongKey`].
+    ///
+    /// Opening writes to the log never; the run's first write starts a new segment. With
+    /// checkpoints on, an open that replayed log written after the last checkpoint then writes
+    /// a checkpoint, so that the verdict on a record a power cut left half-programmed is final
+    /// (`Recovery::checkpointed`); if that checkpoint fails, the open fails. An open that finds
+    /// nothing after its checkpoint writes nothing at all.
+    pub fn open_with_keys(
+        storage: S,
+        memory: M,
+        config: Config,
+        keys: K,
+    ) -> Result<Self, Error<S::Error>> {
+        const {
+            assert!(
+                S::READ_SIZE == 1,
+                "the core reads single bytes; buffer in the adapter"
+            );
+            assert!(S::WRITE_SIZE >= 1 && S::WRITE_SIZE <= MAX_WRITE_SIZE);
+            assert!(
+                256 % S::WRITE_SIZE == 0,
+                "WRITE_SIZE must be a power of two"
+            );
+            assert!(S::ERASE_SIZE >= S::WRITE_SIZE && S::ERASE_SIZE % S::WRITE_SIZE == 0);
+        }
+        let given = memory.as_ref().len();
+        if given < config.memory_words() {
+            return Err(ConfigError::MemoryTooSmall {
+                needed: config.memory_words(),
+                given,
+            }
+            .into());
+        }
+        let segment_bytes = config.segment_bytes() as u64;
+        if segment_bytes % S::ERASE_SIZE as u64 != 0 {
+            return Err(ConfigError::SegmentNotErasable.into());
+        }
+        let segments = storage.capacity(Region::Log) / segment_bytes;
+        if segments < MIN_SEGMENTS {
+            return Err(ConfigError::TooFewSegments.into());
+        }
+        if segments > MAX_SEGMENTS {
+            return Err(ConfigError::TooManySegments.into());
+        }
+        let sealing = keys.active();
+        if let Some(id) = sealing {
+            if id == 0 || keys.key(id).is_none() {
+                return Err(ConfigError::ActiveKeyMissing { key: id }.into());
+            }
+            let algorithm = keys.algorithm();
+            if !algorithm.supported() {
+                return Err(Error::UnsupportedAlgorithm { algorithm });
+            }
+        }
+        let geo = Geometry::new(segments, segment_bytes, S::WRITE_SIZE);
+        let (tag, seal) = match sealing {
+            Some(_) => (TAG_BYTES as u64, geo.record_span(SEAL_PAYLOAD_BYTES as u64)),
+            None => (0, 0),
+        };
+        if geo.first_record + seal + geo.record_span(config.max_payload_bytes() + tag)
+            > segment_bytes
+        {
+            return Err(ConfigError::SegmentTooSmall.into());
+        }
+        let checkpoints = checkpoint_slots_usable(&storage, &config, &geo, sealing.is_some())?;
+        let mut channel = Channel {
+            storage: Latched::new(storage),
+            memory,
+            config,
+            geo,
+            queue: Queue::new(config.capacity() as usize),
+            seq: 0,
+            seg_base_wid: 0,
+            write_offset: 0,
+            next_wid: 0,
+            synced_wid: 0,
+            next_txn_id: 0,
+            generation: 0,
+            pending_puts: 0,
+            min_pinned: 0,
+            pins_dirty: true,
+            // Opening writes nothing. This run's first write opens a new segment (flagged
+            // OPENED), never appending after the previous run's tail, which may end in a torn
+            // write; a word is never programmed twice. A run that writes nothing costs no
+            // segment, so a device that loses power over and over while idle never fills its log.
+            restart_pending: true,
+            roll_to: 0,
+            stats: Stats::default(),
+            recovery: Recovery::default(),
+            ckpt: Checkpoints::new(),
+            keys,
+            sealing,
+            write_seal: None,
+            seal_cache: [None; SEAL_CACHE],
+            seal_cache_next: 0,
+            sealers: SealerCache::default(),
+            proven_keys: [None; 8],
+        };
+        channel.ckpt.enabled = checkpoints;
+        // Transaction slots start free whatever the memory held before.
+        let (_, _, txns) = split(channel.memory.as_mut(), &config);
+        txns.fill(0);
+        // So do marks: the table is rebuilt by replay.
+        let (table, pending) = mark::split_marks(channel.memory.as_mut(), &config);
+        table.fill(0);
+        pending.fill(0);
+        let replayed = channel.replay()?;
+        channel.seq = replayed.newest.unwrap_or(0);
+        channel.roll_to = replayed.roll_to;
+        channel.refresh_pins();
+        if channel.ckpt.enabled && replayed.read_tail {
+            // Make this recovery's verdict final before anyone sees it. The record in flight at
+            // the cut may sit in cells a cut program left half-done, which can read differently
+            // next time: a later replay could then judge it the other way. A checkpoint taken
+            // now replays from the segment this run will open, so no later recovery that uses
+            // it reads that tail again. It costs one checkpoint per open that follows a run
+            // which wrote after its last checkpoint, and nothing per idle reboot after that.
+            channel.checkpoint()?;
+            channel.recovery.checkpointed = true;
+        }
+        #[cfg(feature = "defmt")]
+        defmt::info!("sluicegate: opened: {}", channel.recovery);
+        Ok(channel)
+    }
+
+    /// Removes from the queue every event whose bytes cannot be read: its segment is gone or
+    /// its put record is damaged. Every queued record is read in full, so this finds more than
+    /// an open's check ([`Recovery::events_in_lost_segments`]); a take would skip each such
+    /// event as corrupt. For a repair tool, right after open and before any transaction (else
+    /// [`Error::BadTransaction`]); a checkpoint afterwards makes the removal durable. Returns
+    /// how many it removed, and leaves that count in the recovery report.
+    pub fn drop_lost_events(&mut self) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(true, &mut |_| {})
+    }
+
+    /// Reads every queued event's record in full and counts those whose bytes cannot be read
+    /// (as [`Channel::drop_lost_events`] would remove them), leaving the count in
+    /// [`Recovery::events_in_lost_segments`]: for a verifying tool, right after open and before
+    /// any transaction (else [`Error::BadTransaction`]).
+    pub fn check_queued_events(&mut self) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(false, &mut |_| {})
+    }
+
+    /// As [`Channel::check_queued_events`], calling `f` with the id of each event whose bytes
+    /// cannot be read, in queue order: what a repair's report lists.
+    pub fn check_queued_events_each(
+        &mut self,
+        f: &mut dyn FnMut(EventId),
+    ) -> Result<u64, Error<S::Error>> {
+        self.lost_events_checked(false, f)
+    }
+
+    fn lost_events_checked(
+        &mut self,
+        remove: bool,
+        on_lost: &mut dyn FnMut(EventId),
+    ) -> Result<u64, Error<S::Error>> {
+        let (qmem, _, _) = crate::channel::split(self.memory.as_mut(), &self.config);
+        if self.queue.tagged(qmem) > 0 {
+            return Err(Error::BadTransaction);
+        }
+        let newest =
+            (self.recovery.path != crate::RecoveryPath::New).then_some(self.recovery.last_segment);
+        let lost = self.lost_events(newest, crate::recovery::Check::Every, remove, on_lost)?;
+        self.recovery.events = self.queue.len() as u64;
+        Ok(lost)
+    }
+
+    /// What the last open found and did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Committed events in the queue, including those taken by transactions still open.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True if no committed event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.len() == 0
+    }
+
+    /// Gives back the storage and the memory.
+    pub fn into_parts(self) -> (S, M) {
+        (self.storage.into_inner(), self.memory)
+    }
+
+    /// The key provider.
+    pub fn keys(&self) -> &K {
+        &self.keys
+    }
+
+    /// The key this run seals new segments and checkpoints with (`None`: plaintext).
+    pub fn sealing_key(&self) -> Option<KeyId> {
+        self.sealing
+    }
+
+    /// Borrows the storage (for counters in tests and adapters).
+    pub fn storage(&self) -> &S {
+        self.storage.inner()
+    }
+
+    /// Borrows the storage mutably, for tests that damage the medium under an open channel and
+    /// for adapters' housekeeping. Writing to the log region through it breaks the channel.
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.storage.inner_mut()
+    }
+
+    /// A snapshot of the state and counters.
+    pub fn stats(&mut self) -> Stats {
+        self.refresh_pins();
+        let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+        let open = (0..self.config.max_transactions() as usize)
+            .filter(|&s| Slot::load(txns, s).state != STATE_FREE)
+            .count() as u16;
+        let mut stats = self.stats;
+        stats.depth = self.queue.len() as u64;
+        stats.in_flight_takes = self.queue.tagged(qmem) as u64;
+        stats.pending_puts = self.pending_puts;
+        stats.capacity = self.config.capacity();
+        stats.open_transactions = open;
+        stats.segments = self.geo.segments;
+        stats.segments_pinned = self.seq - self.min_pinned + 1;
+        stats.newest_segment = self.seq;
+        stats.segments_free = self.free_ahead();
+        stats.segments_pinned_by_events = self.seq - self.oldest_event_seq() + 1;
+        stats.checkpoint_in_progress = self.ckpt.in_progress.is_some();
+        stats
+    }
+
+    /// The durability barrier: syncs the log, then applies every commit written before it, in
+    /// log order. Does nothing if no commit is waiting.
+    pub fn sync(&mut self) -> Result<(), Error<S::Error>> {
+        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let max = self.config.max_transactions() as usize;
+        if !(0..max).any(|s| Slot::load(txns, s).state == STATE_WRITTEN) {
+            return Ok(());
+        }
+        self.sync_log()
+    }
+
+    /// Syncs the log whatever is waiting, then applies written commits in log order.
+    pub(crate) fn sync_log(&mut self) -> Result<(), Error<S::Error>> {
+        self.check_writable()?;
+        let mark = self.sync_mark();
+        let outcome = self.storage.sync(Region::Log);
+        self.settle_sync(mark, outcome)
+    }
+
+    /// The mark of every log write made so far: a commit written before now is durable once a
+    /// sync that covers this mark has finished ([`Channel::sync`], or a [`crate::PendingSync`]
+    /// of group commit begun after now).
+    pub fn sync_mark(&self) -> SyncMark {
+        SyncMark(self.next_wid)
+    }
+
+    /// Records a finished sync of everything before `mark` and applies the commits it covers.
+    pub(crate) fn settle_sync(
+        &mut self,
+        mark: SyncMark,
+        outcome: Result<(), S::Error>,
+    ) -> Result<(), Error<S::Error>> {
+        if let Err(e) = outcome {
+            // A sync the adapter carried out itself never passed through the latch.
+            self.storage.latch();
+            return Err(Error::Storage(e));
+        }
+        let max = self.config.max_transactions() as usize;
+        self.stats.syncs += 1;
+        self.synced_wid = self.synced_wid.max(mark.0);
+        // Apply in commit-record order, which is the order replay uses; a commit written after
+        // the mark waits for the next sync. Bounded by `max` turns.
+        for _ in 0..max {
+            let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+            let next = (0..max)
+                .map(|s| (s, Slot::load(txns, s)))
+                .filter(|(_, slot)| slot.state == STATE_WRITTEN && slot.commit_wid < mark.0)
+                .min_by_key(|(_, slot)| slot.commit_wid);
+            let Some((s, slot)) = next else { break };
+            self.apply(s, slot)?;
+            self.ckpt.commits_since = self.ckpt.commits_since.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<(), Error<S::Error>> {
+        if self.storage.latched() {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Checks the checkpoint regions: both empty (checkpoints off) or both able to hold a
+/// checkpoint of `capacity` events. Returns whether checkpoints are on.
+fn checkpoint_slots_usable<S: Storage, E>(
+    storage: &S,
+    config: &Config,
+    geo: &Geometry,
+    sealed: bool,
+) -> Result<bool, Error<E>> {
+    let sizes = [
+        storage.capacity(Region::Checkpoint),
+        storage.capacity(Region::Backup),
+    ];
+    match sizes {
+        [0, 0] => return Ok(false),
+        [0, _] | [_, 0] => return Err(ConfigError::CheckpointSlotMissing.into()),
+        _ => {}
+    }
+    let erase = S::ERASE_SIZE as u64;
+    let marks = match (config.max_mark_area_bytes(), sealed) {
+        (0, _) => 0,
+        (n, true) => n + TAG_BYTES as u64,
+        (n, false) => n,
+    };
+    let needed = align_up(
+        SlotLayout::new(config.capacity() as u64, geo.align, sealed).end + marks,
+        erase,
+    );
+    let given = sizes[0].min(sizes[1]);
+    if given < needed || sizes.iter().any(|s| s % erase != 0) {
+        return Err(ConfigError::CheckpointRegionTooSmall { needed, given }.into());
+    }
+    Ok(true)
+}
+
+/// A mark's length padded to whole words, as commit records and checkpoints store it.
+pub(crate) const fn padded(len: u16) -> u64 {
+    (len as u64).next_multiple_of(8)
+}
+
+/// Splits the caller's memory into the queue ring, the pending-put pool and the slot table.
+pub(crate) fn split<'m>(
+    mem: &'m mut [u64],
+    config: &Config,
+) -> (&'m mut [u64], &'m mut [u64], &'m mut [u64]) {
+    let q = config.capacity() as usize;
+    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
+    let t = config.max_transactions() as usize * TXN_WORDS;
+    let (queue, rest) = mem.split_at_mut(q);
+    let (pool, rest) = rest.split_at_mut(p);
+    (queue, pool, &mut rest[..t])
+}
+
+pub(crate) fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64], &'m [u64]) {
+    let q = config.capacity() as usize;
+    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
+    let t = config.max_transactions() as usize * TXN_WORDS;
+    (&mem[..q], &mem[q..q + p], &mem[q + p..q + p + t])
+}

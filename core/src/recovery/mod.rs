@@ -1,0 +1,363 @@
+//! Recovery, and the report of what it found ([`Recovery`]): it loads the newest usable
+//! checkpoint (or none), checks the keys of sealed segments, replays the log from the
+//! checkpoint's position (or all of it), and checks that the queued events' bytes can still be
+//! read.
+//!
+//! Replay reads every segment header, finds the newest segment, walks back to the oldest
+//! segment of the unbroken run that ends there, and replays records in write order from the
+//! checkpoint's position (the oldest segment's start without one):
+//!
+//! - `Put`: counted, nothing else (a put counts only once a commit lists it);
+//! - `PutCommit`: its pointers join the queue's tail. If a put it lists did not survive, replay
+//!   looks for proof that the commit was acknowledged (a later record of the same run whose
+//!   durable mark is past it, or a later segment of the same run, whose opening synced): with
+//!   proof only the damaged events are dropped (media decay); without it the commit was in
+//!   flight at the power cut and is dropped whole;
+//! - `TakeCommit`: its pointers leave the queue.
+//!
+//! A record that fails its checks ends its segment, unless the record right after it is valid
+//! and has the next write-order id, in which case only that record is skipped. The segment a run
+//! opened at its start bounds the previous run: records with a write-order id at or past its
+//! `base_wid` were never acknowledged and are ignored, whatever later reads of them return.
+//!
+//! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
+//! loop in it is bounded by the geometry of the log.
+//!
+//! The parts: this file finds the run of segments and drives the replay; `slots` loads a
+//! checkpoint; `records` walks and applies records; `checks` checks headers, keys, payloads and
+//! the queued events' bytes.
+
+use crate::channel::{padded, split, Channel};
+use crate::checkpoint::{
+    Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
+};
+use crate::error::Error;
+use crate::log::{payload_matches, read_record_header, stream_payload, Geometry};
+use crate::mark::{self, split_marks};
+use crate::queue::Queue;
+use crate::queue::TAG_REPLAY;
+use crate::record::{
+    decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES,
+    CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+};
+use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
+use crate::sealed_write::SegKeys;
+use crate::storage::{Region, Storage};
+use crate::walk::{self, HeaderRead};
+
+mod checks;
+mod records;
+mod slots;
+
+/// How an open rebuilt the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum RecoveryPath {
+    /// The log was empty: a new channel.
+    #[default]
+    New,
+    /// The newest checkpoint, then the log after it.
+    Checkpoint,
+    /// The newest checkpoint was bad or unfinished: the previous one (the backup), then the log
+    /// after it.
+    Backup,
+    /// No checkpoint could be used: every retained segment of the log was replayed.
+    FullReplay,
+}
+
+impl RecoveryPath {
+    /// The path's short name, as reports print it: `new`, `checkpoint`, `backup`, `replay`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecoveryPath::New => "new",
+            RecoveryPath::Checkpoint => "checkpoint",
+            RecoveryPath::Backup => "backup",
+            RecoveryPath::FullReplay => "replay",
+        }
+    }
+}
+
+/// What replay leaves for the channel to go on from.
+pub(crate) struct Replayed {
+    /// The newest segment on the medium, if any.
+    pub newest: Option<u64>,
+    /// The sequence number this run's first segment gets.
+    pub roll_to: u64,
+    /// True if the log held segments past the checkpoint used (or no checkpoint was used), so
+    /// replay read a tail the previous run may have left torn.
+    pub read_tail: bool,
+}
+
+/// What recovery found and did, with counters like Flume's replay report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The path taken.
+    pub path: RecoveryPath,
+    /// Segments replayed.
+    pub segments_replayed: u64,
+    /// Valid records read.
+    pub records_read: u64,
+    /// `Put` records read.
+    pub puts: u64,
+    /// `PutCommit` records applied.
+    pub put_commits: u64,
+    /// `TakeCommit` records applied.
+    pub take_commits: u64,
+    /// Events added to the queue by put commits.
+    pub events_committed: u64,
+    /// Events removed from the queue by take commits.
+    pub events_taken: u64,
+    /// Put records no commit listed: rolled back, or still open at the crash.
+    pub uncommitted_puts: u64,
+    /// Put commits dropped because a put they list did not survive: they were in flight.
+    pub torn_commits_dropped: u64,
+    /// Events of acknowledged commits whose put record was damaged on the medium: lost to media
+    /// decay, never delivered.
+    pub corrupt_events_dropped: u64,
+    /// Damaged records skipped in the middle of a segment (the next record was intact).
+    pub corrupt_records_skipped: u64,
+    /// Records lost between two segments: the write-order ids jump. Only media damage causes it.
+    pub records_lost: u64,
+    /// Pointers in take commits that matched no queued event (their puts were reclaimed).
+    pub unmatched_takes: u64,
+    /// Marks that replay applied (with their commits).
+    pub marks_applied: u64,
+    /// Marks loaded from the checkpoint used.
+    pub checkpoint_marks: u64,
+    /// Events in the queue after recovery.
+    pub events: u64,
+    /// The number of the checkpoint used (0 if none).
+    pub checkpoint: u64,
+    /// Events the checkpoint held.
+    pub checkpoint_events: u64,
+    /// The oldest segment still in the log, and the newest.
+    pub first_segment: u64,
+    /// See `first_segment`.
+    pub last_segment: u64,
+    /// True if the open wrote a checkpoint to make this recovery's verdict final (see
+    /// [`Channel::open`](crate::Channel::open)).
+    pub checkpointed: bool,
+    /// Sealed records, seal records and checkpoints whose CRC held but whose authentication
+    /// tag did not: altered on purpose. Each is treated as damaged.
+    pub authentication_failures: u64,
+    /// Segments of the log that are sealed (encrypted).
+    pub sealed_segments: u64,
+    /// Queued events whose bytes cannot be read: their segment is gone (its slot holds no valid
+    /// segment header, or the header of another segment: a log file deleted, replaced, or
+    /// damaged at its start), or their put record is damaged. An open reads the highest queued
+    /// record of each run of queued events in a segment (so a log file cut short or zeroed from
+    /// some point on is found), and the rest of a run only when that one is damaged;
+    /// [`Channel::check_queued_events`](crate::Channel::check_queued_events) reads every one.
+    /// See [`Channel::drop_lost_events`](crate::Channel::drop_lost_events).
+    pub events_in_lost_segments: u64,
+    /// The slot of the first such segment (meaningful when `events_in_lost_segments` > 0).
+    pub first_lost_slot: u32,
+}
+
+/// How closely [`Channel::lost_events`] reads the queued events' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The highest record of each run of queued events in one segment, and the whole run only
+    /// if that one is damaged: what every open can afford.
+    Runs,
+    /// Every queued record, in full.
+    Every,
+}
+
+/// What streaming a record's payload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Integrity {
+    Intact,
+    /// The CRC fails: torn or decayed.
+    Damaged,
+    /// The CRC holds but the tag does not: altered on purpose.
+    Forged,
+}
+
+/// Where a record lies in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    seq: u64,
+    offset: u64,
+}
+
+/// Replay's working state.
+struct Replay {
+    /// The first place where something was found damaged in the current run; puts at or after
+    /// it are re-checked before a commit that lists them is applied.
+    suspect: Option<Position>,
+    /// Where the last segment's walk stopped early, if it did.
+    last_break: Option<Position>,
+    /// Write-order ids at or past this one in the current segment were never acknowledged.
+    limit: u64,
+    /// The segment after the current one belongs to the same run: its opening synced everything
+    /// before it.
+    run_continues: bool,
+}
+
+/// Where a walk over a segment ended.
+struct WalkEnd {
+    /// Write-order ids used in the segment (records read, skipped ones included).
+    records: u64,
+    /// The offset of the record that stopped the walk, if one did before the segment's end.
+    broke_at: Option<u64>,
+}
+
+/// Pointers handled per read of a commit record's payload.
+const POINTERS_PER_CHUNK: usize = 32;
+
+/// What a walk hands its visitor at each record: its offset, its index in the segment, and its
+/// header, or `None` for a damaged record that was skipped. The visitor returns false to stop.
+type Visit<'v, T, E> =
+    dyn FnMut(&mut T, u64, u64, Option<&RecordHeader>) -> Result<bool, Error<E>> + 'v;
+
+impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
+    /// Rebuilds the queue: from the newest usable checkpoint plus the log after it, else by
+    /// replaying the whole retained log.
+    pub(crate) fn replay(&mut self) -> Result<Replayed, Error<S::Error>> {
+        let geo = self.geo;
+        let mut newest: Option<u64> = None;
+        for slot in 0..geo.segments as u32 {
+            if let Some(h) = self.valid_header(slot)? {
+                newest = Some(newest.map_or(h.seq, |n: u64| n.max(h.seq)));
+            }
+        }
+        // Walk back over the unbroken run of segments that ends at the newest one.
+        let mut start = newest.unwrap_or(0);
+        if let Some(newest) = newest {
+            while start > 0 && newest - start + 1 < geo.segments {
+                match self.valid_header(geo.slot_of(start - 1))? {
+                    Some(h) if h.seq == start - 1 => start -= 1,
+                    _ => break,
+                }
+            }
+        }
+        self.recovery.first_segment = start;
+        let from = if self.ckpt.enabled {
+            self.load_checkpoint(newest, start)?
+        } else {
+            None
+        };
+        let Some(newest) = newest else {
+            // No log at all: a new channel, or a checkpoint of an empty log.
+            if from.is_none() {
+                self.recovery.path = RecoveryPath::New;
+            }
+            self.lost_events(None, Check::Runs, false, &mut |_| {})?;
+            self.next_wid = from.map_or(0, |f| f.wid);
+            return Ok(Replayed {
+                newest: None,
+                roll_to: from.map_or(0, |f| f.seq),
+                read_tail: false,
+            });
+        };
+        let from = match from {
+            Some(from) => from,
+            None => {
+                self.recovery.path = RecoveryPath::FullReplay;
+                ReplayFrom {
+                    seq: start,
+                    offset: geo.first_record as u32,
+                    wid: 0,
+                }
+            }
+        };
+        self.next_wid = from.wid;
+        let read_tail = from.seq <= newest;
+        // Keys are checked for the segments replay reads, then for older ones that queued
+        // events still point into; segments nothing needs may name a key already retired.
+        if read_tail {
+            self.check_keys(from.seq.max(start), newest)?;
+            self.replay_segments(from, newest)?;
+        }
+        let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+        let mut oldest = from.seq.min(newest + 1);
+        self.queue.for_each(qmem, |p| {
+            oldest = oldest.min(geo.seq_of_slot(p.slot, newest))
+        });
+        if oldest < from.seq.min(newest + 1) {
+            self.check_keys(oldest.max(start), from.seq.min(newest + 1) - 1)?;
+        }
+        self.lost_events(Some(newest), Check::Runs, false, &mut |_| {})?;
+        let r = &mut self.recovery;
+        r.last_segment = newest;
+        r.events = self.queue.len() as u64;
+        r.uncommitted_puts = r
+            .puts
+            .saturating_sub(r.events_committed + r.corrupt_events_dropped);
+        Ok(Replayed {
+            newest: Some(newest),
+            roll_to: (newest + 1).max(from.seq),
+            read_tail,
+        })
+    }
+
+    /// Replays segments `from.seq..=newest`, the first from `from`'s offset.
+    fn replay_segments(&mut self, from: ReplayFrom, newest: u64) -> Result<(), Error<S::Error>> {
+        let geo = self.geo;
+        let mut state = Replay {
+            suspect: None,
+            last_break: None,
+            limit: u64::MAX,
+            run_continues: false,
+        };
+        let mut next_wid: Option<u64> = None;
+        let mut current = self.valid_header(geo.slot_of(from.seq))?;
+        for seq in from.seq..=newest {
+            let Some(header) = current.filter(|h| h.seq == seq) else {
+                break;
+            };
+            let following = if seq < newest {
+                self.valid_header(geo.slot_of(seq + 1))?
+                    .filter(|h| h.seq == seq + 1)
+            } else {
+                None
+            };
+            if header.flags & SEGMENT_FLAG_OPENED != 0 {
+                // A new run: nothing it wrote can depend on damage seen in earlier runs.
+                state.suspect = None;
+            }
+            if let Some(expected) = next_wid {
+                if header.base_wid > expected {
+                    // Records the previous segment held are unreadable: media damage.
+                    self.recovery.records_lost += header.base_wid - expected;
+                    let at = state.last_break.unwrap_or(Position { seq, offset: 0 });
+                    state.suspect.get_or_insert(at);
+                }
+            }
+            state.limit = following.map_or(u64::MAX, |h| h.base_wid);
+            state.run_continues = following.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED == 0);
+            let first = if seq == from.seq && from.wid >= header.base_wid {
+                (from.offset as u64, from.wid - header.base_wid)
+            } else {
+                (geo.first_record, 0)
+            };
+            let end = self.walk(
+                &header,
+                first,
+                state.limit,
+                &mut |ch, offset, index, rec| {
+                    match rec {
+                        Some(rec) => ch.replay_record(&header, offset, index, rec, &mut state)?,
+                        None => {
+                            ch.recovery.corrupt_records_skipped += 1;
+                            state.suspect.get_or_insert(Position { seq, offset });
+                        }
+                    }
+                    Ok(true)
+                },
+            )?;
+            next_wid = Some(header.base_wid + end.records);
+            state.last_break = end.broke_at.map(|offset| Position { seq, offset });
+            self.recovery.segments_replayed += 1;
+            current = following;
+        }
+        if let Some(w) = next_wid {
+            self.next_wid = self.next_wid.max(w);
+        }
+        Ok(())
+    }
+}
