@@ -27,10 +27,11 @@
 //! **Invariant:** a slot is erased only when the other slot holds the newest valid checkpoint
 //! (or no valid checkpoint exists at all).
 
-use crate::channel::{split_ref, Channel};
+use crate::channel::Channel;
 use crate::error::Error;
 use crate::log::WordWriter;
 use crate::mark;
+use crate::memory::PartsRef;
 use crate::record::{
     align_up, u32_at, u64_at, Pointer, CRC32C, FORMAT_VERSION, MARK_PREFIX_BYTES, POINTER_BYTES,
 };
@@ -358,7 +359,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if ew == 0 {
             return 0;
         }
-        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let PartsRef { marks: table, .. } = self.carving.parts_ref(self.memory.as_ref());
         let body: usize = (0..self.config.marks() as usize)
             .filter_map(|i| mark::head(mark::entry(table, ew, i)))
             .map(|(_, len)| MARK_PREFIX_BYTES + (len as usize).next_multiple_of(8))
@@ -451,7 +452,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.ckpt.last_ms = now_ms.or(self.ckpt.last_ms);
         let mut crc = CRC32C.digest();
         let ew = self.config.mark_entry_words();
-        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let PartsRef { marks: table, .. } = self.carving.parts_ref(self.memory.as_ref());
         let storage = &mut self.storage;
         let result = storage.erase(region, 0, erase_to).and_then(|()| {
             let mut w = WordWriter::new(&mut *storage, region, self.geo.align, 0);
@@ -516,7 +517,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             .remaining
             .min(self.config.checkpoint_step_entries() as usize);
         let result = (|| {
-            let (qmem, _, _) = split_ref(self.memory.as_ref(), &self.config);
+            let PartsRef { queue: qmem, .. } = self.carving.parts_ref(self.memory.as_ref());
             let at = layout.entries_at + ip.written * POINTER_BYTES as u64;
             let mut w = WordWriter::new(&mut self.storage, ip.region, self.geo.align, at);
             for k in 0..n {

@@ -42,6 +42,7 @@ mod group;
 mod latch;
 mod log;
 mod mark;
+mod memory;
 mod queue;
 pub mod record;
 mod recovery;

@@ -10,48 +10,16 @@
 //! commit and lost that record, as unsynced writes may, applied the events without their mark,
 //! and `host-tests/tests/marks.rs` caught it.)
 //!
-//! Memory (after the transaction table, in the caller's words): one entry per stream (the
-//! newest committed mark), then one entry per transaction slot (the mark waiting for the
-//! slot's commit). An entry is a head word (bit 63 present, bits 16..32 the stream, bits 0..16
+//! Memory (after the transaction table, in the caller's words, carved by `crate::memory`): one
+//! entry per stream (the newest committed mark), then one entry per transaction slot (the mark
+//! waiting for the slot's commit). An entry is a head word (bit 63 present, bits 16..32 the stream, bits 0..16
 //! the length) and the bytes, little-endian, 8 per word.
 //!
 //! **Invariant:** a stream's entry changes only when a commit that carries a mark for it is
 //! applied, in commit order, at run time and in replay alike; a checkpoint stores the entries
 //! as of its replay position.
 
-use crate::config::{Config, TXN_WORDS};
-
 const PRESENT: u64 = 1 << 63;
-
-/// The mark memory: the stream table and the per-slot pending marks.
-pub(crate) fn split_marks<'m>(
-    mem: &'m mut [u64],
-    config: &Config,
-) -> (&'m mut [u64], &'m mut [u64]) {
-    let (table, pending) = bounds(config);
-    let (_, rest) = mem.split_at_mut(table.0);
-    let (t, rest) = rest.split_at_mut(table.1);
-    (t, &mut rest[..pending])
-}
-
-/// As [`split_marks`], shared.
-pub(crate) fn split_marks_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64]) {
-    let (table, pending) = bounds(config);
-    let t = &mem[table.0..table.0 + table.1];
-    let p = &mem[table.0 + table.1..table.0 + table.1 + pending];
-    (t, p)
-}
-
-/// (start, length) of the table and the length of the pending area, in words.
-fn bounds(config: &Config) -> ((usize, usize), usize) {
-    let ew = config.mark_entry_words();
-    let start = config.capacity() as usize
-        + config.max_transactions() as usize * (config.transaction_capacity() as usize + TXN_WORDS);
-    (
-        (start, config.marks() as usize * ew),
-        config.max_transactions() as usize * ew,
-    )
-}
 
 /// Entry `i` of an area of entries of `ew` words.
 pub(crate) fn entry(area: &[u64], ew: usize, i: usize) -> &[u64] {

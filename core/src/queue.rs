@@ -30,17 +30,15 @@ pub(crate) const fn with_tag(w: u64, tag: u8) -> u64 {
 pub(crate) struct Queue {
     head: usize,
     len: usize,
-    cap: usize,
     span: usize,
     first_free: usize,
 }
 
 impl Queue {
-    pub const fn new(cap: usize) -> Self {
+    pub const fn new() -> Self {
         Queue {
             head: 0,
             len: 0,
-            cap,
             span: 0,
             first_free: 0,
         }
@@ -50,37 +48,36 @@ impl Queue {
         self.len
     }
 
-    pub fn is_full(&self) -> bool {
-        self.len == self.cap
-    }
-
     /// Entries that lie in the region where taken events can be.
     #[cfg(test)]
     pub fn span(&self) -> usize {
         self.span
     }
 
-    fn index(&self, i: usize) -> usize {
+    /// Where entry `i` lies in the ring `mem` (the queue's own part of the caller's memory,
+    /// whose length is the capacity).
+    fn index(&self, mem: &[u64], i: usize) -> usize {
         let j = self.head + i;
-        if j >= self.cap {
-            j - self.cap
+        if j >= mem.len() {
+            j - mem.len()
         } else {
             j
         }
     }
 
     pub fn get(&self, mem: &[u64], i: usize) -> u64 {
-        mem[self.index(i)]
+        mem[self.index(mem, i)]
     }
 
     /// Overwrites entry `i` (which must exist).
     pub fn set(&self, mem: &mut [u64], i: usize, w: u64) {
-        mem[self.index(i)] = w;
+        let at = self.index(mem, i);
+        mem[at] = w;
     }
 
     /// Appends an available entry; false if the ring is full.
     pub fn push_back(&mut self, mem: &mut [u64], p: Pointer) -> bool {
-        if self.is_full() {
+        if self.len == mem.len() {
             return false;
         }
         self.len += 1;
@@ -190,7 +187,7 @@ impl Queue {
             *w = (w_start - before, w_len - inside);
         }
         let removed = j;
-        self.head = self.index(removed);
+        self.head = self.index(mem, removed);
         self.len -= removed;
         self.span -= removed;
         self.first_free = 0;
@@ -245,7 +242,7 @@ mod tests {
     #[test]
     fn rollback_keeps_order_and_commit_removes() {
         let mut mem = [0u64; 5];
-        let mut q = Queue::new(5);
+        let mut q = Queue::new();
         for n in 0..5 {
             assert!(q.push_back(&mut mem, p(n)));
         }

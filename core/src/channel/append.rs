@@ -91,8 +91,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             offset: self.write_offset as u32,
         };
         let wid_delta = (self.next_wid - self.seg_base_wid) as u32;
-        let (qmem, pool, _) = split_ref(self.memory.as_ref(), &self.config);
-        let (_, pending_marks) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let PartsRef {
+            queue: qmem, pool, ..
+        } = self.carving.parts_ref(self.memory.as_ref());
+        let PartsRef { pending_marks, .. } = self.carving.parts_ref(self.memory.as_ref());
         let mark_words = self.config.mark_entry_words();
         let cap = self.config.transaction_capacity() as usize;
         let queue = self.queue;
@@ -266,7 +268,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// The oldest segment a queued event or a pending put points into (the newest if none).
     pub(super) fn oldest_event_seq(&self) -> u64 {
-        let (qmem, pool, txns) = split_ref(self.memory.as_ref(), &self.config);
+        let PartsRef {
+            queue: qmem,
+            pool,
+            txns,
+            ..
+        } = self.carving.parts_ref(self.memory.as_ref());
         let (geo, newest) = (self.geo, self.seq);
         let mut min = newest;
         self.queue

@@ -22,6 +22,7 @@ use crate::latch::Latched;
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::log::{read_segment_header, stream_payload};
 use crate::mark;
+use crate::memory::{Carving, Parts, PartsRef};
 use crate::queue::Queue;
 use crate::record::{
     align_up, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
@@ -157,6 +158,8 @@ pub struct Channel<S: Storage, M, K = NoKeys> {
     /// The storage, with the first failed log write or sync latched (`crate::latch`).
     pub(crate) storage: Latched<S>,
     pub(crate) memory: M,
+    /// Where each part of `memory` lies, computed and checked against its length at open.
+    pub(crate) carving: Carving,
     pub(crate) config: Config,
     pub(crate) geo: Geometry,
     pub(crate) queue: Queue,
@@ -191,8 +194,8 @@ pub struct Channel<S: Storage, M, K = NoKeys> {
     /// The AES-GCM keys of the segments sealed and opened last.
     pub(crate) sealers: SealerCache,
     /// Keys that opened at least one segment at open: a seal record that fails one of these
-    /// was altered, not sealed with another key.
-    pub(crate) proven_keys: [Option<KeyId>; 8],
+    /// was altered, not sealed with another key. 0 (never a key's id) marks a free entry.
+    pub(crate) proven_keys: [KeyId; 8],
 }
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M, NoKeys> {
@@ -235,10 +238,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             );
             assert!(S::ERASE_SIZE >= S::WRITE_SIZE && S::ERASE_SIZE % S::WRITE_SIZE == 0);
         }
+        // The one check of the caller's memory: every part is borrowed through this carving.
+        let carving = Carving::new(&config);
         let given = memory.as_ref().len();
-        if given < config.memory_words() {
+        if given < carving.words() {
             return Err(ConfigError::MemoryTooSmall {
-                needed: config.memory_words(),
+                needed: carving.words(),
                 given,
             }
             .into());
@@ -278,9 +283,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let mut channel = Channel {
             storage: Latched::new(storage),
             memory,
+            carving,
             config,
             geo,
-            queue: Queue::new(config.capacity() as usize),
+            queue: Queue::new(),
             seq: 0,
             seg_base_wid: 0,
             write_offset: 0,
@@ -306,14 +312,18 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             seal_cache: [None; SEAL_CACHE],
             seal_cache_next: 0,
             sealers: SealerCache::default(),
-            proven_keys: [None; 8],
+            proven_keys: [0; 8],
         };
         channel.ckpt.enabled = checkpoints;
         // Transaction slots start free whatever the memory held before.
-        let (_, _, txns) = split(channel.memory.as_mut(), &config);
+        let Parts { txns, .. } = channel.carving.parts(channel.memory.as_mut());
         txns.fill(0);
         // So do marks: the table is rebuilt by replay.
-        let (table, pending) = mark::split_marks(channel.memory.as_mut(), &config);
+        let Parts {
+            marks: table,
+            pending_marks: pending,
+            ..
+        } = channel.carving.parts(channel.memory.as_mut());
         table.fill(0);
         pending.fill(0);
         let replayed = channel.replay()?;
@@ -367,7 +377,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         remove: bool,
         on_lost: &mut dyn FnMut(EventId),
     ) -> Result<u64, Error<S::Error>> {
-        let (qmem, _, _) = crate::channel::split(self.memory.as_mut(), &self.config);
+        let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
         if self.queue.tagged(qmem) > 0 {
             return Err(Error::BadTransaction);
         }
@@ -427,7 +437,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// A snapshot of the state and counters.
     pub fn stats(&mut self) -> Stats {
         self.refresh_pins();
-        let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts {
+            queue: qmem, txns, ..
+        } = self.carving.parts(self.memory.as_mut());
         let open = (0..self.config.max_transactions() as usize)
             .filter(|&s| Slot::load(txns, s).state != STATE_FREE)
             .count() as u16;
@@ -449,7 +461,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// The durability barrier: syncs the log, then applies every commit written before it, in
     /// log order. Does nothing if no commit is waiting.
     pub fn sync(&mut self) -> Result<(), Error<S::Error>> {
-        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
         let max = self.config.max_transactions() as usize;
         if !(0..max).any(|s| Slot::load(txns, s).state == STATE_WRITTEN) {
             return Ok(());
@@ -489,7 +501,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         // Apply in commit-record order, which is the order replay uses; a commit written after
         // the mark waits for the next sync. Bounded by `max` turns.
         for _ in 0..max {
-            let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+            let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
             let next = (0..max)
                 .map(|s| (s, Slot::load(txns, s)))
                 .filter(|(_, slot)| slot.state == STATE_WRITTEN && slot.commit_wid < mark.0)
@@ -547,24 +559,4 @@ fn checkpoint_slots_usable<S: Storage, E>(
 /// A mark's length padded to whole words, as commit records and checkpoints store it.
 pub(crate) const fn padded(len: u16) -> u64 {
     (len as u64).next_multiple_of(8)
-}
-
-/// Splits the caller's memory into the queue ring, the pending-put pool and the slot table.
-pub(crate) fn split<'m>(
-    mem: &'m mut [u64],
-    config: &Config,
-) -> (&'m mut [u64], &'m mut [u64], &'m mut [u64]) {
-    let q = config.capacity() as usize;
-    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
-    let t = config.max_transactions() as usize * TXN_WORDS;
-    let (queue, rest) = mem.split_at_mut(q);
-    let (pool, rest) = rest.split_at_mut(p);
-    (queue, pool, &mut rest[..t])
-}
-
-pub(crate) fn split_ref<'m>(mem: &'m [u64], config: &Config) -> (&'m [u64], &'m [u64], &'m [u64]) {
-    let q = config.capacity() as usize;
-    let p = config.max_transactions() as usize * config.transaction_capacity() as usize;
-    let t = config.max_transactions() as usize * TXN_WORDS;
-    (&mem[..q], &mem[q..q + p], &mem[q + p..q + p + t])
 }

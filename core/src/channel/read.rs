@@ -178,7 +178,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             .key(seal.key)
             .ok_or(Error::KeyMissing { key: seal.key })?;
         if !SealRecord::verify(key, &seal, &header, &record) {
-            if self.proven_keys.contains(&Some(seal.key)) {
+            if seal.key != 0 && self.proven_keys.contains(&seal.key) {
                 // The key opens other segments: this seal record was altered.
                 self.recovery.authentication_failures += 1;
                 return Ok(SegKeys::Broken);

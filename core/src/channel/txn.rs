@@ -63,7 +63,7 @@ fn free_slot() -> Slot {
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Begins a transaction. It becomes a put or a take transaction with its first operation.
     pub fn begin(&mut self) -> Result<Txn, Error<S::Error>> {
-        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
         for s in 0..self.config.max_transactions() as usize {
             let slot = Slot::load(txns, s);
             if slot.state == STATE_FREE {
@@ -80,7 +80,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 fresh.store(txns, s);
                 let ew = self.config.mark_entry_words();
                 if ew > 0 {
-                    let (_, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+                    let Parts {
+                        pending_marks: pending,
+                        ..
+                    } = self.carving.parts(self.memory.as_mut());
                     mark::clear(mark::entry_mut(pending, ew, s));
                 }
                 return Ok(Txn {
@@ -119,7 +122,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             event.len() as u32,
             WriteClass::Produce,
         )?;
-        let (_, pool, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { pool, txns, .. } = self.carving.parts(self.memory.as_mut());
         let cap = self.config.transaction_capacity() as usize;
         pool[txn.slot as usize * cap + slot.count as usize] = ptr.to_word();
         slot.count += 1;
@@ -162,12 +165,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if slot.count >= self.config.transaction_capacity() {
                 return Err(Error::TransactionFull);
             }
-            let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+            let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
             let Some((index, ptr)) = self.queue.take_next(qmem, tag) else {
                 return Ok(None);
             };
             let result = self.read_event(ptr, buf);
-            let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+            let Parts {
+                queue: qmem, txns, ..
+            } = self.carving.parts(self.memory.as_mut());
             match result {
                 Ok(n) => {
                     slot.count += 1;
@@ -210,7 +215,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             return Err(Error::BadMark);
         }
         let ew = self.config.mark_entry_words();
-        let (_, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+        let Parts {
+            pending_marks: pending,
+            ..
+        } = self.carving.parts(self.memory.as_mut());
         mark::store(
             mark::entry_mut(pending, ew, txn.slot as usize),
             stream,
@@ -227,7 +235,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             return None;
         }
         let ew = self.config.mark_entry_words();
-        let (table, _) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let PartsRef { marks: table, .. } = self.carving.parts_ref(self.memory.as_ref());
         mark::load(mark::entry(table, ew, stream as usize), buf)
     }
 
@@ -237,7 +245,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if ew == 0 {
             return None;
         }
-        let (_, pending) = mark::split_marks_ref(self.memory.as_ref(), &self.config);
+        let PartsRef {
+            pending_marks: pending,
+            ..
+        } = self.carving.parts_ref(self.memory.as_ref());
         mark::head(mark::entry(pending, ew, s)).map(|(_, len)| len)
     }
 
@@ -261,7 +272,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     pub fn write_commit(&mut self, txn: Txn) -> Result<bool, Error<S::Error>> {
         let mut slot = self.open_slot(txn)?;
         let marked = self.pending_mark(txn.slot as usize);
-        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
         if slot.count == 0 && marked.is_none() {
             Slot::store(&free_slot(), txns, txn.slot as usize);
             return Ok(false);
@@ -300,7 +311,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             adds: slot.kind == KIND_PUT,
         };
         self.append(kind, slot.id, body, len as u32, class)?;
-        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
         slot.state = STATE_WRITTEN;
         slot.commit_wid = wid;
         slot.store(txns, txn.slot as usize);
@@ -311,7 +322,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// True if `txn` is no longer open or waiting for a sync: it committed, rolled back, or the
     /// handle is stale.
     pub fn is_finished(&self, txn: Txn) -> bool {
-        let (_, _, txns) = split_ref(self.memory.as_ref(), &self.config);
+        let PartsRef { txns, .. } = self.carving.parts_ref(self.memory.as_ref());
         let slot = Slot::load(txns, txn.slot as usize);
         slot.generation != txn.generation || slot.state == STATE_FREE
     }
@@ -320,7 +331,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// replay, and taken events become available again in their original places.
     pub fn rollback(&mut self, txn: Txn) -> Result<(), Error<S::Error>> {
         let slot = self.open_slot(txn)?;
-        let (qmem, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts {
+            queue: qmem, txns, ..
+        } = self.carving.parts(self.memory.as_mut());
         match slot.kind {
             KIND_PUT => {
                 self.pending_puts -= slot.count as u64;
@@ -337,14 +350,23 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     pub(super) fn apply(&mut self, s: usize, slot: Slot) -> Result<(), Error<S::Error>> {
         let ew = self.config.mark_entry_words();
         if ew > 0 {
-            let (table, pending) = mark::split_marks(self.memory.as_mut(), &self.config);
+            let Parts {
+                marks: table,
+                pending_marks: pending,
+                ..
+            } = self.carving.parts(self.memory.as_mut());
             let e = mark::entry_mut(pending, ew, s);
             if let Some((stream, _)) = mark::head(e) {
                 mark::copy(e, mark::entry_mut(table, ew, stream as usize));
                 mark::clear(e);
             }
         }
-        let (qmem, pool, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts {
+            queue: qmem,
+            pool,
+            txns,
+            ..
+        } = self.carving.parts(self.memory.as_mut());
         let cap = self.config.transaction_capacity() as usize;
         if slot.kind == KIND_PUT {
             for &w in &pool[s * cap..s * cap + slot.count as usize] {
@@ -377,7 +399,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if txn.slot as usize >= self.config.max_transactions() as usize {
             return Err(Error::BadTransaction);
         }
-        let (_, _, txns) = split(self.memory.as_mut(), &self.config);
+        let Parts { txns, .. } = self.carving.parts(self.memory.as_mut());
         let slot = Slot::load(txns, txn.slot as usize);
         if slot.generation != txn.generation || slot.state != STATE_OPEN {
             return Err(Error::BadTransaction);

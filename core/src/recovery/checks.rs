@@ -77,7 +77,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                         q.offset,
                     ));
                 } else if remove {
-                    let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                    let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
                     self.queue.set(qmem, kept, q.to_word());
                     kept += 1;
                 }
@@ -94,7 +94,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// The queue's entry `i` (untagged: recovery and repair run before any take).
     pub(super) fn queued(&mut self, i: usize) -> Pointer {
-        let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+        let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
         Pointer::from_word(self.queue.get(qmem, i))
     }
 
@@ -150,15 +150,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// altered, and only its segment is lost (counted in `authentication_failures`).
     pub(super) fn check_keys(&mut self, start: u64, newest: u64) -> Result<(), Error<S::Error>> {
         const TRACKED: usize = 8;
-        let mut proven: [Option<u16>; TRACKED] = self.proven_keys;
+        let mut proven: [KeyId; TRACKED] = self.proven_keys;
         let mut failed: Option<u16> = None;
         for seq in start..=newest {
             match self.probe_seal(seq)? {
                 Some((key, true)) => {
                     self.recovery.sealed_segments += 1;
-                    if !proven.contains(&Some(key)) {
-                        if let Some(free) = proven.iter_mut().find(|p| p.is_none()) {
-                            *free = Some(key);
+                    if key != 0 && !proven.contains(&key) {
+                        if let Some(free) = proven.iter_mut().find(|p| **p == 0) {
+                            *free = key;
                         }
                     }
                 }
@@ -168,7 +168,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         self.proven_keys = proven;
         if let Some(key) = failed {
-            if !proven.contains(&Some(key)) {
+            if key == 0 || !proven.contains(&key) {
                 return Err(Error::WrongKey { key });
             }
         }

@@ -27,20 +27,21 @@
 //! checkpoint; `records` walks and applies records; `checks` checks headers, keys, payloads and
 //! the queued events' bytes.
 
-use crate::channel::{padded, split, Channel};
+use crate::channel::{padded, Channel};
 use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
 use crate::error::Error;
 use crate::log::{payload_matches, read_record_header, stream_payload, Geometry};
-use crate::mark::{self, split_marks};
+use crate::mark;
+use crate::memory::Parts;
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
     decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES,
     CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
 };
-use crate::seal::{KeyProvider, Sealer, TAG_BYTES};
+use crate::seal::{KeyId, KeyProvider, Sealer, TAG_BYTES};
 use crate::sealed_write::SegKeys;
 use crate::storage::{Region, Storage};
 use crate::walk::{self, HeaderRead};
@@ -273,7 +274,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             self.check_keys(from.seq.max(start), newest)?;
             self.replay_segments(from, newest)?;
         }
-        let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+        let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
         let mut oldest = from.seq.min(newest + 1);
         self.queue.for_each(qmem, |p| {
             oldest = oldest.min(geo.seq_of_slot(p.slot, newest))

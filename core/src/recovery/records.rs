@@ -149,7 +149,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     {
                         return Ok(());
                     }
-                    let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
+                    let Parts { queue: qmem, .. } = ch.carving.parts(ch.memory.as_mut());
                     if !ch.queue.push_back(qmem, p) {
                         return Err(Error::CapacityTooSmall {
                             needed: ch.queue.len() as u64 + 1,
@@ -175,14 +175,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 // No liveness filter here: a checkpoint may hold an event whose segment was
                 // reclaimed after this take consumed it, and it must still leave the queue.
                 let stable = self.for_each_pointer(here, record, |ch, p, _| {
-                    let (qmem, _, _) = split(ch.memory.as_mut(), &ch.config);
+                    let Parts { queue: qmem, .. } = ch.carving.parts(ch.memory.as_mut());
                     match ch.queue.mark(qmem, p, TAG_REPLAY, cursor) {
                         Some(i) => cursor = i + 1,
                         None => unmatched += 1,
                     }
                     Ok(())
                 })?;
-                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
                 if !stable {
                     self.queue.untag_all(qmem, TAG_REPLAY);
                     self.unstable(here, state);
@@ -231,7 +231,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// commit it read last carried one) its stream's.
     fn apply_replayed_mark(&mut self) {
         let ew = self.config.mark_entry_words();
-        let (table, pending) = split_marks(self.memory.as_mut(), &self.config);
+        let Parts {
+            marks: table,
+            pending_marks: pending,
+            ..
+        } = self.carving.parts(self.memory.as_mut());
         let e = mark::entry_mut(pending, ew, 0);
         if let Some((stream, _)) = mark::head(e) {
             mark::copy(e, mark::entry_mut(table, ew, stream as usize));
@@ -384,7 +388,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let marked = RecordKind::from_u8(record.kind).is_some_and(RecordKind::is_marked);
         let ew = self.config.mark_entry_words();
         if ew > 0 {
-            let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+            let Parts {
+                pending_marks: pending,
+                ..
+            } = self.carving.parts(self.memory.as_mut());
             mark::clear(mark::entry_mut(pending, ew, 0));
         }
         if marked {
@@ -418,7 +425,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     s.decrypt(&mut piece);
                 }
                 if fits {
-                    let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+                    let Parts {
+                        pending_marks: pending,
+                        ..
+                    } = self.carving.parts(self.memory.as_mut());
                     let e = mark::entry_mut(pending, ew, 0);
                     for (k, b) in piece.iter().enumerate() {
                         if done + k < len as usize {
@@ -429,7 +439,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 done += 8;
             }
             if fits {
-                let (_, pending) = split_marks(self.memory.as_mut(), &self.config);
+                let Parts {
+                    pending_marks: pending,
+                    ..
+                } = self.carving.parts(self.memory.as_mut());
                 mark::set_head(mark::entry_mut(pending, ew, 0), stream, len);
             }
             pointers += mark_len as u64;

@@ -45,8 +45,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             match self.load_entries(&f).and_then(|()| self.load_marks(&f)) {
                 Ok(()) => {}
                 Err(Error::Corrupted { .. }) => {
-                    self.queue = Queue::new(self.config.capacity() as usize);
-                    let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                    self.queue = Queue::new();
+                    let Parts { marks: table, .. } = self.carving.parts(self.memory.as_mut());
                     table.fill(0);
                     continue;
                 }
@@ -225,7 +225,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// room for (fewer `marks`, smaller `mark_bytes`) is left out.
     fn load_marks(&mut self, f: &Found) -> Result<(), Error<S::Error>> {
         let ew = self.config.mark_entry_words();
-        let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+        let Parts { marks: table, .. } = self.carving.parts(self.memory.as_mut());
         table.fill(0);
         if ew == 0 || f.marks_bytes == 0 {
             return Ok(());
@@ -278,7 +278,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     s.decrypt(&mut piece);
                 }
                 if fits {
-                    let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                    let Parts { marks: table, .. } = self.carving.parts(self.memory.as_mut());
                     let e = mark::entry_mut(table, ew, stream as usize);
                     for (k, b) in piece.iter().enumerate() {
                         if done as usize + k < len as usize {
@@ -289,7 +289,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 done += 8;
             }
             if fits {
-                let (table, _) = split_marks(self.memory.as_mut(), &self.config);
+                let Parts { marks: table, .. } = self.carving.parts(self.memory.as_mut());
                 mark::set_head(mark::entry_mut(table, ew, stream as usize), stream, len);
                 self.recovery.checkpoint_marks += 1;
             }
@@ -328,7 +328,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                         offset: at,
                     });
                 }
-                let (qmem, _, _) = split(self.memory.as_mut(), &self.config);
+                let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
                 if !self.queue.push_back(qmem, p) {
                     return Err(Error::CapacityTooSmall { needed: f.entries });
                 }
