@@ -329,6 +329,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let replayed = channel.replay()?;
         channel.seq = replayed.newest.unwrap_or(0);
         channel.roll_to = replayed.roll_to;
+        channel.next_wid = replayed.next_wid;
+        channel.next_txn_id = replayed.next_txn_id;
         channel.refresh_pins();
         if channel.ckpt.enabled && replayed.read_tail {
             // Make this recovery's verdict final before anyone sees it. The record in flight at

@@ -88,6 +88,10 @@ pub(crate) struct Replayed {
     /// True if the log held segments past the checkpoint used (or no checkpoint was used), so
     /// replay read a tail the previous run may have left torn.
     pub read_tail: bool,
+    /// The write-order id the next record gets: past every id the log or the checkpoint used.
+    pub next_wid: u64,
+    /// The id the next transaction gets: past every id the log or the checkpoint used.
+    pub next_txn_id: u32,
 }
 
 /// What recovery found and did, with counters like Flume's replay report.
@@ -197,6 +201,8 @@ struct Replay {
     /// The segment after the current one belongs to the same run: its opening synced everything
     /// before it.
     run_continues: bool,
+    /// Past every transaction id seen so far (the checkpoint's, then each record's).
+    next_txn_id: u32,
 }
 
 /// Where a walk over a segment ended.
@@ -237,10 +243,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
         }
         self.recovery.first_segment = start;
-        let from = if self.ckpt.enabled {
+        let loaded = if self.ckpt.enabled {
             self.load_checkpoint(newest, start)?
         } else {
             None
+        };
+        let (from, next_txn_id) = match loaded {
+            Some((from, next_txn_id)) => (Some(from), next_txn_id),
+            None => (None, 0),
         };
         let Some(newest) = newest else {
             // No log at all: a new channel, or a checkpoint of an empty log.
@@ -248,11 +258,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 self.recovery.path = RecoveryPath::New;
             }
             self.lost_events(None, Check::Runs, false, &mut |_| {})?;
-            self.next_wid = from.map_or(0, |f| f.wid);
             return Ok(Replayed {
                 newest: None,
                 roll_to: from.map_or(0, |f| f.seq),
                 read_tail: false,
+                next_wid: from.map_or(0, |f| f.wid),
+                next_txn_id,
             });
         };
         let from = match from {
@@ -266,13 +277,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 }
             }
         };
-        self.next_wid = from.wid;
         let read_tail = from.seq <= newest;
+        let (mut next_wid, mut next_txn_id) = (from.wid, next_txn_id);
         // Keys are checked for the segments replay reads, then for older ones that queued
         // events still point into; segments nothing needs may name a key already retired.
         if read_tail {
             self.check_keys(from.seq.max(start), newest)?;
-            self.replay_segments(from, newest)?;
+            let (wid, txn) = self.replay_segments(from, newest, next_txn_id)?;
+            next_wid = next_wid.max(wid.unwrap_or(0));
+            next_txn_id = txn;
         }
         let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
         let mut oldest = from.seq.min(newest + 1);
@@ -293,17 +306,27 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             newest: Some(newest),
             roll_to: (newest + 1).max(from.seq),
             read_tail,
+            next_wid,
+            next_txn_id,
         })
     }
 
-    /// Replays segments `from.seq..=newest`, the first from `from`'s offset.
-    fn replay_segments(&mut self, from: ReplayFrom, newest: u64) -> Result<(), Error<S::Error>> {
+    /// Replays segments `from.seq..=newest`, the first from `from`'s offset, with transaction
+    /// ids from `next_txn_id` on. Returns the write-order id after the last record read (`None`
+    /// if no segment was read) and the transaction id after the last one seen.
+    fn replay_segments(
+        &mut self,
+        from: ReplayFrom,
+        newest: u64,
+        next_txn_id: u32,
+    ) -> Result<(Option<u64>, u32), Error<S::Error>> {
         let geo = self.geo;
         let mut state = Replay {
             suspect: None,
             last_break: None,
             limit: u64::MAX,
             run_continues: false,
+            next_txn_id,
         };
         let mut next_wid: Option<u64> = None;
         let mut current = self.valid_header(geo.slot_of(from.seq))?;
@@ -356,9 +379,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             self.recovery.segments_replayed += 1;
             current = following;
         }
-        if let Some(w) = next_wid {
-            self.next_wid = self.next_wid.max(w);
-        }
-        Ok(())
+        Ok((next_wid, state.next_txn_id))
     }
 }

@@ -122,7 +122,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         state: &mut Replay,
     ) -> Result<(), Error<S::Error>> {
         self.recovery.records_read += 1;
-        self.next_txn_id = self.next_txn_id.max(record.txn.wrapping_add(1));
+        state.next_txn_id = state.next_txn_id.max(record.txn.wrapping_add(1));
         let here = Position {
             seq: seg.seq,
             offset,

@@ -12,13 +12,14 @@ enum SlotRead {
 }
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
-    /// Loads the newest usable checkpoint into the queue and returns where replay resumes, or
-    /// `None` if no checkpoint can be used (replay then starts at the oldest segment).
+    /// Loads the newest usable checkpoint into the queue and returns where replay resumes and
+    /// the id the next transaction gets, or `None` if no checkpoint can be used (replay then
+    /// starts at the oldest segment).
     pub(super) fn load_checkpoint(
         &mut self,
         newest: Option<u64>,
         start: u64,
-    ) -> Result<Option<ReplayFrom>, Error<S::Error>> {
+    ) -> Result<Option<(ReplayFrom, u32)>, Error<S::Error>> {
         let mut found = [None, None];
         let mut newest_started = 0;
         for (i, region) in SLOTS.into_iter().enumerate() {
@@ -65,8 +66,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             };
             r.checkpoint = f.started.ckpt_seq;
             r.checkpoint_events = f.entries;
-            self.next_txn_id = f.started.next_txn;
-            return Ok(Some(f.started.from));
+            return Ok(Some((f.started.from, f.started.next_txn)));
         }
         Ok(None)
     }
