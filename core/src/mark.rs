@@ -21,6 +21,11 @@
 
 const PRESENT: u64 = 1 << 63;
 
+/// A mark's length padded to whole words, as commit records and checkpoints store it.
+pub(crate) const fn padded(len: u16) -> u64 {
+    (len as u64).next_multiple_of(8)
+}
+
 /// Entry `i` of an area of entries of `ew` words.
 pub(crate) fn entry(area: &[u64], ew: usize, i: usize) -> &[u64] {
     &area[i * ew..(i + 1) * ew]

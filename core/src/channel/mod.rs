@@ -21,7 +21,7 @@ use crate::error::{ConfigError, Error};
 use crate::latch::Latched;
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
 use crate::log::{read_segment_header, stream_payload};
-use crate::mark;
+use crate::mark::{self, padded};
 use crate::memory::{Carving, Parts, PartsRef};
 use crate::queue::Queue;
 use crate::record::{
@@ -556,9 +556,4 @@ fn checkpoint_slots_usable<S: Storage, E>(
         return Err(ConfigError::CheckpointRegionTooSmall { needed, given }.into());
     }
     Ok(true)
-}
-
-/// A mark's length padded to whole words, as commit records and checkpoints store it.
-pub(crate) const fn padded(len: u16) -> u64 {
-    (len as u64).next_multiple_of(8)
 }

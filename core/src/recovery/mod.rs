@@ -27,13 +27,13 @@
 //! checkpoint; `records` walks and applies records; `checks` checks headers, keys, payloads and
 //! the queued events' bytes.
 
-use crate::channel::{padded, Channel};
+use crate::channel::Channel;
 use crate::checkpoint::{
     Complete, Found, ReplayFrom, SlotLayout, Started, COMPLETE_BYTES, SLOTS, STARTED_BYTES,
 };
 use crate::error::Error;
 use crate::log::{payload_matches, read_record_header, stream_payload, Geometry};
-use crate::mark;
+use crate::mark::{self, padded};
 use crate::memory::Parts;
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
