@@ -38,7 +38,6 @@ mod channel;
 pub mod checkpoint;
 mod config;
 mod error;
-mod group;
 mod latch;
 mod log;
 mod mark;
@@ -51,12 +50,11 @@ mod sealed_write;
 pub mod storage;
 pub mod walk;
 
-pub use channel::{Channel, EventId, Stats, SyncMark, Txn};
+pub use channel::{Channel, EventId, PendingSync, Stats, SyncMark, Txn};
 pub use config::{
     Config, MAX_MARK_BYTES, MAX_MARK_STREAMS, MAX_SEGMENTS, MAX_TRANSACTIONS, MIN_SEGMENTS,
 };
 pub use error::{ConfigError, Error};
-pub use group::PendingSync;
 pub use log::MAX_WRITE_SIZE;
 pub use recovery::{Recovery, RecoveryPath};
 pub use seal::{Algorithm, Key, KeyId, KeyProvider, NoKeys, StaticKeys, KEY_BYTES, SALT_BYTES};

@@ -426,19 +426,19 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "a new run reuses the newest segment's number (and so its nonces)",
-        file: "core/src/recovery/mod.rs",
+        file: "core/src/channel/replay/mod.rs",
         from: "roll_to: (newest + 1).max(from.seq),",
         to: "roll_to: newest.max(from.seq),",
     },
     Mutant {
         name: "replay ignores take commits",
-        file: "core/src/recovery/records.rs",
+        file: "core/src/channel/replay/records.rs",
         from: "self.recovery.take_commits += 1;",
         to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
     },
     Mutant {
         name: "replay applies commits whose puts did not survive",
-        file: "core/src/recovery/records.rs",
+        file: "core/src/channel/replay/records.rs",
         from: "if damaged > 0 && !self.acknowledged(seg, offset, index, record, state)? {",
         to: "if false && damaged > 0 {",
     },
@@ -456,13 +456,13 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "a checkpoint starts without syncing the log",
-        file: "core/src/checkpoint.rs",
+        file: "core/src/channel/checkpointing.rs",
         from: "        self.sync_log()?;\n        let slot",
         to: "        self.sync()?;\n        let slot",
     },
     Mutant {
         name: "replay lets take commits remove only events in retained segments",
-        file: "core/src/recovery/records.rs",
+        file: "core/src/channel/replay/records.rs",
         from: "self.for_each_pointer(here, record, |ch, p, _| {",
         to: "self.for_each_pointer(here, record, |ch, p, live| { if !live { return Ok(()); }",
     },
@@ -474,7 +474,7 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "a group sync that failed is reported durable, and its commits applied",
-        file: "core/src/group.rs",
+        file: "core/src/channel/group.rs",
         from: "            Some(Err(e)) => Err(e),",
         to: "            Some(Err(_)) => Ok(()),",
     },
@@ -516,13 +516,13 @@ const AGENT_MUTANTS: [(Mutant, &str); 2] = [
 const MARK_MUTANTS: [Mutant; 2] = [
     Mutant {
         name: "replay applies a commit's events but not the mark it carries",
-        file: "core/src/recovery/records.rs",
+        file: "core/src/channel/replay/records.rs",
         from: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;\n                self.apply_replayed_mark();",
         to: "                self.recovery.events_taken +=\n                    self.queue.remove_tagged(qmem, TAG_REPLAY, None) as u64;",
     },
     Mutant {
         name: "a checkpoint leaves the marks out, so marks committed in reclaimed segments are lost",
-        file: "core/src/checkpoint.rs",
+        file: "core/src/channel/checkpointing.rs",
         from: "let marks_bytes = self.marks_area_bytes(started.sealed());",
         to: "let marks_bytes = 0 * self.marks_area_bytes(started.sealed());",
     },
@@ -694,7 +694,7 @@ const KILL_MUTANTS: [Mutant; 1] = [Mutant {
 const FIRMWARE_MUTANTS: [Mutant; 2] = [
     Mutant {
         name: "replay ignores take commits (the firmware sees readings come back)",
-        file: "core/src/recovery/records.rs",
+        file: "core/src/channel/replay/records.rs",
         from: "self.recovery.take_commits += 1;",
         to: "self.recovery.take_commits += 1; if true { return Ok(()); }",
     },

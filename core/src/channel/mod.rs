@@ -13,7 +13,9 @@
 //! records in the log, which is the order replay rebuilds.
 //!
 //! The parts: this file holds the type, opening and the sync that applies commits; `txn` the
-//! transactions over the slot table; `append` the log writer; `read` the reads for takes.
+//! transactions over the slot table; `append` the log writer; `read` the reads for takes;
+//! `group` group commit; `checkpointing` the checkpoint writer; `replay` recovery at open.
+//! Every part that works on a `Channel` lives here, and no module outside imports it.
 
 use crate::checkpoint::{Checkpoints, SlotLayout};
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
@@ -35,8 +37,13 @@ use crate::sealed_write::{SealedWrite, SegKeys, SegSeal};
 use crate::storage::{Region, Storage};
 
 mod append;
+mod checkpointing;
+mod group;
 mod read;
+mod replay;
 mod txn;
+
+pub use group::PendingSync;
 
 pub(crate) use append::emit_mark;
 use append::{Body, WriteClass};
@@ -385,7 +392,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         let newest =
             (self.recovery.path != crate::RecoveryPath::New).then_some(self.recovery.last_segment);
-        let lost = self.lost_events(newest, crate::recovery::Check::Every, remove, on_lost)?;
+        let lost = self.lost_events(newest, replay::Check::Every, remove, on_lost)?;
         self.recovery.events = self.queue.len() as u64;
         Ok(lost)
     }
