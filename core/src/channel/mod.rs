@@ -163,46 +163,46 @@ const SEAL_CACHE: usize = 4;
 /// encrypted ([`Channel::open_with_keys`]); the default, [`NoKeys`], writes plaintext.
 pub struct Channel<S: Storage, M, K = NoKeys> {
     /// The storage, with the first failed log write or sync latched (`crate::latch`).
-    pub(crate) storage: Latched<S>,
-    pub(crate) memory: M,
+    storage: Latched<S>,
+    memory: M,
     /// Where each part of `memory` lies, computed and checked against its length at open.
-    pub(crate) carving: Carving,
-    pub(crate) config: Config,
-    pub(crate) geo: Geometry,
-    pub(crate) queue: Queue,
+    carving: Carving,
+    config: Config,
+    geo: Geometry,
+    queue: Queue,
     /// The sequence number of the segment being written.
-    pub(crate) seq: u64,
-    pub(crate) seg_base_wid: u64,
+    seq: u64,
+    seg_base_wid: u64,
     /// Where the next record goes, inside the segment being written.
-    pub(crate) write_offset: u64,
-    pub(crate) next_wid: u64,
+    write_offset: u64,
+    next_wid: u64,
     /// Every record with a smaller write-order id is durable: the mark at the last sync.
     synced_wid: u64,
-    pub(crate) next_txn_id: u32,
+    next_txn_id: u32,
     generation: u32,
     pending_puts: u64,
     /// A lower bound of the oldest segment anything points into.
     min_pinned: u64,
-    pub(crate) pins_dirty: bool,
+    pins_dirty: bool,
     /// True until this run has opened its first segment.
-    pub(crate) restart_pending: bool,
+    restart_pending: bool,
     /// The sequence number the next new segment gets.
-    pub(crate) roll_to: u64,
-    pub(crate) stats: Stats,
-    pub(crate) recovery: Recovery,
-    pub(crate) ckpt: Checkpoints,
-    pub(crate) keys: K,
+    roll_to: u64,
+    stats: Stats,
+    recovery: Recovery,
+    ckpt: Checkpoints,
+    keys: K,
     /// The key this run seals with (the provider's active key when the channel opened).
-    pub(crate) sealing: Option<KeyId>,
+    sealing: Option<KeyId>,
     /// The key and salt of the segment being written, if it is sealed.
     write_seal: Option<SegSeal>,
     seal_cache: [Option<(u64, SegKeys)>; SEAL_CACHE],
     seal_cache_next: usize,
     /// The AES-GCM keys of the segments sealed and opened last.
-    pub(crate) sealers: SealerCache,
+    sealers: SealerCache,
     /// Keys that opened at least one segment at open: a seal record that fails one of these
     /// was altered, not sealed with another key. 0 (never a key's id) marks a free entry.
-    pub(crate) proven_keys: [KeyId; 8],
+    proven_keys: [KeyId; 8],
 }
 
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>> Channel<S, M, NoKeys> {
