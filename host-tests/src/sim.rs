@@ -168,6 +168,8 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     violations: Vec<String>,
     /// What [`Storage::whole_records`] answers (see [`SimStorage::set_whole_records`]).
     whole_records: bool,
+    /// Every [`Storage::prepare`] call: the region and range it named.
+    prepared: Vec<(Region, u64, u64)>,
 }
 
 fn region_index(r: Region) -> usize {
@@ -226,6 +228,7 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
             fail: None,
             violations: Vec::new(),
             whole_records: false,
+            prepared: Vec::new(),
         }
     }
 
@@ -239,6 +242,11 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     /// under its power cuts too.
     pub fn set_whole_records(&mut self, on: bool) {
         self.whole_records = on;
+    }
+
+    /// Every range the core asked the medium to prepare ([`Storage::prepare`]), in order.
+    pub fn prepared(&self) -> &[(Region, u64, u64)] {
+        &self.prepared
     }
 
     /// Zeroes the counters.
@@ -562,6 +570,12 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
 
     fn whole_records(&self) -> bool {
         self.whole_records
+    }
+
+    /// Records the call; a simulated medium needs nothing made ready.
+    fn prepare(&mut self, region: Region, from: u64, to: u64) -> Result<(), SimError> {
+        self.prepared.push((region, from, to));
+        Ok(())
     }
 
     fn sync(&mut self, region: Region) -> Result<(), SimError> {

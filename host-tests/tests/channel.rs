@@ -839,3 +839,57 @@ fn event_ids_are_stable_and_unique() {
     let ids: Vec<u128> = seen.iter().map(|(_, id)| id.get()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
 }
+
+/// A roll into a new segment is announced to the storage (`Storage::prepare`, naming the segment
+/// after the new one) when a put or a put's commit makes it, never when a take's commit does:
+/// the file adapter makes its spare log file then, so take commits can drain a full disk.
+#[test]
+fn only_rolls_that_add_data_are_announced() {
+    let (mut sim, mut mem) = (sim(), memory());
+    let mut ch = open(&mut sim, &mut mem);
+    let segments = (LOG_BYTES / 512) as u64;
+    let (mut put_rolls, mut take_rolls) = (0, 0);
+    let event = [7u8; 60];
+    for round in 0..12 {
+        for _ in 0..2 {
+            let opened = ch.stats().segments_opened;
+            let before = ch.storage().prepared().len() as u64;
+            let tx = ch.begin().unwrap();
+            for _ in 0..4 {
+                ch.put(tx, &event).unwrap();
+            }
+            ch.commit(tx).unwrap();
+            let rolls = ch.stats().segments_opened - opened;
+            let prepared = ch.storage().prepared().len() as u64 - before;
+            assert_eq!(
+                prepared, rolls,
+                "round {round}: each roll a put makes is announced"
+            );
+            put_rolls += rolls;
+        }
+        for _ in 0..8 {
+            let opened = ch.stats().segments_opened;
+            let before = ch.storage().prepared().len();
+            let tx = ch.begin().unwrap();
+            let mut buf = [0u8; 64];
+            assert!(ch.take(tx, &mut buf).unwrap().is_some());
+            ch.commit(tx).unwrap();
+            take_rolls += ch.stats().segments_opened - opened;
+            assert_eq!(
+                ch.storage().prepared().len(),
+                before,
+                "round {round}: a take's commit announced a roll"
+            );
+        }
+    }
+    assert!(
+        put_rolls > 0 && take_rolls > 0,
+        "{put_rolls} put rolls, {take_rolls} take rolls"
+    );
+    // Each announcement names the segment after the one opened, in the log region.
+    for &(region, from, to) in ch.storage().prepared() {
+        assert_eq!(region, Region::Log);
+        assert_eq!((to - from, from % 512), (512, 0));
+        assert!(from < segments * 512);
+    }
+}
