@@ -886,7 +886,7 @@ fn only_rolls_that_add_data_are_announced() {
         put_rolls > 0 && take_rolls > 0,
         "{put_rolls} put rolls, {take_rolls} take rolls"
     );
-    // Each announcement names the segment after the one opened, in the log region.
+    // Each announcement names one whole segment of the log region.
     for &(region, from, to) in ch.storage().prepared() {
         assert_eq!(region, Region::Log);
         assert_eq!((to - from, from % 512), (512, 0));

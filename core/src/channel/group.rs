@@ -27,11 +27,6 @@ impl<S: SplitSync> PendingSync<S> {
         self.mark
     }
 
-    /// The storage's ticket, for adapters that report what the sync covers.
-    pub fn ticket(&self) -> &S::Ticket {
-        &self.ticket
-    }
-
     /// Makes the covered writes durable. Needs no access to the channel: call it without the
     /// lock that guards the channel, while other threads write.
     pub fn run(&mut self) {
