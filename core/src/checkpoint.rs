@@ -27,6 +27,7 @@
 //! **Invariant:** a slot is erased only when the other slot holds the newest valid checkpoint
 //! (or no valid checkpoint exists at all).
 
+use crate::config::Config;
 use crate::record::{align_up, u32_at, u64_at, CRC32C, FORMAT_VERSION, POINTER_BYTES};
 use crate::seal::{nonce, Domain, Key, KeyId, Sealer, SALT_BYTES, TAG_BYTES};
 use crate::storage::Region;
@@ -249,30 +250,131 @@ pub(crate) struct InProgress {
     pub marks_bytes: u32,
 }
 
-/// The channel's checkpoint bookkeeping.
+/// The channel's checkpoint bookkeeping: which slots hold a valid checkpoint, the one being
+/// written, the number the next one gets, and what the policy counts since the last. The
+/// channel's checkpoint writer moves it through these methods only.
 pub(crate) struct Checkpoints {
     /// False when the storage has no checkpoint regions.
-    pub enabled: bool,
+    enabled: bool,
     /// The valid checkpoint in each slot (same order as [`SLOTS`]): its number and position.
-    pub valid: [Option<(u64, ReplayFrom)>; 2],
-    pub in_progress: Option<InProgress>,
+    valid: [Option<(u64, ReplayFrom)>; 2],
+    in_progress: Option<InProgress>,
     /// The number the next checkpoint gets.
-    pub next_seq: u64,
-    pub commits_since: u32,
-    pub bytes_since: u64,
-    pub last_ms: Option<u64>,
+    next_seq: u64,
+    commits_since: u32,
+    bytes_since: u64,
+    last_ms: Option<u64>,
 }
 
 impl Checkpoints {
-    pub const fn new() -> Self {
+    /// No checkpoint known yet; `enabled` is false when the storage has no checkpoint regions.
+    pub const fn new(enabled: bool) -> Self {
         Checkpoints {
-            enabled: false,
+            enabled,
             valid: [None, None],
             in_progress: None,
             next_seq: 1,
             commits_since: 0,
             bytes_since: 0,
             last_ms: None,
+        }
+    }
+
+    /// False when the storage has no checkpoint regions.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// True while a checkpoint is being written.
+    pub fn in_progress(&self) -> bool {
+        self.in_progress.is_some()
+    }
+
+    /// The highest number a started mark in either slot carries: the next checkpoint gets a
+    /// higher one.
+    pub fn numbered_after(&mut self, newest_started: u64) {
+        self.next_seq = newest_started + 1;
+    }
+
+    /// The valid checkpoint in each slot (number and position), as replay found them.
+    pub fn found(&mut self, valid: [Option<(u64, ReplayFrom)>; 2]) {
+        self.valid = valid;
+    }
+
+    /// `bytes` more of log were written.
+    pub fn logged(&mut self, bytes: u64) {
+        self.bytes_since += bytes;
+    }
+
+    /// One more commit was applied.
+    pub fn committed(&mut self) {
+        self.commits_since = self.commits_since.saturating_add(1);
+    }
+
+    /// True if the policy in `config` says a checkpoint is due (`now_ms`: the adapter's clock,
+    /// if it has one; the first reading starts the interval).
+    pub fn due(&mut self, config: &Config, now_ms: Option<u64>) -> bool {
+        let by_commits = config.checkpoint_every_commits() > 0
+            && self.commits_since >= config.checkpoint_every_commits();
+        let by_bytes = config.checkpoint_every_log_bytes() > 0
+            && self.bytes_since >= config.checkpoint_every_log_bytes();
+        let by_time = match (now_ms, self.last_ms) {
+            (Some(now), Some(last)) if config.checkpoint_interval_ms() > 0 => {
+                now.saturating_sub(last) >= config.checkpoint_interval_ms()
+            }
+            (Some(now), None) => {
+                self.last_ms = Some(now);
+                false
+            }
+            _ => false,
+        };
+        by_commits || by_bytes || by_time
+    }
+
+    /// Begins a checkpoint: returns the slot it goes to (see [`Checkpoints::target`]) and its
+    /// number. The slot stops counting as valid before its erase begins, and the policy's
+    /// counts start again.
+    pub fn begin(&mut self, now_ms: Option<u64>) -> (usize, u64) {
+        let slot = self.target();
+        let seq = self.next_seq;
+        self.valid[slot] = None;
+        self.next_seq += 1;
+        self.commits_since = 0;
+        self.bytes_since = 0;
+        self.last_ms = now_ms.or(self.last_ms);
+        (slot, seq)
+    }
+
+    /// The checkpoint being written, taken out for a step of writing; [`Checkpoints::resume`]
+    /// puts it back if it is not complete. One that is not put back is abandoned.
+    pub fn take(&mut self) -> Option<InProgress> {
+        self.in_progress.take()
+    }
+
+    /// A checkpoint is being written (after [`Checkpoints::begin`], or between steps).
+    pub fn resume(&mut self, ip: InProgress) {
+        self.in_progress = Some(ip);
+    }
+
+    /// The checkpoint `ip` is complete: its slot holds a valid checkpoint.
+    pub fn completed(&mut self, ip: &InProgress) {
+        let slot = usize::from(ip.region == SLOTS[1]);
+        self.valid[slot] = Some((ip.started.ckpt_seq, ip.started.from));
+    }
+
+    /// The queue entries the checkpoint under way has still to write: the index of the next
+    /// and how many.
+    pub fn entries_left(&self) -> Option<(usize, usize)> {
+        self.in_progress
+            .as_ref()
+            .map(|ip| (ip.cursor, ip.remaining))
+    }
+
+    /// Moves the entries still to write (entries before them left the queue).
+    pub fn entries_moved(&mut self, left: Option<(usize, usize)>) {
+        if let (Some(ip), Some((cursor, remaining))) = (self.in_progress.as_mut(), left) {
+            ip.cursor = cursor;
+            ip.remaining = remaining;
         }
     }
 

@@ -450,15 +450,15 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "a run writes without opening a segment of its own",
-        file: "core/src/channel/mod.rs",
+        file: "core/src/channel/head.rs",
         from: "restart_pending: true,",
         to: "restart_pending: false,",
     },
     Mutant {
         name: "a checkpoint starts without syncing the log",
         file: "core/src/channel/checkpointing.rs",
-        from: "        self.sync_log()?;\n        let slot",
-        to: "        self.sync()?;\n        let slot",
+        from: "        self.sync_log()?;\n        let from",
+        to: "        self.sync()?;\n        let from",
     },
     Mutant {
         name: "replay lets take commits remove only events in retained segments",
@@ -468,9 +468,9 @@ const MUTANTS: [Mutant; 11] = [
     },
     Mutant {
         name: "a checkpoint's cursor does not follow events removed while it is written",
-        file: "core/src/channel/txn.rs",
-        from: "                ip.cursor = cursor;\n                ip.remaining = remaining;",
-        to: "                let _ = (cursor, remaining);",
+        file: "core/src/checkpoint.rs",
+        from: "            ip.cursor = cursor;\n            ip.remaining = remaining;",
+        to: "            let _ = (ip, cursor, remaining);",
     },
     Mutant {
         name: "a group sync that failed is reported durable, and its commits applied",
@@ -677,8 +677,8 @@ fn catch_all(
 const UNSTABLE_MUTANTS: [Mutant; 1] = [Mutant {
     name: "an open that replayed a tail does not checkpoint, so a later recovery may judge a half-programmed record the other way",
     file: "core/src/channel/mod.rs",
-    from: "if channel.ckpt.enabled && replayed.read_tail {",
-    to: "if false && channel.ckpt.enabled && replayed.read_tail {",
+    from: "if channel.ckpt.enabled() && replayed.read_tail {",
+    to: "if false && channel.ckpt.enabled() && replayed.read_tail {",
 }];
 
 /// Bugs in the file adapter that the kill test must catch.
@@ -700,7 +700,7 @@ const FIRMWARE_MUTANTS: [Mutant; 2] = [
     },
     Mutant {
         name: "a run appends after the last run's tail (the firmware's flash part sees words programmed twice)",
-        file: "core/src/channel/mod.rs",
+        file: "core/src/channel/head.rs",
         from: "restart_pending: true,",
         to: "restart_pending: false,",
     },

@@ -1,5 +1,5 @@
 //! The log writer: appending a record (plaintext through the word writer, sealed through
-//! `SealedWrite`), the space reserve and the segment pins, and opening a new segment (its
+//! `SealedWrite`), the space reserve and the segment pins (kept by the head), and opening a new segment (its
 //! erase, header and seal record).
 
 use super::*;
@@ -86,11 +86,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             return Err(Error::LogicBug("record longer than the configured maximum"));
         }
         self.make_room(span, class)?;
-        let ptr = Pointer {
-            slot: self.geo.slot_of(self.seq),
-            offset: self.write_offset as u32,
-        };
-        let wid_delta = (self.next_wid - self.seg_base_wid) as u32;
+        let ptr = self.head.next_pointer(&self.geo);
+        let wid_delta = self.head.wid_delta();
         let PartsRef {
             queue: qmem, pool, ..
         } = self.carving.parts_ref(self.memory.as_ref());
@@ -130,7 +127,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
         };
         let start = self.geo.record_offset(ptr);
-        let outcome = match self.write_seal {
+        let seq = self.head.seq();
+        let outcome = match self.head.seal() {
             Some(seal) if tag > 0 => {
                 let Some(key) = self.keys.key(seal.key) else {
                     return Err(Error::LogicBug("the sealing key vanished"));
@@ -145,7 +143,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 let sealed = SealedWrite {
                     key,
                     seal,
-                    seq: self.seq,
+                    seq,
                     header,
                     align: self.geo.align,
                     start,
@@ -153,7 +151,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 sealed.write(&mut self.storage, &mut self.sealers, &emit)
             }
             None if tag == 0 => {
-                let header = RecordHeader::seal(self.seq, kind, wid_delta, txn_id, len, |d| {
+                let header = RecordHeader::seal(seq, kind, wid_delta, txn_id, len, |d| {
                     emit(&mut |b| d.update(b))
                 });
                 let mut writer =
@@ -180,9 +178,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 Err(Error::LogicBug("record length differs from its header"))
             }
             Ok(_) => {
-                self.write_offset += span;
-                self.next_wid += 1;
-                self.ckpt.bytes_since += span;
+                self.head.wrote(span);
+                self.ckpt.logged(span);
                 Ok(ptr)
             }
         }
@@ -192,8 +189,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// one free segment for commit records and one for the segment the next run starts; a commit
     /// may use the first but never the second, except to start this run's own segment.
     fn make_room(&mut self, span: u64, class: WriteClass) -> Result<(), Error<S::Error>> {
-        let roll = self.restart_pending || self.write_offset + span > self.geo.segment_bytes;
-        let needed = match (class, roll, self.restart_pending) {
+        let roll = self.head.must_roll(span, &self.geo);
+        let needed = match (class, roll, self.head.restart_pending()) {
             (WriteClass::Produce, false, _) => 2,
             (WriteClass::Produce, true, _) => 3,
             (WriteClass::Commit { .. }, false, _) => 0,
@@ -217,7 +214,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             if class.adds_data() {
                 // Written not to panic (`segments` is never 0), so that with an adapter whose
                 // `prepare` does nothing (flash) the whole step compiles away.
-                let slot = (self.roll_to + 1)
+                let slot = (self.head.next_segment() + 1)
                     .checked_rem(self.geo.segments)
                     .unwrap_or(0);
                 let next = slot.wrapping_mul(self.geo.segment_bytes);
@@ -227,39 +224,36 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     .prepare(Region::Log, next, end)
                     .map_err(Error::Storage)?;
             }
-            let flags = if self.restart_pending {
+            let flags = if self.head.restart_pending() {
                 SEGMENT_FLAG_OPENED
             } else {
                 0
             };
-            self.open_segment(self.roll_to, flags)?;
+            self.open_segment(self.head.next_segment(), flags)?;
         }
         Ok(())
     }
 
     /// Segments after the newest one that hold nothing anyone needs.
     pub(super) fn free_ahead(&self) -> u64 {
-        (self.min_pinned + self.geo.segments)
-            .saturating_sub(self.seq + 1)
-            .min(self.geo.segments - 1)
+        self.head.free_ahead(&self.geo)
     }
 
     /// Recomputes the oldest segment that a queued event or a pending put points into. A scan
     /// of the queue, done only when space runs short and something may have been freed.
     pub(super) fn refresh_pins(&mut self) {
-        if !self.pins_dirty {
+        if !self.head.pins_stale() {
             return;
         }
         // A checkpoint replays from its position, so the log from there on stays.
-        let replay = self.ckpt.oldest_replay_seq().unwrap_or(self.seq);
-        let min = self.oldest_event_seq().min(replay);
-        self.min_pinned = min;
-        self.pins_dirty = false;
+        let replay = self.ckpt.oldest_replay_seq().unwrap_or(self.head.seq());
+        let oldest = self.oldest_event_seq().min(replay);
+        self.head.pinned_from(oldest);
     }
 
     /// True if a checkpoint, not an event, is what keeps the oldest segments from being reused.
     fn checkpoints_pin_the_log(&self) -> bool {
-        self.ckpt.enabled
+        self.ckpt.enabled()
             && self
                 .ckpt
                 .oldest_replay_seq()
@@ -274,7 +268,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             txns,
             ..
         } = self.carving.parts_ref(self.memory.as_ref());
-        let (geo, newest) = (self.geo, self.seq);
+        let (geo, newest) = (self.geo, self.head.seq());
         let mut min = newest;
         self.queue
             .for_each(qmem, |p| min = min.min(geo.seq_of_slot(p.slot, newest)));
@@ -302,7 +296,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             flags,
             segment_bytes: self.geo.segment_bytes as u32,
             seq,
-            base_wid: self.next_wid,
+            base_wid: self.head.next_wid(),
             max_payload: (self.config.max_payload_bytes()
                 + if self.sealing.is_some() {
                     TAG_BYTES as u64
@@ -346,14 +340,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             return Err(Error::Storage(e));
         }
         self.stats.syncs += 1;
-        self.synced_wid = self.next_wid;
         self.stats.segments_opened += 1;
-        self.restart_pending = false;
-        self.roll_to = seq + 1;
-        self.seq = seq;
-        self.seg_base_wid = self.next_wid;
-        self.write_offset = self.geo.first_record;
-        self.write_seal = None;
+        self.head.opened(seq, &self.geo);
         if let Some(key_id) = self.sealing {
             self.write_seal_record(key_id, &header)?;
         }
@@ -392,7 +380,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let mut digest = record.digest(segment.seq);
         digest.update(&payload);
         record.crc = digest.finalize();
-        let start = self.geo.segment_start(self.geo.slot_of(segment.seq)) + self.write_offset;
+        let start = self.geo.record_offset(self.head.next_pointer(&self.geo));
         let mut w = WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
         let written = w
             .push(&record.encode())
@@ -402,9 +390,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             // Latched.
             return Err(Error::Storage(e));
         }
-        self.write_offset += self.geo.record_span(SEAL_PAYLOAD_BYTES as u64);
-        self.next_wid += 1;
-        self.write_seal = Some(seal);
+        self.head
+            .wrote(self.geo.record_span(SEAL_PAYLOAD_BYTES as u64));
+        self.head.sealed(seal);
         Ok(())
     }
 }

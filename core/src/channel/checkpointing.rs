@@ -4,7 +4,7 @@
 //! keeps working.
 
 use super::*;
-use crate::checkpoint::{Complete, InProgress, ReplayFrom, Started, SLOTS};
+use crate::checkpoint::{Complete, InProgress, Started, SLOTS};
 use crate::record::CRC32C;
 use crate::seal::SALT_BYTES;
 
@@ -12,15 +12,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// Writes a checkpoint now, to completion (finishing one already under way first), so that
     /// the next open replays only what comes after it.
     pub fn checkpoint(&mut self) -> Result<(), Error<S::Error>> {
-        if !self.ckpt.enabled {
+        if !self.ckpt.enabled() {
             return Err(Error::CheckpointsDisabled);
         }
         // Bounded: each step writes at least one entry or finishes.
-        while self.ckpt.in_progress.is_some() {
+        while self.ckpt.in_progress() {
             self.checkpoint_step()?;
         }
         self.checkpoint_start(None)?;
-        while self.ckpt.in_progress.is_some() {
+        while self.ckpt.in_progress() {
             self.checkpoint_step()?;
         }
         Ok(())
@@ -35,13 +35,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// True while a checkpoint is being written (cheaper than [`Channel::stats`], for an
     /// adapter's checkpoint thread deciding whether to call [`Channel::poll`] again soon).
     pub fn checkpoint_in_progress(&self) -> bool {
-        self.ckpt.in_progress.is_some()
+        self.ckpt.in_progress()
     }
 
     /// Checkpoints (if the storage has checkpoint regions) and gives back the storage and the
     /// memory, so the next open replays nothing.
     pub fn close(mut self) -> Result<(S, M), Error<S::Error>> {
-        if self.ckpt.enabled {
+        if self.ckpt.enabled() {
             self.checkpoint()?;
         }
         Ok(self.into_parts())
@@ -49,13 +49,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
 
     /// Starts a checkpoint if the policy says one is due, and advances one under way by a step.
     pub(crate) fn checkpoint_work(&mut self, now_ms: Option<u64>) -> Result<(), Error<S::Error>> {
-        if !self.ckpt.enabled {
+        if !self.ckpt.enabled() {
             return Ok(());
         }
-        if self.ckpt.in_progress.is_none() && self.checkpoint_due(now_ms) {
+        if !self.ckpt.in_progress() && self.ckpt.due(&self.config, now_ms) {
             self.checkpoint_start(now_ms)?;
         }
-        if self.ckpt.in_progress.is_some() {
+        if self.ckpt.in_progress() {
             self.checkpoint_step()?;
         }
         Ok(())
@@ -79,26 +79,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
     }
 
-    fn checkpoint_due(&mut self, now_ms: Option<u64>) -> bool {
-        let c = &self.config;
-        let by_commits = c.checkpoint_every_commits() > 0
-            && self.ckpt.commits_since >= c.checkpoint_every_commits();
-        let by_bytes = c.checkpoint_every_log_bytes() > 0
-            && self.ckpt.bytes_since >= c.checkpoint_every_log_bytes();
-        let by_time = match (now_ms, self.ckpt.last_ms) {
-            (Some(now), Some(last)) if c.checkpoint_interval_ms() > 0 => {
-                now.saturating_sub(last) >= c.checkpoint_interval_ms()
-            }
-            (Some(now), None) => {
-                // The first time the clock is seen, it starts the interval.
-                self.ckpt.last_ms = Some(now);
-                false
-            }
-            _ => false,
-        };
-        by_commits || by_bytes || by_time
-    }
-
     /// Steps 1 and 2: syncs the log and applies written commits, erases the target slot and
     /// writes the started mark.
     ///
@@ -107,29 +87,18 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// transactions still open, whose commits will come after it.
     fn checkpoint_start(&mut self, now_ms: Option<u64>) -> Result<(), Error<S::Error>> {
         self.sync_log()?;
-        let slot = self.ckpt.target();
-        let region = SLOTS[slot];
-        let from = if self.restart_pending {
-            ReplayFrom {
-                seq: self.roll_to,
-                offset: self.geo.first_record as u32,
-                wid: self.next_wid,
-            }
-        } else {
-            ReplayFrom {
-                seq: self.seq,
-                offset: self.write_offset as u32,
-                wid: self.next_wid,
-            }
-        };
+        let from = self.head.replay_from(&self.geo);
         let (key, salt) = match self.sealing {
             Some(id) => (id, self.keys.fresh_salt()),
             None => (0, [0; SALT_BYTES]),
         };
+        // The slot stops counting as valid before its erase begins.
+        let (slot, ckpt_seq) = self.ckpt.begin(now_ms);
+        let region = SLOTS[slot];
         let started = Started {
-            ckpt_seq: self.ckpt.next_seq,
+            ckpt_seq,
             from,
-            next_txn: self.next_txn_id,
+            next_txn: self.txn_counters.next_id(),
             segment_bytes: self.geo.segment_bytes as u32,
             max_entries: self.queue.len() as u64,
             key,
@@ -152,12 +121,6 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             },
         };
         let erase_to = align_up(layout.end + marks_bytes as u64, S::ERASE_SIZE as u64);
-        // The slot stops counting as valid before its erase begins.
-        self.ckpt.valid[slot] = None;
-        self.ckpt.next_seq += 1;
-        self.ckpt.commits_since = 0;
-        self.ckpt.bytes_since = 0;
-        self.ckpt.last_ms = now_ms.or(self.ckpt.last_ms);
         let mut crc = CRC32C.digest();
         let ew = self.config.mark_entry_words();
         let PartsRef { marks: table, .. } = self.carving.parts_ref(self.memory.as_ref());
@@ -201,7 +164,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             self.stats.checkpoint_failures += 1;
             return Err(Error::Storage(e));
         }
-        self.ckpt.in_progress = Some(InProgress {
+        self.ckpt.resume(InProgress {
             region,
             started,
             cursor: 0,
@@ -217,7 +180,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// Step 3, one bounded chunk of entries; then steps 4 to 6 once every entry is written.
     /// Returns true when the checkpoint completed.
     fn checkpoint_step(&mut self) -> Result<bool, Error<S::Error>> {
-        let Some(mut ip) = self.ckpt.in_progress.take() else {
+        let Some(mut ip) = self.ckpt.take() else {
             return Ok(false);
         };
         let layout = SlotLayout::new(ip.started.max_entries, self.geo.align, ip.started.sealed());
@@ -270,19 +233,17 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         })();
         match result {
             Err(e) => {
-                self.ckpt.in_progress = None;
+                // Abandoned: not put back.
                 self.stats.checkpoint_failures += 1;
                 Err(Error::Storage(e))
             }
             Ok(false) => {
-                self.ckpt.in_progress = Some(ip);
+                self.ckpt.resume(ip);
                 Ok(false)
             }
             Ok(true) => {
-                let slot = usize::from(ip.region == SLOTS[1]);
-                self.ckpt.valid[slot] = Some((ip.started.ckpt_seq, ip.started.from));
-                self.ckpt.in_progress = None;
-                self.pins_dirty = true;
+                self.ckpt.completed(&ip);
+                self.head.loosened();
                 self.stats.checkpoints += 1;
                 Ok(true)
             }

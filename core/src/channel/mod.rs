@@ -12,10 +12,13 @@
 //! survive). **Invariant:** events become visible, and leave, in the order of their commit
 //! records in the log, which is the order replay rebuilds.
 //!
-//! The parts: this file holds the type, opening and the sync that applies commits; `txn` the
+//! The parts: this file holds the type, opening and the sync that applies commits; `head` the
+//! log's head (where the next record goes, what is durable, what is pinned); `txn` the
 //! transactions over the slot table; `append` the log writer; `read` the reads for takes;
 //! `group` group commit; `checkpointing` the checkpoint writer; `replay` recovery at open.
-//! Every part that works on a `Channel` lives here, and no module outside imports it.
+//! Every part that works on a `Channel` lives here, and no module outside imports it. The
+//! state of each part is a type with private fields, changed only through its methods
+//! (`LogHead`, `TxnCounters`, `SegKeysCache` here, `Checkpoints` and `Queue` beside).
 
 use crate::checkpoint::{Checkpoints, SlotLayout};
 use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
@@ -39,6 +42,7 @@ use crate::storage::{Region, Storage};
 mod append;
 mod checkpointing;
 mod group;
+mod head;
 mod read;
 mod replay;
 mod txn;
@@ -47,8 +51,9 @@ pub use group::PendingSync;
 
 pub(crate) use append::emit_mark;
 use append::{Body, WriteClass};
-use read::ReadFail;
-use txn::{Slot, KIND_PUT, STATE_FREE, STATE_WRITTEN};
+use head::LogHead;
+use read::{ReadFail, SegKeysCache};
+use txn::{Slot, TxnCounters, KIND_PUT, STATE_FREE, STATE_WRITTEN};
 
 /// A handle on an open transaction. It is only a number: the state lives in the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +158,6 @@ pub struct Stats {
     pub authentication_failures: u64,
 }
 
-/// Segments whose keys are remembered for reads.
-const SEAL_CACHE: usize = 4;
-
 /// A durable, transactional FIFO of events over a [`Storage`].
 ///
 /// `M` is the caller's memory, [`Config::memory_words`] `u64` words: a `&mut [u64]` (a static
@@ -170,34 +172,18 @@ pub struct Channel<S: Storage, M, K = NoKeys> {
     config: Config,
     geo: Geometry,
     queue: Queue,
-    /// The sequence number of the segment being written.
-    seq: u64,
-    seg_base_wid: u64,
-    /// Where the next record goes, inside the segment being written.
-    write_offset: u64,
-    next_wid: u64,
-    /// Every record with a smaller write-order id is durable: the mark at the last sync.
-    synced_wid: u64,
-    next_txn_id: u32,
-    generation: u32,
-    pending_puts: u64,
-    /// A lower bound of the oldest segment anything points into.
-    min_pinned: u64,
-    pins_dirty: bool,
-    /// True until this run has opened its first segment.
-    restart_pending: bool,
-    /// The sequence number the next new segment gets.
-    roll_to: u64,
+    /// Where the log is being written, what of it is durable, and what of it is pinned.
+    head: LogHead,
+    /// Transaction ids and generations, and the puts open transactions hold.
+    txn_counters: TxnCounters,
     stats: Stats,
     recovery: Recovery,
     ckpt: Checkpoints,
     keys: K,
     /// The key this run seals with (the provider's active key when the channel opened).
     sealing: Option<KeyId>,
-    /// The key and salt of the segment being written, if it is sealed.
-    write_seal: Option<SegSeal>,
-    seal_cache: [Option<(u64, SegKeys)>; SEAL_CACHE],
-    seal_cache_next: usize,
+    /// How the segments read last are sealed.
+    seg_keys: SegKeysCache,
     /// The AES-GCM keys of the segments sealed and opened last.
     sealers: SealerCache,
     /// Keys that opened at least one segment at open: a seal record that fails one of these
@@ -294,34 +280,18 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             config,
             geo,
             queue: Queue::new(),
-            seq: 0,
-            seg_base_wid: 0,
-            write_offset: 0,
-            next_wid: 0,
-            synced_wid: 0,
-            next_txn_id: 0,
-            generation: 0,
-            pending_puts: 0,
-            min_pinned: 0,
-            pins_dirty: true,
-            // Opening writes nothing. This run's first write opens a new segment (flagged
-            // OPENED), never appending after the previous run's tail, which may end in a torn
-            // write; a word is never programmed twice. A run that writes nothing costs no
-            // segment, so a device that loses power over and over while idle never fills its log.
-            restart_pending: true,
-            roll_to: 0,
+            // Replaced by the head replay finds.
+            head: LogHead::after_replay(0, 0, 0),
+            txn_counters: TxnCounters::after_replay(0),
             stats: Stats::default(),
             recovery: Recovery::default(),
-            ckpt: Checkpoints::new(),
+            ckpt: Checkpoints::new(checkpoints),
             keys,
             sealing,
-            write_seal: None,
-            seal_cache: [None; SEAL_CACHE],
-            seal_cache_next: 0,
+            seg_keys: SegKeysCache::new(),
             sealers: SealerCache::default(),
             proven_keys: [0; 8],
         };
-        channel.ckpt.enabled = checkpoints;
         // Transaction slots start free whatever the memory held before.
         let Parts { txns, .. } = channel.carving.parts(channel.memory.as_mut());
         txns.fill(0);
@@ -334,12 +304,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         table.fill(0);
         pending.fill(0);
         let replayed = channel.replay()?;
-        channel.seq = replayed.newest.unwrap_or(0);
-        channel.roll_to = replayed.roll_to;
-        channel.next_wid = replayed.next_wid;
-        channel.next_txn_id = replayed.next_txn_id;
+        channel.head = LogHead::after_replay(
+            replayed.newest.unwrap_or(0),
+            replayed.roll_to,
+            replayed.next_wid,
+        );
+        channel.txn_counters = TxnCounters::after_replay(replayed.next_txn_id);
         channel.refresh_pins();
-        if channel.ckpt.enabled && replayed.read_tail {
+        if channel.ckpt.enabled() && replayed.read_tail {
             // Make this recovery's verdict final before anyone sees it. The record in flight at
             // the cut may sit in cells a cut program left half-done, which can read differently
             // next time: a later replay could then judge it the other way. A checkpoint taken
@@ -455,15 +427,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let mut stats = self.stats;
         stats.depth = self.queue.len() as u64;
         stats.in_flight_takes = self.queue.tagged(qmem) as u64;
-        stats.pending_puts = self.pending_puts;
+        stats.pending_puts = self.txn_counters.pending_puts();
         stats.capacity = self.config.capacity();
         stats.open_transactions = open;
         stats.segments = self.geo.segments;
-        stats.segments_pinned = self.seq - self.min_pinned + 1;
-        stats.newest_segment = self.seq;
+        let newest = self.head.seq();
+        stats.segments_pinned = newest - self.head.oldest_pinned() + 1;
+        stats.newest_segment = newest;
         stats.segments_free = self.free_ahead();
-        stats.segments_pinned_by_events = self.seq - self.oldest_event_seq() + 1;
-        stats.checkpoint_in_progress = self.ckpt.in_progress.is_some();
+        stats.segments_pinned_by_events = newest - self.oldest_event_seq() + 1;
+        stats.checkpoint_in_progress = self.ckpt.in_progress();
         stats
     }
 
@@ -490,7 +463,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// sync that covers this mark has finished ([`Channel::sync`], or a [`crate::PendingSync`]
     /// of group commit begun after now).
     pub fn sync_mark(&self) -> SyncMark {
-        SyncMark(self.next_wid)
+        SyncMark(self.head.next_wid())
     }
 
     /// Records a finished sync of everything before `mark` and applies the commits it covers.
@@ -506,7 +479,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         let max = self.config.max_transactions() as usize;
         self.stats.syncs += 1;
-        self.synced_wid = self.synced_wid.max(mark.0);
+        self.head.synced(mark.0);
         // Apply in commit-record order, which is the order replay uses; a commit written after
         // the mark waits for the next sync. Bounded by `max` turns.
         for _ in 0..max {
@@ -517,7 +490,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 .min_by_key(|(_, slot)| slot.commit_wid);
             let Some((s, slot)) = next else { break };
             self.apply(s, slot)?;
-            self.ckpt.commits_since = self.ckpt.commits_since.saturating_add(1);
+            self.ckpt.committed();
         }
         Ok(())
     }

@@ -14,6 +14,38 @@ pub(super) enum ReadFail<E> {
     TooLarge(usize),
 }
 
+/// Segments whose keys are remembered for reads.
+const SEAL_CACHE: usize = 4;
+
+/// How the segments read last are sealed, so that a run of takes reads each segment's seal
+/// record once. The oldest entry gives way.
+pub(super) struct SegKeysCache {
+    entries: [Option<(u64, SegKeys)>; SEAL_CACHE],
+    next: usize,
+}
+
+impl SegKeysCache {
+    pub(super) fn new() -> Self {
+        SegKeysCache {
+            entries: [None; SEAL_CACHE],
+            next: 0,
+        }
+    }
+
+    fn get(&self, seq: u64) -> Option<SegKeys> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, keys)| *keys)
+    }
+
+    fn insert(&mut self, seq: u64, keys: SegKeys) {
+        self.entries[self.next] = Some((seq, keys));
+        self.next = (self.next + 1) % SEAL_CACHE;
+    }
+}
+
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Reads the event at `ptr` into `buf`, checking kind, bounds and CRC. A length that cannot
     /// be delivered is reported only once the CRC shows the length is genuine, so a corrupt
@@ -23,7 +55,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         ptr: Pointer,
         buf: &mut [u8],
     ) -> Result<usize, ReadFail<S::Error>> {
-        let seq = self.geo.seq_of_slot(ptr.slot, self.seq);
+        let seq = self.geo.seq_of_slot(ptr.slot, self.head.seq());
         let keys = match self.segment_keys(seq) {
             Ok(k) => k,
             Err(Error::Storage(e)) => return Err(ReadFail::Storage(e)),
@@ -128,15 +160,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// How to read the records of segment `seq`: plaintext, sealed with a key and salt, or not
     /// at all. A sealed segment's seal record is checked against its key the first time.
     pub(crate) fn segment_keys(&mut self, seq: u64) -> Result<SegKeys, Error<S::Error>> {
-        if seq == self.seq && !self.restart_pending {
-            return Ok(self.write_seal.map_or(SegKeys::Plain, SegKeys::Sealed));
+        if let Some(seal) = self.head.writing(seq) {
+            return Ok(seal.map_or(SegKeys::Plain, SegKeys::Sealed));
         }
-        if let Some((_, keys)) = self.seal_cache.iter().flatten().find(|(s, _)| *s == seq) {
-            return Ok(*keys);
+        if let Some(keys) = self.seg_keys.get(seq) {
+            return Ok(keys);
         }
         let keys = self.read_segment_keys(seq)?;
-        self.seal_cache[self.seal_cache_next] = Some((seq, keys));
-        self.seal_cache_next = (self.seal_cache_next + 1) % SEAL_CACHE;
+        self.seg_keys.insert(seq, keys);
         Ok(keys)
     }
 

@@ -49,6 +49,51 @@ impl Slot {
     }
 }
 
+/// The numbers the slot table hands out, and the puts waiting in it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TxnCounters {
+    /// The id the next transaction gets, carried by its records: past every id in the log.
+    next_id: u32,
+    /// Bumped at every begin, so that a stale [`Txn`] handle never matches a reused slot.
+    generation: u32,
+    /// Events put by transactions that have not committed or rolled back.
+    pending_puts: u64,
+}
+
+impl TxnCounters {
+    /// The counters replay leaves: the next transaction gets id `next_id`.
+    pub(super) fn after_replay(next_id: u32) -> Self {
+        TxnCounters {
+            next_id,
+            generation: 0,
+            pending_puts: 0,
+        }
+    }
+
+    /// The id the next transaction gets.
+    pub(super) fn next_id(&self) -> u32 {
+        self.next_id
+    }
+
+    /// Events put by open transactions.
+    pub(super) fn pending_puts(&self) -> u64 {
+        self.pending_puts
+    }
+
+    /// A fresh generation and id for a transaction that begins.
+    fn begin(&mut self) -> (u32, u32) {
+        self.generation = self.generation.wrapping_add(1);
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        (self.generation, id)
+    }
+
+    /// `n` puts of a transaction left the pending ones (committed or rolled back).
+    fn settled(&mut self, n: u32) {
+        self.pending_puts -= n as u64;
+    }
+}
+
 fn free_slot() -> Slot {
     Slot {
         generation: 0,
@@ -67,16 +112,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         for s in 0..self.config.max_transactions() as usize {
             let slot = Slot::load(txns, s);
             if slot.state == STATE_FREE {
-                self.generation = self.generation.wrapping_add(1);
+                let (generation, id) = self.txn_counters.begin();
                 let fresh = Slot {
-                    generation: self.generation,
+                    generation,
                     state: STATE_OPEN,
                     kind: KIND_NONE,
                     count: 0,
-                    id: self.next_txn_id,
+                    id,
                     commit_wid: 0,
                 };
-                self.next_txn_id = self.next_txn_id.wrapping_add(1);
                 fresh.store(txns, s);
                 let ew = self.config.mark_entry_words();
                 if ew > 0 {
@@ -88,7 +132,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 }
                 return Ok(Txn {
                     slot: s as u8,
-                    generation: self.generation,
+                    generation,
                 });
             }
         }
@@ -112,7 +156,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 max: self.config.max_event_bytes(),
             });
         }
-        if self.queue.len() as u64 + self.pending_puts >= self.config.capacity() as u64 {
+        if self.queue.len() as u64 + self.txn_counters.pending_puts >= self.config.capacity() as u64
+        {
             return Err(Error::ChannelFull);
         }
         let ptr = self.append(
@@ -128,7 +173,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         slot.count += 1;
         slot.kind = KIND_PUT;
         slot.store(txns, txn.slot as usize);
-        self.pending_puts += 1;
+        self.txn_counters.pending_puts += 1;
         self.stats.puts += 1;
         Ok(())
     }
@@ -179,7 +224,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     slot.kind = KIND_TAKE;
                     slot.store(txns, txn.slot as usize);
                     self.stats.takes += 1;
-                    let seq = self.geo.seq_of_slot(ptr.slot, self.seq);
+                    let seq = self.geo.seq_of_slot(ptr.slot, self.head.seq());
                     return Ok(Some((n, EventId::new(seq, ptr.offset))));
                 }
                 Err(ReadFail::Corrupt) => {
@@ -281,7 +326,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         // The mark rides in the commit record itself, so it takes effect exactly with it.
         let mark_len = marked.map_or(0, |len| MARK_PREFIX_BYTES as u64 + padded(len));
         let len = COMMIT_PREFIX_BYTES as u64 + mark_len + slot.count as u64 * POINTER_BYTES as u64;
-        let synced_wid = self.synced_wid;
+        let synced_wid = self.head.synced_wid();
         let (kind, body) = if slot.kind != KIND_TAKE {
             let pending = Body::Pending {
                 synced_wid,
@@ -306,7 +351,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             };
             (kind, taken)
         };
-        let wid = self.next_wid;
+        let wid = self.head.next_wid();
         let class = WriteClass::Commit {
             adds: slot.kind == KIND_PUT,
         };
@@ -336,8 +381,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         } = self.carving.parts(self.memory.as_mut());
         match slot.kind {
             KIND_PUT => {
-                self.pending_puts -= slot.count as u64;
-                self.pins_dirty = true;
+                self.txn_counters.settled(slot.count);
+                self.head.loosened();
             }
             KIND_TAKE => self.queue.untag_all(qmem, txn.slot + 1),
             _ => {}
@@ -374,22 +419,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     return Err(Error::LogicBug("queue overflow despite reserved capacity"));
                 }
             }
-            self.pending_puts -= slot.count as u64;
+            self.txn_counters.settled(slot.count);
         } else {
-            let mut watch = self
-                .ckpt
-                .in_progress
-                .as_ref()
-                .map(|ip| (ip.cursor, ip.remaining));
-            let removed = self.queue.remove_tagged(qmem, s as u8 + 1, watch.as_mut());
-            if let (Some(ip), Some((cursor, remaining))) = (self.ckpt.in_progress.as_mut(), watch) {
-                ip.cursor = cursor;
-                ip.remaining = remaining;
-            }
+            let mut left = self.ckpt.entries_left();
+            let removed = self.queue.remove_tagged(qmem, s as u8 + 1, left.as_mut());
+            self.ckpt.entries_moved(left);
             if removed != slot.count as usize {
                 return Err(Error::LogicBug("take commit removed a different count"));
             }
-            self.pins_dirty = true;
+            self.head.loosened();
         }
         free_slot().store(txns, s);
         Ok(())

@@ -147,7 +147,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
         }
         self.recovery.first_segment = start;
-        let loaded = if self.ckpt.enabled {
+        let loaded = if self.ckpt.enabled() {
             self.load_checkpoint(newest, start)?
         } else {
             None

@@ -32,7 +32,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 SlotRead::Invalid => {}
             }
         }
-        self.ckpt.next_seq = newest_started + 1;
+        self.ckpt.numbered_after(newest_started);
         // Newest first; an unusable one is left to be overwritten first.
         let mut order = [0usize, 1];
         if found[1].map(|f| f.started.ckpt_seq) > found[0].map(|f| f.started.ckpt_seq) {
@@ -53,11 +53,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 }
                 Err(e) => return Err(e),
             }
+            // The other slot stays valid only if it is older (a newer one failed to load).
+            let mut valid = [None, None];
             for (j, other) in found.iter().enumerate() {
-                self.ckpt.valid[j] = other
+                valid[j] = other
                     .filter(|o| j == i || o.started.ckpt_seq < f.started.ckpt_seq)
                     .map(|o| (o.started.ckpt_seq, o.started.from));
             }
+            self.ckpt.found(valid);
             let r = &mut self.recovery;
             r.path = if f.started.ckpt_seq == newest_started {
                 RecoveryPath::Checkpoint

@@ -1,0 +1,188 @@
+//! The log's head: the segment being written, where its next record goes, the write-order ids
+//! given and made durable, the segment this run opens next, and the oldest segment anything
+//! may still point into (which bounds the room ahead). Its state is private: the log writer
+//! (`append`) moves it as records and segments are written, the sync as they become durable,
+//! and everyone else only reads it.
+
+use crate::checkpoint::ReplayFrom;
+use crate::log::Geometry;
+use crate::record::Pointer;
+use crate::sealed_write::SegSeal;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LogHead {
+    /// The sequence number of the segment being written (the newest on the medium before this
+    /// run opens its first).
+    seq: u64,
+    /// Records written in the segment so far: the next one's write-order id less the
+    /// segment's first (what a record header carries).
+    in_segment: u32,
+    /// Where the next record goes, inside the segment being written (a segment's length fits
+    /// 32 bits, as its header records it).
+    offset: u32,
+    next_wid: u64,
+    /// Every record with a smaller write-order id is durable: the mark at the last sync.
+    synced_wid: u64,
+    /// The sequence number the next new segment gets.
+    roll_to: u64,
+    /// True until this run has opened its first segment.
+    restart_pending: bool,
+    /// The key and salt of the segment being written, if it is sealed.
+    seal: Option<SegSeal>,
+    /// A lower bound of the oldest segment a queued event, a pending put or a checkpoint
+    /// points into: the segments from the head up to it cannot be reused.
+    oldest_pinned: u64,
+    /// True when something may have let go of a segment since `oldest_pinned` was computed
+    /// (a scan of the queue, done only when space runs short).
+    pins_stale: bool,
+}
+
+impl LogHead {
+    /// The head replay leaves: `newest` is the newest segment on the medium (0 if none), and
+    /// this run's first write opens segment `roll_to` with write-order id `next_wid`.
+    ///
+    /// Opening writes nothing. The run's first write opens a new segment (flagged OPENED),
+    /// never appending after the previous run's tail, which may end in a torn write: a word is
+    /// never programmed twice. A run that writes nothing costs no segment, so a device that
+    /// loses power over and over while idle never fills its log.
+    pub(super) fn after_replay(newest: u64, roll_to: u64, next_wid: u64) -> Self {
+        LogHead {
+            seq: newest,
+            in_segment: 0,
+            offset: 0,
+            next_wid,
+            synced_wid: 0,
+            roll_to,
+            restart_pending: true,
+            seal: None,
+            oldest_pinned: 0,
+            pins_stale: true,
+        }
+    }
+
+    /// The sequence number of the newest segment.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The write-order id the next record gets.
+    pub(super) fn next_wid(&self) -> u64 {
+        self.next_wid
+    }
+
+    /// Every record with a smaller write-order id is durable.
+    pub(super) fn synced_wid(&self) -> u64 {
+        self.synced_wid
+    }
+
+    /// True until this run has opened its first segment.
+    pub(super) fn restart_pending(&self) -> bool {
+        self.restart_pending
+    }
+
+    /// The sequence number the next new segment gets.
+    pub(super) fn next_segment(&self) -> u64 {
+        self.roll_to
+    }
+
+    /// The seal of the segment being written.
+    pub(super) fn seal(&self) -> Option<SegSeal> {
+        self.seal
+    }
+
+    /// How segment `seq` is sealed, if it is the one this run is writing (`None` otherwise:
+    /// its seal record must be read).
+    pub(super) fn writing(&self, seq: u64) -> Option<Option<SegSeal>> {
+        (seq == self.seq && !self.restart_pending).then_some(self.seal)
+    }
+
+    /// True if a record of `span` bytes needs a new segment first.
+    pub(super) fn must_roll(&self, span: u64, geo: &Geometry) -> bool {
+        self.restart_pending || self.offset as u64 + span > geo.segment_bytes
+    }
+
+    /// Where the next record goes.
+    pub(super) fn next_pointer(&self, geo: &Geometry) -> Pointer {
+        Pointer {
+            slot: geo.slot_of(self.seq),
+            offset: self.offset,
+        }
+    }
+
+    /// The next record's write-order id, relative to its segment's first.
+    pub(super) fn wid_delta(&self) -> u32 {
+        self.in_segment
+    }
+
+    /// Where a checkpoint taken now replays from: the next record, or the start of the segment
+    /// this run opens first if it has opened none.
+    pub(super) fn replay_from(&self, geo: &Geometry) -> ReplayFrom {
+        let (seq, offset) = if self.restart_pending {
+            (self.roll_to, geo.first_record as u32)
+        } else {
+            (self.seq, self.offset)
+        };
+        ReplayFrom {
+            seq,
+            offset,
+            wid: self.next_wid,
+        }
+    }
+
+    /// A record of `span` bytes was written at [`LogHead::next_pointer`].
+    pub(super) fn wrote(&mut self, span: u64) {
+        self.offset += span as u32;
+        self.next_wid += 1;
+        self.in_segment += 1;
+    }
+
+    /// Segment `seq` was opened (erased, its header written and synced): records go after its
+    /// header, and every record before it is durable.
+    pub(super) fn opened(&mut self, seq: u64, geo: &Geometry) {
+        self.synced_wid = self.next_wid;
+        self.restart_pending = false;
+        self.roll_to = seq + 1;
+        self.seq = seq;
+        self.in_segment = 0;
+        self.offset = geo.first_record as u32;
+        self.seal = None;
+    }
+
+    /// The segment being written is sealed with `seal` (its seal record was written).
+    pub(super) fn sealed(&mut self, seal: SegSeal) {
+        self.seal = Some(seal);
+    }
+
+    /// Segments after the newest that hold nothing anyone needs.
+    pub(super) fn free_ahead(&self, geo: &Geometry) -> u64 {
+        (self.oldest_pinned + geo.segments)
+            .saturating_sub(self.seq + 1)
+            .min(geo.segments - 1)
+    }
+
+    /// The oldest pinned segment, as last computed.
+    pub(super) fn oldest_pinned(&self) -> u64 {
+        self.oldest_pinned
+    }
+
+    /// True if the pins must be computed again before space is judged short.
+    pub(super) fn pins_stale(&self) -> bool {
+        self.pins_stale
+    }
+
+    /// The oldest segment anything points into is `seq` (just computed).
+    pub(super) fn pinned_from(&mut self, seq: u64) {
+        self.oldest_pinned = seq;
+        self.pins_stale = false;
+    }
+
+    /// Something that pinned a segment let go of it.
+    pub(super) fn loosened(&mut self) {
+        self.pins_stale = true;
+    }
+
+    /// A sync covered every record before write-order id `mark`.
+    pub(super) fn synced(&mut self, mark: u64) {
+        self.synced_wid = self.synced_wid.max(mark);
+    }
+}
