@@ -10,6 +10,7 @@ mod agent;
 mod flash;
 mod recovery;
 mod report;
+mod restarts;
 mod scenarios;
 mod systems;
 
@@ -124,6 +125,8 @@ pub struct Plan {
     pub flash_readings: u64,
     /// The blocks the report cuts the interleaved sealing run's turns into, for its spread.
     pub sealing_blocks: usize,
+    /// Short runs (open, put one line, commit, close) into one home with the defaults.
+    pub restarts: u64,
 }
 
 impl Plan {
@@ -140,6 +143,7 @@ impl Plan {
                 stall_secs: 0.6,
                 flash_readings: 512,
                 sealing_blocks: 2,
+                restarts: 100,
             }
         } else if args.full {
             Plan {
@@ -153,6 +157,7 @@ impl Plan {
                 stall_secs: 3.0,
                 flash_readings: 65_536,
                 sealing_blocks: 8,
+                restarts: 10_000,
             }
         } else {
             Plan {
@@ -166,6 +171,7 @@ impl Plan {
                 stall_secs: 1.0,
                 flash_readings: 4_096,
                 sealing_blocks: 8,
+                restarts: 2_000,
             }
         }
     }
@@ -331,7 +337,9 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
 }
 
 /// The sections `--only` names.
-const SECTIONS: [&str; 6] = ["server", "sealing", "recovery", "flash", "aead", "agent"];
+const SECTIONS: [&str; 7] = [
+    "server", "sealing", "recovery", "restarts", "flash", "aead", "agent",
+];
 
 /// The cell the cost of encryption is measured in.
 pub const SEALING_CELL: Cell = Cell {
@@ -455,6 +463,7 @@ fn run(args: &Args) -> Result<()> {
         0
     } + if wants("sealing") { 1 } else { 0 }
         + if wants("recovery") { 6 } else { 0 }
+        + if wants("restarts") { 1 } else { 0 }
         + if wants("flash") { 4 } else { 0 }
         + if wants("aead") { 1 } else { 0 }
         + if wants("agent") { 5 } else { 0 };
@@ -505,6 +514,22 @@ fn run(args: &Args) -> Result<()> {
                 None
             }
         }
+    } else {
+        None
+    };
+    let restarts = if wants("restarts") {
+        progress.step(&format!(
+            "restarts: {} runs of one put into one home",
+            plan.restarts
+        ));
+        let dir = args.dir.join("restarts");
+        fresh_dir(&dir)?;
+        let r = restarts::run(&dir, plan.restarts)?;
+        if let Some(e) = &r.first_failure {
+            failures.push(format!("restarts: {e}"));
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Some(r)
     } else {
         None
     };
@@ -562,6 +587,7 @@ fn run(args: &Args) -> Result<()> {
             server: &server,
             sealing: sealing.as_ref(),
             recovery: recovery.as_ref(),
+            restarts: restarts.as_ref(),
             flash: &flash_results,
             aead: &aead_results,
             agent: agent_results.as_ref(),

@@ -157,6 +157,7 @@ pub struct Results<'a> {
     pub server: &'a [CellResult],
     pub sealing: Option<&'a SealingRun>,
     pub recovery: Option<&'a RecoveryResults>,
+    pub restarts: Option<&'a crate::restarts::RestartResults>,
     pub flash: &'a [FlashResult],
     pub aead: &'a [AeadResult],
     pub agent: Option<&'a crate::agent::AgentResults>,
@@ -167,6 +168,7 @@ pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'
         server,
         sealing,
         recovery,
+        restarts,
         flash,
         aead,
         agent,
@@ -193,6 +195,9 @@ pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'
     }
     if let Some(r) = recovery {
         recovery_table(&mut o, r);
+    }
+    if let Some(r) = restarts {
+        restarts_table(&mut o, r);
     }
     if !flash.is_empty() {
         flash_table(&mut o, flash);
@@ -280,6 +285,40 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
             lat(Kind::Redb),
             lat(Kind::Sqlite)
         );
+    }
+    o.push('\n');
+}
+
+/// Short runs into one home: how many succeeded, their times, and what the home takes.
+fn restarts_table(o: &mut String, r: &crate::restarts::RestartResults) {
+    let _ = writeln!(
+        o,
+        "#### Short runs into one home\n\n\
+         Open a file channel with the default settings, put one line, commit, close, {} times \
+         in a row into one home, with every event left queued (in process; `sluicegate put` \
+         adds its own start). Goals: every run succeeds, the home stays under 300 MB, and a \
+         run takes under 20 ms at the median.\n",
+        r.runs
+    );
+    let _ = writeln!(
+        o,
+        "| runs | succeeded | queued after | median ms | p99 ms | max ms | home on disk | log files |"
+    );
+    let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        o,
+        "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} MB | {} |",
+        r.runs,
+        r.succeeded,
+        r.queued,
+        r.quantile_ms(0.5),
+        r.quantile_ms(0.99),
+        r.quantile_ms(1.0),
+        r.home_bytes as f64 / 1e6,
+        r.log_files
+    );
+    if let Some(e) = &r.first_failure {
+        let _ = writeln!(o, "\nThe first run that failed: {e}");
     }
     o.push('\n');
 }
@@ -865,6 +904,7 @@ mod tests {
             stall_secs: 0.0,
             flash_readings: 0,
             sealing_blocks: 3,
+            restarts: 0,
         };
         sealing_table_interleaved(&mut o, &plan, &run);
         // Blocks of three turns: the last holds the file's turn alone.

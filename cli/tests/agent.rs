@@ -174,10 +174,10 @@ fn lines_in(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
-/// How far senders may run ahead of the destination. Every restart of the agent starts a new
-/// log segment, and a backlog that outlives many restarts can pin the whole ring (see
-/// docs/guarantees.md, "The agent"); holding senders back keeps the backlog small however slow
-/// the machine is, so a slow machine makes these tests longer, never red.
+/// How far senders may run ahead of the destination. A backlog larger than the log ring pins
+/// all of it (see docs/guarantees.md, "The agent"; restarts go on in the newest segment, but a
+/// kill inside a write makes the next run open one); holding senders back keeps the backlog
+/// small however slow the machine is, so a slow machine makes these tests longer, never red.
 const MAX_LAG: usize = 2_000;
 
 /// Waits while more than `MAX_LAG` of `sent` have not reached `out`, unless `stop` is set.
@@ -518,8 +518,8 @@ fn kill_during_http_ingest(
         let mut l = ledger.lock().unwrap();
         l.sent.extend(last.iter().cloned());
     }
-    // Every restart starts a new log segment, so a backlog left by the kills can fill the log
-    // for a while: 429 says try again, and the sink's takes make room.
+    // A backlog left by the kills can fill the log for a while: 429 says try again, and the
+    // sink's takes make room.
     eventually("the last body to be acknowledged", || {
         let body = last.join("\n") + "\n";
         match http(port, "POST", "/", body.as_bytes()) {

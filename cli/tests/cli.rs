@@ -825,12 +825,15 @@ fn a_lost_log_file_is_loud_and_repair_keeps_every_other_event() {
 #[test]
 fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     let (h, _) = Home::with_8000_events();
-    // Each open starts a new log file: reach slot 9 and beyond.
-    for i in 0..6 {
-        h.put(&[format!("more-{i}")], 1);
+    // Enough bytes to reach slot 9 and beyond (opens go on in the newest log file).
+    let more: Vec<String> = (0..600)
+        .map(|i| format!("more-{i}-{}", "x".repeat(600)))
+        .collect();
+    for batch in more.chunks(100) {
+        h.put(batch, 100);
     }
     let mut want = lines("ev", 8000);
-    want.extend((0..6).map(|i| format!("more-{i}")));
+    want.extend(more);
     let settings = Path::new(&h.dir).join("sluicegate.toml");
     let original = std::fs::read_to_string(&settings).expect("settings");
     let marker = Path::new(&h.dir).join("checkpoint/sluicegate.dir");
@@ -853,6 +856,13 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
         names.sort();
         names
     };
+    assert!(
+        listing("data")
+            .iter()
+            .any(|(name, _)| name == "log-000009.seg"),
+        "{:?}",
+        listing("data")
+    );
     let before = (listing("data"), listing("checkpoint"));
     let other_disk = h.root.join("disk2").display().to_string();
     std::fs::create_dir(&other_disk).expect("a new disk");
@@ -892,7 +902,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     }
     // Settings gone: read from the media, and rebuilt by repair.
     std::fs::remove_file(&settings).expect("remove");
-    assert_eq!(h.stats()["depth"], 8006);
+    assert_eq!(h.stats()["depth"], 8600);
     let r = ok(&["repair", "--dir", &h.dir], "");
     assert!(r.contains("rebuilt") && r.contains("was missing"), "{r}");
     let rebuilt = std::fs::read_to_string(&settings).expect("rebuilt settings");
@@ -1699,4 +1709,25 @@ fn put_streams_past_an_over_long_line_in_bounded_memory() {
         "put held {peak_mib:.1} MiB while a 200 MiB line streamed past"
     );
     assert_eq!(h.take_all(), vec!["after".to_string()]);
+}
+
+/// One-line puts into one home while no consumer runs, as a cron job or a hook makes them: each
+/// run goes on in the newest log file, so 60 of them (more than the home's 16 log files) all
+/// succeed, the log keeps to the file written and its spare, and every line comes out in order.
+/// Before runs went on in the newest file, every run started a file of its own, and the 15th
+/// failed with "the log has no free segment".
+#[test]
+fn sixty_one_line_puts_in_a_row_share_the_log_files() {
+    let h = Home::new(65536);
+    let want = lines("one", 60);
+    for line in &want {
+        h.put(std::slice::from_ref(line), 1);
+    }
+    let files = std::fs::read_dir(Path::new(&h.dir).join("data"))
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .count();
+    assert!(files <= 2, "{files} log files");
+    assert_eq!(h.take_all(), want);
 }

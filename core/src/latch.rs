@@ -119,6 +119,10 @@ impl<S: Storage> Storage for Latched<S> {
         self.inner.whole_records()
     }
 
+    fn rewritable(&self) -> bool {
+        self.inner.rewritable()
+    }
+
     fn sync(&mut self, region: Region) -> Result<(), Self::Error> {
         let result = self.inner.sync(region);
         self.note(region, result)

@@ -15,7 +15,9 @@
 //!
 //! **Invariant:** the core never writes a word twice between two erases of its block, and never
 //! relies on the value an erase leaves behind (so media that erase to `0x00` and to `0xFF` both
-//! work).
+//! work). The one exception is a storage that says it can be rewritten
+//! ([`Storage::rewritable`], files): there a run continues in the last segment, writing over the
+//! previous run's torn tail once it has cleared it.
 
 use core::fmt::Debug;
 
@@ -124,6 +126,17 @@ pub trait Storage: ErrorType {
     fn whole_records(&self) -> bool {
         false
     }
+
+    /// True if the log can be written again over bytes written before, without an erase, and a
+    /// byte reads back exactly what was last made durable there (files). A run then continues
+    /// in the last segment, after the last intact record, instead of opening a segment of its
+    /// own: before its first write it overwrites the previous run's tail beyond that record
+    /// with zeros (and erases the whole blocks after it) and syncs. The default, false, is NOR
+    /// flash: a word a cut program left half done may read as erased and must never be
+    /// programmed again, so every run that writes starts a new segment.
+    fn rewritable(&self) -> bool {
+        false
+    }
 }
 
 /// An optional capability of a [`Storage`]: a sync of the log in three steps, so that the
@@ -177,6 +190,9 @@ impl<S: Storage> Storage for &mut S {
     }
     fn whole_records(&self) -> bool {
         S::whole_records(self)
+    }
+    fn rewritable(&self) -> bool {
+        S::rewritable(self)
     }
 }
 

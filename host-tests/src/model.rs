@@ -69,6 +69,10 @@ pub struct Scenario {
     /// the file adapter does, so a sealed record is written header first in one write instead
     /// of its body and then its header.
     pub whole_records: bool,
+    /// On [`SimStorage`]: the medium behaves as a file (`Storage::rewritable`), so a run goes
+    /// on in the newest segment after clearing the previous run's tail, instead of opening a
+    /// segment of its own.
+    pub rewritable: bool,
 }
 
 /// The keys of sealed runs.
@@ -102,7 +106,8 @@ impl Scenario {
     /// of 8 entries, and have their checkpoint regions damaged before some recoveries. Half the
     /// seeds (in runs of six) seal the log and checkpoints; of those, every other run of six
     /// seals the log with AES-256-GCM instead of XChaCha20-Poly1305. In runs of 24, the
-    /// simulated medium asks for whole records or not.
+    /// simulated medium asks for whole records or not. One run of eight seeds in three behaves
+    /// as a file (rewritable).
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
@@ -115,6 +120,7 @@ impl Scenario {
             s.algorithm = Algorithm::Aes256Gcm;
         }
         s.whole_records = seed / 24 % 2 == 1;
+        s.rewritable = seed / 8 % 3 == 1;
         s
     }
 
@@ -145,6 +151,7 @@ impl Scenario {
             sealed: false,
             algorithm: Algorithm::XChaCha20Poly1305,
             whole_records: false,
+            rewritable: false,
         }
     }
 }
@@ -174,6 +181,8 @@ pub struct Outcome {
     pub paths: [u64; 4],
     /// Checkpoints completed.
     pub checkpoints: u64,
+    /// Runs that went on in the newest segment after clearing the previous run's tail.
+    pub segments_continued: u64,
     /// Distinct nonces of sealed records found on the medium and checked for reuse.
     pub nonces_checked: u64,
 }
@@ -193,6 +202,7 @@ impl std::ops::AddAssign for Outcome {
             *a += b;
         }
         self.checkpoints += o.checkpoints;
+        self.segments_continued += o.segments_continued;
         self.nonces_checked += o.nonces_checked;
     }
 }
@@ -281,6 +291,7 @@ impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
         let slots = scenario.slot_bytes;
         let mut m = SimStorage::with_regions([scenario.log_bytes, slots, slots], scenario.erased);
         m.set_whole_records(scenario.whole_records);
+        m.set_rewritable(scenario.rewritable);
         m
     }
     fn cut_power_after(&mut self, n: u64) {
@@ -462,7 +473,9 @@ pub fn run_on<M: Medium>(
                         &mut next_id,
                         &mut outcome,
                     );
-                    outcome.checkpoints += channel.stats().checkpoints;
+                    let stats = channel.stats();
+                    outcome.checkpoints += stats.checkpoints;
+                    outcome.segments_continued += stats.segments_continued;
                     r.map_err(&fail)?
                 }
             }

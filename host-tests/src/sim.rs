@@ -170,6 +170,9 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     whole_records: bool,
     /// Every [`Storage::prepare`] call: the region and range it named.
     prepared: Vec<(Region, u64, u64)>,
+    /// What [`Storage::rewritable`] answers: the medium behaves as a file (see
+    /// [`SimStorage::set_rewritable`]).
+    rewritable: bool,
 }
 
 fn region_index(r: Region) -> usize {
@@ -229,6 +232,7 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
             violations: Vec::new(),
             whole_records: false,
             prepared: Vec::new(),
+            rewritable: false,
         }
     }
 
@@ -242,6 +246,15 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     /// under its power cuts too.
     pub fn set_whole_records(&mut self, on: bool) {
         self.whole_records = on;
+    }
+
+    /// Makes the medium behave as a file ([`Storage::rewritable`]): a write replaces what was
+    /// there, whatever it was (no NOR rule is checked); a torn write leaves each word either
+    /// as it was or as written, never half of its bits; an interrupted erase leaves each block
+    /// erased or as it was. Unsynced writes still survive in any subset, as a page cache's
+    /// pages reach the disk in any order. Meant for media created with `erased` = `0x00`.
+    pub fn set_rewritable(&mut self, on: bool) {
+        self.rewritable = on;
     }
 
     /// Every range the core asked the medium to prepare ([`Storage::prepare`]), in order.
@@ -287,6 +300,7 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     pub fn reboot(&mut self, seed: u64, policy: CrashPolicy) {
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         let erased = self.erased;
+        let rewritable = self.rewritable;
         for (ri, region) in self.regions.iter_mut().enumerate() {
             let mut img = region.durable.clone();
             for (i, op) in region.pending.iter().enumerate() {
@@ -304,7 +318,13 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
                         },
                     }
                 };
-                apply_crashed(&mut img, op, fate, erased, WRITE, ERASE, &mut rng);
+                let medium = Medium {
+                    erased,
+                    write: WRITE,
+                    erase: ERASE,
+                    rewritable,
+                };
+                apply_crashed(&mut img, op, fate, medium, &mut rng);
             }
             region.live = img.clone();
             region.durable = img;
@@ -402,20 +422,38 @@ fn program(old: u8, data: u8, erased: u8) -> u8 {
     }
 }
 
-fn apply_crashed(
-    img: &mut Image,
-    op: &Op,
-    fate: Fate,
+/// What a crash's outcome depends on.
+#[derive(Clone, Copy)]
+struct Medium {
     erased: u8,
     write: usize,
     erase: usize,
-    rng: &mut Pcg64Mcg,
-) {
+    rewritable: bool,
+}
+
+impl Medium {
+    /// What a byte holds after `data` is written over `old`.
+    fn put(self, old: u8, data: u8) -> u8 {
+        if self.rewritable {
+            data
+        } else {
+            program(old, data, self.erased)
+        }
+    }
+}
+
+fn apply_crashed(img: &mut Image, op: &Op, fate: Fate, medium: Medium, rng: &mut Pcg64Mcg) {
+    let Medium {
+        erased,
+        write,
+        erase,
+        rewritable,
+    } = medium;
     match (op, fate) {
         (_, Fate::Lost) => {}
         (Op::Write { offset, data }, Fate::Whole) => {
             for (i, &b) in data.iter().enumerate() {
-                img.bytes[offset + i] = program(img.bytes[offset + i], b, erased);
+                img.bytes[offset + i] = medium.put(img.bytes[offset + i], b);
             }
             for w in offset / write..(offset + data.len()) / write {
                 img.programmed[w] = true;
@@ -423,7 +461,8 @@ fn apply_crashed(
         }
         (Op::Write { offset, data }, Fate::Torn) => {
             let words = data.len() / write;
-            let style = rng.random_range(0..3);
+            // A file's torn write leaves whole words, never half of a word's bits.
+            let style = rng.random_range(0..if rewritable { 2 } else { 3 });
             let prefix = rng.random_range(0..=words);
             for w in 0..words {
                 let keep = match style {
@@ -438,7 +477,7 @@ fn apply_crashed(
                     continue;
                 }
                 for (i, &byte) in data.iter().enumerate().skip(w * write).take(write) {
-                    let target = program(img.bytes[offset + i], byte, erased);
+                    let target = medium.put(img.bytes[offset + i], byte);
                     img.bytes[offset + i] = if style == 2 {
                         // Some of the bits that should move, move.
                         let moving = img.bytes[offset + i] ^ target;
@@ -453,7 +492,9 @@ fn apply_crashed(
         (Op::Erase { from, to }, Fate::Whole) => erase_range(img, *from, *to, erased, write),
         (Op::Erase { from, to }, Fate::Torn) => {
             for block in (*from..*to).step_by(erase) {
-                match rng.random_range(0..3) {
+                // A file's interrupted erase (zeros written, or a hole punched) leaves each
+                // block zeroed or as it was.
+                match rng.random_range(0..if rewritable { 2 } else { 3 }) {
                     0 => erase_range(img, block, block + erase, erased, write),
                     1 => {}
                     _ => {
@@ -510,7 +551,7 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
             )));
         }
         for w in at / WRITE..(at + data.len()) / WRITE {
-            if self.regions[ri].live.programmed[w] {
+            if !self.rewritable && self.regions[ri].live.programmed[w] {
                 return Err(self.violation(format!(
                     "{region:?}: word at {} written twice without an erase",
                     w * WRITE
@@ -531,10 +572,15 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
                 what: "power cut during write",
             });
         }
-        let erased = self.erased;
+        let medium = Medium {
+            erased: self.erased,
+            write: WRITE,
+            erase: ERASE,
+            rewritable: self.rewritable,
+        };
         let r = &mut self.regions[ri];
         for (i, &b) in data.iter().enumerate() {
-            r.live.bytes[at + i] = program(r.live.bytes[at + i], b, erased);
+            r.live.bytes[at + i] = medium.put(r.live.bytes[at + i], b);
         }
         r.live.programmed[at / WRITE..(at + data.len()) / WRITE].fill(true);
         Ok(())
@@ -570,6 +616,10 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
 
     fn whole_records(&self) -> bool {
         self.whole_records
+    }
+
+    fn rewritable(&self) -> bool {
+        self.rewritable
     }
 
     /// Records the call; a simulated medium needs nothing made ready.

@@ -576,6 +576,21 @@ fn mutants() -> Result {
         &unstable_args,
         &envs,
     )?;
+    let continuation_args = [
+        "test",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--test",
+        "continuation",
+    ];
+    caught += catch_all(
+        &ws,
+        &CONTINUATION_MUTANTS,
+        "the power-cut tests of runs that go on in a segment",
+        &continuation_args,
+        &envs,
+    )?;
     let mark_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "marks"];
     caught += catch_all(
         &ws,
@@ -641,6 +656,7 @@ fn mutants() -> Result {
         + DISK_FULL_MUTANTS.len()
         + FIRMWARE_MUTANTS.len()
         + MARK_MUTANTS.len()
+        + CONTINUATION_MUTANTS.len()
         + AGENT_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
@@ -672,6 +688,35 @@ fn catch_all(
     }
     Ok(mutants.len())
 }
+
+/// Bugs in how a run goes on in the newest segment of a storage that can be rewritten (files),
+/// caught by the power-cut tests of `host-tests/tests/continuation.rs`.
+const CONTINUATION_MUTANTS: [Mutant; 4] = [
+    Mutant {
+        name: "a run goes on in the newest segment without clearing the previous run's tail",
+        file: "core/src/channel/append.rs",
+        from: "            self.clear_tail(at)?;",
+        to: "            let _ = at; self.stats.segments_continued += 1; self.head.resumed();",
+    },
+    Mutant {
+        name: "the previous run's tail is cleared but not synced before the run writes",
+        file: "core/src/channel/append.rs",
+        from: "if let Err(e) = erased.and_then(|()| storage.sync(Region::Log)) {",
+        to: "if let Err(e) = erased {",
+    },
+    Mutant {
+        name: "the clearing zeroes the record header where the run goes on",
+        file: "core/src/channel/append.rs",
+        from: "let from = at + geo.record_span(0);",
+        to: "let from = at;",
+    },
+    Mutant {
+        name: "a run goes on in a segment whose walk met damage",
+        file: "core/src/channel/replay/mod.rs",
+        from: "if seq == newest && state.suspect.is_none() && header.flags",
+        to: "if seq == newest && header.flags",
+    },
+];
 
 /// A bug only NOR cells that read differently from one read to the next show.
 const UNSTABLE_MUTANTS: [Mutant; 1] = [Mutant {

@@ -67,10 +67,11 @@ pub struct FileChannelConfig {
     /// The size of one log file, a multiple of 4,096. Files are created at full size.
     pub max_file_bytes: u32,
     /// How many log files the ring has, at least 4: the log never takes more than
-    /// `log_files * max_file_bytes` of disk. Flume has no such bound. Every run starts a new
-    /// file and a put keeps two free in reserve, so with very few files, events left queued
-    /// across restarts can leave no room for puts (`LogFull`) until some are taken: with 4
-    /// files, events queued in two runs' files are enough.
+    /// `log_files * max_file_bytes` of disk. Flume has no such bound. A run goes on in the
+    /// newest file after the last intact record, so restarts cost no file; a run starts a new
+    /// file only when the newest is full, after replay met damage in it, when it is sealed, or
+    /// when the run seals (every sealed run starts its own). A put keeps two files free in
+    /// reserve.
     pub log_files: u32,
     /// Puts are refused while any of the channel's directories has less free space than this.
     pub minimum_required_space_bytes: u64,

@@ -365,6 +365,11 @@ impl Mapped {
             return Ok(());
         }
         self.writes += 1;
+        if zero_range(&self.file, from, to.saturating_sub(from))
+            .map_err(|e| FileError::io("zero a range of", &self.path, e))?
+        {
+            return Ok(());
+        }
         write_zeros(&self.file, &self.path, from, to)
     }
 
@@ -390,6 +395,30 @@ fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
+}
+
+/// Zeroes `len` bytes of `file` from `offset` without writing them, keeping their blocks
+/// allocated (`fallocate` with `FALLOC_FL_ZERO_RANGE`: ext4 and XFS mark the extents unwritten),
+/// so that a later write there never needs space. Returns false where the filesystem cannot
+/// (tmpfs, for one), and the caller writes the zeros.
+fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(true);
+    }
+    let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Ok(false);
+    };
+    // SAFETY: `file` is an open descriptor for the whole call; fallocate reads no memory.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, at, n) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
@@ -948,6 +977,12 @@ impl Storage for FileStorage {
 
     /// Log writes are gathered while each continues the last or leads it.
     fn whole_records(&self) -> bool {
+        true
+    }
+
+    /// Files can be written over, and read back what was made durable: a run goes on in the
+    /// newest segment file instead of starting one of its own.
+    fn rewritable(&self) -> bool {
         true
     }
 

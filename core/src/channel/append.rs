@@ -230,7 +230,60 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 0
             };
             self.open_segment(self.head.next_segment(), flags)?;
+        } else if let Some(at) = self
+            .head
+            .tail_to_clear()
+            // Only replay over a rewritable storage leaves a tail to clear; asking again lets
+            // the whole step compile away over one that never is (flash).
+            .filter(|_| self.storage.rewritable())
+        {
+            self.clear_tail(at)?;
         }
+        Ok(())
+    }
+
+    /// Makes the newest segment ready for this run to go on at `at`, where the last intact
+    /// record ends (only over a storage that can be rewritten, `Storage::rewritable`): writes
+    /// zeros over the rest of the erase block, from one record header past `at`, erases every
+    /// whole block after it, and syncs. The previous run may have left torn or lost records
+    /// beyond `at` whose successors are intact, with the very write-order ids this run is
+    /// about to use; once this sync returns none is left to be taken for this run's. The
+    /// record header at `at` is left as it is until this run's first record replaces it: a
+    /// cut before the sync can then only destroy what lies after it, so a later replay judges
+    /// the record at `at` exactly as the open's did.
+    fn clear_tail(&mut self, at: u64) -> Result<(), Error<S::Error>> {
+        static ZEROS: [u8; 256] = [0; 256];
+        self.check_writable()?;
+        let geo = self.geo;
+        let start = geo.segment_start(geo.slot_of(self.head.seq()));
+        let from = at + geo.record_span(0);
+        let block_end = align_up(from, S::ERASE_SIZE as u64).min(geo.segment_bytes);
+        let mut pos = from;
+        // Bounded by one erase block.
+        while pos < block_end {
+            let n = (block_end - pos).min(ZEROS.len() as u64);
+            if let Err(e) = self
+                .storage
+                .write(Region::Log, start + pos, &ZEROS[..n as usize])
+            {
+                // Latched.
+                return Err(Error::Storage(e));
+            }
+            pos += n;
+        }
+        let storage = &mut self.storage;
+        let erased = if block_end < geo.segment_bytes {
+            storage.erase(Region::Log, start + block_end, start + geo.segment_bytes)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = erased.and_then(|()| storage.sync(Region::Log)) {
+            // A failed erase for lack of space is not latched; the next write clears again.
+            return Err(Error::Storage(e));
+        }
+        self.stats.syncs += 1;
+        self.stats.segments_continued += 1;
+        self.head.resumed();
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! (`append`) moves it as records and segments are written, the sync as they become durable,
 //! and everyone else only reads it.
 
+use super::replay::Tail;
 use crate::checkpoint::ReplayFrom;
 use crate::log::Geometry;
 use crate::record::Pointer;
@@ -25,8 +26,12 @@ pub(super) struct LogHead {
     synced_wid: u64,
     /// The sequence number the next new segment gets.
     roll_to: u64,
-    /// True until this run has opened its first segment.
+    /// True until this run has written: opened its first segment, or cleared the newest
+    /// segment's tail to go on there.
     restart_pending: bool,
+    /// True if this run's first write goes on in the newest segment at `offset`, once the
+    /// previous run's tail beyond it is cleared (`Storage::rewritable`).
+    resumable: bool,
     /// The key and salt of the segment being written, if it is sealed.
     seal: Option<SegSeal>,
     /// A lower bound of the oldest segment a queued event, a pending put or a checkpoint
@@ -39,21 +44,29 @@ pub(super) struct LogHead {
 
 impl LogHead {
     /// The head replay leaves: `newest` is the newest segment on the medium (0 if none), and
-    /// this run's first write opens segment `roll_to` with write-order id `next_wid`.
+    /// this run's first write opens segment `roll_to` with write-order id `next_wid`, or, with
+    /// a `tail`, goes on in the newest segment there.
     ///
-    /// Opening writes nothing. The run's first write opens a new segment (flagged OPENED),
-    /// never appending after the previous run's tail, which may end in a torn write: a word is
-    /// never programmed twice. A run that writes nothing costs no segment, so a device that
-    /// loses power over and over while idle never fills its log.
-    pub(super) fn after_replay(newest: u64, roll_to: u64, next_wid: u64) -> Self {
+    /// Opening writes nothing. Without a tail, the run's first write opens a new segment
+    /// (flagged OPENED), never appending after the previous run's tail, which may end in a
+    /// torn write: a word is never programmed twice. A run that writes nothing costs no
+    /// segment, so a device that loses power over and over while idle never fills its log.
+    pub(super) fn after_replay(
+        newest: u64,
+        roll_to: u64,
+        next_wid: u64,
+        tail: Option<Tail>,
+    ) -> Self {
+        let tail = tail.filter(|t| t.wid == next_wid);
         LogHead {
             seq: newest,
-            in_segment: 0,
-            offset: 0,
+            in_segment: tail.map_or(0, |t| t.records as u32),
+            offset: tail.map_or(0, |t| t.offset as u32),
             next_wid,
             synced_wid: 0,
             roll_to,
             restart_pending: true,
+            resumable: tail.is_some(),
             seal: None,
             oldest_pinned: 0,
             pins_stale: true,
@@ -98,7 +111,21 @@ impl LogHead {
 
     /// True if a record of `span` bytes needs a new segment first.
     pub(super) fn must_roll(&self, span: u64, geo: &Geometry) -> bool {
-        self.restart_pending || self.offset as u64 + span > geo.segment_bytes
+        (self.restart_pending && !self.resumable) || self.offset as u64 + span > geo.segment_bytes
+    }
+
+    /// Where this run goes on in the newest segment, if its first write is still to come and
+    /// it may: the tail from there on must be cleared first.
+    pub(super) fn tail_to_clear(&self) -> Option<u64> {
+        (self.restart_pending && self.resumable).then_some(self.offset as u64)
+    }
+
+    /// The tail was cleared and synced: this run writes on from the head, and every record
+    /// before it is durable.
+    pub(super) fn resumed(&mut self) {
+        self.restart_pending = false;
+        self.resumable = false;
+        self.synced_wid = self.next_wid;
     }
 
     /// Where the next record goes.
@@ -115,9 +142,9 @@ impl LogHead {
     }
 
     /// Where a checkpoint taken now replays from: the next record, or the start of the segment
-    /// this run opens first if it has opened none.
+    /// this run opens first if it has written nothing and goes on in no segment.
     pub(super) fn replay_from(&self, geo: &Geometry) -> ReplayFrom {
-        let (seq, offset) = if self.restart_pending {
+        let (seq, offset) = if self.restart_pending && !self.resumable {
             (self.roll_to, geo.first_record as u32)
         } else {
             (self.seq, self.offset)
@@ -141,6 +168,7 @@ impl LogHead {
     pub(super) fn opened(&mut self, seq: u64, geo: &Geometry) {
         self.synced_wid = self.next_wid;
         self.restart_pending = false;
+        self.resumable = false;
         self.roll_to = seq + 1;
         self.seq = seq;
         self.in_segment = 0;

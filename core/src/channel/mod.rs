@@ -139,6 +139,10 @@ pub struct Stats {
     pub corrupt_events_skipped: u64,
     /// Segments opened (erased and given a header).
     pub segments_opened: u64,
+    /// Runs that went on writing in the newest segment, after the last intact record, instead
+    /// of opening a segment of their own (over a storage that can be rewritten; see
+    /// `Storage::rewritable`).
+    pub segments_continued: u64,
     /// The sequence number of the newest segment (the one being written). Segment `seq` lives
     /// in slot `seq % segments`, so this also tells how often each slot has been erased (see
     /// `sluicegate-flash`'s wear report).
@@ -281,7 +285,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             geo,
             queue: Queue::new(),
             // Replaced by the head replay finds.
-            head: LogHead::after_replay(0, 0, 0),
+            head: LogHead::after_replay(0, 0, 0, None),
             txn_counters: TxnCounters::after_replay(0),
             stats: Stats::default(),
             recovery: Recovery::default(),
@@ -308,6 +312,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             replayed.newest.unwrap_or(0),
             replayed.roll_to,
             replayed.next_wid,
+            replayed.tail,
         );
         channel.txn_counters = TxnCounters::after_replay(replayed.next_txn_id);
         channel.refresh_pins();

@@ -242,8 +242,8 @@ fn main() -> ExitCode {
             );
             let [new, checkpoint, backup, replay] = total.paths;
             println!(
-                "sim: {} checkpoints written; recoveries from: a new log {new}, the checkpoint {checkpoint}, the backup {backup}, a full replay {replay}",
-                total.checkpoints
+                "sim: {} checkpoints written; recoveries from: a new log {new}, the checkpoint {checkpoint}, the backup {backup}, a full replay {replay}; {} runs went on in the newest segment",
+                total.checkpoints, total.segments_continued
             );
             println!("sim: {crash_points} crash points, 0 violations ({secs:.1} s)");
             ExitCode::SUCCESS

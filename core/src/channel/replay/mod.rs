@@ -40,6 +40,7 @@ use crate::queue::TAG_REPLAY;
 use crate::record::{
     decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES,
     CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
+    SEGMENT_FLAG_SEALED,
 };
 use crate::recovery::RecoveryPath;
 use crate::seal::{KeyId, KeyProvider, Sealer, TAG_BYTES};
@@ -64,6 +65,21 @@ pub(crate) struct Replayed {
     pub next_wid: u64,
     /// The id the next transaction gets: past every id the log or the checkpoint used.
     pub next_txn_id: u32,
+    /// Where this run may continue writing in the newest segment, if it may (see
+    /// [`Storage::rewritable`]).
+    pub tail: Option<Tail>,
+}
+
+/// The end of a clean walk of the newest segment: a run may go on writing there, after it has
+/// cleared what lies beyond (`Channel::clear_tail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// The offset of the first byte after the last intact record.
+    pub offset: u64,
+    /// The write-order id the next record gets, less the segment's `base_wid`.
+    pub records: u64,
+    /// The write-order id the next record gets.
+    pub wid: u64,
 }
 
 /// How closely [`Channel::lost_events`] reads the queued events' records.
@@ -107,6 +123,16 @@ struct Replay {
     run_continues: bool,
     /// Past every transaction id seen so far (the checkpoint's, then each record's).
     next_txn_id: u32,
+}
+
+/// What a replay of the log's segments found.
+struct Walked {
+    /// The write-order id after the last record read (`None` if no segment was read).
+    next_wid: Option<u64>,
+    /// The transaction id after the last one seen.
+    next_txn_id: u32,
+    /// The newest segment's tail, if its walk was clean.
+    tail: Option<Tail>,
 }
 
 /// Where a walk over a segment ended.
@@ -168,6 +194,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 read_tail: false,
                 next_wid: from.map_or(0, |f| f.wid),
                 next_txn_id,
+                tail: None,
             });
         };
         let from = match from {
@@ -183,13 +210,19 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         let read_tail = from.seq <= newest;
         let (mut next_wid, mut next_txn_id) = (from.wid, next_txn_id);
+        let mut tail = None;
         // Keys are checked for the segments replay reads, then for older ones that queued
         // events still point into; segments nothing needs may name a key already retired.
         if read_tail {
             self.check_keys(from.seq.max(start), newest)?;
-            let (wid, txn) = self.replay_segments(from, newest, next_txn_id)?;
-            next_wid = next_wid.max(wid.unwrap_or(0));
-            next_txn_id = txn;
+            let walked = self.replay_segments(from, newest, next_txn_id)?;
+            next_wid = next_wid.max(walked.next_wid.unwrap_or(0));
+            next_txn_id = walked.next_txn_id;
+            // Only a plaintext run over a storage that can be rewritten goes on in a segment
+            // another run wrote (a sealed segment's nonces must never repeat).
+            if self.storage.rewritable() && self.sealing.is_none() {
+                tail = walked.tail;
+            }
         }
         let Parts { queue: qmem, .. } = self.carving.parts(self.memory.as_mut());
         let mut oldest = from.seq.min(newest + 1);
@@ -212,18 +245,20 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             read_tail,
             next_wid,
             next_txn_id,
+            tail,
         })
     }
 
     /// Replays segments `from.seq..=newest`, the first from `from`'s offset, with transaction
-    /// ids from `next_txn_id` on. Returns the write-order id after the last record read (`None`
-    /// if no segment was read) and the transaction id after the last one seen.
+    /// ids from `next_txn_id` on. The newest segment's tail is returned if its walk was clean:
+    /// it reached the newest segment and stopped at a record that is not there, with no damage
+    /// seen since the run that wrote it began, in a plaintext segment.
     fn replay_segments(
         &mut self,
         from: ReplayFrom,
         newest: u64,
         next_txn_id: u32,
-    ) -> Result<(Option<u64>, u32), Error<S::Error>> {
+    ) -> Result<Walked, Error<S::Error>> {
         let geo = self.geo;
         let mut state = Replay {
             suspect: None,
@@ -233,6 +268,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             next_txn_id,
         };
         let mut next_wid: Option<u64> = None;
+        let mut tail = None;
         let mut current = self.valid_header(geo.slot_of(from.seq))?;
         for seq in from.seq..=newest {
             let Some(header) = current.filter(|h| h.seq == seq) else {
@@ -280,9 +316,20 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             )?;
             next_wid = Some(header.base_wid + end.records);
             state.last_break = end.broke_at.map(|offset| Position { seq, offset });
+            if seq == newest && state.suspect.is_none() && header.flags & SEGMENT_FLAG_SEALED == 0 {
+                tail = end.broke_at.map(|offset| Tail {
+                    offset,
+                    records: end.records,
+                    wid: header.base_wid + end.records,
+                });
+            }
             self.recovery.segments_replayed += 1;
             current = following;
         }
-        Ok((next_wid, state.next_txn_id))
+        Ok(Walked {
+            next_wid,
+            next_txn_id: state.next_txn_id,
+            tail,
+        })
     }
 }
