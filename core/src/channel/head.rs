@@ -88,7 +88,7 @@ impl LogHead {
         self.synced_wid
     }
 
-    /// True until this run has opened its first segment.
+    /// True until this run has written: opened its first segment, or gone on in the newest.
     pub(super) fn restart_pending(&self) -> bool {
         self.restart_pending
     }

@@ -19,6 +19,9 @@
 //! and has the next write-order id, in which case only that record is skipped. The segment a run
 //! opened at its start bounds the previous run: records with a write-order id at or past its
 //! `base_wid` were never acknowledged and are ignored, whatever later reads of them return.
+//! Over a storage that can be rewritten, a run goes on in the newest segment instead when its
+//! walk was clean; replay returns where (`Tail`), and the run clears what lies beyond before
+//! it writes there (docs/format.md, "Opening the channel").
 //!
 //! **Invariant:** replay needs no memory beyond the queue and a fixed stack buffer, and every
 //! loop in it is bounded by the geometry of the log.
