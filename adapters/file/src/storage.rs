@@ -292,8 +292,6 @@ impl Mapped {
     /// Creates `path` at `len` bytes of zeros, atomically: the zeros go to a temporary file
     /// that is synced and then renamed, and the directory is synced, so a crash or a full disk
     /// never leaves a short file under the real name. The temporary file is removed on failure.
-    /// The zeros are allocated with `fallocate` where the filesystem can (blocks reserved and
-    /// read as zeros, nothing written), and written elsewhere.
     fn create(path: PathBuf, len: u64) -> Result<Self, FileError> {
         let tmp = tmp_path(&path);
         let result = (|| {
@@ -303,9 +301,9 @@ impl Mapped {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| FileError::io("create", &tmp, e))?;
-            allocate_zeros(&file, &tmp, 0, len / 2)?;
+            write_zeros(&file, &tmp, 0, len / 2)?;
             crate::crash::point("file-half-created");
-            allocate_zeros(&file, &tmp, len / 2, len)?;
+            write_zeros(&file, &tmp, len / 2, len)?;
             file.sync_all()
                 .map_err(|e| FileError::io("sync", &tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| FileError::io("rename", &tmp, e))?;
@@ -421,34 +419,6 @@ fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
         Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Ok(false),
         _ => Err(e),
     }
-}
-
-/// Makes bytes `from..to` of `file` zeros, growing it if it is shorter: blocks allocated with
-/// `fallocate` (mode 0: reserved, read as zeros, nothing written) where the filesystem can,
-/// else zeros written. Either way a later write there never needs space.
-fn allocate_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
-    use std::os::fd::AsRawFd;
-    if to <= from {
-        return Ok(());
-    }
-    if let (Ok(at), Ok(n)) = (
-        libc::off_t::try_from(from),
-        libc::off_t::try_from(to - from),
-    ) {
-        // SAFETY: `file` is an open descriptor for the whole call; fallocate reads no memory.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, at, n) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if !matches!(
-            e.raw_os_error(),
-            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
-        ) {
-            return Err(FileError::io("allocate", path, e));
-        }
-    }
-    write_zeros(file, path, from, to)
 }
 
 fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
