@@ -123,6 +123,15 @@ impl<S: Storage> Storage for Latched<S> {
         self.inner.rewritable()
     }
 
+    fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        debug_assert!(
+            region != Region::Log || !self.latched,
+            "a log erase after a latched failure: a write path skipped check_writable"
+        );
+        let result = self.inner.erase_tail(region, from, to);
+        self.note_unless_full(region, result)
+    }
+
     fn sync(&mut self, region: Region) -> Result<(), Self::Error> {
         let result = self.inner.sync(region);
         self.note(region, result)

@@ -137,6 +137,14 @@ pub trait Storage: ErrorType {
     fn rewritable(&self) -> bool {
         false
     }
+
+    /// Erases `from..to` of the segment a run goes on in, past the previous run's tail (only
+    /// over a [`Storage::rewritable`] storage, whole erase blocks, followed by a sync). What a
+    /// power cut during it leaves is as for [`Storage::erase`]. The default erases; an adapter
+    /// may do it more cheaply (the file adapter zeroes the range without writing it).
+    fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        self.erase(region, from, to)
+    }
 }
 
 /// An optional capability of a [`Storage`]: a sync of the log in three steps, so that the
@@ -193,6 +201,9 @@ impl<S: Storage> Storage for &mut S {
     }
     fn rewritable(&self) -> bool {
         S::rewritable(self)
+    }
+    fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        S::erase_tail(self, region, from, to)
     }
 }
 

@@ -365,6 +365,19 @@ impl Mapped {
             return Ok(());
         }
         self.writes += 1;
+        write_zeros(&self.file, &self.path, from, to)
+    }
+
+    /// As [`Mapped::erase`], with the zeros made by `fallocate` (`FALLOC_FL_ZERO_RANGE`) where
+    /// the filesystem can: fast, and the blocks stay allocated, but they become unwritten
+    /// extents, which the first `fdatasync` after a write into each converts (a journal commit
+    /// on ext4). So only a tail cleared for a run that goes on in this file is erased this way;
+    /// a segment reused by the ring gets written zeros, as a new file does.
+    fn erase_tail(&mut self, from: u64, to: u64) -> Result<(), FileError> {
+        if self.fresh {
+            return Ok(());
+        }
+        self.writes += 1;
         if zero_range(&self.file, from, to.saturating_sub(from))
             .map_err(|e| FileError::io("zero a range of", &self.path, e))?
         {
@@ -958,6 +971,24 @@ impl Storage for FileStorage {
                 // it: its file is made here if missing, and fails for space here, where a full
                 // disk is not sticky.
                 Some(s) => self.segment(s)?.erase(at, end)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The tail of the segment a run goes on in: zeroed without writing where the filesystem
+    /// can (see `Mapped::erase_tail`).
+    fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), FileError> {
+        if region != Region::Log {
+            return self.erase(region, from, to);
+        }
+        self.flush_gathered()?;
+        let len = to.saturating_sub(from) as usize;
+        for (seg, at, range) in self.pieces(region, from, len)? {
+            let end = at + range.len() as u64;
+            match seg {
+                Some(s) => self.segment(s)?.erase_tail(at, end)?,
+                None => self.slot_file(region).erase(at, end)?,
             }
         }
         Ok(())

@@ -273,7 +273,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         let storage = &mut self.storage;
         let erased = if block_end < geo.segment_bytes {
-            storage.erase(Region::Log, start + block_end, start + geo.segment_bytes)
+            storage.erase_tail(Region::Log, start + block_end, start + geo.segment_bytes)
         } else {
             Ok(())
         };
