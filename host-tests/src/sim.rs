@@ -318,7 +318,7 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
                         },
                     }
                 };
-                let medium = Medium {
+                let medium = Cells {
                     erased,
                     write: WRITE,
                     erase: ERASE,
@@ -422,16 +422,16 @@ fn program(old: u8, data: u8, erased: u8) -> u8 {
     }
 }
 
-/// What a crash's outcome depends on.
+/// What a crash leaves in the medium's cells depends on.
 #[derive(Clone, Copy)]
-struct Medium {
+struct Cells {
     erased: u8,
     write: usize,
     erase: usize,
     rewritable: bool,
 }
 
-impl Medium {
+impl Cells {
     /// What a byte holds after `data` is written over `old`.
     fn put(self, old: u8, data: u8) -> u8 {
         if self.rewritable {
@@ -442,8 +442,8 @@ impl Medium {
     }
 }
 
-fn apply_crashed(img: &mut Image, op: &Op, fate: Fate, medium: Medium, rng: &mut Pcg64Mcg) {
-    let Medium {
+fn apply_crashed(img: &mut Image, op: &Op, fate: Fate, medium: Cells, rng: &mut Pcg64Mcg) {
+    let Cells {
         erased,
         write,
         erase,
@@ -572,7 +572,7 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
                 what: "power cut during write",
             });
         }
-        let medium = Medium {
+        let medium = Cells {
             erased: self.erased,
             write: WRITE,
             erase: ERASE,

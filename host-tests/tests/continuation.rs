@@ -25,12 +25,23 @@ fn open<'a>(sim: &'a mut Sim, mem: &'a mut [u64]) -> Chan<'a> {
     Channel::open(sim, mem, CONFIG).expect("open")
 }
 
-/// The first offset of the log at which two images differ.
-fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
-        .zip(b)
+/// A file-like medium where one run committed `kept` and then ran `more`: the medium, and the
+/// log offset of the first byte `more` changed (where its first record went).
+fn after_a_commit_then(kept: &[u8], more: impl FnOnce(&mut Chan<'_>)) -> (Sim, usize) {
+    let (mut sim, mut mem) = (file_sim(), memory());
+    let before = {
+        let mut ch = open(&mut sim, &mut mem);
+        put_all(&mut ch, &[kept]);
+        let before = ch.storage().image(Region::Log).to_vec();
+        more(&mut ch);
+        before
+    };
+    let at = before
+        .iter()
+        .zip(sim.image(Region::Log))
         .position(|(x, y)| x != y)
-        .expect("the images differ")
+        .expect("the images differ");
+    (sim, at)
 }
 
 /// On a rewritable medium a run goes on in the newest segment: 40 runs of one committed put
@@ -95,15 +106,8 @@ fn runs_on_a_rewritable_medium_share_the_newest_segment() {
 /// with. After any cut, the queue holds only what was committed before the loss.
 #[test]
 fn records_past_a_lost_one_never_come_back() {
-    let (mut sim, mut mem) = (file_sim(), memory());
-    let before = {
-        let mut ch = open(&mut sim, &mut mem);
-        put_all(&mut ch, &[b"kept"]);
-        let before = ch.storage().image(Region::Log).to_vec();
-        put_all(&mut ch, &[b"lost-one", b"lost-two"]);
-        before
-    };
-    let at = first_difference(&before, sim.image(Region::Log));
+    let (mut sim, at) = after_a_commit_then(b"kept", |ch| put_all(ch, &[b"lost-one", b"lost-two"]));
+    let mut mem = memory();
     // The first put of the last transaction is gone: its header reads as erased.
     sim.overwrite(Region::Log, at, &[0; 16]);
     sim.reboot(0, CrashPolicy::KeepUnsynced);
@@ -127,18 +131,13 @@ fn records_past_a_lost_one_never_come_back() {
 /// damaged record there, the next run opens a segment of its own, and nothing is lost.
 #[test]
 fn damage_in_the_newest_segment_makes_the_next_run_open_its_own() {
-    let (mut sim, mut mem) = (file_sim(), memory());
-    let before = {
-        let mut ch = open(&mut sim, &mut mem);
-        put_all(&mut ch, &[b"one"]);
-        let before = ch.storage().image(Region::Log).to_vec();
-        put_all(&mut ch, &[b"two"]);
-        put_all(&mut ch, &[b"three"]);
-        before
-    };
+    let (mut sim, at) = after_a_commit_then(b"one", |ch| {
+        put_all(ch, &[b"two"]);
+        put_all(ch, &[b"three"]);
+    });
+    let mut mem = memory();
     // Decay in the put record of "two" (its payload): replay skips that record, because the
     // record after it is intact, and drops the event.
-    let at = first_difference(&before, sim.image(Region::Log));
     sim.flip_bit(Region::Log, at + 16, 0);
     sim.reboot(0, CrashPolicy::KeepUnsynced);
     let mut ch = open(&mut sim, &mut mem);
@@ -160,17 +159,12 @@ fn damage_in_the_newest_segment_makes_the_next_run_open_its_own() {
 /// and a cut that tore the clearing could bring the lost commit back.
 #[test]
 fn a_cut_while_clearing_never_changes_the_verdict_on_the_tail() {
-    let (mut sim, mut mem) = (file_sim(), memory());
-    let before = {
-        let mut ch = open(&mut sim, &mut mem);
-        put_all(&mut ch, &[b"kept"]);
-        let before = ch.storage().image(Region::Log).to_vec();
+    let (mut sim, at) = after_a_commit_then(b"kept", |ch| {
         let open_tx = ch.begin().unwrap();
         ch.put(open_tx, b"").unwrap();
-        put_all(&mut ch, &[b"after"]);
-        before
-    };
-    let at = first_difference(&before, sim.image(Region::Log));
+        put_all(ch, &[b"after"]);
+    });
+    let mut mem = memory();
     // The empty put's length now reads 0xFFFFFF: past any segment, so the walk stops there.
     let mut header = sim.image(Region::Log)[at..at + 8].to_vec();
     header[5..8].copy_from_slice(&[0xFF; 3]);

@@ -359,27 +359,20 @@ impl Mapped {
         self.fresh = false;
     }
 
-    fn erase(&mut self, from: u64, to: u64) -> Result<(), FileError> {
+    /// Makes `from..to` zeros. With `unwritten`, by `fallocate` (`FALLOC_FL_ZERO_RANGE`) where
+    /// the filesystem can: fast, and the blocks stay allocated, but they become unwritten
+    /// extents, which the first `fdatasync` after a write into each converts (a journal commit
+    /// on ext4). So only a tail cleared for a run that goes on in this file is erased that way;
+    /// a segment reused by the ring gets written zeros, as a new file does.
+    fn erase(&mut self, from: u64, to: u64, unwritten: bool) -> Result<(), FileError> {
         if self.fresh {
             // Created full of zeros and synced: already erased, durably.
             return Ok(());
         }
         self.writes += 1;
-        write_zeros(&self.file, &self.path, from, to)
-    }
-
-    /// As [`Mapped::erase`], with the zeros made by `fallocate` (`FALLOC_FL_ZERO_RANGE`) where
-    /// the filesystem can: fast, and the blocks stay allocated, but they become unwritten
-    /// extents, which the first `fdatasync` after a write into each converts (a journal commit
-    /// on ext4). So only a tail cleared for a run that goes on in this file is erased this way;
-    /// a segment reused by the ring gets written zeros, as a new file does.
-    fn erase_tail(&mut self, from: u64, to: u64) -> Result<(), FileError> {
-        if self.fresh {
-            return Ok(());
-        }
-        self.writes += 1;
-        if zero_range(&self.file, from, to.saturating_sub(from))
-            .map_err(|e| FileError::io("zero a range of", &self.path, e))?
+        if unwritten
+            && zero_range(&self.file, from, to.saturating_sub(from))
+                .map_err(|e| FileError::io("zero a range of", &self.path, e))?
         {
             return Ok(());
         }
@@ -586,6 +579,32 @@ impl fmt::Debug for FileStorage {
 }
 
 impl FileStorage {
+    /// Erases `from..to` of `region` (see [`Mapped::erase`] for `unwritten`), after making the
+    /// gathered log writes.
+    fn erase_range(
+        &mut self,
+        region: Region,
+        from: u64,
+        to: u64,
+        unwritten: bool,
+    ) -> Result<(), FileError> {
+        if region == Region::Log {
+            self.flush_gathered()?;
+        }
+        let len = to.saturating_sub(from) as usize;
+        for (seg, at, range) in self.pieces(region, from, len)? {
+            let end = at + range.len() as u64;
+            match seg {
+                None => self.slot_file(region).erase(at, end, false)?,
+                // A segment is erased when the log first rolls into it, before any write to
+                // it: its file is made here if missing, and fails for space here, where a full
+                // disk is not sticky.
+                Some(s) => self.segment(s)?.erase(at, end, unwritten)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Opens (creating what is missing) the directories of `layout`: checks the layout, locks
     /// every directory, checks their format files, removes temporary files a crash left, checks
     /// that every segment file present belongs to this layout, and maps every file. Segment
@@ -959,39 +978,13 @@ impl Storage for FileStorage {
     }
 
     fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), FileError> {
-        if region == Region::Log {
-            self.flush_gathered()?;
-        }
-        let len = to.saturating_sub(from) as usize;
-        for (seg, at, range) in self.pieces(region, from, len)? {
-            let end = at + range.len() as u64;
-            match seg {
-                None => self.slot_file(region).erase(at, end)?,
-                // A segment is erased when the log first rolls into it, before any write to
-                // it: its file is made here if missing, and fails for space here, where a full
-                // disk is not sticky.
-                Some(s) => self.segment(s)?.erase(at, end)?,
-            }
-        }
-        Ok(())
+        self.erase_range(region, from, to, false)
     }
 
     /// The tail of the segment a run goes on in: zeroed without writing where the filesystem
-    /// can (see `Mapped::erase_tail`).
+    /// can (see `Mapped::erase`).
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), FileError> {
-        if region != Region::Log {
-            return self.erase(region, from, to);
-        }
-        self.flush_gathered()?;
-        let len = to.saturating_sub(from) as usize;
-        for (seg, at, range) in self.pieces(region, from, len)? {
-            let end = at + range.len() as u64;
-            match seg {
-                Some(s) => self.segment(s)?.erase_tail(at, end)?,
-                None => self.slot_file(region).erase(at, end)?,
-            }
-        }
-        Ok(())
+        self.erase_range(region, from, to, true)
     }
 
     /// Makes the file of the segment at `from` (the one after a put's roll), so that take

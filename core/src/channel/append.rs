@@ -1,6 +1,7 @@
 //! The log writer: appending a record (plaintext through the word writer, sealed through
-//! `SealedWrite`), the space reserve and the segment pins (kept by the head), and opening a new segment (its
-//! erase, header and seal record).
+//! `SealedWrite`), the space reserve and the segment pins (kept by the head), opening a new
+//! segment (its erase, header and seal record), and clearing the tail of the newest segment
+//! for a run that goes on there.
 
 use super::*;
 

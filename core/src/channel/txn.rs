@@ -88,6 +88,11 @@ impl TxnCounters {
         (self.generation, id)
     }
 
+    /// A put joined the pending ones.
+    fn added(&mut self) {
+        self.pending_puts += 1;
+    }
+
     /// `n` puts of a transaction left the pending ones (committed or rolled back).
     fn settled(&mut self, n: u32) {
         self.pending_puts -= n as u64;
@@ -156,7 +161,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 max: self.config.max_event_bytes(),
             });
         }
-        if self.queue.len() as u64 + self.txn_counters.pending_puts >= self.config.capacity() as u64
+        if self.queue.len() as u64 + self.txn_counters.pending_puts()
+            >= self.config.capacity() as u64
         {
             return Err(Error::ChannelFull);
         }
@@ -173,7 +179,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         slot.count += 1;
         slot.kind = KIND_PUT;
         slot.store(txns, txn.slot as usize);
-        self.txn_counters.pending_puts += 1;
+        self.txn_counters.added();
         self.stats.puts += 1;
         Ok(())
     }
