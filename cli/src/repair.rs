@@ -374,8 +374,8 @@ fn mend_records(r: &mut Repair, config: &FileChannelConfig) -> Result<usize, Fai
                 // match, spoil the CRC.
                 let mut payload = vec![0u8; header.len as usize];
                 st.read(Region::Log, at + RECORD_HEADER_BYTES as u64, &mut payload)?;
-                let seq = report.segments[slot].seq.unwrap_or(0);
-                if header.check(seq, &payload) {
+                let bind = report.segments[slot].binding().unwrap_or(0);
+                if header.check(bind, &payload) {
                     header.crc ^= 1;
                 }
                 r.actions.push(format!(

@@ -24,7 +24,8 @@ use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES,
 use sluicegate_core::record::{
     align_up, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentHeader,
     COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
-    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SALTED, SEGMENT_FLAG_SEALED,
+    SEGMENT_HEADER_BYTES,
 };
 use sluicegate_core::seal::TAG_BYTES;
 use sluicegate_core::walk::{self, Geometry, HeaderRead};
@@ -105,6 +106,9 @@ pub struct SegmentInfo {
     /// "absent", "unused", "invalid", "unsupported" or "valid".
     pub header: &'static str,
     pub seq: Option<u64>,
+    /// The salt bound into the segment's record CRCs, if the segment is salted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub salt: Option<u32>,
     pub base_wid: Option<u64>,
     pub opened_by_a_run: bool,
     pub records: u64,
@@ -115,6 +119,14 @@ pub struct SegmentInfo {
     pub end: u64,
     /// True if the segment is in the log recovery reads.
     pub in_log: bool,
+}
+
+impl SegmentInfo {
+    /// What the segment's record CRCs bind (`SegmentHeader::binding`), if its header is valid.
+    pub fn binding(&self) -> Option<u64> {
+        self.seq
+            .map(|seq| seq ^ (u64::from(self.salt.unwrap_or(0)) << 32))
+    }
 }
 
 /// A checkpoint slot as found.
@@ -298,6 +310,9 @@ pub fn scan(
             file: st.segment_path(slot).map(|p| p.display().to_string()),
             header: state,
             seq: h.map(|h| h.seq),
+            salt: h
+                .filter(|h| h.flags & SEGMENT_FLAG_SALTED != 0)
+                .map(|h| h.salt),
             base_wid: h.map(|h| h.base_wid),
             opened_by_a_run: h.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED != 0),
             records: 0,

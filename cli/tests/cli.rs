@@ -549,23 +549,28 @@ fn damage(path: &Path, offset: u64) {
 
 /// The file and offset of the put record whose body is `body`, from `dump --json`.
 fn record_of(h: &Home, body: &str) -> (PathBuf, u64) {
-    let (file, offset, _) = record_and_seq(h, body);
+    let (file, offset, _) = record_and_binding(h, body);
     (file, offset)
 }
 
 /// Also the record's segment number.
-fn record_and_seq(h: &Home, body: &str) -> (PathBuf, u64, u64) {
+fn record_and_binding(h: &Home, body: &str) -> (PathBuf, u64, u64) {
+    use sluicegate_core::record::{SegmentCheck, SegmentHeader, SEGMENT_HEADER_BYTES};
     let dump = ok(&["dump", "--dir", &h.dir, "--json"], "");
     for l in dump.lines() {
         let v: Value = serde_json::from_str(l).expect("JSON line");
         if v["type"] == "record" && v["body"] == body {
             let slot = v["slot"].as_u64().expect("slot");
             let file = Path::new(&h.dir).join(format!("data/log-{slot:06}.seg"));
-            return (
-                file,
-                v["offset"].as_u64().expect("offset"),
-                v["seq"].as_u64().expect("seq"),
-            );
+            let mut hb = [0u8; SEGMENT_HEADER_BYTES];
+            std::fs::File::open(&file)
+                .and_then(|f| f.read_exact_at(&mut hb, 0))
+                .expect("segment header");
+            let SegmentCheck::Valid(seg) = SegmentHeader::decode(&hb) else {
+                panic!("no valid header in {}", file.display());
+            };
+            assert_eq!(Some(seg.seq), v["seq"].as_u64());
+            return (file, v["offset"].as_u64().expect("offset"), seg.binding());
         }
     }
     panic!("no record {body}");
@@ -1416,7 +1421,7 @@ fn crashed_home(n: usize) -> Home {
 fn repair_steps_over_an_intact_record_that_recovery_refuses() {
     use sluicegate_core::record::{RecordHeader, RECORD_HEADER_BYTES};
     let h = crashed_home(20);
-    let (file, offset, seq) = record_and_seq(&h, "line-00007");
+    let (file, offset, bind) = record_and_binding(&h, "line-00007");
     // Forge a record of a kind this build does not know, with a correct CRC: recovery refuses
     // the whole log rather than guess.
     let f = std::fs::OpenOptions::new()
@@ -1431,7 +1436,7 @@ fn repair_steps_over_an_intact_record_that_recovery_refuses() {
     f.read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES as u64)
         .expect("read");
     rec.kind = 9;
-    let mut d = rec.digest(seq);
+    let mut d = rec.digest(bind);
     d.update(&payload);
     rec.crc = d.finalize();
     f.write_all_at(&rec.encode(), offset).expect("write");

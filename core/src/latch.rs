@@ -123,6 +123,10 @@ impl<S: Storage> Storage for Latched<S> {
         self.inner.rewritable()
     }
 
+    fn salt(&mut self) -> u32 {
+        self.inner.salt()
+    }
+
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
         debug_assert!(
             region != Region::Log || !self.latched,

@@ -185,15 +185,16 @@ pub(crate) fn stream_payload<S: Storage>(
     Ok(())
 }
 
-/// True if the payload of the record whose header is `header`, at `offset` in a segment numbered
-/// `seq`, completes the header's CRC. The payload is streamed, so its length costs no memory.
+/// True if the payload of the record whose header is `header`, at `offset` in a segment whose
+/// binding is `bind` ([`crate::record::SegmentHeader::binding`]), completes the header's CRC.
+/// The payload is streamed, so its length costs no memory.
 pub(crate) fn payload_matches<S: Storage>(
     storage: &mut S,
     header: &RecordHeader,
-    seq: u64,
+    bind: u64,
     offset: u64,
 ) -> Result<bool, S::Error> {
-    let mut digest = header.digest(seq);
+    let mut digest = header.digest(bind);
     stream_payload(
         storage,
         offset + RECORD_HEADER_BYTES as u64,

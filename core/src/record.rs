@@ -71,7 +71,13 @@ pub const SEGMENT_FLAG_OPENED: u16 = 1;
 /// Segment header flag: the segment is sealed (encrypted and authenticated). Its first record
 /// is a [`RecordKind::Seal`] record naming the key and the salt of every record after it.
 pub const SEGMENT_FLAG_SEALED: u16 = 2;
-const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED;
+/// Segment header flag: the segment's `salt` is part of every record's CRC
+/// ([`SegmentHeader::binding`]). Written over a storage that reuses a slot without erasing what
+/// an earlier lap left in it ([`crate::Storage::rewritable`]), on plaintext segments, so that
+/// neither a stale record nor a record image inside an event body can pass for one of this
+/// segment's records.
+pub const SEGMENT_FLAG_SALTED: u16 = 4;
+const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED | SEGMENT_FLAG_SALTED;
 /// The payload of a seal record: key id (2), algorithm (1), zero (1), salt (8), tag (16).
 pub const SEAL_PAYLOAD_BYTES: usize = 28;
 
@@ -157,6 +163,15 @@ pub struct SegmentHeader {
     /// length it reads in the segment by it, so a corrupt length never causes a long read, and a
     /// later change of configuration never makes old records unreadable.
     pub max_payload: u32,
+    /// A random number drawn when the segment was opened, bound into every record's CRC when
+    /// the [`SEGMENT_FLAG_SALTED`] flag is set (0 otherwise).
+    pub salt: u32,
+}
+
+/// What the record CRCs of segment `seq` bind, given the salt they bind
+/// ([`SegmentHeader::crc_salt`]): see [`SegmentHeader::binding`].
+pub const fn binding(seq: u64, salt: u32) -> u64 {
+    seq ^ ((salt as u64) << 32)
 }
 
 /// The result of decoding bytes where a segment header should be.
@@ -171,6 +186,29 @@ pub enum SegmentCheck {
 }
 
 impl SegmentHeader {
+    /// What every record's CRC in this segment binds before its own bytes: the sequence number,
+    /// and in a salted segment the salt in its high 32 bits.
+    ///
+    /// A record left by an earlier lap of the ring was bound to another sequence number. Two
+    /// numbers below 2^32 never give the same CRC to the same bytes: after the 8 bytes of the
+    /// binding the CRC register differs by the difference's polynomial times x^32 modulo the
+    /// CRC-32C polynomial, and a nonzero polynomial of degree below 32 is not a multiple of one
+    /// of degree 32. The salt adds what no writer of an event body can know, so a record image
+    /// inside an event of an earlier lap passes only by a 2^-32 chance.
+    pub fn binding(&self) -> u64 {
+        binding(self.seq, self.crc_salt())
+    }
+
+    /// The salt the records' CRCs bind: `salt` in a salted plaintext segment, 0 otherwise (a
+    /// sealed segment is never salted: its bytes are ciphertext and tags only the key makes).
+    pub fn crc_salt(&self) -> u32 {
+        if self.flags & (SEGMENT_FLAG_SALTED | SEGMENT_FLAG_SEALED) == SEGMENT_FLAG_SALTED {
+            self.salt
+        } else {
+            0
+        }
+    }
+
     /// Encodes the header with its CRC.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
@@ -181,6 +219,7 @@ impl SegmentHeader {
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.base_wid.to_le_bytes());
         b[32..36].copy_from_slice(&self.max_payload.to_le_bytes());
+        b[36..40].copy_from_slice(&self.salt.to_le_bytes());
         let crc = CRC32C.checksum(&b[4..]);
         b[0..4].copy_from_slice(&crc.to_le_bytes());
         b
@@ -204,6 +243,7 @@ impl SegmentHeader {
             seq: u64_at(b, 16),
             base_wid: u64_at(b, 24),
             max_payload: u32_at(b, 32),
+            salt: u32_at(b, 36),
         })
     }
 }
@@ -225,10 +265,11 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
-    /// Builds a header whose CRC binds `seq` (the sequence number of the segment the record is
-    /// written to) and covers the header and the payload, which `feed` hands to the digest.
+    /// Builds a header whose CRC binds `bind` (the [`SegmentHeader::binding`] of the segment
+    /// the record is written to) and covers the header and the payload, which `feed` hands to
+    /// the digest.
     pub fn seal(
-        seq: u64,
+        bind: u64,
         kind: RecordKind,
         wid_delta: u32,
         txn: u32,
@@ -242,17 +283,17 @@ impl RecordHeader {
             wid_delta,
             txn,
         };
-        let mut digest = h.digest(seq);
+        let mut digest = h.digest(bind);
         feed(&mut digest);
         h.crc = digest.finalize();
         h
     }
 
-    /// A CRC digest fed with `seq` and the header's covered bytes; feed it the payload and
-    /// compare the result with `self.crc`.
-    pub fn digest(&self, seq: u64) -> CrcDigest {
+    /// A CRC digest fed with `bind` (the segment's [`SegmentHeader::binding`]) and the header's
+    /// covered bytes; feed it the payload and compare the result with `self.crc`.
+    pub fn digest(&self, bind: u64) -> CrcDigest {
         let mut digest = CRC32C.digest();
-        digest.update(&seq.to_le_bytes());
+        digest.update(&bind.to_le_bytes());
         digest.update(&self.encode()[4..]);
         digest
     }
@@ -281,14 +322,14 @@ impl RecordHeader {
         }
     }
 
-    /// True if `payload` completes this record in a segment numbered `seq`: it has exactly the
-    /// header's length, and the CRC matches. (A CRC can be forged, so it never vouches for the
-    /// length by itself.)
-    pub fn check(&self, seq: u64, payload: &[u8]) -> bool {
+    /// True if `payload` completes this record in a segment whose binding is `bind`
+    /// ([`SegmentHeader::binding`]): it has exactly the header's length, and the CRC matches.
+    /// (A CRC can be forged, so it never vouches for the length by itself.)
+    pub fn check(&self, bind: u64, payload: &[u8]) -> bool {
         if payload.len() != self.len as usize {
             return false;
         }
-        let mut d = self.digest(seq);
+        let mut d = self.digest(bind);
         d.update(payload);
         d.finalize() == self.crc
     }
@@ -476,6 +517,7 @@ mod tests {
             seq: 77,
             base_wid: 1 << 40,
             max_payload: 1000,
+            salt: 0,
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), SegmentCheck::Valid(h));
@@ -499,6 +541,7 @@ mod tests {
             seq: 1,
             base_wid: 0,
             max_payload: 1000,
+            salt: 0,
         }
         .encode();
         b[8..10].copy_from_slice(&2u16.to_le_bytes());

@@ -42,10 +42,23 @@ impl SegSeal {
 /// How the records of a segment are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SegKeys {
-    Plain,
+    /// Plaintext, the records' CRCs binding `salt` (`SegmentHeader::crc_salt`).
+    Plain { salt: u32 },
+    /// Sealed (never salted: what lies in a sealed segment is ciphertext and tags that only the
+    /// key's holder can make).
     Sealed(SegSeal),
     /// The segment's header or seal record is unreadable: none of its records can be trusted.
     Broken,
+}
+
+impl SegKeys {
+    /// What the record CRCs of segment `seq` read this way bind (`SegmentHeader::binding`).
+    pub(crate) fn binding(self, seq: u64) -> u64 {
+        match self {
+            SegKeys::Plain { salt } => crate::record::binding(seq, salt),
+            _ => seq,
+        }
+    }
 }
 
 /// One sealed record to write: the body is encrypted in stack-sized chunks, each chunk fed to

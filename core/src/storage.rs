@@ -145,6 +145,18 @@ pub trait Storage: ErrorType {
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
         self.erase(region, from, to)
     }
+
+    /// A random number for the header of a new log segment, asked for only over a
+    /// [`Storage::rewritable`] storage, where the core erases a reused segment's first block
+    /// and leaves the rest as earlier laps left it. The core binds it into every record's CRC
+    /// of the segment, so that a record image some event body of an earlier lap carried at
+    /// the spot where this segment's records end cannot pass for one of them (it passes by
+    /// a 2^-32 chance). A stale record of an earlier lap fails the CRC even with a salt of 0,
+    /// by its sequence number. The default is 0; the file adapter draws from the operating
+    /// system.
+    fn salt(&mut self) -> u32 {
+        0
+    }
 }
 
 /// An optional capability of a [`Storage`]: a sync of the log in three steps, so that the
@@ -204,6 +216,9 @@ impl<S: Storage> Storage for &mut S {
     }
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
         S::erase_tail(self, region, from, to)
+    }
+    fn salt(&mut self) -> u32 {
+        S::salt(self)
     }
 }
 

@@ -71,7 +71,7 @@ pub fn fits(
 
 /// The header of the record at `offset` of `segment` if it is intact: within bounds ([`fits`]),
 /// and its CRC (over the segment's sequence number, the header and the payload, streamed)
-/// holds. `None` for a damaged, torn or erased record.
+/// holds. `None` for a damaged, torn, erased or stale record.
 pub fn read_record<S: Storage>(
     storage: &mut S,
     geo: &Geometry,
@@ -87,7 +87,7 @@ pub fn read_record<S: Storage>(
     if !fits(geo, segment, offset, &h, index) {
         return Ok(None);
     }
-    Ok(payload_matches(storage, &h, segment.seq, at)?.then_some(h))
+    Ok(payload_matches(storage, &h, segment.binding(), at)?.then_some(h))
 }
 
 /// The first intact record at or after `from` (aligned) whose write-order delta is past

@@ -990,7 +990,7 @@ fn check_nonces<M: Medium>(
             }
             let mut payload = vec![0u8; r.len as usize];
             read(sim, base + at + RECORD_HEADER_BYTES as u64, &mut payload)?;
-            if !r.check(h.seq, &payload) {
+            if !r.check(h.binding(), &payload) {
                 break;
             }
             if index == 0 {

@@ -173,6 +173,11 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     /// What [`Storage::rewritable`] answers: the medium behaves as a file (see
     /// [`SimStorage::set_rewritable`]).
     rewritable: bool,
+    /// Salts handed out so far ([`Storage::salt`]); each is a hash of the count, so a run is
+    /// repeatable.
+    salts: u64,
+    /// A salt given instead (see [`SimStorage::fix_salt`]).
+    fixed_salt: Option<u32>,
 }
 
 fn region_index(r: Region) -> usize {
@@ -233,6 +238,8 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
             whole_records: false,
             prepared: Vec::new(),
             rewritable: false,
+            salts: 0,
+            fixed_salt: None,
         }
     }
 
@@ -255,6 +262,12 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     /// pages reach the disk in any order. Meant for media created with `erased` = `0x00`.
     pub fn set_rewritable(&mut self, on: bool) {
         self.rewritable = on;
+    }
+
+    /// Makes every new segment's salt ([`Storage::salt`]) `salt`: a test can then forge
+    /// records the way a writer who knew the salt could.
+    pub fn fix_salt(&mut self, salt: u32) {
+        self.fixed_salt = Some(salt);
     }
 
     /// Every range the core asked the medium to prepare ([`Storage::prepare`]), in order.
@@ -620,6 +633,18 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
 
     fn rewritable(&self) -> bool {
         self.rewritable
+    }
+
+    /// A different number for every segment, repeatable from run to run (a splitmix64 step).
+    fn salt(&mut self) -> u32 {
+        if let Some(salt) = self.fixed_salt {
+            return salt;
+        }
+        self.salts += 1;
+        let mut z = self.salts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as u32
     }
 
     /// Records the call; a simulated medium needs nothing made ready.

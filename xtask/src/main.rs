@@ -411,7 +411,13 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 11] = [
+const MUTANTS: [Mutant; 12] = [
+    Mutant {
+        name: "a record's CRC binds nothing of its segment, so a stale record of an earlier lap in a reused file passes",
+        file: "core/src/record.rs",
+        from: "digest.update(&bind.to_le_bytes());",
+        to: "let _ = bind; digest.update(&0u64.to_le_bytes());",
+    },
     Mutant {
         name: "commit returns without syncing",
         file: "core/src/channel/mod.rs",
@@ -421,8 +427,8 @@ const MUTANTS: [Mutant; 11] = [
     Mutant {
         name: "take delivers an event without checking its CRC",
         file: "core/src/channel/read.rs",
-        from: "if !header.check(seq, &buf[..len]) {",
-        to: "if false && !header.check(seq, &buf[..len]) {",
+        from: "if !header.check(bind, &buf[..len]) {",
+        to: "if false && !header.check(bind, &buf[..len]) {",
     },
     Mutant {
         name: "a new run reuses the newest segment's number (and so its nonces)",
@@ -591,6 +597,14 @@ fn mutants() -> Result {
         &continuation_args,
         &envs,
     )?;
+    let reuse_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "reuse"];
+    caught += catch_all(
+        &ws,
+        &REUSE_MUTANTS,
+        "the tests of segments reused without an erase",
+        &reuse_args,
+        &envs,
+    )?;
     let mark_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "marks"];
     caught += catch_all(
         &ws,
@@ -657,6 +671,7 @@ fn mutants() -> Result {
         + FIRMWARE_MUTANTS.len()
         + MARK_MUTANTS.len()
         + CONTINUATION_MUTANTS.len()
+        + REUSE_MUTANTS.len()
         + AGENT_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
@@ -715,6 +730,29 @@ const CONTINUATION_MUTANTS: [Mutant; 4] = [
         file: "core/src/channel/replay/mod.rs",
         from: "if seq == newest && state.suspect.is_none() && header.flags",
         to: "if seq == newest && header.flags",
+    },
+];
+
+/// Bugs in reusing a log segment without erasing it, caught by the tests that plant records
+/// past a segment's end.
+const REUSE_MUTANTS: [Mutant; 3] = [
+    Mutant {
+        name: "the salt is left out of the records' binding, so a record image in an event body passes",
+        file: "core/src/record.rs",
+        from: "seq ^ ((salt as u64) << 32)",
+        to: "seq ^ ((salt as u64) * 0)",
+    },
+    Mutant {
+        name: "a segment reused without an erase is not salted",
+        file: "core/src/channel/append.rs",
+        from: "let salted = reused && self.sealing.is_none();",
+        to: "let salted = reused && self.sealing.is_none() && false;",
+    },
+    Mutant {
+        name: "the latch in front of the storage does not pass the storage's salt on",
+        file: "core/src/latch.rs",
+        from: "        self.inner.salt()",
+        to: "        0",
     },
 ];
 

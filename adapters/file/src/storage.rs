@@ -363,7 +363,8 @@ impl Mapped {
     /// the filesystem can: fast, and the blocks stay allocated, but they become unwritten
     /// extents, which the first `fdatasync` after a write into each converts (a journal commit
     /// on ext4). So only a tail cleared for a run that goes on in this file is erased that way;
-    /// a segment reused by the ring gets written zeros, as a new file does.
+    /// the first erase block of a segment reused by the ring (all the core erases of it) gets
+    /// written zeros, and a new file is written full of zeros.
     fn erase(&mut self, from: u64, to: u64, unwritten: bool) -> Result<(), FileError> {
         if self.fresh {
             // Created full of zeros and synced: already erased, durably.
@@ -1005,9 +1006,22 @@ impl Storage for FileStorage {
     }
 
     /// Files can be written over, and read back what was made durable: a run goes on in the
-    /// newest segment file instead of starting one of its own.
+    /// newest segment file instead of starting one of its own, and a reused segment file is
+    /// made ready by one block's write, its old records left to fail their CRCs.
     fn rewritable(&self) -> bool {
         true
+    }
+
+    /// From the operating system; without one (practically never on a server), the clock.
+    fn salt(&mut self) -> u32 {
+        let mut salt = [0u8; 4];
+        if getrandom::fill(&mut salt).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+            return now ^ std::process::id().rotate_left(16);
+        }
+        u32::from_le_bytes(salt)
     }
 
     fn sync(&mut self, region: Region) -> Result<(), FileError> {

@@ -128,7 +128,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             }
         };
         let start = self.geo.record_offset(ptr);
-        let seq = self.head.seq();
+        let (seq, bind) = (self.head.seq(), self.head.binding());
         let outcome = match self.head.seal() {
             Some(seal) if tag > 0 => {
                 let Some(key) = self.keys.key(seal.key) else {
@@ -152,7 +152,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 sealed.write(&mut self.storage, &mut self.sealers, &emit)
             }
             None if tag == 0 => {
-                let header = RecordHeader::seal(seq, kind, wid_delta, txn_id, len, |d| {
+                let header = RecordHeader::seal(bind, kind, wid_delta, txn_id, len, |d| {
                     emit(&mut |b| d.update(b))
                 });
                 let mut writer =
@@ -341,11 +341,22 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     /// Erases the slot for segment `seq` and writes its header. The header's erase block is
     /// erased and synced first, so a power cut during the rest of the erase can never leave the
     /// old header in front of half-erased records.
+    ///
+    /// Over a rewritable storage (files) the rest is not erased: the segment is salted, and
+    /// what earlier laps left in the slot fails every CRC of this segment
+    /// (`SegmentHeader::binding`), so a recycled log file is made ready by one block's write.
     pub(crate) fn open_segment(&mut self, seq: u64, flags: u16) -> Result<(), Error<S::Error>> {
         self.check_writable()?;
         let start = self.geo.segment_start(self.geo.slot_of(seq));
         let first_block = S::ERASE_SIZE as u64;
-        let end = start + self.geo.segment_bytes;
+        let reused = self.storage.rewritable();
+        // Sealed segments hold only ciphertext and tags no one without the key can make.
+        let salted = reused && self.sealing.is_none();
+        let end = if reused {
+            start + first_block
+        } else {
+            start + self.geo.segment_bytes
+        };
         let header = SegmentHeader {
             flags,
             segment_bytes: self.geo.segment_bytes as u32,
@@ -357,13 +368,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 } else {
                     0
                 }) as u32,
+            salt: if salted { self.storage.salt() } else { 0 },
         };
         let header = SegmentHeader {
-            flags: if self.sealing.is_some() {
-                header.flags | SEGMENT_FLAG_SEALED
-            } else {
-                header.flags
-            },
+            flags: header.flags
+                | if self.sealing.is_some() {
+                    SEGMENT_FLAG_SEALED
+                } else {
+                    0
+                }
+                | if salted { SEGMENT_FLAG_SALTED } else { 0 },
             ..header
         };
         let storage = &mut self.storage;
@@ -395,7 +409,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         self.stats.syncs += 1;
         self.stats.segments_opened += 1;
-        self.head.opened(seq, &self.geo);
+        self.head.opened(seq, header.crc_salt(), &self.geo);
         if let Some(key_id) = self.sealing {
             self.write_seal_record(key_id, &header)?;
         }
@@ -431,7 +445,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         };
         payload.tag = payload.tag_for(&key, segment, &record);
         let payload = payload.encode();
-        let mut digest = record.digest(segment.seq);
+        let mut digest = record.digest(segment.binding());
         digest.update(&payload);
         record.crc = digest.finalize();
         let start = self.geo.record_offset(self.head.next_pointer(&self.geo));

@@ -8,7 +8,7 @@ use super::replay::Tail;
 use crate::checkpoint::ReplayFrom;
 use crate::log::Geometry;
 use crate::record::Pointer;
-use crate::sealed_write::SegSeal;
+use crate::sealed_write::{SegKeys, SegSeal};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LogHead {
@@ -32,6 +32,9 @@ pub(super) struct LogHead {
     /// True if this run's first write goes on in the newest segment at `offset`, once the
     /// previous run's tail beyond it is cleared (`Storage::rewritable`).
     resumable: bool,
+    /// The salt of the segment being written, which every record's CRC binds
+    /// (`SegmentHeader::crc_salt`).
+    salt: u32,
     /// The key and salt of the segment being written, if it is sealed.
     seal: Option<SegSeal>,
     /// A lower bound of the oldest segment a queued event, a pending put or a checkpoint
@@ -67,6 +70,7 @@ impl LogHead {
             roll_to,
             restart_pending: true,
             resumable: tail.is_some(),
+            salt: tail.map_or(0, |t| t.salt),
             seal: None,
             oldest_pinned: 0,
             pins_stale: true,
@@ -103,10 +107,18 @@ impl LogHead {
         self.seal
     }
 
-    /// How segment `seq` is sealed, if it is the one this run is writing (`None` otherwise:
-    /// its seal record must be read).
-    pub(super) fn writing(&self, seq: u64) -> Option<Option<SegSeal>> {
-        (seq == self.seq && !self.restart_pending).then_some(self.seal)
+    /// What the record CRCs of the segment being written bind (`SegmentHeader::binding`).
+    pub(super) fn binding(&self) -> u64 {
+        crate::record::binding(self.seq, self.salt)
+    }
+
+    /// How segment `seq` is to be read, if it is the one this run is writing (`None`
+    /// otherwise: its header and seal record must be read).
+    pub(super) fn writing(&self, seq: u64) -> Option<SegKeys> {
+        (seq == self.seq && !self.restart_pending).then_some(match self.seal {
+            Some(seal) => SegKeys::Sealed(seal),
+            None => SegKeys::Plain { salt: self.salt },
+        })
     }
 
     /// True if a record of `span` bytes needs a new segment first.
@@ -163,14 +175,15 @@ impl LogHead {
         self.in_segment += 1;
     }
 
-    /// Segment `seq` was opened (erased, its header written and synced): records go after its
-    /// header, and every record before it is durable.
-    pub(super) fn opened(&mut self, seq: u64, geo: &Geometry) {
+    /// Segment `seq`, whose records' CRCs bind `salt`, was opened (its header written after the
+    /// erase was synced): records go after its header, and every record before it is durable.
+    pub(super) fn opened(&mut self, seq: u64, salt: u32, geo: &Geometry) {
         self.synced_wid = self.next_wid;
         self.restart_pending = false;
         self.resumable = false;
         self.roll_to = seq + 1;
         self.seq = seq;
+        self.salt = salt;
         self.in_segment = 0;
         self.offset = geo.first_record as u32;
         self.seal = None;

@@ -17,8 +17,8 @@ pub(super) enum ReadFail<E> {
 /// Segments whose keys are remembered for reads.
 const SEAL_CACHE: usize = 4;
 
-/// How the segments read last are sealed, so that a run of takes reads each segment's seal
-/// record once. The oldest entry gives way.
+/// How the segments read last are to be read (sealed or salted), so that a run of takes reads
+/// each segment's header and seal record once. The oldest entry gives way.
 pub(super) struct SegKeysCache {
     entries: [Option<(u64, SegKeys)>; SEAL_CACHE],
     next: usize,
@@ -61,8 +61,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             Err(Error::Storage(e)) => return Err(ReadFail::Storage(e)),
             Err(e) => return Err(ReadFail::Key(e)),
         };
+        let bind = keys.binding(seq);
         match keys {
-            SegKeys::Plain => {}
+            SegKeys::Plain { .. } => {}
             SegKeys::Broken => return Err(ReadFail::Corrupt),
             SegKeys::Sealed(seal) => return self.read_sealed_event(ptr, seq, seal, buf),
         }
@@ -75,7 +76,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         }
         let payload = offset + RECORD_HEADER_BYTES as u64;
         if len > buf.len() || len > self.config.max_event_bytes() as usize {
-            if !payload_matches(&mut self.storage, &header, seq, offset)
+            if !payload_matches(&mut self.storage, &header, bind, offset)
                 .map_err(ReadFail::Storage)?
             {
                 return Err(ReadFail::Corrupt);
@@ -89,7 +90,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.storage
             .read(Region::Log, payload, &mut buf[..len])
             .map_err(ReadFail::Storage)?;
-        if !header.check(seq, &buf[..len]) {
+        if !header.check(bind, &buf[..len]) {
             return Err(ReadFail::Corrupt);
         }
         Ok(len)
@@ -157,11 +158,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         Ok(text)
     }
 
-    /// How to read the records of segment `seq`: plaintext, sealed with a key and salt, or not
-    /// at all. A sealed segment's seal record is checked against its key the first time.
+    /// How to read the records of segment `seq`: plaintext (with the salt their CRCs bind),
+    /// sealed with a key and salt, or not at all. A sealed segment's seal record is checked
+    /// against its key the first time.
     pub(crate) fn segment_keys(&mut self, seq: u64) -> Result<SegKeys, Error<S::Error>> {
-        if let Some(seal) = self.head.writing(seq) {
-            return Ok(seal.map_or(SegKeys::Plain, SegKeys::Sealed));
+        if let Some(keys) = self.head.writing(seq) {
+            return Ok(keys);
         }
         if let Some(keys) = self.seg_keys.get(seq) {
             return Ok(keys);
@@ -180,7 +182,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 _ => return Ok(SegKeys::Broken),
             };
         if header.flags & SEGMENT_FLAG_SEALED == 0 {
-            return Ok(SegKeys::Plain);
+            return Ok(SegKeys::Plain {
+                salt: header.crc_salt(),
+            });
         }
         let at = geo.segment_start(slot) + geo.first_record;
         let record = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
@@ -193,7 +197,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 if record.kind == RecordKind::Seal as u8
                     && record.len as usize == SEAL_PAYLOAD_BYTES
                     && record.wid_delta == 0
-                    && record.check(seq, &payload) =>
+                    && record.check(header.binding(), &payload) =>
             {
                 seal
             }

@@ -212,11 +212,11 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         mut text: impl FnMut(u64, &[u8]),
     ) -> Result<Integrity, Error<S::Error>> {
         let payload = at + RECORD_HEADER_BYTES as u64;
-        let mut digest = h.digest(seq);
+        let mut digest = h.digest(keys.binding(seq));
         let mut pos = 0u64;
         let seal = match keys {
             SegKeys::Broken => return Ok(Integrity::Damaged),
-            SegKeys::Plain => {
+            SegKeys::Plain { .. } => {
                 stream_payload(&mut self.storage, payload, h.len as u64, |c| {
                     digest.update(c);
                     text(pos, c);

@@ -83,6 +83,8 @@ pub(crate) struct Tail {
     pub records: u64,
     /// The write-order id the next record gets.
     pub wid: u64,
+    /// The salt the segment's record CRCs bind ([`crate::record::SegmentHeader::crc_salt`]).
+    pub salt: u32,
 }
 
 /// How closely [`Channel::lost_events`] reads the queued events' records.
@@ -324,6 +326,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     offset,
                     records: end.records,
                     wid: header.base_wid + end.records,
+                    salt: header.crc_salt(),
                 });
             }
             self.recovery.segments_replayed += 1;

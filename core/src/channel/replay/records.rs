@@ -84,7 +84,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             SegKeys::Sealed(_) if index == 0 => {
                 // The seal record, checked against its key when the segment's keys were read.
                 let ok = kind == Some(RecordKind::Seal)
-                    && payload_matches(&mut self.storage, &h, segment.seq, at)
+                    && payload_matches(&mut self.storage, &h, segment.binding(), at)
                         .map_err(Error::Storage)?;
                 return Ok(ok.then_some(h));
             }
@@ -367,14 +367,14 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let keys = self.segment_keys(here.seq)?;
         let mut sealer = match keys {
             SegKeys::Sealed(seal) => Some(self.sealer_for(seal, here.seq, record)?),
-            SegKeys::Plain => None,
+            SegKeys::Plain { .. } => None,
             SegKeys::Broken => return Ok(false),
         };
         let text = text_len(keys, record) as usize;
         let prefix_at =
             geo.segment_start(geo.slot_of(here.seq)) + here.offset + RECORD_HEADER_BYTES as u64;
         let start = self.recovery.first_segment;
-        let mut digest = record.digest(here.seq);
+        let mut digest = record.digest(keys.binding(here.seq));
         let mut prefix = [0u8; COMMIT_PREFIX_BYTES];
         self.storage
             .read(Region::Log, prefix_at, &mut prefix)
