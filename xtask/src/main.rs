@@ -765,13 +765,21 @@ const UNSTABLE_MUTANTS: [Mutant; 1] = [Mutant {
 }];
 
 /// Bugs in the file adapter that the kill test must catch.
-const KILL_MUTANTS: [Mutant; 1] = [Mutant {
-    name: "a log file is created in place, not through a synced temporary file and a rename",
-    file: "adapters/file/src/storage.rs",
-    from: "let tmp = tmp_path(&path);",
-    // Renaming a file onto itself does nothing, so the zeros go straight to the real name.
-    to: "let tmp = path.clone();",
-}];
+const KILL_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "a log file is created in place, not through a synced temporary file and a rename",
+        file: "adapters/file/src/storage.rs",
+        from: "let tmp = tmp_path(&path);",
+        // Renaming a file onto itself does nothing, so the file is made under the real name.
+        to: "let tmp = path.clone();",
+    },
+    Mutant {
+        name: "the log reaches a segment whose file is still being made, and makes it again",
+        file: "adapters/file/src/storage.rs",
+        from: "if self.segments[slot].is_none() && self.making.as_ref()",
+        to: "if false && self.segments[slot].is_none() && self.making.as_ref()",
+    },
+];
 
 /// Bugs the firmware example must catch on its emulated NOR part, in QEMU.
 const FIRMWARE_MUTANTS: [Mutant; 2] = [

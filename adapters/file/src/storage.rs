@@ -293,29 +293,30 @@ impl Mapped {
     /// that is synced and then renamed, and the directory is synced, so a crash or a full disk
     /// never leaves a short file under the real name. The temporary file is removed on failure.
     fn create(path: PathBuf, len: u64) -> Result<Self, FileError> {
+        Mapped::reserve(path, len)?.fill()
+    }
+
+    /// The first half of [`Mapped::create`], quick: the temporary file, with its `len` bytes
+    /// allocated (`fallocate`) where the filesystem can, so that a full disk fails here and
+    /// not in [`Reserved::fill`], which may run on another thread.
+    fn reserve(path: PathBuf, len: u64) -> Result<Reserved, FileError> {
         let tmp = tmp_path(&path);
-        let result = (|| {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| FileError::io("create", &tmp, e))?;
-            write_zeros(&file, &tmp, 0, len / 2)?;
-            crate::crash::point("file-half-created");
-            write_zeros(&file, &tmp, len / 2, len)?;
-            file.sync_all()
-                .map_err(|e| FileError::io("sync", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| FileError::io("rename", &tmp, e))?;
-            sync_dir(path.parent().unwrap_or(Path::new(".")))
-        })();
-        if let Err(e) = result {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| FileError::io("create", &tmp, e))?;
+        if let Err(e) = allocate(&file, len) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            return Err(FileError::io("allocate", &tmp, e));
         }
-        let mut m = Mapped::open(path, len)?;
-        m.fresh = true;
-        Ok(m)
+        Ok(Reserved {
+            path,
+            tmp,
+            file,
+            len,
+        })
     }
 
     /// Opens a checkpoint slot file, creating it if it does not exist. A slot file shorter than
@@ -395,6 +396,66 @@ impl Mapped {
             .map_err(|e| FileError::io("sync", &self.path, e))?;
         self.synced = upto;
         Ok(1)
+    }
+}
+
+/// A segment file's temporary file, its length allocated: [`Reserved::fill`] makes it the file.
+struct Reserved {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Reserved {
+    /// Writes the zeros (so the log's syncs in the file write only data: an allocated but
+    /// unwritten extent would cost a journal commit at each), syncs, renames the file into
+    /// place, syncs the directory, and maps it.
+    fn fill(self) -> Result<Mapped, FileError> {
+        let Reserved {
+            path,
+            tmp,
+            file,
+            len,
+        } = self;
+        let result = (|| {
+            write_zeros(&file, &tmp, 0, len / 2)?;
+            crate::crash::point("file-half-created");
+            write_zeros(&file, &tmp, len / 2, len)?;
+            file.sync_all()
+                .map_err(|e| FileError::io("sync", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| FileError::io("rename", &tmp, e))?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut m = Mapped::open(path, len)?;
+        m.fresh = true;
+        Ok(m)
+    }
+}
+
+/// Allocates `len` bytes of `file` (`fallocate`, mode 0), so that writing them later never
+/// needs space. Where the filesystem cannot, nothing is allocated and the zeros' writes find
+/// out about space instead.
+fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(n) = libc::off_t::try_from(len) else {
+        return Ok(());
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: `file` is an open descriptor for the whole call; fallocate reads no memory.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, n) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
     }
 }
 
@@ -558,7 +619,17 @@ pub struct FileStorage {
     /// Set when a gathered write failed: every later log sync fails with it (the writes it
     /// held are lost; the PostgreSQL fsync lesson, docs/guarantees.md).
     write_failed: Option<(StorageErrorKind, String)>,
+    /// The segment file being made off the caller's thread, if one is (see
+    /// [`Storage::prepare`]).
+    making: Option<Making>,
     _locks: Vec<DirLock>,
+}
+
+/// A segment file being made on a thread of its own: its slot, and the thread, which writes
+/// the zeros, syncs, renames and maps it (`Reserved::fill`).
+struct Making {
+    slot: usize,
+    thread: std::thread::JoinHandle<Result<Mapped, FileError>>,
 }
 
 impl Drop for FileStorage {
@@ -567,6 +638,9 @@ impl Drop for FileStorage {
     /// unsynced is.)
     fn drop(&mut self) {
         let _ = self.flush_gathered();
+        // A file being made is finished (or removed, if that fails) before the directory
+        // locks go, so no other open finds it half made under its temporary name.
+        let _ = self.finish_making();
     }
 }
 
@@ -658,6 +732,7 @@ impl FileStorage {
             files_created: 0,
             gather: Gather::default(),
             write_failed: None,
+            making: None,
             _locks: locks,
         })
     }
@@ -751,8 +826,12 @@ impl FileStorage {
         segment_path(&self.data_dirs, slot)
     }
 
-    /// The mapped file of segment `slot`, created now if the log has not reached it before.
+    /// The mapped file of segment `slot`, created now if the log has not reached it before
+    /// (or waited for, if it is being made).
     fn segment(&mut self, slot: usize) -> Result<&mut Mapped, FileError> {
+        if self.segments[slot].is_none() && self.making.as_ref().is_some_and(|m| m.slot == slot) {
+            self.finish_making()?;
+        }
         if self.segments[slot].is_none() {
             let m = Mapped::create(self.segment_path(slot), self.segment_bytes)?;
             self.files_created += 1;
@@ -761,6 +840,38 @@ impl FileStorage {
         self.segments[slot]
             .as_mut()
             .ok_or_else(|| FileError::config("segment vanished".into()))
+    }
+
+    /// Waits for the file being made, if one is, and puts it in its place.
+    fn finish_making(&mut self) -> Result<(), FileError> {
+        let Some(making) = self.making.take() else {
+            return Ok(());
+        };
+        let made = making.thread.join().unwrap_or_else(|_| {
+            Err(FileError::config(
+                "the thread making a log file panicked".into(),
+            ))
+        })?;
+        self.files_created += 1;
+        self.segments[making.slot] = Some(made);
+        Ok(())
+    }
+
+    /// Starts making segment `slot`'s file on a thread of its own, once its length is
+    /// allocated here (so a full disk fails the caller now). The file made before is put in
+    /// place first; its failure is returned, and this one is not started.
+    fn start_making(&mut self, slot: usize) -> Result<(), FileError> {
+        if self.segments[slot].is_some() || self.making.as_ref().is_some_and(|m| m.slot == slot) {
+            return Ok(());
+        }
+        self.finish_making()?;
+        let reserved = Mapped::reserve(self.segment_path(slot), self.segment_bytes)?;
+        let thread = std::thread::Builder::new()
+            .name("sluicegate-mkfile".into())
+            .spawn(move || reserved.fill())
+            .map_err(|e| FileError::io("start a thread to make", &self.segment_path(slot), e))?;
+        self.making = Some(Making { slot, thread });
+        Ok(())
     }
 
     /// The file of a checkpoint slot region.
@@ -990,11 +1101,13 @@ impl Storage for FileStorage {
 
     /// Makes the file of the segment at `from` (the one after a put's roll), so that take
     /// commits find it made when a full disk refuses new files: puts fail for space first.
+    /// Its length is allocated now; its zeros are written, and it is synced and renamed, on a
+    /// thread of its own, while the log fills the segment before it.
     fn prepare(&mut self, region: Region, from: u64, _to: u64) -> Result<(), FileError> {
         if region == Region::Log {
             let slot = (from / self.segment_bytes) as usize;
             if slot < self.segments.len() {
-                self.segment(slot)?;
+                self.start_making(slot)?;
             }
         }
         Ok(())
@@ -1096,5 +1209,58 @@ mod tests {
         let err = s.sync(Region::Log).unwrap_err().to_string();
         assert!(err.contains("an earlier log write failed"), "{err}");
         assert!(FileStorage::run_log_sync(&s.begin_log_sync()).is_err());
+    }
+
+    fn small_layout(root: &Path) -> Layout {
+        Layout {
+            checkpoint_dir: root.join("checkpoint"),
+            backup_dir: root.join("backup"),
+            data_dirs: vec![root.join("data")],
+            segment_bytes: 1 << 20,
+            segments: 4,
+            slot_bytes: 16 * 1024,
+        }
+    }
+
+    /// `prepare` leaves the next segment's file being made on a thread, with its length
+    /// allocated; the log reaching that segment waits for it (its writes land in the file made,
+    /// and read back), and a storage dropped while a file is being made finishes it: whole,
+    /// under its name, no temporary file left.
+    #[test]
+    fn the_next_file_is_made_on_a_thread_and_waited_for() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = small_layout(root.path());
+        let mut s = FileStorage::open(&layout).unwrap();
+        s.write(Region::Log, 8, &[1; 8]).unwrap();
+        s.prepare(Region::Log, 1 << 20, 2 << 20).unwrap();
+        assert!(s.making.as_ref().is_some_and(|m| m.slot == 1));
+        // A second notice for the same segment starts nothing new.
+        s.prepare(Region::Log, 1 << 20, 2 << 20).unwrap();
+        s.write(Region::Log, (1 << 20) + 64, &[7; 8]).unwrap();
+        s.sync(Region::Log).unwrap();
+        assert!(s.making.is_none(), "the write waited for the file");
+        let mut back = [0u8; 8];
+        s.read(Region::Log, (1 << 20) + 64, &mut back).unwrap();
+        assert_eq!(back, [7; 8]);
+        assert_eq!(s.files_created(), 2);
+
+        s.prepare(Region::Log, 2 << 20, 3 << 20).unwrap();
+        drop(s);
+        let data = root.path().join("data");
+        let file = data.join("log-000002.seg");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let mut s = FileStorage::open(&layout).unwrap();
+        s.read(Region::Log, (1 << 20) + 64, &mut back).unwrap();
+        assert_eq!(back, [7; 8], "durable in the file made on the thread");
+        assert!(
+            s.segments[2].is_some(),
+            "the file made at the drop is a segment"
+        );
     }
 }
