@@ -261,6 +261,8 @@ pub struct CellResult {
     pub cell: Cell,
     pub kind: Kind,
     pub put: Measured,
+    /// What the process wrote during the put run (every thread, the system's own included).
+    pub put_io: scenarios::Written,
     pub take: Measured,
     pub both_put: Measured,
     pub both_take: Measured,
@@ -315,7 +317,9 @@ pub fn max_events(plan: &Plan, cell: Cell) -> u64 {
 fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResult> {
     let (dir, sys) = open_warm(base, kind, cell)?;
     let max_events = max_events(plan, cell);
+    let before = scenarios::Written::now();
     let put = scenarios::put_only(&*sys, cell, plan.duration, max_events)?;
+    let put_io = scenarios::Written::now().since(before);
     let take = scenarios::take_only(&*sys, cell, put.events, kind != Kind::Ceiling)?;
     if kind != Kind::Ceiling {
         let (left, _) = sys.take(1)?;
@@ -330,6 +334,7 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
         cell,
         kind,
         put,
+        put_io,
         take,
         both_put,
         both_take,

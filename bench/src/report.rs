@@ -286,6 +286,44 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
             lat(Kind::Sqlite)
         );
     }
+    let _ = writeln!(
+        o,
+        "\n#### Bytes written per event byte during the put runs: handed to writes / pages dirtied\n\n\
+         From `/proc/self/io` around each put run (`wchar` / `write_bytes`), divided by the \
+         event bytes put. The first counts what a system asked to write (log records and \
+         commit records, and the zeros of a log file it made); the second what reached the \
+         page cache to be written, a whole 4 KiB page for every sync that rewrote part of one, \
+         so small commits cost a page each whatever the system.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for cell in cells_of(server) {
+        let per_byte = |k| {
+            find(server, cell, k).map_or("-".to_string(), |r| {
+                let bytes = (r.put.events * cell.size as u64).max(1) as f64;
+                format!(
+                    "{:.2} / {:.2}",
+                    r.put_io.handed as f64 / bytes,
+                    r.put_io.pages as f64 / bytes
+                )
+            })
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            size(cell.size),
+            cell.batch,
+            cell.threads,
+            per_byte(Kind::Ceiling),
+            per_byte(Kind::Sluicegate),
+            per_byte(Kind::QueueFile),
+            per_byte(Kind::Redb),
+            per_byte(Kind::Sqlite)
+        );
+    }
     o.push('\n');
 }
 

@@ -67,6 +67,39 @@ impl Measured {
     }
 }
 
+/// Bytes the process has written, from `/proc/self/io` (zero where it cannot be read).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// Bytes handed to `write`-like calls (`wchar`): what the systems asked to write, zeros
+    /// of new files included.
+    pub handed: u64,
+    /// Bytes of pages the process dirtied (`write_bytes`): what goes to the disk, a whole
+    /// page for each sync that rewrites part of one.
+    pub pages: u64,
+}
+
+impl Written {
+    pub fn now() -> Written {
+        let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Written {
+            handed: field("wchar:"),
+            pages: field("write_bytes:"),
+        }
+    }
+
+    pub fn since(self, before: Written) -> Written {
+        Written {
+            handed: self.handed.saturating_sub(before.handed),
+            pages: self.pages.saturating_sub(before.pages),
+        }
+    }
+}
+
 /// Event bodies: distinct bytes per event so no layer can compress or deduplicate them.
 pub fn bodies(cell: Cell, seed: u64) -> Vec<Vec<u8>> {
     let mut x = seed | 1;
