@@ -11,7 +11,8 @@
 //!   the same run went on to write, is corruption (the run had synced it: media damage);
 //! - a damaged record with nothing intact after it, at the end of a run (the next segment, if
 //!   any, was opened by a later run), is a torn tail: what a power cut leaves; recovery ignores
-//!   it; a warning;
+//!   it; a warning, but in a segment whose body was not erased (`UNERASED`, files), where what
+//!   follows the records is an earlier lap's: nothing;
 //! - a segment cut off from the log by a damaged header between it and the newest segment is
 //!   corruption (its records are no longer replayed);
 //! - an intact record or header that this build cannot read (unknown kind, a pointer outside
@@ -24,7 +25,7 @@ use sluicegate_core::checkpoint::{Complete, SlotLayout, Started, COMPLETE_BYTES,
 use sluicegate_core::record::{
     align_up, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentHeader,
     COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
-    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SALTED, SEGMENT_FLAG_SEALED,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_FLAG_UNERASED,
     SEGMENT_HEADER_BYTES,
 };
 use sluicegate_core::seal::TAG_BYTES;
@@ -311,7 +312,7 @@ pub fn scan(
             header: state,
             seq: h.map(|h| h.seq),
             salt: h
-                .filter(|h| h.flags & SEGMENT_FLAG_SALTED != 0)
+                .filter(|h| h.flags & SEGMENT_FLAG_UNERASED != 0)
                 .map(|h| h.salt),
             base_wid: h.map(|h| h.base_wid),
             opened_by_a_run: h.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED != 0),
@@ -407,7 +408,10 @@ pub fn scan(
                                 out.records += 1;
                                 on_record(info, &payload);
                                 if info.kind.ends_with("put-commit") {
-                                    for p in &info.pointers {
+                                    // A put in a segment older than the log's oldest was
+                                    // reclaimed with its events (recovery skips it too).
+                                    let live = |p: &&Pointer| geo.seq_of_slot(p.slot, seq) >= first;
+                                    for p in info.pointers.iter().filter(live) {
                                         if !intact_puts.contains(p) {
                                             out.findings.push(Finding {
                                                 severity: Severity::Warning,
@@ -463,6 +467,12 @@ pub fn scan(
                                 });
                                 at = next_at;
                                 index = delta;
+                            }
+                            None if run_ends_here && h.flags & SEGMENT_FLAG_UNERASED != 0 => {
+                                // A segment opened without erasing its body: what follows its
+                                // last record is an earlier lap's, or a torn write; recovery
+                                // ignores both, and neither is a finding.
+                                break;
                             }
                             None => {
                                 let (severity, what) = if run_ends_here {

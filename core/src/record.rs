@@ -71,13 +71,13 @@ pub const SEGMENT_FLAG_OPENED: u16 = 1;
 /// Segment header flag: the segment is sealed (encrypted and authenticated). Its first record
 /// is a [`RecordKind::Seal`] record naming the key and the salt of every record after it.
 pub const SEGMENT_FLAG_SEALED: u16 = 2;
-/// Segment header flag: the segment's `salt` is part of every record's CRC
-/// ([`SegmentHeader::binding`]). Written over a storage that reuses a slot without erasing what
-/// an earlier lap left in it ([`crate::Storage::rewritable`]), on plaintext segments, so that
-/// neither a stale record nor a record image inside an event body can pass for one of this
-/// segment's records.
-pub const SEGMENT_FLAG_SALTED: u16 = 4;
-const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED | SEGMENT_FLAG_SALTED;
+/// Segment header flag: the segment's body was not erased when it was opened: past its records
+/// may lie what an earlier lap left ([`crate::Storage::rewritable`], files). In a plaintext
+/// segment the header's `salt` is then part of every record's CRC
+/// ([`SegmentHeader::binding`]), so that neither a stale record nor a record image inside an
+/// event body can pass for one of this segment's records.
+pub const SEGMENT_FLAG_UNERASED: u16 = 4;
+const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED | SEGMENT_FLAG_UNERASED;
 /// The payload of a seal record: key id (2), algorithm (1), zero (1), salt (8), tag (16).
 pub const SEAL_PAYLOAD_BYTES: usize = 28;
 
@@ -164,7 +164,7 @@ pub struct SegmentHeader {
     /// later change of configuration never makes old records unreadable.
     pub max_payload: u32,
     /// A random number drawn when the segment was opened, bound into every record's CRC when
-    /// the [`SEGMENT_FLAG_SALTED`] flag is set (0 otherwise).
+    /// the [`SEGMENT_FLAG_UNERASED`] flag is set in a plaintext segment (0 otherwise).
     pub salt: u32,
 }
 
@@ -202,7 +202,7 @@ impl SegmentHeader {
     /// The salt the records' CRCs bind: `salt` in a salted plaintext segment, 0 otherwise (a
     /// sealed segment is never salted: its bytes are ciphertext and tags only the key makes).
     pub fn crc_salt(&self) -> u32 {
-        if self.flags & (SEGMENT_FLAG_SALTED | SEGMENT_FLAG_SEALED) == SEGMENT_FLAG_SALTED {
+        if self.flags & (SEGMENT_FLAG_UNERASED | SEGMENT_FLAG_SEALED) == SEGMENT_FLAG_UNERASED {
             self.salt
         } else {
             0

@@ -377,7 +377,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 } else {
                     0
                 }
-                | if salted { SEGMENT_FLAG_SALTED } else { 0 },
+                | if reused { SEGMENT_FLAG_UNERASED } else { 0 },
             ..header
         };
         let storage = &mut self.storage;

@@ -32,7 +32,7 @@ use crate::queue::Queue;
 use crate::record::{
     align_up, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
     SegmentHeader, COMMIT_PREFIX_BYTES, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
-    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SALTED, SEGMENT_FLAG_SEALED,
+    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_FLAG_UNERASED,
 };
 use crate::recovery::Recovery;
 use crate::seal::{KeyId, KeyProvider, NoKeys, SealerCache, TAG_BYTES};
