@@ -250,81 +250,67 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
             );
         }
     }
-    let _ = writeln!(
+    per_system_table(
         o,
+        server,
         "\n#### Put commit latency: p50 / p99 / p99.9\n\n\
          From the put runs above: the time from the start of a transaction to its commit \
-         returning, durable.\n"
+         returning, durable.\n",
+        |r| {
+            let m: &Measured = &r.put;
+            format!(
+                "{} / {} / {}",
+                us(m.percentile_us(0.5)),
+                us(m.percentile_us(0.99)),
+                us(m.percentile_us(0.999))
+            )
+        },
     );
-    let _ = writeln!(
+    per_system_table(
         o,
-        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
+        server,
+        "\n#### Bytes written per event byte during the put runs\n\n\
+         What each system handed to `write` calls during its put run (`wchar` in \
+         `/proc/self/io`, every thread), divided by the event bytes put: records, commit \
+         records, and the zeros of any log file it made. The ceiling writes exactly \
+         Sluicegate's records and commit records into a file made before the run.\n",
+        |r| {
+            let bytes = (r.put.events * r.cell.size as u64).max(1) as f64;
+            format!("{:.2}", r.put_io.handed as f64 / bytes)
+        },
     );
-    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
-    for cell in cells_of(server) {
-        let lat = |k| {
-            find(server, cell, k).map_or("-".to_string(), |r| {
-                let m: &Measured = &r.put;
-                format!(
-                    "{} / {} / {}",
-                    us(m.percentile_us(0.5)),
-                    us(m.percentile_us(0.99)),
-                    us(m.percentile_us(0.999))
-                )
-            })
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            size(cell.size),
-            cell.batch,
-            cell.threads,
-            lat(Kind::Ceiling),
-            lat(Kind::Sluicegate),
-            lat(Kind::QueueFile),
-            lat(Kind::Redb),
-            lat(Kind::Sqlite)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "\n#### Bytes written per event byte during the put runs: handed to writes / pages dirtied\n\n\
-         From `/proc/self/io` around each put run (`wchar` / `write_bytes`), divided by the \
-         event bytes put. The first counts what a system asked to write (log records and \
-         commit records, and the zeros of a log file it made); the second what reached the \
-         page cache to be written, a whole 4 KiB page for every sync that rewrote part of one, \
-         so small commits cost a page each whatever the system.\n"
-    );
-    let _ = writeln!(
-        o,
-        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
-    );
-    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
-    for cell in cells_of(server) {
-        let per_byte = |k| {
-            find(server, cell, k).map_or("-".to_string(), |r| {
-                let bytes = (r.put.events * cell.size as u64).max(1) as f64;
-                format!(
-                    "{:.2} / {:.2}",
-                    r.put_io.handed as f64 / bytes,
-                    r.put_io.pages as f64 / bytes
-                )
-            })
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            size(cell.size),
-            cell.batch,
-            cell.threads,
-            per_byte(Kind::Ceiling),
-            per_byte(Kind::Sluicegate),
-            per_byte(Kind::QueueFile),
-            per_byte(Kind::Redb),
-            per_byte(Kind::Sqlite)
-        );
-    }
     o.push('\n');
+}
+
+/// A table with one row per cell and one column per system, each entry `entry` of the
+/// system's result in that cell ("-" where it did not run).
+fn per_system_table(
+    o: &mut String,
+    server: &[CellResult],
+    heading: &str,
+    entry: impl Fn(&CellResult) -> String,
+) {
+    let _ = writeln!(o, "{heading}");
+    let _ = writeln!(
+        o,
+        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for cell in cells_of(server) {
+        let at = |k| find(server, cell, k).map_or("-".to_string(), &entry);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            size(cell.size),
+            cell.batch,
+            cell.threads,
+            at(Kind::Ceiling),
+            at(Kind::Sluicegate),
+            at(Kind::QueueFile),
+            at(Kind::Redb),
+            at(Kind::Sqlite)
+        );
+    }
 }
 
 /// Short runs into one home: how many succeeded, their times, and what the home takes.

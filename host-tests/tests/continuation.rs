@@ -5,17 +5,10 @@ use sluicegate_core::{Channel, Config, Region};
 use sluicegate_sim::{CrashPolicy, SimStorage};
 
 mod common;
-use common::{peek_all, put_all, take_n, v, Chan, Sim};
+use common::{file_sim, peek_all, put_all, take_n, v, Chan, Sim};
 
 const CONFIG: Config = Config::new(48, 4, 3, 64, 512);
 const LOG_BYTES: usize = 8 * 512;
-
-/// A medium that behaves as a file: rewritable, erased to zeros.
-fn file_sim() -> Sim {
-    let mut sim = SimStorage::new(LOG_BYTES, 0x00);
-    sim.set_rewritable(true);
-    sim
-}
 
 fn memory() -> Vec<u64> {
     vec![0; CONFIG.memory_words()]
@@ -28,7 +21,7 @@ fn open<'a>(sim: &'a mut Sim, mem: &'a mut [u64]) -> Chan<'a> {
 /// A file-like medium where one run committed `kept` and then ran `more`: the medium, and the
 /// log offset of the first byte `more` changed (where its first record went).
 fn after_a_commit_then(kept: &[u8], more: impl FnOnce(&mut Chan<'_>)) -> (Sim, usize) {
-    let (mut sim, mut mem) = (file_sim(), memory());
+    let (mut sim, mut mem) = (file_sim(LOG_BYTES), memory());
     let before = {
         let mut ch = open(&mut sim, &mut mem);
         put_all(&mut ch, &[kept]);
@@ -50,7 +43,7 @@ fn after_a_commit_then(kept: &[u8], more: impl FnOnce(&mut Chan<'_>)) -> (Sim, u
 /// writes opens a segment of its own, and the same 40 runs fill the 8-segment log.
 #[test]
 fn runs_on_a_rewritable_medium_share_the_newest_segment() {
-    let (mut sim, mut mem) = (file_sim(), memory());
+    let (mut sim, mut mem) = (file_sim(LOG_BYTES), memory());
     let events: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize % 7]).collect();
     let (mut opened, mut continued) = (0, 0);
     for (i, e) in events.iter().enumerate() {

@@ -11,10 +11,10 @@
 use sluicegate_core::record::{Pointer, RecordHeader, RecordKind, SegmentHeader};
 use sluicegate_core::walk::{self, Geometry, HeaderRead};
 use sluicegate_core::{Channel, Config, Region, Storage};
-use sluicegate_sim::{CrashPolicy, SimStorage};
+use sluicegate_sim::CrashPolicy;
 
 mod common;
-use common::{peek_all, put_all, take_n, v, Chan, Sim};
+use common::{file_sim, peek_all, put_all, take_n, v, Chan, Sim};
 
 const CONFIG: Config = Config::new(48, 4, 3, 64, 512);
 const SEGMENTS: u64 = 8;
@@ -26,13 +26,6 @@ const GEO: Geometry = Geometry {
     first_record: 40,
 };
 const GHOST: &[u8] = b"ghost!!!";
-
-/// A medium that behaves as a file: rewritable, erased to zeros.
-fn file_sim() -> Sim {
-    let mut sim = SimStorage::new((SEGMENTS * SEGMENT_BYTES) as usize, 0x00);
-    sim.set_rewritable(true);
-    sim
-}
 
 fn memory() -> Vec<u64> {
     vec![0; CONFIG.memory_words()]
@@ -102,7 +95,7 @@ fn plant_ghost(sim: &mut Sim, bind: impl Fn(&SegmentHeader) -> u64) {
 
 /// A medium where one run committed `events` and closed.
 fn with_events(events: &[&[u8]], configure: impl FnOnce(&mut Sim)) -> Sim {
-    let (mut sim, mut mem) = (file_sim(), memory());
+    let (mut sim, mut mem) = (file_sim((SEGMENTS * SEGMENT_BYTES) as usize), memory());
     configure(&mut sim);
     put_all(&mut open(&mut sim, &mut mem), events);
     sim.reboot(0, CrashPolicy::KeepUnsynced);
@@ -178,7 +171,7 @@ fn older_rounds(bytes: &[u8], before: u32) -> usize {
 /// the queue holds exactly what was committed and not taken.
 #[test]
 fn reused_segments_keep_their_old_bytes_and_none_come_back() {
-    let (mut sim, mut mem) = (file_sim(), memory());
+    let (mut sim, mut mem) = (file_sim((SEGMENTS * SEGMENT_BYTES) as usize), memory());
     let mut model: Vec<Vec<u8>> = Vec::new();
     let (mut opened, mut stale_seen) = (0, 0);
     for round in 0..120u32 {

@@ -8,6 +8,13 @@ use sluicegate_sim::SimStorage;
 pub type Sim = SimStorage<4, 256>;
 pub type Chan<'a> = Channel<&'a mut Sim, &'a mut [u64]>;
 
+/// A medium of `log_bytes` that behaves as a file: rewritable, erased to zeros.
+pub fn file_sim(log_bytes: usize) -> Sim {
+    let mut sim = SimStorage::new(log_bytes, 0x00);
+    sim.set_rewritable(true);
+    sim
+}
+
 /// Puts `events` in one transaction and commits it.
 pub fn put_all(ch: &mut Chan<'_>, events: &[&[u8]]) {
     let tx = ch.begin().unwrap();
