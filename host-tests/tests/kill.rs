@@ -85,8 +85,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     assert!(events_in_the_clear(dir.path()) > 0);
 }
 
-/// The child dies at every named crash point of the file adapter (`file-half-created`,
-/// `log-written`, `slot-written`, `synced`), at several hits each, and every recovery is
+/// The child dies at every named crash point of the file adapter (`file-created`,
+/// `file-half-created`, `log-written`, `slot-written`, `synced`), at several hits each, and every recovery is
 /// judged. These windows are too short for random kills to find reliably.
 #[test]
 fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {

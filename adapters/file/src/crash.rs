@@ -11,7 +11,9 @@
 //! never dies at a point, since no code in it arms one.
 
 /// Where the adapter can be told to die.
-pub const POINTS: [&str; 4] = [
+pub const POINTS: [&str; 5] = [
+    // A new file exists, empty, its length not yet allocated (a log segment or a slot).
+    "file-created",
     // Half of a new file's zeros are written (a log segment or a checkpoint slot).
     "file-half-created",
     // A record (or part of one) was written to the log, not yet synced.

@@ -307,6 +307,7 @@ impl Mapped {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| FileError::io("create", &tmp, e))?;
+        crate::crash::point("file-created");
         if let Err(e) = allocate(&file, len) {
             let _ = std::fs::remove_file(&tmp);
             return Err(FileError::io("allocate", &tmp, e));
