@@ -478,28 +478,7 @@ fn write_zeros_paced(file: &File, path: &Path, from: u64, to: u64) -> Result<(),
 /// needs space. Where the filesystem cannot, nothing is allocated and the zeros' writes find
 /// out about space instead.
 fn allocate(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(n) = libc::off_t::try_from(len) else {
-        return Ok(());
-    };
-    if n == 0 {
-        return Ok(());
-    }
-    // SAFETY: `file` is an open descriptor for the whole call; fallocate reads no memory.
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, n) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(e),
-    }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    fallocate(file, 0, 0, len).map(|_| ())
 }
 
 /// Zeroes `len` bytes of `file` from `offset` without writing them, keeping their blocks
@@ -507,6 +486,12 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// so that a later write there never needs space. Returns false where the filesystem cannot
 /// (tmpfs, for one), and the caller writes the zeros.
 fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+    fallocate(file, libc::FALLOC_FL_ZERO_RANGE, offset, len)
+}
+
+/// `fallocate(mode)` over `offset..offset + len`: true if done (or nothing to do), false
+/// where the filesystem or the range does not allow it, an error otherwise (a full disk).
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     if len == 0 {
         return Ok(true);
@@ -515,8 +500,7 @@ fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
         return Ok(false);
     };
     // SAFETY: `file` is an open descriptor for the whole call; fallocate reads no memory.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, at, n) };
-    if rc == 0 {
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, at, n) } == 0 {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
@@ -524,6 +508,12 @@ fn zero_range(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
         Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Ok(false),
         _ => Err(e),
     }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), FileError> {
