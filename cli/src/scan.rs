@@ -126,7 +126,7 @@ impl SegmentInfo {
     /// What the segment's record CRCs bind (`SegmentHeader::binding`), if its header is valid.
     pub fn binding(&self) -> Option<u64> {
         self.seq
-            .map(|seq| seq ^ (u64::from(self.salt.unwrap_or(0)) << 32))
+            .map(|seq| sluicegate_core::record::binding(seq, self.salt.unwrap_or(0)))
     }
 }
 
@@ -313,7 +313,7 @@ pub fn scan(
             seq: h.map(|h| h.seq),
             salt: h
                 .filter(|h| h.flags & SEGMENT_FLAG_UNERASED != 0)
-                .map(|h| h.salt),
+                .map(|h| h.crc_salt()),
             base_wid: h.map(|h| h.base_wid),
             opened_by_a_run: h.is_some_and(|h| h.flags & SEGMENT_FLAG_OPENED != 0),
             records: 0,
