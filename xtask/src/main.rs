@@ -43,6 +43,8 @@ const CI_SIM_FLASH: [&str; 7] = [
     "100",
 ];
 const CI_FUZZ_SECONDS: u64 = 20;
+/// About what a check run writes at its peak (measured in docs/operations.md, "Checks").
+const CI_DISK_GIB: f64 = 10.0;
 /// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
 const CI_FIRMWARE_BOOTS: u32 = 1000;
 /// Seconds the firmware may run in QEMU before it is stopped as hung.
@@ -88,7 +90,24 @@ fn root() -> PathBuf {
 }
 
 fn step(title: &str) {
-    println!("\n==> {title}");
+    match free_gib() {
+        Some(free) => println!("\n==> {title} [{free:.1} GiB free]"),
+        None => println!("\n==> {title}"),
+    }
+}
+
+/// What the disk under the workspace has free, in GiB, as `df` reports it.
+fn free_gib() -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(root()).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let kib: f64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib / (1024.0 * 1024.0))
 }
 
 /// Runs a command from the workspace root, echoing it; fails if it fails.
@@ -226,6 +245,14 @@ fn kill(args: &[String]) -> Result {
 
 fn ci() -> Result {
     let started = Instant::now();
+    // Incremental caches would double the debug builds' size on disk, and a check run builds
+    // everything once. Set before any thread or child starts.
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    if let Some(free) = free_gib().filter(|free| *free < CI_DISK_GIB) {
+        println!(
+            "warning: {free:.1} GiB free under the workspace; a check run needs about {CI_DISK_GIB} GiB (builds, planted-bug builds, test files)"
+        );
+    }
     step("toolchain: target and components");
     ensure_target()?;
     ensure_components()?;
@@ -353,6 +380,8 @@ fn ci() -> Result {
 
     step("planted bugs: the simulation must catch each one");
     mutants()?;
+    // Their builds are not needed again; the tests' files need the room.
+    let _ = std::fs::remove_dir_all(root().join("target").join("mutants"));
 
     step(&format!("fuzz smoke run ({CI_FUZZ_SECONDS} s per target)"));
     if ensure_fuzz()? {
@@ -556,7 +585,7 @@ fn mutants() -> Result {
     }
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n",
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n\n[profile.test]\nopt-level = 1\n",
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
