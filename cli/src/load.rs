@@ -2,7 +2,7 @@
 //! then a reopen that shows what recovery did and how long it took.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sluicegate_file::{FileChannel, FileChannelConfig, FileChannelError};
@@ -74,11 +74,15 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
     let produced = AtomicU64::new(0);
     let consumed = AtomicU64::new(0);
     let producing = AtomicBool::new(true);
+    // Producers still running: one whose last commit is in flight when `producing` turns false
+    // counts its events after the commit returns, so "drained" must wait for it to stop.
+    let active = AtomicUsize::new(args.producers as usize);
     let failure = std::sync::Mutex::new(None::<String>);
     let started = Instant::now();
     std::thread::scope(|s| {
         for p in 0..args.producers {
-            let (ch, produced, producing, failure) = (&ch, &produced, &producing, &failure);
+            let (ch, produced, producing, failure, active) =
+                (&ch, &produced, &producing, &failure, &active);
             s.spawn(move || {
                 let mut event = vec![0u8; args.event_bytes];
                 let mut n = 0u64;
@@ -104,11 +108,12 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
                         }
                     }
                 }
+                active.fetch_sub(1, Ordering::SeqCst);
             });
         }
         for c in 0..args.consumers {
-            let (ch, produced, consumed, producing, failure) =
-                (&ch, &produced, &consumed, &producing, &failure);
+            let (ch, produced, consumed, producing, failure, active) =
+                (&ch, &produced, &consumed, &producing, &failure, &active);
             s.spawn(move || {
                 let mut buf = vec![0u8; args.event_bytes];
                 loop {
@@ -126,9 +131,9 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
                     })();
                     match r {
                         Ok(0) => {
-                            if !producing.load(Ordering::Relaxed)
-                                && consumed.load(Ordering::Relaxed)
-                                    >= produced.load(Ordering::Relaxed)
+                            if active.load(Ordering::SeqCst) == 0
+                                && consumed.load(Ordering::SeqCst)
+                                    >= produced.load(Ordering::SeqCst)
                             {
                                 return;
                             }
@@ -157,11 +162,12 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
             {
                 producing.store(false, Ordering::Relaxed);
             }
+            let stopped = active.load(Ordering::SeqCst) == 0;
             let (p, c) = (
-                produced.load(Ordering::Relaxed),
-                consumed.load(Ordering::Relaxed),
+                produced.load(Ordering::SeqCst),
+                consumed.load(Ordering::SeqCst),
             );
-            let drained = !producing.load(Ordering::Relaxed) && c >= p;
+            let drained = stopped && c >= p;
             let dt = last.0.elapsed().as_secs_f64();
             if dt >= 1.0 || drained {
                 let stats = ch.stats();
@@ -179,10 +185,10 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
                 last = (Instant::now(), p, c);
             }
             if drained || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                // On a failure the threads stop on their own: producers at `producing`,
+                // consumers at their own error or once what was put is drained.
                 producing.store(false, Ordering::Relaxed);
-                if drained {
-                    break;
-                }
+                break;
             }
         }
     });
