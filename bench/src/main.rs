@@ -320,12 +320,10 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
     let before = scenarios::Written::now();
     let put = scenarios::put_only(&*sys, cell, plan.duration, max_events)?;
     let put_io = scenarios::Written::now().since(before);
-    let take = scenarios::take_only(&*sys, cell, put.events, kind != Kind::Ceiling)?;
-    if kind != Kind::Ceiling {
-        let (left, _) = sys.take(1)?;
-        if left != 0 {
-            return Err(format!("{}: an event was left after draining", kind.name()).into());
-        }
+    let take = scenarios::take_only(&*sys, cell, put.events)?;
+    let (left, _) = sys.take(1)?;
+    if left != 0 {
+        return Err(format!("{}: an event was left after draining", kind.name()).into());
     }
     let (both_put, both_take) = scenarios::concurrent(&*sys, cell, plan.duration, max_events)?;
     drop(sys);

@@ -217,7 +217,10 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
         o,
         "#### Throughput, events per second\n\n\
          Each figure is one run of {:.1} s (put, and put+take with as many consumers as \
-         producers) or the drain of everything the put run queued (take). `÷ ceiling` and \
+         producers) or the drain of everything the put run queued (take). A put run stops \
+         early once it has queued the run's event bound; in put+take the bound is on the \
+         queue's depth instead, and producers at it wait for the consumers, so every system \
+         runs the whole time. `÷ ceiling` and \
          `÷ best peer` are Sluicegate's figure divided by the ceiling's and by the best peer's \
          in the same cell.\n",
         plan.duration.as_secs_f64()

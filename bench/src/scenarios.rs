@@ -136,6 +136,7 @@ pub fn put_only(
         duration,
         max_events,
         reserved: &reserved,
+        taken: None,
         failed: &failed,
         stop: &stop,
     };
@@ -160,6 +161,10 @@ struct Producing<'a> {
     max_events: u64,
     /// Events claimed so far, across producers.
     reserved: &'a AtomicU64,
+    /// Events taken so far, when consumers run beside the producers: `max_events` then bounds
+    /// the queue's depth (claimed but not taken), and a producer at the bound waits for the
+    /// consumers instead of stopping, so the run lasts its whole duration.
+    taken: Option<&'a AtomicU64>,
     /// The first error a thread met.
     failed: &'a Mutex<Option<crate::systems::Error>>,
     /// Set on the first error, so every thread stops.
@@ -173,8 +178,25 @@ fn produce(sys: &dyn System, cell: Cell, seed: u64, run: &Producing<'_>) -> (u64
     let batch: Vec<&[u8]> = owned.iter().map(|b| &b[..]).collect();
     let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
     while run.start.elapsed() < run.duration && !run.stop.load(Ordering::Relaxed) {
-        if run.reserved.fetch_add(cell.batch as u64, Ordering::Relaxed) >= run.max_events {
-            break;
+        let want = cell.batch as u64;
+        match run.taken {
+            None => {
+                if run.reserved.fetch_add(want, Ordering::Relaxed) >= run.max_events {
+                    break;
+                }
+            }
+            Some(taken) => {
+                let claimed =
+                    run.reserved
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                            let depth = r.saturating_sub(taken.load(Ordering::Relaxed));
+                            (depth + want <= run.max_events.max(want)).then_some(r + want)
+                        });
+                if claimed.is_err() {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+            }
         }
         let t0 = Instant::now();
         if let Err(e) = sys.put(&batch) {
@@ -191,7 +213,7 @@ fn produce(sys: &dyn System, cell: Cell, seed: u64, run: &Producing<'_>) -> (u64
 
 /// `cell.threads` consumers take batches until exactly `total` events are out. Every take must
 /// deliver what it asked for and every event must be `cell.size` bytes: the queue holds them.
-pub fn take_only(sys: &dyn System, cell: Cell, total: u64, check_sizes: bool) -> Result<Measured> {
+pub fn take_only(sys: &dyn System, cell: Cell, total: u64) -> Result<Measured> {
     let left = AtomicU64::new(total);
     let failed: Mutex<Option<crate::systems::Error>> = Mutex::new(None);
     let start = Instant::now();
@@ -210,8 +232,7 @@ pub fn take_only(sys: &dyn System, cell: Cell, total: u64, check_sizes: bool) ->
                         let want = l.min(cell.batch as u64) as usize;
                         let t0 = Instant::now();
                         match sys.take(want) {
-                            Ok((got, bytes))
-                                if got == want && (!check_sizes || bytes == got * cell.size) => {}
+                            Ok((got, bytes)) if got == want && bytes == got * cell.size => {}
                             Ok((got, bytes)) => {
                                 *failed.lock().unwrap() = Some(
                                     format!("asked for {want} events, got {got} of {bytes} bytes")
@@ -239,8 +260,10 @@ pub fn take_only(sys: &dyn System, cell: Cell, total: u64, check_sizes: bool) ->
     Ok(Measured::merge(parts, secs))
 }
 
-/// `cell.threads` producers and as many consumers at once for `duration`; producers stop early
-/// once `max_events` are in. Returns what the producers put and what the consumers took.
+/// `cell.threads` producers and as many consumers at once for `duration`; producers wait while
+/// `max_events` are queued (put and not yet taken), so the run measures the system for its
+/// whole duration rather than stopping at a count of events. Returns what the producers put
+/// and what the consumers took.
 pub fn concurrent(
     sys: &dyn System,
     cell: Cell,
@@ -248,11 +271,13 @@ pub fn concurrent(
     max_events: u64,
 ) -> Result<(Measured, Measured)> {
     let (reserved, failed, stop) = (AtomicU64::new(0), Mutex::new(None), AtomicBool::new(false));
+    let taken = AtomicU64::new(0);
     let run = Producing {
         start: Instant::now(),
         duration,
         max_events,
         reserved: &reserved,
+        taken: Some(&taken),
         failed: &failed,
         stop: &stop,
     };
@@ -261,7 +286,7 @@ pub fn concurrent(
         let mut producers = Vec::new();
         let mut consumers = Vec::new();
         for t in 0..cell.threads {
-            let (run, stop, failed) = (&run, &stop, &failed);
+            let (run, stop, failed, taken) = (&run, &stop, &failed, &taken);
             producers.push(s.spawn(move || produce(sys, cell, 0x5151 + t as u64, run)));
             consumers.push(s.spawn(move || {
                 let (mut events, mut commits, mut lat) = (0u64, 0u64, Vec::new());
@@ -271,6 +296,7 @@ pub fn concurrent(
                         Ok((0, _)) => std::thread::yield_now(),
                         Ok((got, _)) => {
                             lat.push(micros(t0.elapsed()));
+                            taken.fetch_add(got as u64, Ordering::Relaxed);
                             events += got as u64;
                             commits += 1;
                         }

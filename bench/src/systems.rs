@@ -2,6 +2,7 @@
 //! peers, behind one interface. Every `put` and `take` is one transaction that is durable when
 //! it returns.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -178,15 +179,21 @@ fn record_bytes(payload: u64) -> u64 {
 }
 
 /// What the disk allows: each commit appends the bytes Sluicegate would append for it, in one
-/// `pwrite`, to a preallocated file (as Sluicegate's log files are), then `fdatasync`s it.
+/// `pwrite`, to a preallocated file (as Sluicegate's log files are), then `fdatasync`s it. A
+/// take reads the events it takes back from the file (one `pread` per run of events one put
+/// wrote together), then appends and syncs what Sluicegate's take commit would: the least a
+/// queue on this disk can do to deliver them durably.
 pub struct Ceiling {
     file: File,
     next: AtomicU64,
+    /// Where each queued event's bytes are (offset, length), oldest first.
+    queued: Mutex<VecDeque<(u64, u32)>>,
     /// Off only for the control of `cargo xtask bench --syncs`, which must count no syncs.
     sync: bool,
 }
 
-/// The ceiling's file wraps around at this size.
+/// The ceiling's file wraps around at this size (a take may then read bytes a later put
+/// wrote over: the ceiling measures the work, not the contents).
 const CEILING_FILE_BYTES: u64 = 64 << 20;
 
 impl Ceiling {
@@ -215,31 +222,72 @@ impl Ceiling {
         Ok(Ceiling {
             file,
             next: AtomicU64::new(0),
+            queued: Mutex::new(VecDeque::new()),
             sync: true,
         })
     }
 
-    fn append(&self, len: u64) -> Result<()> {
-        let buf = vec![0xA5u8; len as usize];
+    /// Writes `buf` where the next commit goes, syncs it, and returns where it went.
+    fn append(&self, buf: &[u8]) -> Result<u64> {
+        let len = buf.len() as u64;
         let at = self.next.fetch_add(len, Ordering::Relaxed) % CEILING_FILE_BYTES;
         let at = if at + len > CEILING_FILE_BYTES { 0 } else { at };
-        self.file.write_all_at(&buf, at)?;
+        self.file.write_all_at(buf, at)?;
         if self.sync {
             self.file.sync_data()?;
         }
-        Ok(())
+        Ok(at)
     }
 }
 
 impl System for Ceiling {
     fn put(&self, events: &[&[u8]]) -> Result<()> {
-        self.append(put_commit_bytes(events.iter().map(|e| e.len())))
+        let len = put_commit_bytes(events.iter().map(|e| e.len()));
+        let at = self.append(&vec![0xA5u8; len as usize])?;
+        // Where each event's payload lies in that write, as Sluicegate lays out its records.
+        let mut queued = self.queued.lock().unwrap();
+        let mut offset = at;
+        for e in events {
+            let payload = offset + sluicegate_core::record::RECORD_HEADER_BYTES as u64;
+            queued.push_back((payload, e.len() as u32));
+            offset += record_bytes(e.len() as u64);
+        }
+        Ok(())
     }
 
-    /// The ceiling has no queue: a take appends what Sluicegate's take commit would.
     fn take(&self, n: usize) -> Result<(usize, usize)> {
-        self.append(commit_bytes(n as u64))?;
-        Ok((n, 0))
+        let taking: Vec<(u64, u32)> = {
+            let mut queued = self.queued.lock().unwrap();
+            let n = n.min(queued.len());
+            queued.drain(..n).collect()
+        };
+        if taking.is_empty() {
+            return Ok((0, 0));
+        }
+        // One read per run of events that lie one after the other (one put's), headers and
+        // all, into one buffer.
+        let mut buf = Vec::new();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < taking.len() {
+            let (from, _) = taking[i];
+            let mut end = from + u64::from(taking[i].1);
+            let mut j = i + 1;
+            while j < taking.len()
+                && taking[j].0
+                    == sluicegate_core::record::align_up(end, 8)
+                        + sluicegate_core::record::RECORD_HEADER_BYTES as u64
+            {
+                end = taking[j].0 + u64::from(taking[j].1);
+                j += 1;
+            }
+            buf.resize((end - from) as usize, 0);
+            self.file.read_exact_at(&mut buf, from)?;
+            bytes += taking[i..j].iter().map(|e| e.1 as usize).sum::<usize>();
+            i = j;
+        }
+        self.append(&vec![0x5Au8; commit_bytes(taking.len() as u64) as usize])?;
+        Ok((taking.len(), bytes))
     }
 }
 
