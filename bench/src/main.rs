@@ -1,5 +1,5 @@
 //! `sluicegate-bench` (run it as `cargo xtask bench`): Sluicegate against the disk's own
-//! `fdatasync` ceiling and against queue-file, redb and SQLite, all with durable commits, in one
+//! `fdatasync` ceiling and against queue-file, redb, SQLite and fjall, all with durable commits, in one
 //! run on one directory; recovery of a full channel; the longest producer stall during a
 //! checkpoint; RAM per queued event; and, on simulated NOR flash with a datasheet's timing,
 //! Sluicegate's flash adapter against sequential-storage's queue. Prints a markdown table and

@@ -227,9 +227,9 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
     );
     let _ = writeln!(
         o,
-        "| scenario | event | batch | threads | ceiling | sluicegate | ÷ ceiling | queue-file | redb | sqlite | ÷ best peer |"
+        "| scenario | event | batch | threads | ceiling | sluicegate | ÷ ceiling | queue-file | redb | sqlite | fjall | ÷ best peer |"
     );
-    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (s, name) in SCENARIOS.iter().enumerate() {
         for cell in cells_of(server) {
             let get = |k| find(server, cell, k).map(|r| figure(r, s));
@@ -239,7 +239,7 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
             let best = best_peer(server, cell, s).map_or(0.0, |b| b.1);
             let _ = writeln!(
                 o,
-                "| {name} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} |",
                 size(cell.size),
                 cell.batch,
                 cell.threads,
@@ -249,6 +249,7 @@ fn server_tables(o: &mut String, plan: &Plan, server: &[CellResult]) {
                 fmt(get(Kind::QueueFile)),
                 fmt(get(Kind::Redb)),
                 fmt(get(Kind::Sqlite)),
+                fmt(get(Kind::Fjall)),
                 ratio(ours, best)
             );
         }
@@ -296,14 +297,14 @@ fn per_system_table(
     let _ = writeln!(o, "{heading}");
     let _ = writeln!(
         o,
-        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite |"
+        "| event | batch | threads | ceiling | sluicegate | queue-file | redb | sqlite | fjall |"
     );
-    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
     for cell in cells_of(server) {
         let at = |k| find(server, cell, k).map_or("-".to_string(), &entry);
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             size(cell.size),
             cell.batch,
             cell.threads,
@@ -311,7 +312,8 @@ fn per_system_table(
             at(Kind::Sluicegate),
             at(Kind::QueueFile),
             at(Kind::Redb),
-            at(Kind::Sqlite)
+            at(Kind::Sqlite),
+            at(Kind::Fjall)
         );
     }
 }

@@ -35,18 +35,20 @@ pub enum Kind {
     QueueFile,
     Redb,
     Sqlite,
+    Fjall,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Ceiling,
         Kind::Sluicegate,
         Kind::SluicegateSealed,
         Kind::QueueFile,
         Kind::Redb,
         Kind::Sqlite,
+        Kind::Fjall,
     ];
-    pub const PEERS: [Kind; 3] = [Kind::QueueFile, Kind::Redb, Kind::Sqlite];
+    pub const PEERS: [Kind; 4] = [Kind::QueueFile, Kind::Redb, Kind::Sqlite, Kind::Fjall];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +58,7 @@ impl Kind {
             Kind::QueueFile => "queue-file",
             Kind::Redb => "redb",
             Kind::Sqlite => "sqlite",
+            Kind::Fjall => "fjall",
         }
     }
 
@@ -72,6 +75,7 @@ impl Kind {
             Kind::QueueFile => Box::new(QueueFilePeer::open(dir)?),
             Kind::Redb => Box::new(RedbPeer::open(dir)?),
             Kind::Sqlite => Box::new(SqlitePeer::open(dir)?),
+            Kind::Fjall => Box::new(FjallPeer::open(dir)?),
         })
     }
 }
@@ -451,6 +455,77 @@ impl System for SqlitePeer {
             }
         }
         tx.commit()?;
+        Ok((count, bytes))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fjall
+
+/// fjall 3.x as a queue: a keyspace from a big-endian sequence number to the event; a put is
+/// one write batch, a take reads the oldest `n` and removes them in one batch; every batch
+/// commits with `PersistMode::SyncData` (its journal `fdatasync`ed). Puts share a lock (it
+/// hands out the sequence numbers in commit order, so a take never passes over a put that
+/// commits late), and so do takes (two takes must not read the same events); a put and a take
+/// run at once. A take reads from just past the last key it removed, so it never walks the
+/// tombstones of earlier takes.
+pub struct FjallPeer {
+    db: fjall::Database,
+    queue: fjall::Keyspace,
+    next: Mutex<u64>,
+    first: Mutex<u64>,
+}
+
+impl FjallPeer {
+    fn open(dir: &Path) -> Result<Self> {
+        let db = fjall::Database::builder(dir.join("queue.fjall")).open()?;
+        let queue = db.keyspace("queue", fjall::KeyspaceCreateOptions::default)?;
+        Ok(FjallPeer {
+            db,
+            queue,
+            next: Mutex::new(0),
+            first: Mutex::new(0),
+        })
+    }
+}
+
+// Big-endian keys: fjall orders keys bytewise, so the queue's order is the numbers' order.
+#[allow(clippy::big_endian_bytes)]
+impl System for FjallPeer {
+    fn put(&self, events: &[&[u8]]) -> Result<()> {
+        let mut next = self.next.lock().unwrap();
+        let mut batch = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncData));
+        for (i, e) in events.iter().enumerate() {
+            batch.insert(&self.queue, (*next + i as u64).to_be_bytes(), *e);
+        }
+        batch.commit()?;
+        *next += events.len() as u64;
+        Ok(())
+    }
+
+    fn take(&self, n: usize) -> Result<(usize, usize)> {
+        let mut first = self.first.lock().unwrap();
+        let mut batch = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncData));
+        let (mut count, mut bytes, mut last) = (0, 0, None);
+        for kv in self.queue.range(first.to_be_bytes()..).take(n) {
+            let (k, v) = kv.into_inner()?;
+            bytes += v.len();
+            count += 1;
+            last = Some(k.clone());
+            batch.remove(&self.queue, k);
+        }
+        let Some(last) = last else {
+            return Ok((0, 0));
+        };
+        batch.commit()?;
+        let key: [u8; 8] = last.as_ref().try_into()?;
+        *first = u64::from_be_bytes(key) + 1;
         Ok((count, bytes))
     }
 }

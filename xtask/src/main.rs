@@ -1059,13 +1059,14 @@ fn bench_cmd(args: &[String]) -> Result {
 
 /// The systems the benchmark compares, as `sluicegate-bench --probe-syncs` names them, and the
 /// control: the ceiling without its sync, which must count none, or the count proves nothing.
-const BENCH_SYSTEMS: [&str; 7] = [
+const BENCH_SYSTEMS: [&str; 8] = [
     "ceiling",
     "sluicegate",
     "sluicegate-sealed",
     "queue-file",
     "redb",
     "sqlite",
+    "fjall",
     "unsynced-control",
 ];
 
