@@ -379,6 +379,11 @@ fn an_agent_session_ingests_delivers_reports_and_stops_cleanly() {
         records[1]["resource"]["attributes"][0]["value"]["stringValue"],
         "web"
     );
+    // The command's output shows before it exits and the take commits; a stop in between
+    // would kill it and roll the batch back (delivered again at the next start, by design).
+    eventually("the take commit of the log records", || {
+        s.stats().is_some_and(|v| v["depth"] == 0)
+    });
     let status = sigterm(&mut agent);
     let err = stderr_of(&mut agent);
     assert!(status.success(), "{status}: {err}");
