@@ -689,6 +689,30 @@ fn recovery_counters_are_exact() {
     );
 }
 
+/// On storage that can be rewritten (files), a new segment erases only its first erase block
+/// (the segment's records and salt make whatever an earlier lap left stale): one erase of
+/// 256 bytes of this 512-byte segment, one sync and one write, against two erases of the whole
+/// segment on NOR flash (below).
+#[test]
+fn a_new_segment_on_rewritable_storage_erases_one_block() {
+    let (mut sim, mut mem) = (sim(), memory());
+    sim.set_rewritable(true);
+    let mut ch = open(&mut sim, &mut mem);
+    let c0 = ch.storage().counters();
+    let tx = ch.begin().unwrap();
+    ch.put(tx, &[1u8; 32]).unwrap(); // opens the run's segment
+    let c1 = ch.storage().counters();
+    assert_eq!(
+        (
+            c1.erases - c0.erases,
+            c1.bytes_erased - c0.bytes_erased,
+            c1.syncs - c0.syncs,
+            c1.writes - c0.writes
+        ),
+        (1, 256, 1, 2)
+    );
+}
+
 /// Pins the medium operations of each channel operation, so a regression in wear fails here:
 /// a put is one write (16 bytes of header), a commit one write and one sync (16 bytes of header,
 /// 8 of durable mark, 8 per event), a take only reads, and a new segment costs two erases, one
