@@ -43,7 +43,7 @@ const CI_SIM_FLASH: [&str; 7] = [
     "100",
 ];
 const CI_FUZZ_SECONDS: u64 = 20;
-/// About what a check run writes at its peak (measured in docs/operations.md, "Checks").
+/// Disk space a check run should have: it took at most 4.3 GB here (README.md).
 const CI_DISK_GIB: f64 = 10.0;
 /// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
 const CI_FIRMWARE_BOOTS: u32 = 1000;
@@ -585,7 +585,7 @@ fn mutants() -> Result {
     }
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n\n[profile.test]\nopt-level = 1\n",
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n",
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
