@@ -8,6 +8,10 @@
 //! **Invariant:** nothing decoded here is trusted before its CRC matches and every length in it
 //! has been checked against a configured maximum.
 
+#[cfg(not(all(
+    feature = "server",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 use crc::{Crc, CRC_32_ISCSI};
 
 /// How the CRC is computed in software: with the `server` feature, slicing by 16 (16 KiB of
@@ -21,15 +25,11 @@ pub type CrcTable = crc::Table<16>;
 #[cfg(not(feature = "server"))]
 pub type CrcTable = crc::Table<1>;
 
-/// Whether this build computes CRC-32C with the processor's instruction where it has one
-/// (`server` on x86-64 with SSE 4.2 or aarch64 with the CRC extension, found at run time by the
-/// `crc32c` crate, which falls back to software elsewhere).
-const HARDWARE: bool = cfg!(all(
+/// The software CRC, for builds without the processor's instruction.
+#[cfg(not(all(
     feature = "server",
     any(target_arch = "x86_64", target_arch = "aarch64")
-));
-
-/// The software CRC, for builds without [`HARDWARE`] and for the tests that compare the two.
+)))]
 static SOFTWARE: Crc<u32, CrcTable> = Crc::<u32, CrcTable>::new(&CRC_32_ISCSI);
 
 /// CRC-32C (Castagnoli), the checksum of every structure on media: `CRC32C.checksum(bytes)`,
@@ -40,14 +40,6 @@ pub struct Crc32c;
 pub static CRC32C: Crc32c = Crc32c;
 
 impl Crc32c {
-    /// A running CRC over nothing yet.
-    pub const fn digest(&self) -> CrcDigest {
-        CrcDigest {
-            value: 0,
-            software: SOFTWARE.digest(),
-        }
-    }
-
     /// The CRC of `bytes`.
     pub fn checksum(&self, bytes: &[u8]) -> u32 {
         let mut digest = self.digest();
@@ -57,32 +49,33 @@ impl Crc32c {
 }
 
 /// A running CRC-32C: [`Crc32c::digest`], then [`update`](Self::update) with each piece in
-/// order, then [`finalize`](Self::finalize).
+/// order, then [`finalize`](Self::finalize). With `server` on x86-64 or aarch64 it is the
+/// processor's instruction (SSE 4.2, the ARMv8 CRC extension), found at run time by the
+/// `crc32c` crate, which falls back to software elsewhere; other builds use [`CrcTable`].
 #[derive(Clone)]
 pub struct CrcDigest {
-    /// The CRC of the bytes so far, when the hardware path computes it.
+    /// The CRC of the bytes so far.
+    #[cfg(all(
+        feature = "server",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     value: u32,
-    /// The CRC state, when the software path computes it.
+    /// The CRC state.
+    #[cfg(not(all(
+        feature = "server",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     software: crc::Digest<'static, u32, CrcTable>,
 }
 
-impl CrcDigest {
-    /// Feeds the next `bytes`.
-    pub fn update(&mut self, bytes: &[u8]) {
-        if HARDWARE {
-            self.value = hardware_append(self.value, bytes);
-        } else {
-            self.software.update(bytes);
-        }
-    }
-
-    /// The CRC of everything fed.
-    pub fn finalize(self) -> u32 {
-        if HARDWARE {
-            self.value
-        } else {
-            self.software.finalize()
-        }
+#[cfg(all(
+    feature = "server",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+impl Crc32c {
+    /// A running CRC over nothing yet.
+    pub const fn digest(&self) -> CrcDigest {
+        CrcDigest { value: 0 }
     }
 }
 
@@ -90,16 +83,45 @@ impl CrcDigest {
     feature = "server",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-fn hardware_append(crc: u32, bytes: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, bytes)
+impl CrcDigest {
+    /// Feeds the next `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.value = crc32c::crc32c_append(self.value, bytes);
+    }
+
+    /// The CRC of everything fed.
+    pub fn finalize(self) -> u32 {
+        self.value
+    }
 }
 
 #[cfg(not(all(
     feature = "server",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-fn hardware_append(_: u32, _: &[u8]) -> u32 {
-    unreachable!("HARDWARE is false in this build")
+impl Crc32c {
+    /// A running CRC over nothing yet.
+    pub const fn digest(&self) -> CrcDigest {
+        CrcDigest {
+            software: SOFTWARE.digest(),
+        }
+    }
+}
+
+#[cfg(not(all(
+    feature = "server",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+impl CrcDigest {
+    /// Feeds the next `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.software.update(bytes);
+    }
+
+    /// The CRC of everything fed.
+    pub fn finalize(self) -> u32 {
+        self.software.finalize()
+    }
 }
 
 /// The log format version this build writes and reads.
@@ -560,6 +582,7 @@ pub const fn align_up(n: u64, align: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crc::{Crc, CRC_32_ISCSI};
 
     /// The CRC this build uses (the processor's instruction, or slicing by 16, with `server`;
     /// a byte at a time without) gives the checksums of the plain byte-at-a-time and table-free
