@@ -43,7 +43,7 @@ const CI_SIM_FLASH: [&str; 7] = [
     "100",
 ];
 const CI_FUZZ_SECONDS: u64 = 20;
-/// Disk space a check run should have: it took at most 4.3 GB here (README.md).
+/// Disk space a check run should have: one took 5.0 GB at its peak here (README.md).
 const CI_DISK_GIB: f64 = 10.0;
 /// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
 const CI_FIRMWARE_BOOTS: u32 = 1000;
