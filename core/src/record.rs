@@ -8,12 +8,6 @@
 //! **Invariant:** nothing decoded here is trusted before its CRC matches and every length in it
 //! has been checked against a configured maximum.
 
-#[cfg(not(all(
-    feature = "server",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-use crc::{Crc, CRC_32_ISCSI};
-
 /// How the CRC is computed in software: with the `server` feature, slicing by 16 (16 KiB of
 /// tables, about 9 times as fast on a server); without it, a byte at a time (1 KiB of table, for
 /// firmware). Both give the same checksums.
@@ -25,12 +19,61 @@ pub type CrcTable = crc::Table<16>;
 #[cfg(not(feature = "server"))]
 pub type CrcTable = crc::Table<1>;
 
-/// The software CRC, for builds without the processor's instruction.
+/// The processor's instruction (SSE 4.2, the ARMv8 CRC extension), found at run time by the
+/// `crc32c` crate, which falls back to software elsewhere: `server` builds on x86-64 and aarch64.
+#[cfg(all(
+    feature = "server",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod engine {
+    /// The CRC of the bytes so far.
+    #[derive(Clone)]
+    pub struct State(u32);
+
+    impl State {
+        pub const fn new() -> Self {
+            State(0)
+        }
+
+        pub fn update(&mut self, bytes: &[u8]) {
+            self.0 = crc32c::crc32c_append(self.0, bytes);
+        }
+
+        pub fn finalize(self) -> u32 {
+            self.0
+        }
+    }
+}
+
+/// [`CrcTable`]: every other build, firmware among them.
 #[cfg(not(all(
     feature = "server",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-static SOFTWARE: Crc<u32, CrcTable> = Crc::<u32, CrcTable>::new(&CRC_32_ISCSI);
+mod engine {
+    use super::CrcTable;
+    use crc::{Crc, CRC_32_ISCSI};
+
+    static SOFTWARE: Crc<u32, CrcTable> = Crc::<u32, CrcTable>::new(&CRC_32_ISCSI);
+
+    /// The table CRC's running state.
+    #[derive(Clone)]
+    pub struct State(crc::Digest<'static, u32, CrcTable>);
+
+    impl State {
+        pub const fn new() -> Self {
+            State(SOFTWARE.digest())
+        }
+
+        pub fn update(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+
+        pub fn finalize(self) -> u32 {
+            self.0.finalize()
+        }
+    }
+}
 
 /// CRC-32C (Castagnoli), the checksum of every structure on media: `CRC32C.checksum(bytes)`,
 /// or `CRC32C.digest()` to feed it in pieces.
@@ -40,6 +83,11 @@ pub struct Crc32c;
 pub static CRC32C: Crc32c = Crc32c;
 
 impl Crc32c {
+    /// A running CRC over nothing yet.
+    pub const fn digest(&self) -> CrcDigest {
+        CrcDigest(engine::State::new())
+    }
+
     /// The CRC of `bytes`.
     pub fn checksum(&self, bytes: &[u8]) -> u32 {
         let mut digest = self.digest();
@@ -49,78 +97,20 @@ impl Crc32c {
 }
 
 /// A running CRC-32C: [`Crc32c::digest`], then [`update`](Self::update) with each piece in
-/// order, then [`finalize`](Self::finalize). With `server` on x86-64 or aarch64 it is the
-/// processor's instruction (SSE 4.2, the ARMv8 CRC extension), found at run time by the
-/// `crc32c` crate, which falls back to software elsewhere; other builds use [`CrcTable`].
+/// order, then [`finalize`](Self::finalize). It holds only what its build's way of computing
+/// uses (4 bytes with the processor's instruction), so firmware pays nothing for the server's.
 #[derive(Clone)]
-pub struct CrcDigest {
-    /// The CRC of the bytes so far.
-    #[cfg(all(
-        feature = "server",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
-    value: u32,
-    /// The CRC state.
-    #[cfg(not(all(
-        feature = "server",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    )))]
-    software: crc::Digest<'static, u32, CrcTable>,
-}
+pub struct CrcDigest(engine::State);
 
-#[cfg(all(
-    feature = "server",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-impl Crc32c {
-    /// A running CRC over nothing yet.
-    pub const fn digest(&self) -> CrcDigest {
-        CrcDigest { value: 0 }
-    }
-}
-
-#[cfg(all(
-    feature = "server",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 impl CrcDigest {
     /// Feeds the next `bytes`.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.value = crc32c::crc32c_append(self.value, bytes);
+        self.0.update(bytes);
     }
 
     /// The CRC of everything fed.
     pub fn finalize(self) -> u32 {
-        self.value
-    }
-}
-
-#[cfg(not(all(
-    feature = "server",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-impl Crc32c {
-    /// A running CRC over nothing yet.
-    pub const fn digest(&self) -> CrcDigest {
-        CrcDigest {
-            software: SOFTWARE.digest(),
-        }
-    }
-}
-
-#[cfg(not(all(
-    feature = "server",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-impl CrcDigest {
-    /// Feeds the next `bytes`.
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.software.update(bytes);
-    }
-
-    /// The CRC of everything fed.
-    pub fn finalize(self) -> u32 {
-        self.software.finalize()
+        self.0.finalize()
     }
 }
 
