@@ -699,9 +699,7 @@ fn a_new_segment_on_rewritable_storage_erases_one_block() {
     sim.set_rewritable(true);
     let mut ch = open(&mut sim, &mut mem);
     let c0 = ch.storage().counters();
-    let tx = ch.begin().unwrap();
-    ch.put(tx, &[1u8; 32]).unwrap(); // opens the run's segment
-    let c1 = ch.storage().counters();
+    let (_, c1) = first_put(&mut ch);
     assert_eq!(
         (
             c1.erases - c0.erases,
@@ -711,6 +709,14 @@ fn a_new_segment_on_rewritable_storage_erases_one_block() {
         ),
         (1, 256, 1, 2)
     );
+}
+
+/// Begins a transaction and puts its first event, which opens the run's segment; returns the
+/// transaction and the medium's counters after it.
+fn first_put(ch: &mut Chan<'_>) -> (sluicegate_core::Txn, sluicegate_sim::Counters) {
+    let tx = ch.begin().unwrap();
+    ch.put(tx, &[1u8; 32]).unwrap();
+    (tx, ch.storage().counters())
 }
 
 /// Pins the medium operations of each channel operation, so a regression in wear fails here:
@@ -724,9 +730,7 @@ fn operation_counts_are_pinned() {
     let opened = ch.storage().counters();
     assert_eq!(opened.mutations(), 0, "open writes nothing");
     let c0 = ch.storage().counters();
-    let tx = ch.begin().unwrap();
-    ch.put(tx, &[1u8; 32]).unwrap(); // opens the run's segment
-    let c1 = ch.storage().counters();
+    let (tx, c1) = first_put(&mut ch);
     assert_eq!(
         (
             c1.erases - c0.erases,
