@@ -83,6 +83,9 @@ impl Served {
             "segments": ch.segments,
             "segments_pinned": ch.segments_pinned,
             "segments_free": ch.segments_free,
+            "log_files": s.log_files,
+            "files_recycled": s.files_recycled,
+            "files_deleted": s.files_deleted,
             "checkpoints": ch.checkpoints,
             "checkpoint_failures": ch.checkpoint_failures + s.background_checkpoint_failures,
             "checkpoint_age_ms": s.checkpoint_age_ms,
@@ -175,7 +178,7 @@ const CHANNEL_COUNTERS: [(&str, &str, CountReader); 9] = [
     ),
 ];
 
-const CHANNEL_GAUGES: [(&str, &str, Reader); 6] = [
+const CHANNEL_GAUGES: [(&str, &str, Reader); 7] = [
     ("size", "Committed events queued", |_s, st| {
         st.channel.depth as f64
     }),
@@ -195,6 +198,11 @@ const CHANNEL_GAUGES: [(&str, &str, Reader); 6] = [
         "checkpoint_age_seconds",
         "Seconds since the newest checkpoint (-1: none since open)",
         |_s, st| st.checkpoint_age_ms.map_or(-1.0, |ms| ms as f64 / 1e3),
+    ),
+    (
+        "log_files",
+        "Log files on disk now (grows under a backlog, shrinks to kept_log_files after)",
+        |_s, st| st.log_files as f64,
     ),
     (
         "commits_per_fsync",

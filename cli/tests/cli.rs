@@ -866,7 +866,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     let marker = Path::new(&h.dir).join("checkpoint/sluicegate.dir");
     let recorded = std::fs::read_to_string(&marker).expect("marker");
     assert!(
-        recorded.contains("max_file_bytes = 65536") && recorded.contains("log_files = 16"),
+        recorded.contains("max_file_bytes = 65536") && recorded.contains("log_files = 1024"),
         "{recorded}"
     );
     let listing = |dir: &str| {
@@ -895,9 +895,9 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     std::fs::create_dir(&other_disk).expect("a new disk");
     let edits = [
         (
-            "log_files = 16",
+            "log_files = 1024",
             "log_files = 8".to_string(),
-            "log_files = 16 back",
+            "log_files = 1024 back",
         ),
         (
             "max_file_bytes = 65536",
@@ -934,7 +934,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     assert!(r.contains("rebuilt") && r.contains("was missing"), "{r}");
     let rebuilt = std::fs::read_to_string(&settings).expect("rebuilt settings");
     assert!(
-        rebuilt.contains("max_file_bytes = 65536") && rebuilt.contains("log_files = 16"),
+        rebuilt.contains("max_file_bytes = 65536") && rebuilt.contains("log_files = 1024"),
         "{rebuilt}"
     );
     assert_eq!(
@@ -959,7 +959,7 @@ fn repair_refuses_settings_the_log_contradicts_and_changes_nothing() {
     std::fs::write(&settings, &original).expect("put back");
     assert_eq!(h.take_all(), want);
     // The open that took them recorded the geometry again.
-    assert!(std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("log_files = 16")));
+    assert!(std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("log_files = 1024")));
 }
 
 /// `migrate` is the one way to change the recorded geometry, and it loses nothing: every event

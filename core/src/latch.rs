@@ -127,6 +127,11 @@ impl<S: Storage> Storage for Latched<S> {
         self.inner.salt()
     }
 
+    /// Never latches: a segment that could not be released only stays as it was.
+    fn release(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        self.inner.release(region, from, to)
+    }
+
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
         debug_assert!(
             region != Region::Log || !self.latched,

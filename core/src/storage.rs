@@ -146,6 +146,18 @@ pub trait Storage: ErrorType {
         self.erase(region, from, to)
     }
 
+    /// Called when segment `from..to` of the log holds nothing the core will read again until
+    /// the log rolls into it once more (and erases it first): every event in it was taken and
+    /// both checkpoints replay from after it. Asked for only over a [`Storage::rewritable`]
+    /// storage, when a checkpoint completes. An adapter that makes segments on demand may
+    /// give the room back: delete the file, or keep it to reuse for another segment. The
+    /// range may read as anything afterwards, at once and after a power cut. An error is
+    /// ignored (the segment stays as it was). The default does nothing.
+    fn release(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        let _ = (region, from, to);
+        Ok(())
+    }
+
     /// A random number for the header of a new log segment, asked for only over a
     /// [`Storage::rewritable`] storage, where the core erases a reused segment's first block
     /// and leaves the rest as earlier laps left it. The core binds it into every record's CRC
@@ -216,6 +228,9 @@ impl<S: Storage> Storage for &mut S {
     }
     fn erase_tail(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
         S::erase_tail(self, region, from, to)
+    }
+    fn release(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
+        S::release(self, region, from, to)
     }
     fn salt(&mut self) -> u32 {
         S::salt(self)

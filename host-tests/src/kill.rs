@@ -66,7 +66,10 @@ pub fn config(dir: &Path, checkpoint_interval_ms: u64) -> FileChannelConfig {
         transaction_capacity: 16,
         max_transactions: 64,
         max_file_bytes: 64 * 1024,
-        log_files: 8,
+        log_files: 16,
+        // Fewer than the ring: released files beyond four are deleted, and later segments
+        // take the kept ones' files by a rename, so kills land in both.
+        kept_log_files: 4,
         max_event_bytes: MAX_EVENT as u32,
         minimum_required_space_bytes: 0,
         checkpoint_interval_ms,
@@ -192,7 +195,7 @@ enum Death {
 }
 
 /// Steps a child told to die at a named point may run before the point counts as unreachable.
-const POINT_STEPS: u64 = 5_000;
+const POINT_STEPS: u64 = 60_000;
 
 /// Runs `rounds` rounds under `root`: start the child, let it run a random while, SIGKILL it,
 /// reopen, check. `child_exe` is the `crash-child` binary. Returns the first violation.
@@ -239,8 +242,9 @@ pub fn run_kills(
     Ok(outcome)
 }
 
-/// The hits of each named crash point the deterministic rounds die at (the kill test's ring has
-/// eight log files, so a ninth file creation never comes).
+/// The hits of each named crash point the deterministic rounds die at. The child runs until it
+/// dies: its ring of sixteen files keeps four when they are released, so files keep being
+/// deleted, renamed for new segments and made, and every hit comes.
 pub const POINT_HITS: [u64; 5] = [1, 2, 3, 5, 7];
 
 /// One round per named crash point and hit in [`POINT_HITS`], each on empty directories: the

@@ -173,6 +173,8 @@ pub struct SimStorage<const WRITE: usize = 4, const ERASE: usize = 4096> {
     /// What [`Storage::rewritable`] answers: the medium behaves as a file (see
     /// [`SimStorage::set_rewritable`]).
     rewritable: bool,
+    /// Every [`Storage::release`] call: the region and range it named.
+    released: Vec<(Region, u64, u64)>,
     /// Salts handed out so far ([`Storage::salt`]); each is a hash of the count, so a run is
     /// repeatable.
     salts: u64,
@@ -238,6 +240,7 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
             whole_records: false,
             prepared: Vec::new(),
             rewritable: false,
+            released: Vec::new(),
             salts: 0,
             fixed_salt: None,
         }
@@ -273,6 +276,11 @@ impl<const WRITE: usize, const ERASE: usize> SimStorage<WRITE, ERASE> {
     /// Every range the core asked the medium to prepare ([`Storage::prepare`]), in order.
     pub fn prepared(&self) -> &[(Region, u64, u64)] {
         &self.prepared
+    }
+
+    /// Every range the core handed back ([`Storage::release`]), in order.
+    pub fn released(&self) -> &[(Region, u64, u64)] {
+        &self.released
     }
 
     /// Zeroes the counters.
@@ -650,6 +658,25 @@ impl<const WRITE: usize, const ERASE: usize> Storage for SimStorage<WRITE, ERASE
     /// Records the call; a simulated medium needs nothing made ready.
     fn prepare(&mut self, region: Region, from: u64, to: u64) -> Result<(), SimError> {
         self.prepared.push((region, from, to));
+        Ok(())
+    }
+
+    /// Records the call and destroys the range, at once and durably, as a file deleted or
+    /// reused for another segment would be: every byte becomes a pattern that is neither
+    /// erased nor anything the core wrote, so a segment released while something still needed
+    /// it loses that at once.
+    fn release(&mut self, region: Region, from: u64, to: u64) -> Result<(), SimError> {
+        self.released.push((region, from, to));
+        let ri = region_index(region);
+        let len = to.saturating_sub(from) as usize;
+        let at = self.check_range(ri, from, len)?;
+        let r = &mut self.regions[ri];
+        for image in [&mut r.live, &mut r.durable] {
+            for (i, b) in image.bytes[at..at + len].iter_mut().enumerate() {
+                *b = 0xA5 ^ (i as u8).wrapping_mul(31);
+            }
+            image.programmed[at / WRITE..(at + len) / WRITE].fill(false);
+        }
         Ok(())
     }
 

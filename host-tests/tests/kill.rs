@@ -86,7 +86,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 }
 
 /// The child dies at every named crash point of the file adapter (`file-created`,
-/// `file-half-created`, `log-written`, `slot-written`, `synced`), at several hits each, and every recovery is
+/// `file-half-created`, `file-recycle-zeroed`, `file-recycled`, `file-removed`, `log-written`,
+/// `slot-written`, `synced`), at several hits each, and every recovery is
 /// judged. These windows are too short for random kills to find reliably.
 #[test]
 fn sigkill_at_every_named_crash_point_loses_nothing_acknowledged() {

@@ -626,11 +626,20 @@ fn mutants() -> Result {
         &continuation_args,
         &envs,
     )?;
-    let reuse_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "reuse"];
+    let reuse_args = [
+        "test",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--test",
+        "reuse",
+        "--test",
+        "release",
+    ];
     caught += catch_all(
         &ws,
         &REUSE_MUTANTS,
-        "the tests of segments reused without an erase",
+        "the tests of segments reused without an erase, or released",
         &reuse_args,
         &envs,
     )?;
@@ -764,7 +773,7 @@ const CONTINUATION_MUTANTS: [Mutant; 4] = [
 
 /// Bugs in reusing a log segment without erasing it, caught by the tests that plant records
 /// past a segment's end.
-const REUSE_MUTANTS: [Mutant; 3] = [
+const REUSE_MUTANTS: [Mutant; 5] = [
     Mutant {
         name: "the salt is left out of the records' binding, so a record image in an event body passes",
         file: "core/src/record.rs",
@@ -783,6 +792,18 @@ const REUSE_MUTANTS: [Mutant; 3] = [
         from: "        self.inner.salt()",
         to: "        0",
     },
+    Mutant {
+        name: "a checkpoint releases the oldest pinned segment too, destroying events still queued there",
+        file: "core/src/channel/head.rs",
+        from: "        floor..self.oldest_pinned.max(floor)",
+        to: "        floor..(self.oldest_pinned + 1).max(floor)",
+    },
+    Mutant {
+        name: "a release reaches back a whole ring, into slots the log has rolled into again",
+        file: "core/src/channel/head.rs",
+        from: "let floor = (self.roll_to + 2).saturating_sub(geo.segments);",
+        to: "let floor = 0 * self.roll_to;",
+    },
 ];
 
 /// A bug only NOR cells that read differently from one read to the next show.
@@ -794,7 +815,13 @@ const UNSTABLE_MUTANTS: [Mutant; 1] = [Mutant {
 }];
 
 /// Bugs in the file adapter that the kill test must catch.
-const KILL_MUTANTS: [Mutant; 2] = [
+const KILL_MUTANTS: [Mutant; 3] = [
+    Mutant {
+        name: "a kept log file takes a new segment's name with its old header, which an open then finds misplaced",
+        file: "adapters/file/src/storage.rs",
+        from: "        write_zeros(&mapped.file, &mapped.path, 0, 4096)?;",
+        to: "        let _ = write_zeros;",
+    },
     Mutant {
         name: "a log file is created in place, not through a synced temporary file and a rename",
         file: "adapters/file/src/storage.rs",

@@ -149,6 +149,13 @@ pub struct FileStats {
     pub commits_acknowledged: u64,
     /// Log files created.
     pub files_created: u64,
+    /// Log files there are now: the log grows past `kept_log_files` under a backlog and
+    /// shrinks back once checkpoints release what was taken.
+    pub log_files: u64,
+    /// Released log files given to a later segment by a rename instead of making a new file.
+    pub files_recycled: u64,
+    /// Released log files deleted, beyond `kept_log_files`.
+    pub files_deleted: u64,
     /// Puts refused for want of free space.
     pub puts_refused_for_space: u64,
     /// Checkpoints that failed in the background thread (the log is unaffected).
@@ -449,6 +456,9 @@ impl FileChannel {
             group_syncs: groups,
             commits_acknowledged: acked,
             files_created: core.storage().files_created(),
+            log_files: core.storage().log_files() as u64,
+            files_recycled: core.storage().files_recycled(),
+            files_deleted: core.storage().files_deleted(),
             puts_refused_for_space: refused,
             background_checkpoint_failures: failed,
             checkpoint_age_ms,

@@ -26,7 +26,8 @@ use crate::storage::Layout;
 /// | `transaction_capacity` | `transactionCapacity` | 10,000 |
 /// | `checkpoint_interval_ms` | `checkpointInterval` | 30,000 |
 /// | `max_file_bytes` | `maxFileSize` | 128 MiB (Flume: 2 GiB) |
-/// | `log_files` | (none) | 16 |
+/// | `log_files` | (none) | 1,024 |
+/// | `kept_log_files` | (none) | 16 |
 /// | `minimum_required_space_bytes` | `minimumRequiredSpace` | 500 MB (524,288,000) |
 /// | `keep_alive_ms` | `keep-alive` (seconds) | 3,000 |
 /// | `checkpoint_on_close` | `checkpointOnClose` | `true` |
@@ -66,13 +67,22 @@ pub struct FileChannelConfig {
     pub checkpoint_interval_ms: u64,
     /// The size of one log file, a multiple of 4,096. Files are created at full size.
     pub max_file_bytes: u32,
-    /// How many log files the ring has, at least 4: the log never takes more than
-    /// `log_files * max_file_bytes` of disk. Flume has no such bound. A run goes on in the
-    /// newest file after the last intact record, so restarts cost no file; a run starts a new
-    /// file only when the newest is full, after replay met damage in it, when it is sealed, or
-    /// when the run seals (every sealed run starts its own). A put keeps two files free in
-    /// reserve.
+    /// The most log files there can be (the segments of the log's ring), at least 4: the log
+    /// never takes more than `log_files * max_file_bytes` of disk. Files are made as the log
+    /// needs them and released when nothing needs them any more, so a backlog grows the log
+    /// until it meets this bound or `minimum_required_space_bytes`, and the log shrinks back
+    /// to `kept_log_files` once the backlog is taken and a checkpoint lets go of it. Flume
+    /// has no such bound. A run goes on in the newest file after the last intact record, so
+    /// restarts cost no file; a run starts a new file only when the newest is full, after
+    /// replay met damage in it, when it is sealed, or when the run seals (every sealed run
+    /// starts its own). A put keeps two segments free in reserve. Fixed when the channel is
+    /// made (recorded in its format files); left at its default, it follows what an existing
+    /// channel recorded, so channels made with 16 (the default before) open unchanged.
     pub log_files: u32,
+    /// Log files kept for reuse when the log no longer needs them: a released file is kept,
+    /// to be renamed for a later segment without writing a byte of it, while at most this many
+    /// files exist, and deleted otherwise. Can change at any restart.
+    pub kept_log_files: u32,
     /// Puts are refused while any of the channel's directories has less free space than this.
     pub minimum_required_space_bytes: u64,
     /// How long a put waits for room (capacity or log space) before it fails.
@@ -96,6 +106,9 @@ pub struct FileChannelConfig {
     pub encryption: EncryptionConfig,
 }
 
+/// The default of `log_files`: 128 GiB of log at the default file size.
+pub const DEFAULT_LOG_FILES: u32 = 1024;
+
 impl Default for FileChannelConfig {
     fn default() -> Self {
         FileChannelConfig {
@@ -107,7 +120,8 @@ impl Default for FileChannelConfig {
             transaction_capacity: 10_000,
             checkpoint_interval_ms: 30_000,
             max_file_bytes: 128 << 20,
-            log_files: 16,
+            log_files: DEFAULT_LOG_FILES,
+            kept_log_files: 16,
             minimum_required_space_bytes: 524_288_000,
             keep_alive_ms: 3_000,
             checkpoint_on_close: true,
@@ -276,16 +290,24 @@ impl FileChannelConfig {
         })
     }
 
-    /// The storage layout.
+    /// The storage layout. With `log_files` at its default, an existing channel's recorded
+    /// ring size is used (see [`FileChannelConfig::log_files`]).
     pub fn layout(&self) -> Layout {
-        Layout {
+        let mut layout = Layout {
             checkpoint_dir: self.checkpoint_dir.clone(),
             backup_dir: self.second_slot_dir(),
             data_dirs: self.data_dirs.clone(),
             segment_bytes: self.max_file_bytes,
             segments: self.log_files,
+            kept_segments: self.kept_log_files,
             slot_bytes: self.slot_bytes(),
+        };
+        if self.log_files == DEFAULT_LOG_FILES {
+            if let Some((recorded, _)) = crate::dirs::recorded_geometry(&layout) {
+                layout.segments = recorded.log_files;
+            }
         }
+        layout
     }
 
     /// The size of a checkpoint slot file: a started mark, the entries, a complete mark and,

@@ -11,11 +11,17 @@
 //! never dies at a point, since no code in it arms one.
 
 /// Where the adapter can be told to die.
-pub const POINTS: [&str; 5] = [
+pub const POINTS: [&str; 8] = [
     // A new file exists, empty, its length not yet allocated (a log segment or a slot).
     "file-created",
     // Half of a new file's zeros are written (a log segment or a checkpoint slot).
     "file-half-created",
+    // A released log file kept for reuse had its old header zeroed and synced, not yet renamed.
+    "file-recycle-zeroed",
+    // A kept log file was renamed for a new segment and its directory synced.
+    "file-recycled",
+    // A released log file beyond the kept ones was deleted.
+    "file-removed",
     // A record (or part of one) was written to the log, not yet synced.
     "log-written",
     // Bytes of a checkpoint or backup slot were written, not yet synced.

@@ -58,7 +58,7 @@ mod space;
 mod storage;
 
 pub use channel::{FileChannel, FileChannelError, FileStats, PendingCommit, Transaction};
-pub use config::{ConfigError, FileChannelConfig};
+pub use config::{ConfigError, FileChannelConfig, DEFAULT_LOG_FILES};
 pub use keys::{
     new_key_line, wrap_key, write_secret_file, AlgorithmChoice, EncryptionConfig, KeyConfig,
     Keyring, DEFAULT_WRAP_ITERATIONS, WRAPPED_KEY_MAGIC,

@@ -27,8 +27,12 @@ pub struct Layout {
     pub data_dirs: Vec<PathBuf>,
     /// The size of one log segment file, a multiple of 4 KiB.
     pub segment_bytes: u32,
-    /// How many segment files the log has (at least 4).
+    /// How many segments the log's ring has (at least 4): the most log files there can be.
+    /// Files are made as the log reaches them.
     pub segments: u32,
+    /// Log files kept for reuse once the log no longer needs them: a file released while more
+    /// than this many exist is deleted, so the log shrinks back after a backlog drains.
+    pub kept_segments: u32,
     /// The size of each checkpoint slot file, a multiple of 4 KiB.
     pub slot_bytes: u64,
 }
@@ -649,14 +653,54 @@ pub struct FileStorage {
     /// The segment file being made off the caller's thread, if one is (see
     /// [`Storage::prepare`]).
     making: Option<Making>,
+    /// Segments whose files the core released ([`Storage::release`]) and that are kept to be
+    /// reused for another segment in the same directory, oldest release first.
+    spares: Vec<usize>,
+    /// At most this many files are kept when the core releases one (`Layout::kept_segments`).
+    kept: usize,
+    files_recycled: u64,
+    files_deleted: u64,
     _locks: Vec<DirLock>,
 }
 
 /// A segment file being made on a thread of its own: its slot, and the thread, which writes
-/// the zeros, syncs, renames and maps it (`Reserved::fill`).
+/// the zeros, syncs, renames and maps it (`Reserved::fill`), or gives a spare file its new
+/// name (`Recycled::rename`).
 struct Making {
     slot: usize,
+    recycled: bool,
     thread: std::thread::JoinHandle<Result<Mapped, FileError>>,
+}
+
+/// A spare segment file on its way to a new name: see [`Recycled::rename`].
+struct Recycled {
+    mapped: Mapped,
+    to: PathBuf,
+}
+
+impl Recycled {
+    /// Zeroes the file's first page (its old segment header) and syncs it, renames the file
+    /// to its new segment's name and syncs the directory. A cut before the rename is durable
+    /// leaves a released file under its old name; after it, a file whose header reads as
+    /// erased: never a header under a name its sequence number does not give (which an open
+    /// refuses as corruption). The rest of the file keeps an earlier lap's records, which
+    /// fail their CRCs by the segment binding, as in a segment reused in place.
+    fn rename(self) -> Result<Mapped, FileError> {
+        let Recycled { mut mapped, to } = self;
+        write_zeros(&mapped.file, &mapped.path, 0, 4096)?;
+        mapped
+            .file
+            .sync_data()
+            .map_err(|e| FileError::io("sync", &mapped.path, e))?;
+        crate::crash::point("file-recycle-zeroed");
+        std::fs::rename(&mapped.path, &to).map_err(|e| FileError::io("rename", &mapped.path, e))?;
+        sync_dir(to.parent().unwrap_or(Path::new(".")))?;
+        crate::crash::point("file-recycled");
+        mapped.path = to;
+        mapped.synced = mapped.writes;
+        mapped.fresh = false;
+        Ok(mapped)
+    }
 }
 
 impl Drop for FileStorage {
@@ -701,7 +745,10 @@ impl FileStorage {
                 // A segment is erased when the log first rolls into it, before any write to
                 // it: its file is made here if missing, and fails for space here, where a full
                 // disk is not sticky.
-                Some(s) => self.segment(s)?.erase(at, end, unwritten)?,
+                Some(s) => {
+                    self.claim(s);
+                    self.segment(s)?.erase(at, end, unwritten)?
+                }
             }
         }
         Ok(())
@@ -760,7 +807,49 @@ impl FileStorage {
             gather: Gather::default(),
             write_failed: None,
             making: None,
+            spares: Vec::new(),
+            kept: layout.kept_segments as usize,
+            files_recycled: 0,
+            files_deleted: 0,
             _locks: locks,
+        })
+    }
+
+    /// Segment files given to another segment instead of making a new one.
+    pub fn files_recycled(&self) -> u64 {
+        self.files_recycled
+    }
+
+    /// Segment files deleted once released, beyond the kept ones.
+    pub fn files_deleted(&self) -> u64 {
+        self.files_deleted
+    }
+
+    /// The log files there are now (one being made included).
+    pub fn log_files(&self) -> usize {
+        self.segments.iter().filter(|m| m.is_some()).count() + usize::from(self.making.is_some())
+    }
+
+    /// The log is about to use segment `slot` again: its file is no longer a spare.
+    fn claim(&mut self, slot: usize) {
+        if !self.spares.is_empty() {
+            self.spares.retain(|&s| s != slot);
+        }
+    }
+
+    /// A spare file in the directory of segment `slot`, taken out of the spares and out of
+    /// its old segment, on its way to `slot`'s name.
+    fn take_spare(&mut self, slot: usize) -> Option<Recycled> {
+        let dirs = self.data_dirs.len();
+        let at = self
+            .spares
+            .iter()
+            .position(|&s| s != slot && s % dirs == slot % dirs)?;
+        let from = self.spares.remove(at);
+        let mapped = self.segments[from].take()?;
+        Some(Recycled {
+            mapped,
+            to: self.segment_path(slot),
         })
     }
 
@@ -860,8 +949,16 @@ impl FileStorage {
             self.finish_making()?;
         }
         if self.segments[slot].is_none() {
-            let m = Mapped::create(self.segment_path(slot), self.segment_bytes)?;
-            self.files_created += 1;
+            let m = match self.take_spare(slot) {
+                Some(spare) => {
+                    self.files_recycled += 1;
+                    spare.rename()?
+                }
+                None => {
+                    self.files_created += 1;
+                    Mapped::create(self.segment_path(slot), self.segment_bytes)?
+                }
+            };
             self.segments[slot] = Some(m);
         }
         self.segments[slot]
@@ -879,7 +976,11 @@ impl FileStorage {
                 "the thread making a log file panicked".into(),
             ))
         })?;
-        self.files_created += 1;
+        if making.recycled {
+            self.files_recycled += 1;
+        } else {
+            self.files_created += 1;
+        }
         self.segments[making.slot] = Some(made);
         Ok(())
     }
@@ -888,16 +989,26 @@ impl FileStorage {
     /// allocated here (so a full disk fails the caller now). The file made before is put in
     /// place first; its failure is returned, and this one is not started.
     fn start_making(&mut self, slot: usize) -> Result<(), FileError> {
+        self.claim(slot);
         if self.segments[slot].is_some() || self.making.as_ref().is_some_and(|m| m.slot == slot) {
             return Ok(());
         }
         self.finish_making()?;
-        let reserved = Mapped::reserve(self.segment_path(slot), self.segment_bytes)?;
-        let thread = std::thread::Builder::new()
-            .name("sluicegate-mkfile".into())
-            .spawn(move || reserved.fill())
+        let builder = std::thread::Builder::new().name("sluicegate-mkfile".into());
+        let (recycled, thread) = match self.take_spare(slot) {
+            Some(spare) => (true, builder.spawn(move || spare.rename())),
+            None => {
+                let reserved = Mapped::reserve(self.segment_path(slot), self.segment_bytes)?;
+                (false, builder.spawn(move || reserved.fill()))
+            }
+        };
+        let thread = thread
             .map_err(|e| FileError::io("start a thread to make", &self.segment_path(slot), e))?;
-        self.making = Some(Making { slot, thread });
+        self.making = Some(Making {
+            slot,
+            recycled,
+            thread,
+        });
         Ok(())
     }
 
@@ -1140,6 +1251,35 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    /// Keeps the released segment's file as a spare while at most `kept_segments` files
+    /// exist, to be renamed for a later segment (no new file, no zeros written); deletes it
+    /// otherwise. A deletion needs no directory sync: a file a cut brings back is a released
+    /// segment, which the core reads as it would a reused slot.
+    fn release(&mut self, region: Region, from: u64, _to: u64) -> Result<(), FileError> {
+        let slot = (from / self.segment_bytes) as usize;
+        if region != Region::Log
+            || self.segments.get(slot).is_none_or(|m| m.is_none())
+            || self.spares.contains(&slot)
+        {
+            return Ok(());
+        }
+        if self.gather.slot == Some(slot) {
+            self.flush_gathered()?;
+        }
+        if self.log_files() <= self.kept {
+            self.spares.push(slot);
+            return Ok(());
+        }
+        if let Some(m) = self.segments[slot].take() {
+            let path = m.path.clone();
+            drop(m);
+            std::fs::remove_file(&path).map_err(|e| FileError::io("remove", &path, e))?;
+            crate::crash::point("file-removed");
+            self.files_deleted += 1;
+        }
+        Ok(())
+    }
+
     /// Log writes are gathered while each continues the last or leads it.
     fn whole_records(&self) -> bool {
         true
@@ -1219,6 +1359,7 @@ mod tests {
             data_dirs: vec![root.path().join("data")],
             segment_bytes: 64 * 1024,
             segments: 4,
+            kept_segments: 4,
             slot_bytes: 16 * 1024,
         };
         let mut s = FileStorage::open(&layout).unwrap();
@@ -1245,6 +1386,7 @@ mod tests {
             data_dirs: vec![root.join("data")],
             segment_bytes: 1 << 20,
             segments: 4,
+            kept_segments: 4,
             slot_bytes: 16 * 1024,
         }
     }

@@ -654,3 +654,129 @@ fn identity_and_event_ids() {
         format!("{:032x}", ch.identity())
     );
 }
+
+/// Puts `n` copies of `event` in one transaction, then takes `n` in another: churn that leaves
+/// the queue as it was and moves the log on.
+fn churn(ch: &FileChannel, event: &[u8], n: usize) {
+    let mut tx = ch.begin().unwrap();
+    for _ in 0..n {
+        tx.put(event).unwrap();
+    }
+    tx.commit().unwrap();
+    let mut tx = ch.begin().unwrap();
+    for _ in 0..n {
+        assert_eq!(tx.take_vec().unwrap().unwrap(), event);
+    }
+    tx.commit().unwrap();
+}
+
+/// The elastic log. An event taken by a transaction that stays open pins its segment; churn
+/// around it rolls the log over thirty files of a 64-file ring, far past the four it keeps,
+/// and no put is refused. Once the take commits, a checkpoint releases what nothing needs:
+/// the log shrinks back to the kept files (plus the one being written and the one made ready),
+/// and later segments take the kept files by a rename instead of making new ones.
+#[test]
+fn a_pinned_segment_grows_the_log_and_checkpoints_shrink_it_back() {
+    let root = tempfile::tempdir().unwrap();
+    let config = FileChannelConfig {
+        max_file_bytes: 64 * 1024,
+        log_files: 64,
+        kept_log_files: 4,
+        ..small(root.path())
+    };
+    let data = config.data_dirs[0].clone();
+    let files_in_data = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count() as u64
+    };
+    let event = [7u8; 2000];
+    {
+        let ch = FileChannel::open(config.clone()).unwrap();
+        put_one(&ch, b"pinned");
+        let mut pin = ch.begin().unwrap();
+        assert_eq!(pin.take_vec().unwrap().unwrap(), b"pinned");
+        // About thirty files' worth of events, checkpoints among them.
+        for round in 0..100 {
+            churn(&ch, &event, 10);
+            if round % 10 == 9 {
+                ch.checkpoint().unwrap();
+            }
+        }
+        let grown = ch.stats();
+        assert!(
+            grown.log_files >= 25 && grown.channel.segments_pinned_by_events >= 25,
+            "the pinned segment holds the log: {grown:?}"
+        );
+        assert_eq!(grown.log_files, files_in_data());
+        pin.commit().unwrap();
+        ch.checkpoint().unwrap();
+        let shrunk = ch.stats();
+        assert!(
+            shrunk.log_files <= 4 + 2,
+            "released files beyond the kept four are deleted: {shrunk:?}"
+        );
+        assert!(shrunk.files_deleted >= 20, "{shrunk:?}");
+        assert_eq!(shrunk.log_files, files_in_data());
+        // Ten more files' worth, a checkpoint after each: the kept files carry them.
+        for _ in 0..10 {
+            churn(&ch, &event, 33);
+            ch.checkpoint().unwrap();
+        }
+        let after = ch.stats();
+        assert!(
+            after.files_recycled >= 8,
+            "later segments take kept files: {after:?}"
+        );
+        assert!(
+            after.files_created <= shrunk.files_created + 2,
+            "few new files once files are kept: {shrunk:?} then {after:?}"
+        );
+        assert!(after.log_files <= 4 + 2, "{after:?}");
+        ch.close().unwrap();
+    }
+    let ch = FileChannel::open(config).unwrap();
+    assert_eq!(ch.len(), 0);
+    assert!(files_in_data() <= 4 + 2);
+    churn(&ch, &event, 10);
+}
+
+/// A channel made with the old default ring of 16 files opens under today's defaults: with
+/// `log_files` left at its default, the recorded ring size is used, so nothing is refused and
+/// nothing lost. A value set on purpose that contradicts the record is still refused.
+#[test]
+fn a_channel_made_with_sixteen_files_opens_under_the_new_default() {
+    let root = tempfile::tempdir().unwrap();
+    let old = FileChannelConfig {
+        log_files: 16,
+        ..small(root.path())
+    };
+    {
+        let ch = FileChannel::open(old).unwrap();
+        put_one(&ch, b"made with sixteen");
+        ch.close().unwrap();
+    }
+    let defaults = FileChannelConfig {
+        log_files: sluicegate_file::DEFAULT_LOG_FILES,
+        ..small(root.path())
+    };
+    assert_eq!(defaults.layout().segments, 16);
+    let ch = FileChannel::open(defaults.clone()).unwrap();
+    assert_eq!(ch.stats().channel.segments, 16);
+    let mut tx = ch.begin().unwrap();
+    assert_eq!(tx.take_vec().unwrap().unwrap(), b"made with sixteen");
+    tx.commit().unwrap();
+    ch.close().unwrap();
+    let err = FileChannel::open(FileChannelConfig {
+        log_files: 32,
+        ..defaults
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("log_files is 32") && err.contains("log_files = 16"),
+        "{err}"
+    );
+}

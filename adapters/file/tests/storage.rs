@@ -17,6 +17,7 @@ fn layout(root: &Path, data_dirs: usize) -> Layout {
             .collect(),
         segment_bytes: 64 * 1024,
         segments: 8,
+        kept_segments: 8,
         slot_bytes: 16 * 1024,
     }
 }

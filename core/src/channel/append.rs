@@ -305,6 +305,28 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.head.pinned_from(oldest);
     }
 
+    /// Hands the storage back every segment nothing needs any more ([`Storage::release`]), so
+    /// that a log on files shrinks back once a backlog is drained: only over a rewritable
+    /// storage (files; on flash the ring is the partition and the step compiles away). Called
+    /// when a checkpoint completes, which is what lets go of segments; costs a scan of the
+    /// queue when something let go, and a call per free segment (the file adapter answers one
+    /// it released before at once). A segment the storage failed to release stays as it was,
+    /// as a ring's slot would.
+    pub(super) fn release_freed(&mut self) {
+        if !self.storage.rewritable() {
+            return;
+        }
+        self.refresh_pins();
+        let geo = self.geo;
+        // Bounded by the ring's length (`LogHead::releasable`).
+        for seq in self.head.releasable(&geo) {
+            let start = geo.segment_start(geo.slot_of(seq));
+            let _ = self
+                .storage
+                .release(Region::Log, start, start + geo.segment_bytes);
+        }
+    }
+
     /// True if a checkpoint, not an event, is what keeps the oldest segments from being reused.
     fn checkpoints_pin_the_log(&self) -> bool {
         self.ckpt.enabled()

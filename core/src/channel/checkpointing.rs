@@ -245,6 +245,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 self.ckpt.completed(&ip);
                 self.head.loosened();
                 self.stats.checkpoints += 1;
+                self.release_freed();
                 Ok(true)
             }
         }

@@ -217,6 +217,17 @@ impl LogHead {
         self.pins_stale = false;
     }
 
+    /// The segments to hand back to the storage: those older than the oldest pinned one,
+    /// except any whose slot the log has rolled into again or made ready for its next segment
+    /// (`Storage::prepare`): segment `seq`'s slot is next used by segment `seq + segments`,
+    /// and the log uses slots up to the one of `roll_to` (made ready for the segment after the
+    /// one being written), with one more kept back. At most a ring's worth; segments handed
+    /// back before are in it again (a release is idempotent), which costs no state.
+    pub(super) fn releasable(&self, geo: &Geometry) -> core::ops::Range<u64> {
+        let floor = (self.roll_to + 2).saturating_sub(geo.segments);
+        floor..self.oldest_pinned.max(floor)
+    }
+
     /// Something that pinned a segment let go of it.
     pub(super) fn loosened(&mut self) {
         self.pins_stale = true;
