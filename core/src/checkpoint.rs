@@ -306,6 +306,11 @@ impl Checkpoints {
         self.bytes_since += bytes;
     }
 
+    /// Bytes of log written since the last checkpoint began.
+    pub fn bytes_logged(&self) -> u64 {
+        self.bytes_since
+    }
+
     /// One more commit was applied.
     pub fn committed(&mut self) {
         self.commits_since = self.commits_since.saturating_add(1);

@@ -600,6 +600,10 @@ impl Drop for FileChannel {
 
 fn checkpoint_thread(shared: &Shared) {
     let interval = shared.config.checkpoint_interval_ms;
+    // Half the kept files' worth of log starts a checkpoint too, whatever the interval, so the
+    // files the log has moved past are released (and reused) about as fast as it fills them.
+    let grown = u64::from(shared.config.kept_log_files / 2).max(1)
+        * u64::from(shared.config.max_file_bytes);
     // Wake often enough to start a checkpoint near its time, and between the steps of one.
     let idle = Duration::from_millis((interval / 4).clamp(1, 1000));
     let mut stop = lock(&shared.stop);
@@ -619,7 +623,12 @@ fn checkpoint_thread(shared: &Shared) {
             let mut st = lock(&shared.state);
             let now_ms = shared.opened.elapsed().as_millis() as u64;
             let Some(core) = st.core.as_mut() else { break };
-            let failed = core.poll(now_ms).is_err();
+            let failed =
+                if !core.checkpoint_in_progress() && core.log_bytes_since_checkpoint() >= grown {
+                    core.poll_start(now_ms).is_err()
+                } else {
+                    core.poll(now_ms).is_err()
+                };
             let more = core.checkpoint_in_progress();
             if failed {
                 st.background_checkpoint_failures += 1;

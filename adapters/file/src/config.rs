@@ -63,7 +63,9 @@ pub struct FileChannelConfig {
     pub capacity: u32,
     /// The most events one transaction puts or takes.
     pub transaction_capacity: u32,
-    /// A checkpoint starts when this much time has passed since the last one (0: never by time).
+    /// A checkpoint starts when this much time has passed since the last one (0: never by
+    /// time, and no background checkpoints at all). With it on, one also starts once half of
+    /// `kept_log_files` files' worth of log was written since the last.
     pub checkpoint_interval_ms: u64,
     /// The size of one log file, a multiple of 4,096. Files are created at full size.
     pub max_file_bytes: u32,

@@ -780,3 +780,43 @@ fn a_channel_made_with_sixteen_files_opens_under_the_new_default() {
         "{err}"
     );
 }
+
+/// With no checkpoint due by time (an interval of an hour), half the kept files' worth of log
+/// starts one in the background: churn alone brings checkpoints, they release what it moved
+/// past, and the log reuses and deletes files instead of keeping one per segment written.
+#[test]
+fn log_growth_starts_background_checkpoints_that_release_files() {
+    let root = tempfile::tempdir().unwrap();
+    let ch = FileChannel::open(FileChannelConfig {
+        max_file_bytes: 64 * 1024,
+        // A ring far larger than the test writes between two looks of the checkpoint thread
+        // (once a second), so no checkpoint comes from a log that ran out of room.
+        log_files: 4096,
+        kept_log_files: 4,
+        checkpoint_interval_ms: 3_600_000,
+        ..small(root.path())
+    })
+    .unwrap();
+    let event = [5u8; 2000];
+    let started = Instant::now();
+    let mut rounds = 0;
+    while ch.stats().channel.checkpoints < 3 {
+        churn(&ch, &event, 10);
+        rounds += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint after {rounds} rounds: {:?}",
+            ch.stats()
+        );
+    }
+    let s = ch.stats();
+    assert!(
+        s.channel.newest_segment < 4000,
+        "the checkpoints came from a full ring, not from its growth: {s:?}"
+    );
+    assert!(s.files_deleted + s.files_recycled > 0, "{s:?}");
+    assert!(
+        s.log_files <= s.channel.newest_segment,
+        "files were released: {s:?}"
+    );
+}

@@ -32,6 +32,25 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.checkpoint_work(Some(now_ms))
     }
 
+    /// Starts a checkpoint now unless one is under way, whatever the policy says, and advances
+    /// it by a step; [`Channel::poll`] advances it further. For an adapter with a policy of its
+    /// own (the file adapter starts one after half its kept files' worth of log, so that
+    /// segments are released as fast as the log fills them).
+    pub fn poll_start(&mut self, now_ms: u64) -> Result<(), Error<S::Error>> {
+        if !self.ckpt.enabled() {
+            return Ok(());
+        }
+        if !self.ckpt.in_progress() {
+            self.checkpoint_start(Some(now_ms))?;
+        }
+        self.checkpoint_step().map(drop)
+    }
+
+    /// Bytes of log written since the last checkpoint began (cheap: a counter).
+    pub fn log_bytes_since_checkpoint(&self) -> u64 {
+        self.ckpt.bytes_logged()
+    }
+
     /// True while a checkpoint is being written (cheaper than [`Channel::stats`], for an
     /// adapter's checkpoint thread deciding whether to call [`Channel::poll`] again soon).
     pub fn checkpoint_in_progress(&self) -> bool {
