@@ -251,3 +251,55 @@ fn read_only_filesystem_is_refused() {
         "{err}"
     );
 }
+
+/// The elastic log meets the disk budget: with a ring of 1,024 files that keeps 4, puts with no
+/// consumer grow the log far past the old ring of 16 files until the free-space floor refuses
+/// them (never "the log has no free segment"); takes then drain it at the floor, a checkpoint
+/// releases the files, the log shrinks back to the kept ones, and puts go on.
+#[test]
+fn the_elastic_log_grows_to_the_floor_and_shrinks_back_once_drained() {
+    let Some(m) = Mount::new("size=64m") else {
+        return;
+    };
+    let config = FileChannelConfig {
+        log_files: 1024,
+        kept_log_files: 4,
+        ..config(&m.dir, 8 << 20)
+    };
+    let ch = FileChannel::open(config.clone()).unwrap();
+    let mut committed = 0u32;
+    // Bounded: the floor stops puts once about 56 MiB are used.
+    let refused = 'fill: loop {
+        let mut tx = ch.begin().unwrap();
+        for k in 0..10 {
+            if let Err(e) = tx.put(&event(committed + k)) {
+                break 'fill e;
+            }
+        }
+        tx.commit().unwrap();
+        committed += 10;
+        assert!(committed < 100_000, "the floor never refused a put");
+    };
+    let grown = ch.stats();
+    println!(
+        "refused after {committed} events, {} log files: {refused}",
+        grown.log_files
+    );
+    assert!(
+        matches!(refused, FileChannelError::InsufficientSpace { .. }),
+        "the floor refuses, not the ring: {refused:?}"
+    );
+    assert!(grown.log_files > 16, "{grown:?}");
+    check_holds(&ch, committed);
+    ch.checkpoint().unwrap();
+    let shrunk = ch.stats();
+    assert!(shrunk.log_files <= 4 + 2, "{shrunk:?}");
+    for k in 0..10 {
+        let mut tx = ch.begin().unwrap();
+        tx.put(&event(k)).unwrap();
+        tx.commit().unwrap();
+    }
+    ch.close().unwrap();
+    let ch = FileChannel::open(config).unwrap();
+    check_holds(&ch, 10);
+}
