@@ -85,7 +85,10 @@ pub fn migrate(home: &HomeArgs, args: &MigrateArgs, json_out: bool) -> Result<Ex
     }
     new.core_config()
         .map_err(|e| Fail::usage(format!("the new settings do not work: {e}")))?;
-    if sluicegate_file::Geometry::of(&new.layout()) == sluicegate_file::Geometry::of(&old.layout())
+    // The new settings as given: `layout` would read a default `log_files` as the one the
+    // old directories record, and a migrate to the default would change nothing.
+    if sluicegate_file::Geometry::of(&new.layout_as_set())
+        == sluicegate_file::Geometry::of(&old.layout())
     {
         return Err(Fail::usage(
             "nothing to migrate: give --file-bytes, --log-files or --to-data-dir with a new value",

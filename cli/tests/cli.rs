@@ -1758,3 +1758,33 @@ fn sixty_one_line_puts_in_a_row_share_the_log_files() {
     assert!(files <= 2, "{files} log files");
     assert_eq!(h.take_all(), want);
 }
+
+/// A home made with the old default ring of 16 log files migrates to today's default of 1,024
+/// (asked for by its number, which is also the default: a migrate that compared the settings
+/// after reading a default as the recorded value found nothing to do), and keeps its events.
+#[test]
+fn migrate_to_the_default_ring_moves_a_home_of_sixteen_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ch").display().to_string();
+    ok(
+        &[
+            "put",
+            "--dir",
+            &dir,
+            "--file-bytes",
+            "65536",
+            "--log-files",
+            "16",
+            "--min-free-bytes",
+            "0",
+        ],
+        "a\nb\n",
+    );
+    let stats = |dir: &str| -> Value {
+        serde_json::from_str(&ok(&["stats", "--dir", dir, "--json"], "")).expect("json")
+    };
+    assert_eq!(stats(&dir)["segments"], 16);
+    ok(&["migrate", "--dir", &dir, "--log-files", "1024"], "");
+    assert_eq!(stats(&dir)["segments"], 1024);
+    assert_eq!(ok(&["take", "--dir", &dir], ""), "a\nb\n");
+}

@@ -295,7 +295,19 @@ impl FileChannelConfig {
     /// The storage layout. With `log_files` at its default, an existing channel's recorded
     /// ring size is used (see [`FileChannelConfig::log_files`]).
     pub fn layout(&self) -> Layout {
-        let mut layout = Layout {
+        let mut layout = self.layout_as_set();
+        if self.log_files == DEFAULT_LOG_FILES {
+            if let Some((recorded, _)) = crate::dirs::recorded_geometry(&layout) {
+                layout.segments = recorded.log_files;
+            }
+        }
+        layout
+    }
+
+    /// The storage layout exactly as these settings say, whatever the directories record (for
+    /// `migrate`, which compares the geometry asked for with the one recorded).
+    pub fn layout_as_set(&self) -> Layout {
+        Layout {
             checkpoint_dir: self.checkpoint_dir.clone(),
             backup_dir: self.second_slot_dir(),
             data_dirs: self.data_dirs.clone(),
@@ -303,13 +315,7 @@ impl FileChannelConfig {
             segments: self.log_files,
             kept_segments: self.kept_log_files,
             slot_bytes: self.slot_bytes(),
-        };
-        if self.log_files == DEFAULT_LOG_FILES {
-            if let Some((recorded, _)) = crate::dirs::recorded_geometry(&layout) {
-                layout.segments = recorded.log_files;
-            }
         }
-        layout
     }
 
     /// The size of a checkpoint slot file: a started mark, the entries, a complete mark and,
