@@ -109,11 +109,11 @@ fn check_holds(ch: &FileChannel, n: u32) {
     assert_eq!(i, n);
 }
 
-/// Commits 10 events at a time until a put or commit fails, which must be for lack of space;
-/// how many were committed.
-fn fill_until_no_space(ch: &FileChannel) -> u32 {
+/// Commits 10 events at a time until a put or commit fails (at most `bound` events): how many
+/// were committed, and the failure.
+fn fill_until_refused(ch: &FileChannel, bound: u32) -> (u32, FileChannelError) {
     let mut committed = 0u32;
-    // Bounded: the small disk fills.
+    // Bounded by `bound`.
     let failure = 'fill: loop {
         let mut tx = ch.begin().unwrap();
         for k in 0..10 {
@@ -125,8 +125,14 @@ fn fill_until_no_space(ch: &FileChannel) -> u32 {
             break 'fill e;
         }
         committed += 10;
-        assert!(committed < 10_000, "the disk never filled");
+        assert!(committed < bound, "nothing refused {committed} events");
     };
+    (committed, failure)
+}
+
+/// [`fill_until_refused`], whose failure must be for lack of space; how many were committed.
+fn fill_until_no_space(ch: &FileChannel) -> u32 {
+    let (committed, failure) = fill_until_refused(ch, 10_000);
     println!("disk full after {committed} committed events: {failure}");
     match &failure {
         FileChannelError::Channel(Error::Storage(e)) => {
@@ -267,19 +273,8 @@ fn the_elastic_log_grows_to_the_floor_and_shrinks_back_once_drained() {
         ..config(&m.dir, 8 << 20)
     };
     let ch = FileChannel::open(config.clone()).unwrap();
-    let mut committed = 0u32;
-    // Bounded: the floor stops puts once about 56 MiB are used.
-    let refused = 'fill: loop {
-        let mut tx = ch.begin().unwrap();
-        for k in 0..10 {
-            if let Err(e) = tx.put(&event(committed + k)) {
-                break 'fill e;
-            }
-        }
-        tx.commit().unwrap();
-        committed += 10;
-        assert!(committed < 100_000, "the floor never refused a put");
-    };
+    // The floor stops puts once about 56 MiB are used.
+    let (committed, refused) = fill_until_refused(&ch, 100_000);
     let grown = ch.stats();
     println!(
         "refused after {committed} events, {} log files: {refused}",
