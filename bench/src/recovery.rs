@@ -266,7 +266,7 @@ pub fn run(
     let mut res = RecoveryResults {
         events,
         event_bytes: size,
-        core_memory_bytes: cfg.core_config()?.memory_bytes() as u64,
+        core_memory_bytes: cfg.core_config_for(&cfg.layout())?.memory_bytes() as u64,
         capacity: cfg.capacity,
         ..RecoveryResults::default()
     };

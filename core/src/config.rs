@@ -38,6 +38,7 @@ pub struct Config {
     checkpoint_step_entries: u32,
     marks: u16,
     mark_bytes: u16,
+    log_segments: u32,
 }
 
 /// The most mark streams a channel may have.
@@ -112,6 +113,7 @@ impl Config {
             checkpoint_step_entries: DEFAULT_CHECKPOINT_STEP_ENTRIES,
             marks: 0,
             mark_bytes: 0,
+            log_segments: MAX_SEGMENTS as u32,
         };
         // A commit record lists one pointer per event of the transaction.
         if config.max_commit_payload_bytes() > MAX_PAYLOAD_BYTES as u64 {
@@ -187,6 +189,33 @@ impl Config {
             return Err(ConfigError::BadMarks);
         }
         Ok(self)
+    }
+
+    /// The most segments the log region will have (at least [`MIN_SEGMENTS`], at most
+    /// [`MAX_SEGMENTS`], which is the default): a queue entry keeps its segment's slot in just
+    /// enough bits for this many, so a smaller bound makes the queue smaller (see
+    /// [`Config::memory_words`]). An open on a log region of more segments is refused with
+    /// [`ConfigError::TooManySegments`]. Panics if out of range; see
+    /// [`Config::try_with_log_segments`].
+    pub const fn with_log_segments(self, segments: u32) -> Self {
+        match self.try_with_log_segments(segments) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.message()),
+        }
+    }
+
+    /// As [`Config::with_log_segments`], returning the reason instead of panicking.
+    pub const fn try_with_log_segments(mut self, segments: u32) -> Result<Self, ConfigError> {
+        if (segments as u64) < MIN_SEGMENTS || segments as u64 > MAX_SEGMENTS {
+            return Err(ConfigError::BadLogSegments);
+        }
+        self.log_segments = segments;
+        Ok(self)
+    }
+
+    /// The most segments the log region may have ([`Config::with_log_segments`]).
+    pub const fn log_segments(&self) -> u32 {
+        self.log_segments
     }
 
     /// The number of mark streams (0: marks are off).
@@ -274,14 +303,21 @@ impl Config {
         RECORD_HEADER_BYTES as u64 + self.max_payload_bytes()
     }
 
-    /// The number of `u64` words of memory a channel with this configuration needs: 8 bytes per
-    /// event of capacity (the queue of pointers), 8 bytes per event of each transaction slot
-    /// (pointers of puts not yet committed), 24 bytes per transaction slot, and, with marks,
-    /// one mark's room per stream and per transaction slot.
+    /// The number of `u64` words of memory a channel with this configuration needs: the queue,
+    /// one entry per event of capacity, packed into as few bits as the configuration allows
+    /// (the offset in a segment of `segment_bytes`, the slot of one of `log_segments`, and the
+    /// transaction holding it, one of `max_transactions` or none: 5.5 bytes for 1,024
+    /// segments of 128 MiB and 64 transactions, the file channel's defaults; 2.25 for 16
+    /// segments of 4 KiB and 2 transactions, the firmware example's; at most 8); 8 bytes per
+    /// event of each transaction slot (pointers of puts not yet committed); 24 bytes per
+    /// transaction slot; and, with marks, one mark's room per stream and per transaction slot.
     pub const fn memory_words(&self) -> usize {
-        self.capacity as usize
-            + self.max_transactions as usize * (self.transaction_capacity as usize + TXN_WORDS)
-            + (self.marks as usize + self.max_transactions as usize) * self.mark_entry_words()
+        crate::memory::Carving::new(self).words()
+    }
+
+    /// Bits of memory one queue entry takes (see [`Config::memory_words`]).
+    pub const fn queue_entry_bits(&self) -> u32 {
+        crate::queue::Packing::for_config(self).width()
     }
 
     /// [`Config::memory_words`] in bytes.

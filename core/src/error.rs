@@ -202,8 +202,12 @@ pub enum ConfigError {
     SegmentTooSmall,
     /// The log region holds fewer than [`MIN_SEGMENTS`](crate::config::MIN_SEGMENTS) segments.
     TooFewSegments,
-    /// The log region holds more segments than a pointer can address.
+    /// The log region holds more segments than [`Config::log_segments`](crate::Config::log_segments)
+    /// (by default the most a pointer can address, 2^24 - 1).
     TooManySegments,
+    /// `log_segments` is below [`MIN_SEGMENTS`](crate::config::MIN_SEGMENTS) or above
+    /// [`MAX_SEGMENTS`](crate::config::MAX_SEGMENTS).
+    BadLogSegments,
     /// The memory given to the channel is smaller than [`Config::memory_words`](crate::Config::memory_words).
     MemoryTooSmall {
         /// Words needed.
@@ -261,7 +265,10 @@ impl ConfigError {
                 "segment_bytes must hold a segment header and the largest record"
             }
             ConfigError::TooFewSegments => "the log region must hold at least 4 segments",
-            ConfigError::TooManySegments => "the log region holds more than 2^24 - 1 segments",
+            ConfigError::TooManySegments => {
+                "the log region holds more segments than Config::log_segments (2^24 - 1 unless set)"
+            }
+            ConfigError::BadLogSegments => "log_segments must be between 4 and 2^24 - 1",
             ConfigError::MemoryTooSmall { .. } => {
                 "the memory given is smaller than Config::memory_words()"
             }

@@ -8,6 +8,7 @@
 //! them all.
 
 use crate::config::{Config, TXN_WORDS};
+use crate::queue::Packing;
 
 /// Where each part of the caller's memory lies: their lengths in words, in layout order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub(crate) struct Carving {
 
 /// The parts of the caller's memory, borrowed for one operation.
 pub(crate) struct Parts<'m> {
-    /// The queue ring's entries (`Queue`).
+    /// The queue ring's entries (`Queue`), packed.
     pub queue: &'m mut [u64],
     /// The pointers of each transaction's puts not yet committed, `transaction_capacity`
     /// words per slot.
@@ -54,7 +55,7 @@ impl Carving {
         let slots = config.max_transactions() as usize;
         let mark = config.mark_entry_words();
         Carving {
-            queue: config.capacity() as usize,
+            queue: Packing::for_config(config).words(config.capacity() as usize),
             pool: slots * config.transaction_capacity() as usize,
             txns: slots * TXN_WORDS,
             marks: config.marks() as usize * mark,
@@ -123,7 +124,11 @@ mod tests {
             assert!(mem.windows(2).all(|w| w[0] <= w[1]), "{mem:?}");
             assert!(!mem.contains(&0), "a word in no part");
             let shared = carving.parts_ref(mem);
-            assert_eq!(shared.queue.len(), config.capacity() as usize);
+            let width = Packing::for_config(&config).width() as usize;
+            assert_eq!(
+                shared.queue.len(),
+                (config.capacity() as usize * width).div_ceil(64)
+            );
             assert!(shared.pending_marks.iter().all(|&w| w == 5));
         }
     }

@@ -41,15 +41,19 @@ use nor::{Nor, BLOCK};
 
 /// Readings are 32 bytes: the sequence number, a "temperature" and filler derived from it.
 const READING: usize = 32;
+/// Log segments: one a block, the whole log partition.
+const LOG_SEGMENTS: u32 = 16;
 /// The channel: 64 readings, take batches of up to 64 (the boot check takes all at once),
-/// two transactions at a time (the interrupt's put and the uplink's take), 4 KiB segments.
-const CONFIG: Config =
-    Config::new(64, 64, 2, READING as u32, BLOCK as u32).with_checkpoints(16, 0, 0);
+/// two transactions at a time (the interrupt's put and the uplink's take), 4 KiB segments,
+/// queue entries packed for 16 of them (18 bits a reading, not 64).
+const CONFIG: Config = Config::new(64, 64, 2, READING as u32, BLOCK as u32)
+    .with_checkpoints(16, 0, 0)
+    .with_log_segments(LOG_SEGMENTS);
 // The boot check holds the whole queue in one transaction.
 const _: () = assert!(CONFIG.capacity() <= CONFIG.transaction_capacity());
 const MEMORY_WORDS: usize = CONFIG.memory_words();
 /// The partitions of the one flash part: 16 log segments, and two 2-block checkpoint regions.
-const LOG_BYTES: u32 = 16 * BLOCK as u32;
+const LOG_BYTES: u32 = LOG_SEGMENTS * BLOCK as u32;
 const SLOT_BYTES: u32 = 2 * BLOCK as u32;
 /// The uplink sends up to this many readings per take transaction.
 const BATCH: usize = 16;

@@ -570,6 +570,20 @@ fn bad_configurations_are_refused() {
         Channel::open(&mut tiny, &mut mem[..], CONFIG).err(),
         Some(Error::Config(ConfigError::TooFewSegments))
     );
+    // The queue packs slots for at most `log_segments`: a log of more is refused, not misread.
+    assert_eq!(
+        CONFIG.try_with_log_segments(3),
+        Err(ConfigError::BadLogSegments)
+    );
+    let seven = CONFIG.with_log_segments(7);
+    let mut mem = vec![0u64; seven.memory_words()];
+    assert_eq!(
+        Channel::open(&mut sim, &mut mem[..], seven).err(),
+        Some(Error::Config(ConfigError::TooManySegments))
+    );
+    let eight = CONFIG.with_log_segments(8);
+    let mut mem = vec![0u64; eight.memory_words()];
+    assert!(Channel::open(&mut sim, &mut mem[..], eight).is_ok());
 }
 
 /// `Config::new` fails the build (or panics) on nonsense.
@@ -778,19 +792,36 @@ fn operation_counts_are_pinned() {
     );
 }
 
-/// The queue costs 8 bytes of RAM per event of capacity, plus a fixed amount per transaction
-/// slot; the channel's own state is under 1 KiB beside the state of a sealed checkpoint being
+/// The queue costs the bits of a packed pointer and tag per event of capacity: the offset in a
+/// segment, the segment's slot, the transaction holding it (2.25 bytes for 16 segments of 4 KiB
+/// and 2 transactions, as on the firmware; 5 bytes for the file channel's default of 1,024
+/// segments of 128 MiB and 4 transactions), plus a fixed amount per transaction slot; the
+/// channel's own state is under 1 KiB beside the state of a sealed checkpoint being
 /// written (1,216 bytes here, where Poly1305 keeps its AVX2 tables and AES-GCM is compiled in;
 /// the firmware example prints its size on Cortex-M4) and, with the core's `aes-gcm` feature
 /// (servers), the expanded AES keys of the last two segments sealed or opened and the tag
 /// masks made ahead (1,664 bytes in all).
 #[test]
-fn ram_per_event_is_eight_bytes() {
+fn ram_per_event_is_a_packed_pointer() {
+    // The memory a configuration needs for 1,000,000 more events of capacity, per event.
+    let per_event = |make: &dyn Fn(u32) -> Config| {
+        (make(2_000_000).memory_bytes() - make(1_000_000).memory_bytes()) as f64 / 1e6
+    };
+    let gateway = |capacity| Config::new(capacity, 10, 2, 64, 4096).with_log_segments(16);
+    assert_eq!(gateway(1000).queue_entry_bits(), 12 + 4 + 2);
+    assert!((per_event(&gateway) - 2.25).abs() < 0.001);
+    let server =
+        |capacity| Config::new(capacity, 1000, 4, 1 << 20, 128 << 20).with_log_segments(1024);
+    assert_eq!(server(1000).queue_entry_bits(), 27 + 10 + 3);
+    assert!((per_event(&server) - 5.0).abs() < 0.001);
+    // The widest entry: 4 GiB segments, the most segments and transactions.
+    let widest = |capacity| Config::new(capacity, 10, 254, 64, u32::MAX - 4095);
+    assert_eq!(widest(64).queue_entry_bits(), 64);
+    assert_eq!(per_event(&widest), 8.0);
     let small = Config::new(1000, 10, 2, 64, 4096);
-    let large = Config::new(2000, 10, 2, 64, 4096);
-    assert_eq!(large.memory_bytes() - small.memory_bytes(), 1000 * 8);
-    let per_slot =
-        (Config::new(1000, 10, 3, 64, 4096).memory_bytes() - small.memory_bytes()) as u64;
+    // A slot's pending puts and bookkeeping (3 and 4 transactions' tags both take 3 bits).
+    let per_slot = Config::new(1000, 10, 4, 64, 4096).memory_bytes()
+        - Config::new(1000, 10, 3, 64, 4096).memory_bytes();
     assert_eq!(per_slot, 10 * 8 + 24);
     // Marks: a head word and the bytes in words, per stream and per transaction slot.
     let marked = small.with_marks(4, 20).memory_bytes() - small.memory_bytes();

@@ -440,7 +440,7 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 12] = [
+const MUTANTS: [Mutant; 13] = [
     Mutant {
         name: "a record's CRC binds nothing of its segment, so a stale record of an earlier lap in a reused file passes",
         file: "core/src/record.rs",
@@ -512,6 +512,12 @@ const MUTANTS: [Mutant; 12] = [
         file: "core/src/channel/group.rs",
         from: "            Some(Err(e)) => Err(e),",
         to: "            Some(Err(_)) => Ok(()),",
+    },
+    Mutant {
+        name: "a queue entry keeps its segment's slot in one bit too few",
+        file: "core/src/queue.rs",
+        from: "slot_bits: bits(config.log_segments() as u64 - 1),",
+        to: "slot_bits: bits(config.log_segments() as u64 - 1) - 1,",
     },
 ];
 

@@ -315,8 +315,9 @@ impl FileChannel {
         let started = Instant::now();
         config.validate_dirs()?;
         let keys = config.keyring()?;
-        let core_config = config.core_config()?;
-        let storage = match FileStorage::open(&config.layout()) {
+        let layout = config.layout();
+        let core_config = config.core_config_for(&layout)?;
+        let storage = match FileStorage::open(&layout) {
             Ok(storage) => storage,
             Err(e) => return Err(cut_short_error(&config, e)),
         };
@@ -325,7 +326,7 @@ impl FileChannel {
         let memory = vec![0u64; core_config.memory_words()];
         let mut core = Channel::open_with_keys(storage, memory, core_config, keys)?;
         // The layout fits the files: record it, so no later edit of the settings can misread them.
-        crate::dirs::record_geometry(&config.layout()).map_err(FileChannelError::Storage)?;
+        crate::dirs::record_geometry(&layout).map_err(FileChannelError::Storage)?;
         let mut dropped = 0;
         let lost = core.recovery().events_in_lost_segments;
         if drop_lost {

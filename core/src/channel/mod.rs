@@ -21,7 +21,7 @@
 //! (`LogHead`, `TxnCounters`, `SegKeysCache` here, `Checkpoints` and `Queue` beside).
 
 use crate::checkpoint::{Checkpoints, SlotLayout};
-use crate::config::{Config, MAX_SEGMENTS, MIN_SEGMENTS, TXN_WORDS};
+use crate::config::{Config, MIN_SEGMENTS, TXN_WORDS};
 use crate::error::{ConfigError, Error};
 use crate::latch::Latched;
 use crate::log::{payload_matches, read_record_header, Geometry, WordWriter, MAX_WRITE_SIZE};
@@ -253,7 +253,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         if segments < MIN_SEGMENTS {
             return Err(ConfigError::TooFewSegments.into());
         }
-        if segments > MAX_SEGMENTS {
+        if segments > config.log_segments() as u64 {
             return Err(ConfigError::TooManySegments.into());
         }
         let sealing = keys.active();
@@ -283,7 +283,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             carving,
             config,
             geo,
-            queue: Queue::new(),
+            queue: Queue::new(&config),
             // Replaced by the head replay finds.
             head: LogHead::after_replay(0, 0, 0, None),
             txn_counters: TxnCounters::after_replay(0),

@@ -46,7 +46,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             match self.load_entries(&f).and_then(|()| self.load_marks(&f)) {
                 Ok(()) => {}
                 Err(Error::Corrupted { .. }) => {
-                    self.queue = Queue::new();
+                    self.queue = Queue::new(&self.config);
                     let Parts { marks: table, .. } = self.carving.parts(self.memory.as_mut());
                     table.fill(0);
                     continue;
