@@ -12,6 +12,7 @@ mod recovery;
 mod report;
 mod restarts;
 mod scenarios;
+mod steady;
 mod systems;
 
 use std::alloc::{GlobalAlloc, Layout, System as SystemAlloc};
@@ -340,8 +341,8 @@ fn run_cell(base: &Path, kind: Kind, cell: Cell, plan: &Plan) -> Result<CellResu
 }
 
 /// The sections `--only` names.
-const SECTIONS: [&str; 7] = [
-    "server", "sealing", "recovery", "restarts", "flash", "aead", "agent",
+const SECTIONS: [&str; 8] = [
+    "server", "steady", "sealing", "recovery", "restarts", "flash", "aead", "agent",
 ];
 
 /// The cell the cost of encryption is measured in.
@@ -464,6 +465,10 @@ fn run(args: &Args) -> Result<()> {
         cells.len() * Kind::ALL.len()
     } else {
         0
+    } + if wants("steady") {
+        steady::CELLS.len()
+    } else {
+        0
     } + if wants("sealing") { 1 } else { 0 }
         + if wants("recovery") { 6 } else { 0 }
         + if wants("restarts") { 1 } else { 0 }
@@ -500,6 +505,11 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
+    let steady_results = if wants("steady") {
+        steady::run(&args.dir, &plan, &progress)?
+    } else {
+        Vec::new()
+    };
     let sealing = if wants("sealing") {
         Some(sealing_interleaved(&args.dir, &plan, &progress)?)
     } else {
@@ -588,6 +598,7 @@ fn run(args: &Args) -> Result<()> {
         elapsed,
         &report::Results {
             server: &server,
+            steady: &steady_results,
             sealing: sealing.as_ref(),
             recovery: recovery.as_ref(),
             restarts: restarts.as_ref(),

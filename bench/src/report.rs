@@ -155,6 +155,7 @@ fn best_peer(server: &[CellResult], cell: Cell, scenario: usize) -> Option<(Kind
 /// Everything a run measured; a section it skipped is empty.
 pub struct Results<'a> {
     pub server: &'a [CellResult],
+    pub steady: &'a [crate::steady::SteadyResult],
     pub sealing: Option<&'a SealingRun>,
     pub recovery: Option<&'a RecoveryResults>,
     pub restarts: Option<&'a crate::restarts::RestartResults>,
@@ -166,6 +167,7 @@ pub struct Results<'a> {
 pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'_>) -> String {
     let Results {
         server,
+        steady,
         sealing,
         recovery,
         restarts,
@@ -189,6 +191,9 @@ pub fn markdown(plan: &Plan, machine: &Machine, elapsed: Duration, r: &Results<'
     if !server.is_empty() {
         server_tables(&mut o, plan, server);
         sealing_table(&mut o, server);
+    }
+    if !steady.is_empty() {
+        steady_table(&mut o, plan, steady);
     }
     if let Some(run) = sealing {
         sealing_table_interleaved(&mut o, plan, run);
@@ -319,6 +324,57 @@ fn per_system_table(
 }
 
 /// Short runs into one home: how many succeeded, their times, and what the home takes.
+fn steady_table(o: &mut String, plan: &Plan, rows: &[crate::steady::SteadyResult]) {
+    let _ = writeln!(
+        o,
+        "#### Puts into a new channel and a settled one\n\n\
+         One thread, {:.1} s per put run (or the run's event bound), one after another in one \
+         run: the ceiling (its file zeroed before its clock starts), Sluicegate in a new \
+         directory (as in the matrix: every log file the run reaches is made, written full of \
+         zeros on its thread), and Sluicegate settled (the bytes shown put and taken first, then a \
+         checkpoint, so released files wait to be reused). Handed: bytes given to `write` calls \
+         per byte of event.\n",
+        plan.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "| event | batch | ceiling put/s | new put/s (÷ ceiling) | settled put/s (÷ ceiling) | settled p50 / p99.9 | handed: new / settled | files made: new / settled; reused | warm-up |"
+    );
+    let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let Some(cell) = r.cell else { continue };
+        let ceiling = r.ceiling.events_per_sec();
+        let handed = |io: &crate::scenarios::Written, m: &crate::scenarios::Measured| {
+            let bytes = (m.events * cell.size as u64) as f64;
+            if bytes > 0.0 {
+                format!("{:.2}", io.handed as f64 / bytes)
+            } else {
+                "-".into()
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} ({}) | {} ({}) | {} / {} | {} / {} | {} / {}; {} | {:.0} MiB |",
+            size(cell.size),
+            cell.batch,
+            rate(ceiling),
+            rate(r.fresh.events_per_sec()),
+            ratio(r.fresh.events_per_sec(), ceiling),
+            rate(r.settled.events_per_sec()),
+            ratio(r.settled.events_per_sec(), ceiling),
+            us(r.settled.percentile_us(0.5)),
+            us(r.settled.percentile_us(0.999)),
+            handed(&r.fresh_io, &r.fresh),
+            handed(&r.settled_io, &r.settled),
+            r.fresh_made,
+            r.settled_made,
+            r.settled_reused,
+            r.warm_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
+    o.push('\n');
+}
+
 fn restarts_table(o: &mut String, r: &crate::restarts::RestartResults) {
     let _ = writeln!(
         o,

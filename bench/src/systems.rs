@@ -124,6 +124,18 @@ impl Sluicegate {
     }
 }
 
+impl Sluicegate {
+    /// A plaintext channel in `dir`, for the sections that look inside it.
+    pub fn open_plain(dir: &Path, threads: usize) -> Result<Self> {
+        Sluicegate::open(dir, threads, false)
+    }
+
+    /// The channel under test.
+    pub fn channel(&self) -> &FileChannel {
+        &self.channel
+    }
+}
+
 impl System for Sluicegate {
     fn put(&self, events: &[&[u8]]) -> Result<()> {
         let mut tx = self.channel.begin()?;
