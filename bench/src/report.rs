@@ -342,7 +342,7 @@ fn steady_table(o: &mut String, plan: &Plan, rows: &[crate::steady::SteadyResult
     );
     let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
-        let Some(cell) = r.cell else { continue };
+        let cell = r.cell;
         let ceiling = r.ceiling.events_per_sec();
         let handed = |io: &crate::scenarios::Written, m: &crate::scenarios::Measured| {
             let bytes = (m.events * cell.size as u64) as f64;

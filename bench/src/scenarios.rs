@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::systems::{Result, System};
 
 /// One cell of the matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cell {
     pub size: usize,
     pub batch: usize,

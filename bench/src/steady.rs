@@ -35,7 +35,7 @@ pub const CELLS: [Cell; 3] = [
 /// One cell's three put runs.
 #[derive(Debug, Clone, Default)]
 pub struct SteadyResult {
-    pub cell: Option<Cell>,
+    pub cell: Cell,
     pub ceiling: Measured,
     pub fresh: Measured,
     pub settled: Measured,
@@ -57,7 +57,7 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<Vec<SteadyRe
         let max = max_events(plan, cell);
         let owned = scenarios::bodies(cell, 0x57EA);
         let mut r = SteadyResult {
-            cell: Some(cell),
+            cell,
             ..SteadyResult::default()
         };
         progress.step(&format!(

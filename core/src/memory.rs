@@ -112,7 +112,16 @@ mod tests {
             Config::new(64, 16, 4, 256, 4096).with_marks(3, 20),
         ] {
             let carving = Carving::new(&config);
-            assert_eq!(carving.words(), config.memory_words());
+            // Counted apart from the carving: the packed queue, then each slot's pending puts
+            // and state, then a mark's room per stream and per slot.
+            let width = Packing::for_config(&config).width() as usize;
+            let queue = (config.capacity() as usize * width).div_ceil(64);
+            let slots = config.max_transactions() as usize;
+            let mark = config.mark_entry_words();
+            let expected = queue
+                + slots * (config.transaction_capacity() as usize + TXN_WORDS)
+                + (config.marks() as usize + slots) * mark;
+            assert_eq!(config.memory_words(), expected);
             let mut mem = [0u64; 512];
             let mem = &mut mem[..config.memory_words()];
             let p = carving.parts(mem);
@@ -124,11 +133,7 @@ mod tests {
             assert!(mem.windows(2).all(|w| w[0] <= w[1]), "{mem:?}");
             assert!(!mem.contains(&0), "a word in no part");
             let shared = carving.parts_ref(mem);
-            let width = Packing::for_config(&config).width() as usize;
-            assert_eq!(
-                shared.queue.len(),
-                (config.capacity() as usize * width).div_ceil(64)
-            );
+            assert_eq!(shared.queue.len(), queue);
             assert!(shared.pending_marks.iter().all(|&w| w == 5));
         }
     }
