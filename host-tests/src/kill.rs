@@ -359,7 +359,25 @@ fn one_round(
     if killed {
         outcome.kills += 1;
     }
-    // Replay the child's report against the model.
+    let announced = replay(&report, model, &mut outcome.acknowledged)?;
+    if announced.is_some() {
+        outcome.in_flight_at_kill += 1;
+    }
+    // Recover and judge.
+    let seen = read_all(dir)?;
+    *model = judge(&seen, model, announced.as_ref())?;
+    outcome.recoveries += 1;
+    Ok(())
+}
+
+/// Replays a child's report against `model`: acknowledged puts join it, acknowledged takes
+/// must come from its front. Counts acknowledgements into `acknowledged`; returns the commit
+/// announced but neither acknowledged nor refused (in flight at the child's death).
+pub(crate) fn replay(
+    report: &[String],
+    model: &mut VecDeque<u64>,
+    acknowledged: &mut u64,
+) -> Result<Option<InFlight>, String> {
     let mut announced: Option<InFlight> = None;
     for line in report {
         let mut words = line.split_whitespace();
@@ -384,25 +402,18 @@ fn one_round(
                     }
                     None => return Err("acknowledgement of nothing".into()),
                 }
-                outcome.acknowledged += 1;
+                *acknowledged += 1;
             }
             "R" => announced = None,
             "ready" | "" => {}
             other => return Err(format!("unexpected report {other:?}")),
         }
     }
-    if announced.is_some() {
-        outcome.in_flight_at_kill += 1;
-    }
-    // Recover and judge.
-    let seen = read_all(dir)?;
-    *model = judge(&seen, model, announced.as_ref())?;
-    outcome.recoveries += 1;
-    Ok(())
+    Ok(announced)
 }
 
 /// Opens the channel and reads the whole queue without consuming it.
-fn read_all(dir: &Path) -> Result<Vec<u64>, String> {
+pub(crate) fn read_all(dir: &Path) -> Result<Vec<u64>, String> {
     let ch = FileChannel::open(FileChannelConfig {
         checkpoint_on_close: false,
         ..config(dir, 0)

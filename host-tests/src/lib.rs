@@ -10,7 +10,9 @@
 //!   unstable reads), on which the flash adapter runs as [`model::FlashSim`];
 //! - [`model`]: a model-based checker that runs random transactions against a `VecDeque` and
 //!   checks every recovery, at random cut points or at every cut point of a workload;
-//! - [`kill`]: the same verdict on the file channel, across real processes killed with SIGKILL.
+//! - [`kill`]: the same verdict on the file channel, across real processes killed with SIGKILL;
+//! - [`power`]: the same verdict again, with those processes' power cut under them by the
+//!   power-cut filesystem (`sluicegate-powerfs`), which forgets what no sync covered.
 //!
 //! Firmware teams can run their application logic on the host against [`sim::SimStorage`] and
 //! cut its power wherever they like; see the example on [`sim`].
@@ -33,6 +35,7 @@
 pub mod kill;
 pub mod model;
 pub mod nor;
+pub mod power;
 pub mod sim;
 
 pub use model::{FlashSim, Medium, Outcome, Scenario};

@@ -451,10 +451,12 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A temporary format file is what a cut during this very step leaves.
+            let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
             let foreign: Vec<PathBuf> = std::fs::read_dir(dir)
                 .map_err(|e| FileError::io("list directory", dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| n != LOCK_FILE))
+                .filter(|p| p.file_name().is_some_and(|n| n != LOCK_FILE) && *p != tmp)
                 .collect();
             if let Some(first) = foreign.first() {
                 return Err(FileError::config(format!(
@@ -463,17 +465,23 @@ fn check_format(dir: &Path, role: DirRole) -> Result<(), FileError> {
                     first.display()
                 )));
             }
-            let mut f = File::create(&path).map_err(|e| FileError::io("create", &path, e))?;
-            f.write_all(expected.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| FileError::io("write", &path, e))?;
+            // Written under a temporary name, synced, then renamed: a power cut leaves either
+            // no format file or a whole one, never the empty or torn file that a cut between
+            // creating it and syncing it leaves when the directory entry reached the disk
+            // first (found by the power-cut filesystem, `host-tests/tests/power.rs`).
+            let write = || -> std::io::Result<()> {
+                let mut f = File::create(&tmp)?;
+                f.write_all(expected.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| FileError::io("write", &path, e))?;
             sync_dir(dir)
         }
         Err(e) => Err(FileError::io("read", &path, e)),
     }
 }
 
-/// Makes a directory's entries (files created, renamed or removed in it) durable.
 /// The file in the checkpoint directory that holds the channel's identity.
 pub const IDENTITY_FILE: &str = "sluicegate.id";
 
@@ -509,6 +517,7 @@ pub(crate) fn channel_identity(dir: &Path) -> Result<u128, FileError> {
     Ok(id)
 }
 
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
