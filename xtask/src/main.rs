@@ -687,6 +687,27 @@ fn mutants() -> Result {
             "not root: the full-disk tests cannot mount tmpfs, so their planted bug is not run"
         );
     }
+    // The power-cut tests mount a FUSE filesystem: as root only, as the full-disk tests.
+    let power_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "power"];
+    let power_envs = [
+        envs[0],
+        ("SLUICEGATE_REQUIRE_FUSE", "1"),
+        ("SLUICEGATE_POWER_ROUNDS", "200"),
+        ("SLUICEGATE_POWER_FATES", "10"),
+    ];
+    if output("id", &["-u"]).is_some_and(|o| o.trim() == "0") {
+        caught += catch_all(
+            &ws,
+            &POWER_MUTANTS,
+            "the power-cut tests",
+            &power_args,
+            &power_envs,
+        )?;
+    } else {
+        println!(
+            "not root: the power-cut tests cannot mount FUSE, so their planted bugs are not run"
+        );
+    }
     caught += catch_all_firmware(&ws, &FIRMWARE_MUTANTS)?;
     // Bugs in the agent, each caught by the kill test of the path it breaks.
     for (m, test) in &AGENT_MUTANTS {
@@ -714,6 +735,7 @@ fn mutants() -> Result {
         + UNSTABLE_MUTANTS.len()
         + KILL_MUTANTS.len()
         + DISK_FULL_MUTANTS.len()
+        + POWER_MUTANTS.len()
         + FIRMWARE_MUTANTS.len()
         + MARK_MUTANTS.len()
         + CONTINUATION_MUTANTS.len()
@@ -842,6 +864,23 @@ const KILL_MUTANTS: [Mutant; 3] = [
         file: "adapters/file/src/storage.rs",
         from: "if self.segments[slot].is_none() && self.making.as_ref()",
         to: "if false && self.segments[slot].is_none() && self.making.as_ref()",
+    },
+];
+
+/// Bugs in the file adapter that only a power cut shows (a SIGKILL keeps the page cache),
+/// caught by the power-cut tests on the FUSE filesystem of `host-tests/powerfs`.
+const POWER_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "a new log file is renamed into place without syncing its directory",
+        file: "adapters/file/src/storage.rs",
+        from: "            std::fs::rename(&tmp, &path).map_err(|e| FileError::io(\"rename\", &tmp, e))?;\n            sync_dir(path.parent().unwrap_or(Path::new(\".\")))\n        })();",
+        to: "            std::fs::rename(&tmp, &path).map_err(|e| FileError::io(\"rename\", &tmp, e))\n        })();",
+    },
+    Mutant {
+        name: "a commit is acknowledged without the fdatasync of its log",
+        file: "adapters/file/src/storage.rs",
+        from: "            file.sync_data()\n                .map_err(|e| FileError::io(\"sync\", path, e))?;\n        }\n        crate::crash::point(\"synced\");",
+        to: "            let _ = (file, path);\n        }\n        crate::crash::point(\"synced\");",
     },
 ];
 
