@@ -90,6 +90,7 @@ fn file_attr(a: Attr, uid: u32, gid: u32) -> FileAttr {
         kind: match a.kind {
             Kind::File => FileType::RegularFile,
             Kind::Dir => FileType::Directory,
+            Kind::Socket => FileType::Socket,
         },
         perm: a.mode,
         nlink: a.nlink,
@@ -207,12 +208,16 @@ impl Filesystem for PowerFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::EPERM);
-            return;
-        }
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => {
+                reply.error(Errno::EPERM);
+                return;
+            }
+        };
         let mode = (mode & !umask & 0o7777) as u16;
-        match self.with(|v| v.create(parent.0, name, Kind::File, mode)) {
+        match self.with(|v| v.create(parent.0, name, kind, mode)) {
             Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -406,6 +411,7 @@ impl Filesystem for PowerFs {
             let kind = match kind {
                 Kind::File => FileType::RegularFile,
                 Kind::Dir => FileType::Directory,
+                Kind::Socket => FileType::Socket,
             };
             if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
                 break;

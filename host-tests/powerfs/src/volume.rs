@@ -116,6 +116,9 @@ pub enum Kind {
     File,
     /// A directory.
     Dir,
+    /// A Unix socket's name (bound by a server in the filesystem): no data, and a plain tree
+    /// written by `materialize` leaves it out (no process listens on it after a cut).
+    Socket,
 }
 
 /// An entry operation in the durable namespace's log.
@@ -480,8 +483,8 @@ impl Volume {
                 return Err(libc::EEXIST);
             }
             match (kind, self.inode(t)?.kind) {
-                (Kind::File, Kind::Dir) => return Err(libc::EISDIR),
-                (Kind::Dir, Kind::File) => return Err(libc::ENOTDIR),
+                (Kind::File | Kind::Socket, Kind::Dir) => return Err(libc::EISDIR),
+                (Kind::Dir, Kind::File | Kind::Socket) => return Err(libc::ENOTDIR),
                 (Kind::Dir, Kind::Dir) if !self.dir(t)?.entries.is_empty() => {
                     return Err(libc::ENOTEMPTY)
                 }
@@ -864,6 +867,7 @@ impl Volume {
                         std::fs::create_dir(&p)?;
                         stack.push((p, ino));
                     }
+                    Kind::Socket => {}
                     Kind::File => {
                         let mut content = vec![0u8; i.durable_size as usize];
                         self.read_durable(ino, 0, &mut content)

@@ -521,3 +521,26 @@ fn materialize_writes_what_a_power_cycle_leaves() {
         assert!(!snapshot(&out).is_empty());
     }
 }
+
+/// A Unix socket can be bound, renamed and connected to inside the filesystem (the channel's
+/// owner serves other processes this way), and a cut that loses its entry leaves no name.
+#[test]
+fn unix_sockets_bind_rename_and_connect() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let (_d, mut m) = mount!();
+    let tmp = m.path().join(".sock.tmp");
+    let listener = UnixListener::bind(&tmp).unwrap();
+    fs::rename(&tmp, m.path().join("sock")).unwrap();
+    let mut client = UnixStream::connect(m.path().join("sock")).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    server.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"x");
+    drop((client, server, listener));
+    let mut rng = Pcg64Mcg::seed_from_u64(13);
+    m.power_cycle(fate(DataFate::Lost, DirFate::Lost), &mut rng)
+        .unwrap();
+    assert!(names(m.path()).is_empty());
+}
