@@ -128,7 +128,7 @@ fn open_channel(
     settings: Option<&toml::Table>,
 ) -> Result<Served, AgentError> {
     let (config, new) = channel_config(name, dir, settings)?;
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::Channel {
+    crate::home::create_dir_durably(dir).map_err(|e| AgentError::Channel {
         name: name.into(),
         why: format!("cannot create {}: {e}", dir.display()),
         holder: None,

@@ -94,7 +94,7 @@ impl DeadLetter {
         let dir = crate::home::parent_of(&self.file);
         let fresh = !self.file.exists();
         if fresh {
-            std::fs::create_dir_all(dir)
+            crate::home::create_dir_durably(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let mut file = OpenOptions::new()

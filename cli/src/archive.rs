@@ -229,16 +229,25 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result
     Ok(())
 }
 
-/// Removes the temporary directory of a backup this home started and never finished. Only a
-/// directory holding the `IN-PROGRESS` marker is removed. Returns what was removed.
+/// Removes the temporary directory of a backup this home started and never finished: the one
+/// its journal names (a `.NAME.partial` directory). The journal is made durable before that
+/// directory is created, and removed only after it is renamed to its destination, so whatever
+/// the journal names is this home's own, with or without its `IN-PROGRESS` marker: a power
+/// cut can keep the new directory's entry and lose the marker inside it, and a cut after the
+/// marker's removal leaves the copy without one (both found by the power-cut tests, where the
+/// next backup to the same place then failed for good). Returns what was removed.
 pub fn clean_interrupted_backup(home: &Path) -> Result<Option<PathBuf>, Fail> {
     let journal = home.join(BACKUP_JOURNAL);
     let Ok(text) = std::fs::read_to_string(&journal) else {
         return Ok(None);
     };
     let tmp = PathBuf::from(text.trim());
+    let partial = tmp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"));
     let mut removed = None;
-    if tmp.join(IN_PROGRESS).exists() {
+    if partial && tmp.is_dir() {
         std::fs::remove_dir_all(&tmp)
             .map_err(|e| io(format!("cannot remove {}", tmp.display()), e))?;
         removed = Some(tmp);
@@ -634,7 +643,7 @@ pub fn restore(src: &Path, home: &HomeArgs, force: bool, json_out: bool) -> Resu
             }
         }
     }
-    std::fs::create_dir_all(&home.dir)
+    sluicegate_agent::home::create_dir_durably(&home.dir)
         .map_err(|e| io(format!("cannot create {}", home.dir.display()), e))?;
     write_file_durably(&marker, id.as_bytes())?;
     // Clear what is there, then lay out an empty channel and copy the files over it.

@@ -37,7 +37,7 @@ pub fn load(args: &LoadArgs) -> Result<(), String> {
     let config = match &args.config {
         Some(path) => FileChannelConfig::from_toml_file(path).map_err(|e| e.to_string())?,
         None => {
-            std::fs::create_dir_all(&args.dir)
+            sluicegate_agent::home::create_dir_durably(&args.dir)
                 .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
             FileChannelConfig::in_dir(&args.dir)
         }

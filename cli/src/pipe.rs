@@ -173,7 +173,7 @@ pub fn put(home: &HomeArgs, batch: Option<u32>, create: &CreateArgs) -> Result<E
     config
         .core_config()
         .map_err(|e| Fail::usage(format!("bad channel settings: {e}")))?;
-    std::fs::create_dir_all(&home.dir)
+    sluicegate_agent::home::create_dir_durably(&home.dir)
         .map_err(|e| io(format!("cannot create {}", home.dir.display()), e))?;
     watch_signals();
     let mut session = attach(home, &config)?;

@@ -703,6 +703,14 @@ fn mutants() -> Result {
             &power_args,
             &power_envs,
         )?;
+        let cli_power_args = ["test", "-q", "-p", "sluicegate-cli", "--test", "power"];
+        caught += catch_all(
+            &ws,
+            &CLI_POWER_MUTANTS,
+            "the operator program's power-cut test",
+            &cli_power_args,
+            &power_envs[..2],
+        )?;
     } else {
         println!(
             "not root: the power-cut tests cannot mount FUSE, so their planted bugs are not run"
@@ -736,6 +744,7 @@ fn mutants() -> Result {
         + KILL_MUTANTS.len()
         + DISK_FULL_MUTANTS.len()
         + POWER_MUTANTS.len()
+        + CLI_POWER_MUTANTS.len()
         + FIRMWARE_MUTANTS.len()
         + MARK_MUTANTS.len()
         + CONTINUATION_MUTANTS.len()
@@ -881,6 +890,23 @@ const POWER_MUTANTS: [Mutant; 2] = [
         file: "adapters/file/src/storage.rs",
         from: "            file.sync_data()\n                .map_err(|e| FileError::io(\"sync\", path, e))?;\n        }\n        crate::crash::point(\"synced\");",
         to: "            let _ = (file, path);\n        }\n        crate::crash::point(\"synced\");",
+    },
+];
+
+/// Bugs in the operator program that only a power cut shows, caught by its power-cut test
+/// (`cli/tests/power.rs`) on the FUSE filesystem.
+const CLI_POWER_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "a backup's journal is renamed into place without syncing the home",
+        file: "cli/src/archive.rs",
+        from: "    write_file_durably(\n        &home.dir.join(BACKUP_JOURNAL),\n        tmp.display().to_string().as_bytes(),\n    )?;",
+        to: "    let journal = home.dir.join(BACKUP_JOURNAL);\n    let journal_tmp = journal.with_extension(\"tmp\");\n    std::fs::write(&journal_tmp, tmp.display().to_string())\n        .and_then(|()| File::open(&journal_tmp)?.sync_all())\n        .and_then(|()| std::fs::rename(&journal_tmp, &journal))\n        .map_err(|e| io(\"cannot write the backup journal\", e))?;",
+    },
+    Mutant {
+        name: "put makes a new home without syncing the directory that holds it",
+        file: "cli/src/pipe.rs",
+        from: "sluicegate_agent::home::create_dir_durably(&home.dir)",
+        to: "std::fs::create_dir_all(&home.dir)",
     },
 ];
 
