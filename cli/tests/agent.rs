@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluicegate_powerfs::{mount_or_skip, CutPoint, Fate, PowerMount};
 
 fn sg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluicegate"))
@@ -457,20 +458,64 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
         )
     });
     let rounds = kills(200);
-    let ledger = kill_during_http_ingest(&s, port, rounds, 150, &s.out);
+    let ledger = kill_during_http_ingest(&s, port, rounds, Death::Kill { window_ms: 150 }, &s.out);
     // A kill can leave one sink batch delivered but not committed.
     judge(&s.delivered(), &ledger, rounds, sink_batch);
 }
 
-/// SIGKILLs the agent of `s` `rounds` times, each from 10 to `10 + window_ms` ms after it is
-/// ready, while two clients post 10-event NDJSON bodies to its HTTP source on `port` (senders
+/// The agent's power cut again and again (its home on the power-cut filesystem, a random
+/// fate each time: unsynced pages and directory entries lost, kept, torn) while clients post
+/// NDJSON and the exec sink delivers to a file off that filesystem; every event acknowledged
+/// with 200 arrives at least once, duplicates are bounded by the batches in flight, and
+/// nothing unsent arrives. `SLUICEGATE_AGENT_POWER_CUTS=N` sets the cuts (100 by default).
+#[test]
+fn power_cuts_during_http_ingest_and_exec_delivery_lose_nothing_acknowledged() {
+    let disk = tempfile::tempdir().expect("tempdir");
+    let mnt = disk.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let Some(mut m) = mount_or_skip(&disk.path().join("backing"), &mnt) else {
+        return;
+    };
+    let port = free_port();
+    let sink_batch = 25;
+    let mut s = Setup::new(|r| {
+        format!(
+            "{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n{}",
+            channel_toml(&mnt),
+            exec_sink_toml(r, sink_batch)
+        )
+    });
+    s.home = mnt.join("home");
+    let rounds = std::env::var("SLUICEGATE_AGENT_POWER_CUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let out = s.out.clone();
+    let ledger = kill_during_http_ingest(&s, port, rounds, Death::Power(&mut m), &out);
+    let cuts = m.counters().cuts;
+    assert_eq!(cuts, u64::from(rounds));
+    // A cut can leave one sink batch delivered but its take not durable.
+    judge(&s.delivered(), &ledger, rounds, sink_batch);
+}
+
+/// How each round's agent dies.
+enum Death<'a> {
+    /// SIGKILL from 10 to `10 + window_ms` ms after it is ready.
+    Kill { window_ms: u64 },
+    /// Its power cut at a random sync (home on the power-cut filesystem), a random fate
+    /// applied, and then SIGKILL, before the next round starts on what the cut left.
+    Power(&'a mut PowerMount),
+}
+
+/// Kills the agent of `s` `rounds` times as `death` says (for SIGKILL, each from 10 to
+/// `10 + window_ms` ms after it is ready), while two clients post 10-event NDJSON bodies to its HTTP source on `port` (senders
 /// held to `MAX_LAG` lines ahead of `delivered`, the destination's file); then a last run, not killed, takes one more body, drains the channel
 /// and stops on SIGTERM. Returns what was sent and acknowledged.
 fn kill_during_http_ingest(
     s: &Setup,
     port: u16,
     rounds: u32,
-    window_ms: u64,
+    mut death: Death<'_>,
     delivered: &Path,
 ) -> Ledger {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -505,12 +550,33 @@ fn kill_during_http_ingest(
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(10 + rng.next(window_ms)));
+        match &mut death {
+            Death::Kill { window_ms } => {
+                std::thread::sleep(Duration::from_millis(10 + rng.next(*window_ms)));
+            }
+            Death::Power(m) => {
+                // The power goes at one of the next 300 syncs (ingest commits, take commits,
+                // checkpoints), or after a minute if the agent makes fewer.
+                m.arm(CutPoint {
+                    sync: m.syncs() + 1 + rng.next(300),
+                    applied: rng.next(2) == 0,
+                });
+                if !m.wait_cut(Duration::from_secs(60)) {
+                    m.cut_now();
+                }
+            }
+        }
         agent.kill().expect("kill");
         agent.wait().expect("wait");
         stop.store(true, Ordering::Relaxed);
         for p in posters {
             p.join().expect("poster");
+        }
+        if let Death::Power(m) = &mut death {
+            let fate = Fate::ALL[rng.next(Fate::ALL.len() as u64) as usize];
+            let mut fates = rand_pcg::Pcg64Mcg::new(u128::from(rng.next(u64::MAX)));
+            m.power_cycle(fate, &mut fates)
+                .unwrap_or_else(|e| panic!("power cycle: {e}"));
         }
     }
     // A last run, not killed: one more acknowledged body, then a full drain.
@@ -1128,7 +1194,7 @@ fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
     // A PUBACK timeout of a minute: a loaded machine makes a batch slower, not a failure that
     // would deliver it again within a run (only a kill may).
     let rounds = kills(120);
-    let ledger = kill_during_http_ingest(&s, port, rounds, 150, &out);
+    let ledger = kill_during_http_ingest(&s, port, rounds, Death::Kill { window_ms: 150 }, &out);
     // The channel drained: every acknowledged event was PUBACKed; wait for the subscriber.
     eventually("every acknowledged event at the subscriber", || {
         let got: HashSet<String> = received(&out).into_iter().map(|(_, p)| p).collect();
@@ -1533,7 +1599,7 @@ fn sigkill_during_kafka_delivery_loses_nothing_acknowledged() {
     let rounds = kills(120);
     // A producer needs the broker's metadata and a producer id before its first batch (about
     // 0.4 s here): kills come up to 2 s after the agent is ready, so most land during delivery.
-    let ledger = kill_during_http_ingest(&s, port, rounds, 2000, &out);
+    let ledger = kill_during_http_ingest(&s, port, rounds, Death::Kill { window_ms: 2000 }, &out);
     eventually("every acknowledged event at the reader", || {
         let got: HashSet<String> = kafka_received(&out).into_iter().map(|m| m.2).collect();
         ledger.acknowledged.iter().all(|a| got.contains(a))
