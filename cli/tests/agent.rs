@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluicegate_powerfs::{mount_or_skip, CutPoint, Fate, PowerMount};
+use sluicegate_powerfs::{CutPoint, Fate, PowerMount, TempMount};
 
 fn sg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluicegate"))
@@ -470,12 +470,10 @@ fn sigkill_during_http_ingest_and_exec_delivery_loses_nothing_acknowledged() {
 /// nothing unsent arrives. `SLUICEGATE_AGENT_POWER_CUTS=N` sets the cuts (100 by default).
 #[test]
 fn power_cuts_during_http_ingest_and_exec_delivery_lose_nothing_acknowledged() {
-    let disk = tempfile::tempdir().expect("tempdir");
-    let mnt = disk.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mountpoint");
-    let Some(mut m) = mount_or_skip(&disk.path().join("backing"), &mnt) else {
+    let Some(mut m) = TempMount::new_or_skip() else {
         return;
     };
+    let mnt = m.path().to_path_buf();
     let port = free_port();
     let sink_batch = 25;
     let mut s = Setup::new(|r| {

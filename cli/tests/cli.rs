@@ -9,25 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn sg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluicegate"))
-}
-
-/// Runs the program with `stdin` as input.
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = sg()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluicegate");
-    let mut input = child.stdin.take().expect("stdin");
-    // A program that fails at once may close its stdin first: that is not the test's failure.
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    child.wait_with_output().expect("wait")
-}
+mod common;
+use common::{run, sg};
 
 fn ok(args: &[&str], stdin: &str) -> String {
     let out = run(args, stdin);

@@ -12,28 +12,16 @@
 //! `SLUICEGATE_CLI_POWER_SEED` draws other fates (31 by default).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
-use sluicegate_powerfs::{mount_or_skip, CutPoint, Fate, PowerMount};
+use sluicegate_powerfs::{CutPoint, Fate, PowerMount, TempMount};
 use sluicegate_sim::model::{judge, InFlight};
 
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluicegate");
-    let mut input = child.stdin.take().expect("stdin");
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    child.wait_with_output().expect("wait")
-}
+mod common;
+use common::run;
 
 fn ids_of(out: &Output) -> Vec<u64> {
     String::from_utf8_lossy(&out.stdout)
@@ -212,14 +200,6 @@ impl Round {
     }
 }
 
-fn mount() -> Option<(tempfile::TempDir, PowerMount)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let m = mount_or_skip(&dir.path().join("backing"), &mnt)?;
-    Some((dir, m))
-}
-
 /// Empties the mount, durably, for the next round.
 fn clear(m: &PowerMount) {
     for e in std::fs::read_dir(m.path()).unwrap() {
@@ -355,7 +335,9 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
 /// A cut at every sync of the script (or every Nth), each judged as the module says.
 #[test]
 fn the_operator_program_under_a_cut_at_every_sync() {
-    let Some((_dir, mut m)) = mount() else { return };
+    let Some(mut m) = TempMount::new_or_skip() else {
+        return;
+    };
     let every: u64 = std::env::var("SLUICEGATE_CLI_POWER_EVERY")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -8,7 +8,7 @@
 //! judged per cut (1,000 and 100 by default: 100,000 disk states judged); larger values run
 //! longer on demand.
 
-use sluicegate_powerfs::{mount_or_skip, PowerMount};
+use sluicegate_powerfs::TempMount;
 use sluicegate_sim::power::{run_power_cuts, CutAt};
 
 fn from_env(var: &str, default: u64) -> u64 {
@@ -16,16 +16,6 @@ fn from_env(var: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// A mount in a fresh temporary directory, or `None` where FUSE cannot mount and the run does
-/// not require it.
-fn mount() -> Option<(tempfile::TempDir, PowerMount)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let m = mount_or_skip(&dir.path().join("backing"), &mnt)?;
-    Some((dir, m))
 }
 
 /// Removes the scratch space when the test ends, passed or failed.
@@ -43,8 +33,10 @@ impl Drop for Scratch {
 fn power_cuts_at_random_syncs_lose_nothing_acknowledged() {
     let rounds = from_env("SLUICEGATE_POWER_ROUNDS", 1000);
     let fates = from_env("SLUICEGATE_POWER_FATES", 100);
-    let Some((dir, mut m)) = mount() else { return };
-    let scratch = Scratch(scratch_dir(&dir));
+    let Some(mut m) = TempMount::new_or_skip() else {
+        return;
+    };
+    let scratch = Scratch(scratch_dir(&m));
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome = run_power_cuts(
         exe,
@@ -75,8 +67,10 @@ fn power_cuts_at_random_syncs_lose_nothing_acknowledged() {
 #[test]
 fn power_cuts_at_every_sync_of_a_small_workload_lose_nothing_acknowledged() {
     let fates = from_env("SLUICEGATE_POWER_FATES", 100).min(32);
-    let Some((dir, mut m)) = mount() else { return };
-    let scratch = Scratch(scratch_dir(&dir).with_extension("every"));
+    let Some(mut m) = TempMount::new_or_skip() else {
+        return;
+    };
+    let scratch = Scratch(scratch_dir(&m).with_extension("every"));
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
     let outcome = run_power_cuts(
         exe,
@@ -101,11 +95,11 @@ fn power_cuts_at_every_sync_of_a_small_workload_lose_nothing_acknowledged() {
 
 /// Scratch space for the disk states judged off the mount: in memory when `/dev/shm` is there,
 /// since each recovery syncs and a disk's syncs would set the pace.
-fn scratch_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+fn scratch_dir(m: &TempMount) -> std::path::PathBuf {
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir() {
         shm.join(format!("sluicegate-power-{}", std::process::id()))
     } else {
-        dir.path().join("scratch")
+        m.dir().join("scratch")
     }
 }

@@ -102,6 +102,30 @@ fn file_attr(a: Attr, uid: u32, gid: u32) -> FileAttr {
     }
 }
 
+/// Answers with an entry's attributes, or the error.
+fn entry(reply: ReplyEntry, req: &Request, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers that the request was done, or the error.
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers an open (handles are not used: every request names its inode), or the error.
+fn opened<T>(reply: ReplyOpen, r: Result<T, Errno>) {
+    match r {
+        Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl PowerFs {
     /// Runs `f` on the volume unless the power is off.
     fn with<T>(&self, f: impl FnOnce(&mut Volume) -> Result<T, volume::Errno>) -> Result<T, Errno> {
@@ -136,10 +160,7 @@ impl PowerFs {
 
 impl Filesystem for PowerFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.with(|v| v.lookup(parent.0, name)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(reply, req, self.with(|v| v.lookup(parent.0, name)));
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -192,10 +213,11 @@ impl Filesystem for PowerFs {
         reply: ReplyEntry,
     ) {
         let mode = (mode & !umask & 0o7777) as u16;
-        match self.with(|v| v.create(parent.0, name, Kind::Dir, mode)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            req,
+            self.with(|v| v.create(parent.0, name, Kind::Dir, mode)),
+        );
     }
 
     fn mknod(
@@ -217,10 +239,11 @@ impl Filesystem for PowerFs {
             }
         };
         let mode = (mode & !umask & 0o7777) as u16;
-        match self.with(|v| v.create(parent.0, name, kind, mode)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            req,
+            self.with(|v| v.create(parent.0, name, kind, mode)),
+        );
     }
 
     fn create(
@@ -247,17 +270,11 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|v| v.unlink(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.with(|v| v.unlink(parent.0, name)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|v| v.rmdir(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.with(|v| v.rmdir(parent.0, name)));
     }
 
     fn rename(
@@ -276,10 +293,10 @@ impl Filesystem for PowerFs {
             return;
         }
         let no_replace = bits & libc::RENAME_NOREPLACE != 0;
-        match self.with(|v| v.rename(parent.0, name, newparent.0, newname, no_replace)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.with(|v| v.rename(parent.0, name, newparent.0, newname, no_replace)),
+        );
     }
 
     fn link(
@@ -290,17 +307,15 @@ impl Filesystem for PowerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.with(|v| v.link(ino.0, newparent.0, newname)) {
-            Ok(a) => reply.entry(&TTL, &file_attr(a, req.uid(), req.gid()), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            req,
+            self.with(|v| v.link(ino.0, newparent.0, newname)),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.with(|v| v.attr(ino.0)) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.with(|v| v.attr(ino.0)));
     }
 
     fn read(
@@ -373,17 +388,11 @@ impl Filesystem for PowerFs {
     ) {
         // `fsync` and `fdatasync` both cover the data and a size change (see
         // `Volume::sync_file`); the volume keeps no other metadata.
-        match self.sync(|v| v.sync_file(ino.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.sync(|v| v.sync_file(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.with(|v| v.entries(ino.0)) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.with(|v| v.entries(ino.0)));
     }
 
     fn readdir(
@@ -439,10 +448,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync(|v| v.sync_dir(ino.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.sync(|v| v.sync_dir(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -473,10 +479,10 @@ impl Filesystem for PowerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.with(|v| v.allocate(ino.0, offset, length, mode)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.with(|v| v.allocate(ino.0, offset, length, mode)),
+        );
     }
 }
 

@@ -156,6 +156,25 @@ impl PowerMount {
     }
 
     fn unmount(&mut self) -> io::Result<()> {
+        // A process just killed may still be tearing down (its open files and maps go before
+        // its parent hears, but a child it started, such as a sink's command, lives on a
+        // moment): wait for every holder to let go, so the unmount is not refused.
+        let mut holders = self.holders();
+        // Bounded: 10 s of 20 ms waits.
+        for _ in 0..500 {
+            if holders.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            holders = self.holders();
+        }
+        if !holders.is_empty() {
+            return Err(io::Error::other(format!(
+                "cannot unmount {}: still in use after 10 s by {}",
+                self.mountpoint.display(),
+                holders.join(", ")
+            )));
+        }
         if let Some(session) = self.session.take() {
             session.umount_and_join().map_err(|e| {
                 io::Error::new(
@@ -168,18 +187,100 @@ impl PowerMount {
     }
 }
 
-/// For tests: mounts a new volume at `mountpoint`, or, when that is impossible here (no
-/// `/dev/fuse`, not root) and `SLUICEGATE_REQUIRE_FUSE` is unset, says why on standard error
-/// and returns `None` so the test can skip. With `SLUICEGATE_REQUIRE_FUSE` set (as
-/// `cargo xtask ci` does as root) a failure to mount panics.
-pub fn mount_or_skip(backing: &Path, mountpoint: &Path) -> Option<PowerMount> {
-    match PowerMount::new(backing, mountpoint) {
-        Ok(m) => Some(m),
-        Err(e) if std::env::var_os("SLUICEGATE_REQUIRE_FUSE").is_none() => {
-            eprintln!("SKIPPED: {e}; set SLUICEGATE_REQUIRE_FUSE=1 to make this a failure");
-            None
+/// For tests: a mount of a new volume in a fresh temporary directory (the mountpoint and the
+/// backing directory inside it), unmounted before the directory is removed. Where mounting is
+/// impossible here (no `/dev/fuse`, not root) and `SLUICEGATE_REQUIRE_FUSE` is unset,
+/// [`TempMount::new_or_skip`] says why on standard error and returns `None`, so the test can
+/// skip; with it set (as `cargo xtask ci` does as root) a failure to mount panics.
+#[derive(Debug)]
+pub struct TempMount {
+    // Declared first, so dropped (unmounted) before the directory goes.
+    mount: PowerMount,
+    dir: tempfile::TempDir,
+}
+
+impl TempMount {
+    /// Mounts, or returns `None` where FUSE cannot mount and the run does not require it.
+    pub fn new_or_skip() -> Option<TempMount> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("the mountpoint");
+        match PowerMount::new(&dir.path().join("backing"), &mnt) {
+            Ok(mount) => Some(TempMount { mount, dir }),
+            Err(e) if std::env::var_os("SLUICEGATE_REQUIRE_FUSE").is_none() => {
+                eprintln!("SKIPPED: {e}; set SLUICEGATE_REQUIRE_FUSE=1 to make this a failure");
+                None
+            }
+            Err(e) => panic!("{e}"),
         }
-        Err(e) => panic!("{e}"),
+    }
+
+    /// The temporary directory holding the mountpoint, for scratch files off the mount.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl std::ops::Deref for TempMount {
+    type Target = PowerMount;
+    fn deref(&self) -> &PowerMount {
+        &self.mount
+    }
+}
+
+impl std::ops::DerefMut for TempMount {
+    fn deref_mut(&mut self) -> &mut PowerMount {
+        &mut self.mount
+    }
+}
+
+impl PowerMount {
+    /// The processes using the mount: an open file, a working directory or a map under it
+    /// (`/proc`), as `pid (what)`, this process's own uses included.
+    fn holders(&self) -> Vec<String> {
+        let under = |p: &Path| p.starts_with(&self.mountpoint);
+        let mut out = Vec::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in procs.flatten() {
+            let pid = entry.file_name();
+            let Some(pid) = pid
+                .to_str()
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let dir = entry.path();
+            let mut what = Vec::new();
+            if std::fs::read_link(dir.join("cwd")).is_ok_and(|p| under(&p)) {
+                what.push("cwd".to_string());
+            }
+            for fd in std::fs::read_dir(dir.join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(p) = std::fs::read_link(fd.path()) {
+                    if under(&p) {
+                        what.push(format!("fd {}", p.display()));
+                    }
+                }
+            }
+            let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
+            let mount = self.mountpoint.display().to_string();
+            if let Some(line) = maps.lines().find(|l| l.contains(&mount)) {
+                what.push(format!(
+                    "map {}",
+                    line.split_whitespace().last().unwrap_or("")
+                ));
+            }
+            if !what.is_empty() {
+                let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                out.push(format!("{pid} {} ({})", comm.trim(), what.join(", ")));
+            }
+        }
+        out
     }
 }
 

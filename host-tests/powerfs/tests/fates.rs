@@ -10,22 +10,12 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sluicegate_powerfs::volume::{PAGE_BYTES, SECTOR_BYTES};
-use sluicegate_powerfs::{mount_or_skip, CutPoint, DataFate, DirFate, Fate, PowerMount};
-
-/// A mount in a fresh temporary directory, or `None` where FUSE cannot mount and the run does
-/// not require it (see `mount_or_skip`).
-fn try_mount() -> Option<(tempfile::TempDir, PowerMount)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let m = mount_or_skip(&dir.path().join("backing"), &mnt)?;
-    Some((dir, m))
-}
+use sluicegate_powerfs::{CutPoint, DataFate, DirFate, Fate, PowerMount, TempMount};
 
 /// Mounts, or returns from the calling test when FUSE is unavailable and not required.
 macro_rules! mount {
     () => {
-        match try_mount() {
+        match TempMount::new_or_skip() {
             Some(m) => m,
             None => return,
         }
@@ -68,7 +58,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 /// An unsynced write is lost and a synced one kept when every unsynced page is lost.
 #[test]
 fn lost_fate_keeps_exactly_what_was_synced() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let p = durable_file(&m, "f", &pattern(1, 3 * PAGE_BYTES as usize));
     let f = OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all_at(&pattern(2, 100), 10).unwrap();
@@ -87,7 +77,7 @@ fn lost_fate_keeps_exactly_what_was_synced() {
 /// Every write and every entry operation survives when the fate keeps everything.
 #[test]
 fn kept_fate_keeps_every_write_and_entry() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let p = durable_file(&m, "f", &pattern(1, 1000));
     OpenOptions::new()
         .write(true)
@@ -113,7 +103,7 @@ fn kept_fate_keeps_every_write_and_entry() {
 /// cuts both happen.
 #[test]
 fn pages_fate_keeps_each_page_whole_or_not_at_all() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let pages = 32usize;
     let old = pattern(1, pages * PAGE_BYTES as usize);
     let p = durable_file(&m, "f", &old);
@@ -150,7 +140,7 @@ fn pages_fate_keeps_each_page_whole_or_not_at_all() {
 /// page mixes both.
 #[test]
 fn sectors_fate_tears_pages_at_sector_bounds() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let pages = 32usize;
     let old = pattern(1, pages * PAGE_BYTES as usize);
     let p = durable_file(&m, "f", &old);
@@ -191,7 +181,7 @@ fn sectors_fate_tears_pages_at_sector_bounds() {
 /// directory operations; with the directory synced it stays.
 #[test]
 fn a_file_synced_without_its_directory_disappears() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let f = File::create(m.path().join("lost")).unwrap();
     f.write_all_at(b"data", 0).unwrap();
     f.sync_all().unwrap();
@@ -217,7 +207,7 @@ fn a_file_synced_without_its_directory_disappears() {
 #[test]
 fn an_unsynced_rename_can_be_undone() {
     for (dirs, expected) in [(DirFate::Lost, "a"), (DirFate::Kept, "b")] {
-        let (_d, mut m) = mount!();
+        let mut m = mount!();
         durable_file(&m, "a", b"content");
         fs::rename(m.path().join("a"), m.path().join("b")).unwrap();
         let mut rng = Pcg64Mcg::seed_from_u64(6);
@@ -234,7 +224,7 @@ fn an_unsynced_rename_can_be_undone() {
 fn a_rename_is_atomic_across_a_cut() {
     let mut outcomes = std::collections::BTreeSet::new();
     for seed in 0..16 {
-        let (_d, mut m) = mount!();
+        let mut m = mount!();
         fs::create_dir(m.path().join("x")).unwrap();
         fs::create_dir(m.path().join("y")).unwrap();
         sync_dir(m.path());
@@ -271,7 +261,7 @@ fn a_rename_is_atomic_across_a_cut() {
 fn prefix_fate_keeps_entry_operations_in_order() {
     let mut ks = std::collections::BTreeSet::new();
     for seed in 0..6 {
-        let (_d, mut m) = mount!();
+        let mut m = mount!();
         for i in 0..10 {
             fs::write(m.path().join(format!("f{i}")), b"").unwrap();
         }
@@ -292,7 +282,7 @@ fn prefix_fate_keeps_entry_operations_in_order() {
 /// (which, as on Linux, writes the size a later read needs).
 #[test]
 fn size_changes_need_a_sync_and_fdatasync_gives_it() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let p = durable_file(&m, "f", &pattern(1, 10_000));
     let g = durable_file(&m, "g", &pattern(2, 100));
     OpenOptions::new()
@@ -330,7 +320,7 @@ fn size_changes_need_a_sync_and_fdatasync_gives_it() {
 /// reads the durable content.
 #[test]
 fn memory_maps_see_writes_and_then_the_durable_content() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let old = pattern(1, 4 * PAGE_BYTES as usize);
     let p = durable_file(&m, "f", &old);
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
@@ -355,7 +345,7 @@ fn memory_maps_see_writes_and_then_the_durable_content() {
 #[test]
 fn an_armed_cut_falls_at_its_sync() {
     for applied in [false, true] {
-        let (_d, mut m) = mount!();
+        let mut m = mount!();
         let p = durable_file(&m, "f", b"one");
         let base = m.syncs();
         m.arm(CutPoint {
@@ -383,7 +373,7 @@ fn an_armed_cut_falls_at_its_sync() {
 /// exactly as the fate allows.
 #[test]
 fn random_operations_match_the_reference_model() {
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let mut rng = Pcg64Mcg::seed_from_u64(11);
     let files = 4;
     // name -> (durable, visible)
@@ -501,7 +491,7 @@ fn materialize_writes_what_a_power_cycle_leaves() {
         fate(DataFate::Lost, DirFate::Lost),
         fate(DataFate::Kept, DirFate::Kept),
     ] {
-        let (d, mut m) = mount!();
+        let mut m = mount!();
         durable_file(&m, "a", &pattern(1, 9000));
         fs::create_dir(m.path().join("sub")).unwrap();
         sync_dir(m.path());
@@ -513,7 +503,7 @@ fn materialize_writes_what_a_power_cycle_leaves() {
             .write_all_at(&pattern(3, 100), 8950)
             .unwrap();
         fs::rename(m.path().join("a"), m.path().join("c")).unwrap();
-        let out = d.path().join("out");
+        let out = m.dir().join("out");
         let mut rng = Pcg64Mcg::seed_from_u64(12);
         m.materialize(f, &mut rng, &out).unwrap();
         m.power_cycle(f, &mut rng).unwrap();
@@ -528,7 +518,7 @@ fn materialize_writes_what_a_power_cycle_leaves() {
 fn unix_sockets_bind_rename_and_connect() {
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
-    let (_d, mut m) = mount!();
+    let mut m = mount!();
     let tmp = m.path().join(".sock.tmp");
     let listener = UnixListener::bind(&tmp).unwrap();
     fs::rename(&tmp, m.path().join("sock")).unwrap();
