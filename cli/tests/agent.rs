@@ -558,6 +558,7 @@ fn kill_during_http_ingest(
                 m.arm(CutPoint {
                     sync: m.syncs() + 1 + rng.next(300),
                     applied: rng.next(2) == 0,
+                    file: None,
                 });
                 if !m.wait_cut(Duration::from_secs(60)) {
                     m.cut_now();

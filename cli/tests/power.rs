@@ -222,6 +222,7 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
     m.arm(CutPoint {
         sync: m.syncs() + k,
         applied: k.is_multiple_of(2),
+        file: None,
     });
     let mut done = Done::default();
     for (i, step) in script().iter().enumerate() {

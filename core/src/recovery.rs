@@ -78,6 +78,12 @@ pub struct Recovery {
     pub first_segment: u64,
     /// See `first_segment`.
     pub last_segment: u64,
+    /// True if the newest checkpoint's complete mark stood over entries that failed their
+    /// CRC, so an older checkpoint (or the whole log) was used. Recovery loses nothing by it,
+    /// but a power cut alone never leaves one (the entries are synced before the complete
+    /// mark is written): it means media damage, or writes that reached the medium out of the
+    /// order the channel synced them in. The power-cut tests require it false.
+    pub newest_checkpoint_damaged: bool,
     /// True if the open wrote a checkpoint to make this recovery's verdict final (see
     /// [`Channel::open`](crate::Channel::open)).
     pub checkpointed: bool,

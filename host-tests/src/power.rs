@@ -78,6 +78,9 @@ pub enum CutAt {
         /// Transactions each child runs.
         steps: u64,
     },
+    /// A sync drawn at random from the first `n` syncs of the checkpoint slot files
+    /// (`checkpoint.slot`, `backup.slot`, one drawn per round): a checkpoint's own steps.
+    CheckpointSync(u64),
 }
 
 /// Runs power-cut rounds of the kill tests' child (`child_exe`) on `mount`, judging `fates`
@@ -97,7 +100,7 @@ pub fn run_power_cuts(
     let mut model: VecDeque<u64> = VecDeque::new();
     std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let (points, steps, per_dir): (Vec<u64>, u64, u64) = match at {
-        CutAt::RandomSync(n) => (
+        CutAt::RandomSync(n) | CutAt::CheckpointSync(n) => (
             (0..rounds)
                 .map(|_| rng.random_range(1..=n.max(1)))
                 .collect(),
@@ -130,9 +133,18 @@ pub fn run_power_cuts(
             mount.path().join(format!("dirs-{}", round / per_dir))
         };
         let applied = rng.random_bool(0.5);
+        let file = match at {
+            CutAt::CheckpointSync(_) => Some(if rng.random_bool(0.5) {
+                "checkpoint.slot"
+            } else {
+                "backup.slot"
+            }),
+            _ => None,
+        };
         mount.arm(CutPoint {
-            sync: mount.syncs() + k,
+            sync: if file.is_some() { k } else { mount.syncs() + k },
             applied,
+            file,
         });
         let child_seed: u64 = rng.random();
         let first_id = (round + 1) * 1_000_000;

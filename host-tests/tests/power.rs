@@ -8,8 +8,15 @@
 //! judged per cut (1,000 and 100 by default: 100,000 disk states judged); larger values run
 //! longer on demand.
 
+use std::sync::Mutex;
+
 use sluicegate_powerfs::TempMount;
 use sluicegate_sim::power::{run_power_cuts, CutAt};
+
+/// The tests here run one at a time, as the kill tests do: a child forked by one test shares,
+/// until it execs, the directory lock the other test's judging channel holds, and the other
+/// test's next child then finds its home "in use" (seen once here).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn from_env(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -33,6 +40,7 @@ impl Drop for Scratch {
 fn power_cuts_at_random_syncs_lose_nothing_acknowledged() {
     let rounds = from_env("SLUICEGATE_POWER_ROUNDS", 1000);
     let fates = from_env("SLUICEGATE_POWER_FATES", 100);
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(mut m) = TempMount::new_or_skip() else {
         return;
     };
@@ -67,6 +75,7 @@ fn power_cuts_at_random_syncs_lose_nothing_acknowledged() {
 #[test]
 fn power_cuts_at_every_sync_of_a_small_workload_lose_nothing_acknowledged() {
     let fates = from_env("SLUICEGATE_POWER_FATES", 100).min(32);
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(mut m) = TempMount::new_or_skip() else {
         return;
     };
@@ -102,4 +111,35 @@ fn scratch_dir(m: &TempMount) -> std::path::PathBuf {
     } else {
         m.dir().join("scratch")
     }
+}
+
+/// Cuts aimed at the checkpoint's own steps: at a random one of the first 40 syncs of a
+/// checkpoint slot file, several fates each, so a complete mark that reaches the disk before
+/// its entries is found (the judge refuses a recovery whose newest checkpoint's complete mark
+/// stood over damaged entries).
+#[test]
+fn power_cuts_at_checkpoint_syncs_lose_nothing_acknowledged() {
+    let rounds = from_env("SLUICEGATE_POWER_CHECKPOINT_ROUNDS", 200);
+    let fates = from_env("SLUICEGATE_POWER_FATES", 100).min(20);
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut m) = TempMount::new_or_skip() else {
+        return;
+    };
+    let scratch = Scratch(scratch_dir(&m).with_extension("checkpoint"));
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_crash-child"));
+    let outcome = run_power_cuts(
+        exe,
+        &mut m,
+        &scratch.0,
+        23,
+        rounds,
+        CutAt::CheckpointSync(40),
+        fates,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("{outcome:?}");
+    assert!(
+        outcome.cuts_at_sync > rounds * 9 / 10,
+        "the cuts fall at checkpoint syncs: {outcome:?}"
+    );
 }

@@ -878,7 +878,13 @@ const KILL_MUTANTS: [Mutant; 3] = [
 
 /// Bugs in the file adapter that only a power cut shows (a SIGKILL keeps the page cache),
 /// caught by the power-cut tests on the FUSE filesystem of `host-tests/powerfs`.
-const POWER_MUTANTS: [Mutant; 2] = [
+const POWER_MUTANTS: [Mutant; 3] = [
+    Mutant {
+        name: "a checkpoint's complete mark is written before its entries are synced",
+        file: "core/src/channel/checkpointing.rs",
+        from: "            self.storage.sync(ip.region)?;\n            let mut w = WordWriter::new(",
+        to: "            let mut w = WordWriter::new(",
+    },
     Mutant {
         name: "a new log file is renamed into place without syncing its directory",
         file: "adapters/file/src/storage.rs",

@@ -27,10 +27,15 @@ const TTL: Duration = Duration::from_secs(1);
 /// Where an armed power cut falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CutPoint {
-    /// The sync (file or directory, counted from 1 since the last power cycle) it falls at.
+    /// The sync it falls at: without `file`, counted from 1 since the last power cycle (file
+    /// and directory syncs alike); with it, counted from 1 among that file's syncs from the
+    /// moment the cut is armed.
     pub sync: u64,
     /// Whether that sync reaches the disk before the power goes (its caller never hears).
     pub applied: bool,
+    /// Only syncs of files of this name count (for example `checkpoint.slot`), so a cut can
+    /// be aimed at one protocol's steps.
+    pub file: Option<&'static str>,
 }
 
 /// The volume and the power switch, shared by the FUSE session and the controller.
@@ -48,6 +53,8 @@ pub(crate) struct State {
     pub(crate) armed: Option<CutPoint>,
     /// Syncs since the last power cycle.
     pub(crate) syncs: u64,
+    /// Syncs of the armed cut's file since it was armed.
+    pub(crate) file_syncs: u64,
 }
 
 impl Shared {
@@ -58,6 +65,7 @@ impl Shared {
                 cut: false,
                 armed: None,
                 syncs: 0,
+                file_syncs: 0,
             }),
             cut_happened: Condvar::new(),
         })
@@ -137,14 +145,30 @@ impl PowerFs {
     }
 
     /// A sync: counted, and where an armed cut falls.
-    fn sync(&self, f: impl FnOnce(&mut Volume) -> Result<(), volume::Errno>) -> Result<(), Errno> {
+    fn sync(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&mut Volume) -> Result<(), volume::Errno>,
+    ) -> Result<(), Errno> {
         let mut st = self.shared.lock();
         if st.cut {
             return Err(Errno::EIO);
         }
         st.syncs += 1;
+        let falls = match st.armed {
+            Some(CutPoint {
+                file: Some(name), ..
+            }) => {
+                if st.volume.name_of(ino).is_some_and(|n| n == name) {
+                    st.file_syncs += 1;
+                }
+                st.armed.is_some_and(|p| p.sync == st.file_syncs)
+            }
+            Some(point) => point.sync == st.syncs,
+            None => false,
+        };
         match st.armed {
-            Some(point) if point.sync == st.syncs => {
+            Some(point) if falls => {
                 if point.applied {
                     f(&mut st.volume).map_err(errno)?;
                 }
@@ -388,7 +412,7 @@ impl Filesystem for PowerFs {
     ) {
         // `fsync` and `fdatasync` both cover the data and a size change (see
         // `Volume::sync_file`); the volume keeps no other metadata.
-        empty(reply, self.sync(|v| v.sync_file(ino.0)));
+        empty(reply, self.sync(ino.0, |v| v.sync_file(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -448,7 +472,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.sync(|v| v.sync_dir(ino.0)));
+        empty(reply, self.sync(ino.0, |v| v.sync_dir(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -92,10 +92,11 @@ impl PowerMount {
         &self.mountpoint
     }
 
-    /// Arms a cut at a numbered sync (counted since the last power cycle); replaces an armed
-    /// one.
+    /// Arms a cut at a numbered sync (see [`CutPoint`]); replaces an armed one.
     pub fn arm(&self, point: CutPoint) {
-        self.shared.lock().armed = Some(point);
+        let mut st = self.shared.lock();
+        st.armed = Some(point);
+        st.file_syncs = 0;
     }
 
     /// Cuts the power now: every request fails from here on, until the power cycle.

@@ -350,6 +350,16 @@ impl Volume {
         self.attr(ino)
     }
 
+    /// A name of `ino` in some directory (the first found), if it has one.
+    pub fn name_of(&self, ino: u64) -> Option<&OsStr> {
+        self.inodes.values().find_map(|d| {
+            d.entries
+                .iter()
+                .find(|(_, &i)| i == ino)
+                .map(|(n, _)| n.as_os_str())
+        })
+    }
+
     /// A directory's entries, in name order.
     pub fn entries(&self, dir: u64) -> Result<Vec<(OsString, u64, Kind)>, Errno> {
         let d = self.dir(dir)?;

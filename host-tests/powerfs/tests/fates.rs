@@ -351,6 +351,7 @@ fn an_armed_cut_falls_at_its_sync() {
         m.arm(CutPoint {
             sync: base + 1,
             applied,
+            file: None,
         });
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(b"two", 0).unwrap();

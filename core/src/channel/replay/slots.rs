@@ -8,6 +8,8 @@ enum SlotRead {
     Valid(Found),
     /// A started mark, but no matching complete mark or entries that check out.
     Incomplete(u64),
+    /// A started mark and its complete mark, over entries that fail their CRC.
+    Damaged(u64),
     Invalid,
 }
 
@@ -22,6 +24,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     ) -> Result<Option<(ReplayFrom, u32)>, Error<S::Error>> {
         let mut found = [None, None];
         let mut newest_started = 0;
+        let mut newest_damaged = 0;
         for (i, region) in SLOTS.into_iter().enumerate() {
             match self.read_slot(region)? {
                 SlotRead::Valid(f) => {
@@ -29,9 +32,18 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     found[i] = Some(f);
                 }
                 SlotRead::Incomplete(seq) => newest_started = newest_started.max(seq),
+                SlotRead::Damaged(seq) => {
+                    newest_started = newest_started.max(seq);
+                    newest_damaged = newest_damaged.max(seq);
+                }
                 SlotRead::Invalid => {}
             }
         }
+        // A damaged checkpoint older than the one used is the slot the next checkpoint was
+        // erasing: its erase need not reach the medium in order. One newer than any valid
+        // checkpoint had its complete mark durable before its entries.
+        let newest_valid = found.iter().flatten().map(|f| f.started.ckpt_seq).max();
+        self.recovery.newest_checkpoint_damaged = newest_damaged > newest_valid.unwrap_or(0);
         self.ckpt.numbered_after(newest_started);
         // Newest first; an unusable one is left to be overwritten first.
         let mut order = [0usize, 1];
@@ -210,7 +222,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             digest.update(&tag);
         }
         if digest.finalize() != complete.entries_crc {
-            return Ok(SlotRead::Incomplete(started.ckpt_seq));
+            return Ok(SlotRead::Damaged(started.ckpt_seq));
         }
         if sealer.is_some_and(|s| !s.verify(&tag)) {
             self.recovery.authentication_failures += 1;
