@@ -66,6 +66,7 @@ pub fn recovery_json(r: &Recovery) -> serde_json::Value {
         "events": r.events,
         "checkpoint": r.checkpoint,
         "checkpoint_events": r.checkpoint_events,
+        "newest_checkpoint_damaged": r.newest_checkpoint_damaged,
     })
 }
 
@@ -244,6 +245,11 @@ pub fn stats(home: &HomeArgs, json_out: bool) -> Result<ExitCode, Fail> {
     );
     if let Some(lost) = lost_line(&config, &r) {
         println!("LOST        {lost}");
+    }
+    if r.newest_checkpoint_damaged {
+        println!(
+            "WARNING     the newest checkpoint's entries are damaged under a complete mark (an older one was used, nothing lost): the disk damaged them, or wrote out of order"
+        );
     }
     print_repaired(home);
     Ok(ExitCode::SUCCESS)

@@ -516,6 +516,14 @@ fn stats_reports_each_recovery_path() {
     let s = h.stats();
     assert_eq!(s["recovery"], "backup", "{s}");
     assert_eq!(s["depth"], 5);
+    // Its entries under an intact complete mark: the open says the newest checkpoint was
+    // damaged, which no power cut can cause.
+    assert_eq!(s["replay"]["newest_checkpoint_damaged"], true, "{s}");
+    let text = ok(&["stats", "--dir", &h.dir], "");
+    assert!(
+        text.contains("WARNING     the newest checkpoint's entries are damaged"),
+        "{text}"
+    );
 }
 
 /// Flips every bit of one byte.
