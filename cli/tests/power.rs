@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sluicegate_powerfs::{CutPoint, Fate, PowerMount, TempMount};
 use sluicegate_sim::model::{judge, InFlight};
@@ -36,31 +36,67 @@ enum Step {
     Put(Vec<u64>),
     Take(usize),
     Checkpoint,
-    Backup(&'static str),
-    Savepoint(&'static str),
+    Backup(String),
+    Savepoint(String),
     Repair,
-    Restore(&'static str, &'static str),
+    Restore(String, String),
 }
 
+/// The script every sync of which is cut.
 fn script() -> Vec<Step> {
     use Step::*;
+    let name = |n: &str| n.to_string();
     vec![
         Put(vec![1, 2, 3]),
         Put(vec![4, 5]),
         Take(2),
         Put(vec![6, 7, 8, 9]),
         Checkpoint,
-        Backup("bk-a"),
+        Backup(name("bk-a")),
         Put(vec![10, 11]),
         Take(3),
-        Savepoint("sp-a"),
+        Savepoint(name("sp-a")),
         Put(vec![12, 13, 14]),
         Repair,
-        Restore("bk-a", "rs-a"),
+        Restore(name("bk-a"), name("rs-a")),
         Take(2),
         Put(vec![15]),
-        Backup("bk-b"),
+        Backup(name("bk-b")),
     ]
+}
+
+/// A longer script drawn at random: `len` steps, puts most often, then takes, and now and
+/// then a checkpoint, a backup, a savepoint, a repair or a restore of an earlier archive.
+fn long_script(rng: &mut Pcg64Mcg, len: usize) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(len);
+    let mut next_id = 1u64;
+    let mut archives: Vec<String> = Vec::new();
+    for i in 0..len {
+        let step = match rng.random_range(0..100) {
+            _ if i == 0 => None,
+            0..=24 => Some(Step::Take(rng.random_range(1..=5))),
+            25..=32 => Some(Step::Checkpoint),
+            33..=40 => Some(Step::Backup(format!("bk-{i}"))),
+            41..=46 => Some(Step::Savepoint(format!("sp-{i}"))),
+            47..=51 => Some(Step::Repair),
+            52..=59 if !archives.is_empty() => Some(Step::Restore(
+                archives[rng.random_range(0..archives.len())].clone(),
+                format!("rs-{i}"),
+            )),
+            _ => None,
+        };
+        let step = step.unwrap_or_else(|| {
+            let n = rng.random_range(1..=5);
+            let ids = (next_id..next_id + n).collect();
+            next_id += n;
+            Step::Put(ids)
+        });
+        if let Step::Backup(d) | Step::Savepoint(d) = &step {
+            archives.push(d.clone());
+        }
+        steps.push(step);
+    }
+    steps
 }
 
 /// What a round's script did before the cut.
@@ -68,9 +104,9 @@ fn script() -> Vec<Step> {
 struct Done {
     model: VecDeque<u64>,
     /// Backups and savepoints that reported success, and what the channel held then.
-    archives: BTreeMap<&'static str, Vec<u64>>,
+    archives: BTreeMap<String, Vec<u64>>,
     /// Restores that reported success, and what they must hold.
-    restored: BTreeMap<&'static str, Vec<u64>>,
+    restored: BTreeMap<String, Vec<u64>>,
     /// The step the cut fell in (it did not report success), and what the channel held when
     /// it began.
     cut_in: Option<(Step, Vec<u64>)>,
@@ -146,7 +182,7 @@ impl Round {
                 let out = run(&[verb, "--dir", &home, "--to", &self.at(d)], "");
                 if out.status.success() {
                     done.archives
-                        .insert(d, done.model.iter().copied().collect());
+                        .insert(d.clone(), done.model.iter().copied().collect());
                 }
                 out
             }
@@ -157,7 +193,7 @@ impl Round {
                 );
                 if out.status.success() {
                     let held = done.archives.get(from).cloned().unwrap_or_default();
-                    done.restored.insert(to, held);
+                    done.restored.insert(to.clone(), held);
                 }
                 out
             }
@@ -215,8 +251,13 @@ fn clear(m: &PowerMount) {
         .unwrap();
 }
 
-/// Runs the script with the power cut at its `k`th sync, then judges everything.
-fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bool), String> {
+/// Runs `script` with the power cut at its `k`th sync, then judges everything.
+fn one_round(
+    m: &mut PowerMount,
+    script: &[Step],
+    k: u64,
+    rng: &mut Pcg64Mcg,
+) -> Result<(Fate, bool), String> {
     clear(m);
     let round = Round::new(m);
     m.arm(CutPoint {
@@ -225,7 +266,7 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
         file: None,
     });
     let mut done = Done::default();
-    for (i, step) in script().iter().enumerate() {
+    for (i, step) in script.iter().enumerate() {
         let before: Vec<u64> = done.model.iter().copied().collect();
         let failed = round.step(step, i == 0, &mut done)?;
         if m.is_cut() {
@@ -273,9 +314,9 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
     // The step the cut fell in: absent or whole, and the command works again.
     match done.cut_in {
         Some((step @ (Step::Backup(_) | Step::Savepoint(_)), held)) => {
-            let (verb, d) = match step {
-                Step::Backup(d) => ("backup", d),
-                Step::Savepoint(d) => ("savepoint", d),
+            let (verb, d) = match &step {
+                Step::Backup(d) => ("backup", d.as_str()),
+                Step::Savepoint(d) => ("savepoint", d.as_str()),
                 _ => unreachable!("matched above"),
             };
             if Path::new(&r.at(d)).exists() {
@@ -301,9 +342,9 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
                 &[
                     "restore",
                     "--from",
-                    &r.at(from),
+                    &r.at(&from),
                     "--dir",
-                    &r.at(to),
+                    &r.at(&to),
                     "--force",
                 ],
                 "",
@@ -314,8 +355,8 @@ fn one_round(m: &mut PowerMount, k: u64, rng: &mut Pcg64Mcg) -> Result<(Fate, bo
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            let held = done.archives.get(from).cloned().unwrap_or_default();
-            let got = r.drain(&r.at(to))?.unwrap_or_default();
+            let held = done.archives.get(&from).cloned().unwrap_or_default();
+            let got = r.drain(&r.at(&to))?.unwrap_or_default();
             if got != held {
                 return Err(format!("{to} holds {got:?}, restored from {held:?}"));
             }
@@ -364,7 +405,7 @@ fn the_operator_program_under_a_cut_at_every_sync() {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let (mut rounds, mut at_sync) = (0, 0);
     for k in (1..=syncs).step_by(every as usize) {
-        let (fate, at) = one_round(&mut m, k, &mut rng)
+        let (fate, at) = one_round(&mut m, &script(), k, &mut rng)
             .unwrap_or_else(|e| panic!("seed {seed}, cut at sync {k} of {syncs}: {e}"));
         let _ = fate;
         rounds += 1;
@@ -372,4 +413,35 @@ fn the_operator_program_under_a_cut_at_every_sync() {
     }
     println!("{rounds} cuts, {at_sync} at their sync");
     assert!(at_sync >= rounds * 9 / 10, "{at_sync} of {rounds}");
+}
+
+/// Cuts at random syncs of longer scripts drawn at random (40 commands each, restores of
+/// earlier archives among them), each judged as the module says.
+/// `SLUICEGATE_CLI_POWER_LONG_ROUNDS` sets the rounds (40 by default).
+#[test]
+fn the_operator_program_under_cuts_at_random_syncs_of_long_scripts() {
+    let Some(mut m) = TempMount::new_or_skip() else {
+        return;
+    };
+    let rounds: u64 = std::env::var("SLUICEGATE_CLI_POWER_LONG_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let seed = std::env::var("SLUICEGATE_CLI_POWER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(31);
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut at_sync = 0;
+    for round in 0..rounds {
+        let script = long_script(&mut rng, 40);
+        // About 11 syncs a command: most cuts fall inside the script, a few after its end.
+        let k = rng.random_range(1..=440);
+        let (_, at) = one_round(&mut m, &script, k, &mut rng).unwrap_or_else(|e| {
+            panic!("seed {seed}, round {round}, cut at sync {k} of {script:?}: {e}")
+        });
+        at_sync += u64::from(at);
+    }
+    println!("{rounds} cuts, {at_sync} at their sync");
+    assert!(at_sync >= rounds / 2, "{at_sync} of {rounds}");
 }
