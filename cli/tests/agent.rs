@@ -496,12 +496,44 @@ fn power_cuts_during_http_ingest_and_exec_delivery_lose_nothing_acknowledged() {
     judge(&s.delivered(), &ledger, rounds, sink_batch);
 }
 
+/// Applies a fate drawn from `rng` and mounts again.
+fn power_cycle(m: &mut PowerMount, rng: &mut Lcg) {
+    let fate = Fate::ALL[rng.next(Fate::ALL.len() as u64) as usize];
+    let mut fates = rand_pcg::Pcg64Mcg::new(u128::from(rng.next(u64::MAX)));
+    m.power_cycle(fate, &mut fates)
+        .unwrap_or_else(|e| panic!("power cycle: {e}"));
+}
+
+/// Waits until `port` accepts connections (true), or the power was cut and the agent exited
+/// before it was ready (false); an exit with the power on is a failure, as in [`wait_ready`].
+fn ready_or_cut(s: &Setup, child: &mut Child, port: u16, m: &PowerMount) -> bool {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if m.is_cut() {
+                return false;
+            }
+            panic!(
+                "the agent exited ({status}) before it was ready, with the power on: {}{}",
+                stderr_of(child),
+                s.log()
+            );
+        }
+        assert!(Instant::now() < until, "the agent never listened on {port}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// How each round's agent dies.
 enum Death<'a> {
     /// SIGKILL from 10 to `10 + window_ms` ms after it is ready.
     Kill { window_ms: u64 },
-    /// Its power cut at a random sync (home on the power-cut filesystem), a random fate
-    /// applied, and then SIGKILL, before the next round starts on what the cut left.
+    /// Its power cut at a random one of its first 300 syncs, its start among them (home on
+    /// the power-cut filesystem), then SIGKILL and a random fate, before the next round
+    /// starts on what the cut left.
     Power(&'a mut PowerMount),
 }
 
@@ -519,8 +551,36 @@ fn kill_during_http_ingest(
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = Lcg(0x5eed_1234);
     for round in 0..rounds {
+        if let Death::Power(m) = &mut death {
+            // The power goes at one of the next 300 syncs, the agent's own start among them
+            // (opening the channel, its settings), then ingest commits, take commits and
+            // checkpoints; or after a minute if the agent makes fewer.
+            // Every fourth round aims at the start: one of the first 20 syncs.
+            let within = if round % 4 == 0 { 20 } else { 300 };
+            m.arm(CutPoint {
+                sync: m.syncs() + 1 + rng.next(within),
+                applied: rng.next(2) == 0,
+                file: None,
+            });
+        }
         let mut agent = s.spawn_logged();
-        wait_ready(s, &mut agent, port);
+        let started = match &death {
+            Death::Power(m) => ready_or_cut(s, &mut agent, port, m),
+            Death::Kill { .. } => {
+                wait_ready(s, &mut agent, port);
+                true
+            }
+        };
+        if !started {
+            // Cut while it started: nothing was posted; the next round recovers.
+            eprintln!("round {round}: the power went while the agent started");
+            agent.kill().expect("kill");
+            agent.wait().expect("wait");
+            if let Death::Power(m) = &mut death {
+                power_cycle(m, &mut rng);
+            }
+            continue;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let posters: Vec<_> = (0..2)
             .map(|t| {
@@ -553,13 +613,6 @@ fn kill_during_http_ingest(
                 std::thread::sleep(Duration::from_millis(10 + rng.next(*window_ms)));
             }
             Death::Power(m) => {
-                // The power goes at one of the next 300 syncs (ingest commits, take commits,
-                // checkpoints), or after a minute if the agent makes fewer.
-                m.arm(CutPoint {
-                    sync: m.syncs() + 1 + rng.next(300),
-                    applied: rng.next(2) == 0,
-                    file: None,
-                });
                 if !m.wait_cut(Duration::from_secs(60)) {
                     m.cut_now();
                 }
@@ -572,10 +625,7 @@ fn kill_during_http_ingest(
             p.join().expect("poster");
         }
         if let Death::Power(m) = &mut death {
-            let fate = Fate::ALL[rng.next(Fate::ALL.len() as u64) as usize];
-            let mut fates = rand_pcg::Pcg64Mcg::new(u128::from(rng.next(u64::MAX)));
-            m.power_cycle(fate, &mut fates)
-                .unwrap_or_else(|e| panic!("power cycle: {e}"));
+            power_cycle(m, &mut rng);
         }
     }
     // A last run, not killed: one more acknowledged body, then a full drain.
