@@ -70,7 +70,8 @@ impl PowerOutcome {
 /// How far into a child's run its cut falls.
 #[derive(Debug, Clone, Copy)]
 pub enum CutAt {
-    /// A sync drawn at random from the first `n` of each round.
+    /// A sync drawn at random from the first `n` of each round (every fourth round from the
+    /// first 20: the child's open, recovering what the last cut left).
     RandomSync(u64),
     /// Every sync of a child that runs `steps` transactions: one round per sync, from the
     /// first to the last its dry run made, each on fresh directories.
@@ -101,8 +102,16 @@ pub fn run_power_cuts(
     std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let (points, steps, per_dir): (Vec<u64>, u64, u64) = match at {
         CutAt::RandomSync(n) | CutAt::CheckpointSync(n) => (
+            // Every fourth cut of `RandomSync` falls among the child's first 20 syncs: in its
+            // open, which recovers what the last cut left (a cut during a recovery).
             (0..rounds)
-                .map(|_| rng.random_range(1..=n.max(1)))
+                .map(|r| {
+                    let within = match at {
+                        CutAt::RandomSync(_) if r % 4 == 1 => n.min(20),
+                        _ => n,
+                    };
+                    rng.random_range(1..=within.max(1))
+                })
                 .collect(),
             u64::MAX,
             ROUNDS_PER_DIR,
