@@ -5,8 +5,8 @@
 //! nothing, FIFO order, no corrupt byte. Needs `/dev/fuse` and root (CI has both).
 //!
 //! `SLUICEGATE_POWER_ROUNDS` and `SLUICEGATE_POWER_FATES` set the random rounds and the fates
-//! judged per cut (1,000 and 100 by default: 100,000 disk states judged); larger values run
-//! longer on demand.
+//! judged per cut (1,000 and 100 by default: 100,000 disk states judged); `cargo xtask power
+//! --rounds N --fates F` runs them at any length.
 
 use std::sync::Mutex;
 

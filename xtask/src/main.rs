@@ -7,6 +7,9 @@
 //! - `fuzz [--seconds N]`: every fuzz target for N seconds each (default 300);
 //! - `mutants`: plants known bugs in a copy of the core and checks the simulation catches each;
 //! - `kill [--rounds N] [--seed S] [--sealed]`: SIGKILLs a process using a file channel, again and again;
+//! - `power [--rounds N] [--fates F]`: power cuts under the file channel on the FUSE
+//!   filesystem of `host-tests/powerfs` (as root): N cut moments (1,000 in CI) of F fates each
+//!   (100), the exhaustive and checkpoint-aimed tests beside them;
 //! - `firmware [--boots N] [--seed S]`: builds the firmware example and runs it in QEMU
 //!   (installing qemu-system-arm, the target and defmt-print when missing);
 //! - `bench [--full | --smoke] [--docs] [...]`: the benchmarks (`sluicegate-bench`; `bench
@@ -64,11 +67,12 @@ fn main() -> ExitCode {
         "fuzz" => fuzz_cmd(rest),
         "mutants" => mutants(),
         "kill" => kill(rest),
+        "power" => power(rest),
         "firmware" => firmware_cmd(rest),
         "bench" => bench_cmd(rest),
         "brokers" => brokers(),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants | brokers>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | power [--rounds N] [--fates F] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants | brokers>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -241,6 +245,44 @@ fn kill(args: &[String]) -> Result {
     let exe = exe.to_str().ok_or("non-UTF-8 path")?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run(exe, &args, &[])
+}
+
+/// The power-cut tests of the file channel at any length: `--rounds N` cut moments of
+/// `--fates F` disk states each (CI: 1,000 and 100).
+fn power(args: &[String]) -> Result {
+    let mut envs: Vec<(&str, &str)> = vec![("SLUICEGATE_REQUIRE_FUSE", "1")];
+    let mut rest = args.iter();
+    // Bounded by the arguments.
+    while let Some(flag) = rest.next() {
+        let var = match flag.as_str() {
+            "--rounds" => "SLUICEGATE_POWER_ROUNDS",
+            "--fates" => "SLUICEGATE_POWER_FATES",
+            other => {
+                return Err(format!(
+                    "power: unknown argument `{other}`; use --rounds N, --fates F"
+                ))
+            }
+        };
+        let value = rest
+            .next()
+            .filter(|v| v.parse::<u64>().is_ok_and(|n| n > 0))
+            .ok_or_else(|| format!("power: {flag} needs a number above 0"))?;
+        envs.push((var, value.as_str()));
+    }
+    run(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "-p",
+            "sluicegate-sim",
+            "--test",
+            "power",
+            "--",
+            "--nocapture",
+        ],
+        &envs,
+    )
 }
 
 fn ci() -> Result {
