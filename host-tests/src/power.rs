@@ -188,16 +188,7 @@ pub fn run_power_cuts(
         mount
             .power_cycle(fate, &mut rng)
             .map_err(|e| fail(format!("power cycle: {e}")))?;
-        let after = mount.counters();
-        outcome.count(sluicegate_powerfs::Counters {
-            cuts: after.cuts - before.cuts,
-            pages_lost: after.pages_lost - before.pages_lost,
-            pages_kept: after.pages_kept - before.pages_kept,
-            pages_torn: after.pages_torn - before.pages_torn,
-            entry_ops_lost: after.entry_ops_lost - before.entry_ops_lost,
-            entry_ops_kept: after.entry_ops_kept - before.entry_ops_kept,
-            ..Default::default()
-        });
+        outcome.count(mount.counters().since(before));
         let seen = read_all(&dir).map_err(|e| fail(format!("{fate:?} on the mount: {e}")))?;
         model = judge(&seen, &model, announced.as_ref())
             .map_err(|e| fail(format!("{fate:?} on the mount: {e}")))?;

@@ -478,7 +478,7 @@ impl Filesystem for PowerFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // The backing filesystem's room, so a space check sees a real figure.
         let st = self.shared.lock();
-        match nix_statvfs(st.volume.backing()) {
+        match statvfs(st.volume.backing()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -511,7 +511,7 @@ impl Filesystem for PowerFs {
 }
 
 /// `statvfs` of a directory.
-fn nix_statvfs(path: &std::path::Path) -> Result<libc::statvfs, volume::Errno> {
+fn statvfs(path: &std::path::Path) -> Result<libc::statvfs, volume::Errno> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for the call.

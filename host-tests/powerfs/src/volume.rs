@@ -259,6 +259,23 @@ pub struct Counters {
     pub entry_ops_kept: u64,
 }
 
+impl Counters {
+    /// What was counted since `before` (taken from the same volume earlier).
+    pub fn since(self, before: Counters) -> Counters {
+        Counters {
+            file_syncs: self.file_syncs - before.file_syncs,
+            dir_syncs: self.dir_syncs - before.dir_syncs,
+            writes: self.writes - before.writes,
+            cuts: self.cuts - before.cuts,
+            pages_lost: self.pages_lost - before.pages_lost,
+            pages_kept: self.pages_kept - before.pages_kept,
+            pages_torn: self.pages_torn - before.pages_torn,
+            entry_ops_lost: self.entry_ops_lost - before.entry_ops_lost,
+            entry_ops_kept: self.entry_ops_kept - before.entry_ops_kept,
+        }
+    }
+}
+
 /// An operation's failure, as an errno.
 pub type Errno = i32;
 
@@ -893,29 +910,6 @@ impl Volume {
             }
         }
         Ok(counters)
-    }
-
-    /// Every durable and visible path under the root, for checks: (path, kind).
-    pub fn tree(&self) -> Vec<(PathBuf, Kind)> {
-        let mut out = Vec::new();
-        let mut stack = vec![(PathBuf::new(), ROOT)];
-        // Bounded by the inodes: a directory is listed under one path only.
-        let mut seen = BTreeSet::new();
-        while let Some((path, d)) = stack.pop() {
-            if !seen.insert(d) {
-                continue;
-            }
-            for (name, &ino) in &self.inodes[&d].entries {
-                let p = path.join(name);
-                let kind = self.inodes[&ino].kind;
-                out.push((p.clone(), kind));
-                if kind == Kind::Dir {
-                    stack.push((p, ino));
-                }
-            }
-        }
-        out.sort();
-        out
     }
 }
 
