@@ -86,6 +86,9 @@ impl Served {
             "log_files": s.log_files,
             "files_recycled": s.files_recycled,
             "files_deleted": s.files_deleted,
+            "file_waits": s.file_waits.count,
+            "file_wait_us": s.file_waits.total_us,
+            "file_wait_longest_us": s.file_waits.longest_us,
             "checkpoints": ch.checkpoints,
             "checkpoint_failures": ch.checkpoint_failures + s.background_checkpoint_failures,
             "checkpoint_age_ms": s.checkpoint_age_ms,
@@ -138,7 +141,7 @@ type Reader = fn(&Served, &FileStats) -> f64;
 /// How a counter of every channel is read.
 type CountReader = fn(&Served, &FileStats) -> u64;
 
-const CHANNEL_COUNTERS: [(&str, &str, CountReader); 9] = [
+const CHANNEL_COUNTERS: [(&str, &str, CountReader); 11] = [
     ("put_attempts", "Events offered to put", |s, _st| {
         ChannelCounters::get(&s.counters.put_attempts)
     }),
@@ -175,6 +178,16 @@ const CHANNEL_COUNTERS: [(&str, &str, CountReader); 9] = [
         "corrupt_events_skipped",
         "Queued events that failed their checks when read",
         |_s, st| st.channel.corrupt_events_skipped,
+    ),
+    (
+        "file_waits",
+        "Log writes that waited for a log file being made",
+        |_s, st| st.file_waits.count,
+    ),
+    (
+        "file_wait_microseconds",
+        "Time log writes spent waiting for log files being made",
+        |_s, st| st.file_waits.total_us,
     ),
 ];
 

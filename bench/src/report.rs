@@ -372,6 +372,51 @@ fn steady_table(o: &mut String, plan: &Plan, rows: &[crate::steady::SteadyResult
             r.warm_bytes as f64 / (1u64 << 20) as f64
         );
     }
+    let _ = writeln!(
+        o,
+        "\nCommit latency in the same runs, and the log writes that found their file not ready \
+         and waited while it was made (`FileStats::file_waits`): how many, and their total \
+         against the run's time.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| event | batch | ceiling p50 / p99.9 | new p50 / p99.9 | new: waits, total (share of run) | settled p50 / p99.9 | settled: waits, total (share of run) |"
+    );
+    let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|--:|");
+    for r in rows {
+        let waited = |w: &sluicegate_file::FileWaits, m: &crate::scenarios::Measured| {
+            let run = m.secs;
+            let share = if run > 0.0 {
+                w.total_us as f64 / 1e6 / run
+            } else {
+                0.0
+            };
+            format!(
+                "{}, {} ({:.0}%)",
+                w.count,
+                us(Some(w.total_us.min(u64::from(u32::MAX)) as u32)),
+                share * 100.0
+            )
+        };
+        let p = |m: &crate::scenarios::Measured| {
+            format!(
+                "{} / {}",
+                us(m.percentile_us(0.5)),
+                us(m.percentile_us(0.999))
+            )
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            size(r.cell.size),
+            r.cell.batch,
+            p(&r.ceiling),
+            p(&r.fresh),
+            waited(&r.fresh_waits, &r.fresh),
+            p(&r.settled),
+            waited(&r.settled_waits, &r.settled),
+        );
+    }
     o.push('\n');
 }
 

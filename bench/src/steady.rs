@@ -8,13 +8,15 @@
 
 use std::path::Path;
 
+use sluicegate_file::FileWaits;
+
 use crate::scenarios::{self, Cell, Measured, Written};
 use crate::systems::{sluicegate_config, Kind, Result, Sluicegate, System};
 use crate::{fresh_dir, max_events, remove_run_dir, Plan, Progress};
 
 /// The cells measured: one thread, where a new file's zeros are not hidden behind other
 /// threads' work.
-pub const CELLS: [Cell; 3] = [
+pub const CELLS: [Cell; 4] = [
     Cell {
         size: 1024,
         batch: 100,
@@ -28,6 +30,11 @@ pub const CELLS: [Cell; 3] = [
     Cell {
         size: 16384,
         batch: 100,
+        threads: 1,
+    },
+    Cell {
+        size: 16384,
+        batch: 1000,
         threads: 1,
     },
 ];
@@ -46,6 +53,9 @@ pub struct SteadyResult {
     /// Log files the settled channel made, and reused, during its put run.
     pub settled_made: u64,
     pub settled_reused: u64,
+    /// Log writes of each put run that waited for a file being made.
+    pub fresh_waits: FileWaits,
+    pub settled_waits: FileWaits,
     /// Bytes of events put and taken before the settled run.
     pub warm_bytes: u64,
 }
@@ -77,10 +87,12 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<Vec<SteadyRe
         // One batch put and taken first, as the matrix does: the first file is made then.
         warm(&fresh, &owned, 1)?;
         let (made0, _) = files(&fresh);
+        let waits0 = waits(&fresh);
         let before = Written::now();
         r.fresh = scenarios::put_only(&fresh, cell, plan.duration, max)?;
         r.fresh_io = Written::now().since(before);
         r.fresh_made = files(&fresh).0 - made0;
+        r.fresh_waits = since(waits(&fresh), waits0);
         drop(fresh);
         remove_run_dir(&dir)?;
 
@@ -98,9 +110,11 @@ pub fn run(base: &Path, plan: &Plan, progress: &Progress) -> Result<Vec<SteadyRe
         // wait for that, so its zeros do not fall into the run.
         quiet_writes();
         let (made0, reused0) = files(&settled);
+        let waits0 = waits(&settled);
         let before = Written::now();
         r.settled = scenarios::put_only(&settled, cell, plan.duration, max)?;
         r.settled_io = Written::now().since(before);
+        r.settled_waits = since(waits(&settled), waits0);
         let (made, reused) = files(&settled);
         (r.settled_made, r.settled_reused) = (made - made0, reused - reused0);
         drop(settled);
@@ -125,6 +139,21 @@ fn quiet_writes() {
 fn files(s: &Sluicegate) -> (u64, u64) {
     let st = s.channel().stats();
     (st.files_created, st.files_recycled)
+}
+
+/// Log writes that have waited for a file being made so far.
+fn waits(s: &Sluicegate) -> FileWaits {
+    s.channel().stats().file_waits
+}
+
+/// The waits between two readings (the longest is left out: the reading before may hold the
+/// warm-up's).
+fn since(now: FileWaits, before: FileWaits) -> FileWaits {
+    FileWaits {
+        count: now.count - before.count,
+        total_us: now.total_us - before.total_us,
+        longest_us: 0,
+    }
 }
 
 /// Puts at least `bytes` of events (one batch at least) in batches of `events`, then takes them

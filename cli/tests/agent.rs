@@ -350,6 +350,11 @@ fn an_agent_session_ingests_delivers_reports_and_stops_cleanly() {
     assert_eq!(live["put_successes"], 120, "{live}");
     assert_eq!(live["take_successes"], 120, "{live}");
     assert_eq!(live["owner_pid"], agent.id(), "{live}");
+    // The first log file is made in place by the open, before any put: one wait at most.
+    assert!(
+        live["file_waits"].as_u64().is_some_and(|n| n <= 1),
+        "{live}"
+    );
     let (status, metrics) = http(mport, "GET", "/metrics", b"").expect("metrics");
     assert_eq!(status, 200);
     for needle in [
@@ -360,6 +365,7 @@ fn an_agent_session_ingests_delivers_reports_and_stops_cleanly() {
         "sluicegate_component_events_total{kind=\"sink\",name=\"out\",channel=\"c\"} 120",
         "sluicegate_component_rejected_total{kind=\"source\",name=\"in\",channel=\"c\"} 2",
         "sluicegate_channel_fsyncs_total",
+        "sluicegate_channel_file_waits_total{channel=\"c\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }

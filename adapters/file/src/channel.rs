@@ -22,7 +22,7 @@ use sluicegate_core::{Channel, Error, EventId, Recovery, Stats, SyncMark, Txn};
 use crate::config::{ConfigError, FileChannelConfig};
 use crate::keys::Keyring;
 use crate::snapshot::{SnapshotOptions, SnapshotStorage};
-use crate::storage::{FileError, FileErrorKind, FileStorage};
+use crate::storage::{FileError, FileErrorKind, FileStorage, FileWaits};
 
 type Core = Channel<FileStorage, Vec<u64>, Keyring>;
 
@@ -156,6 +156,9 @@ pub struct FileStats {
     pub files_recycled: u64,
     /// Released log files deleted, beyond `kept_log_files`.
     pub files_deleted: u64,
+    /// Log writes that found their segment's file not ready and waited while it was made:
+    /// the stalls a backlog outgrowing the kept files costs (docs/benchmarks.md).
+    pub file_waits: FileWaits,
     /// Puts refused for want of free space.
     pub puts_refused_for_space: u64,
     /// Checkpoints that failed in the background thread (the log is unaffected).
@@ -462,6 +465,7 @@ impl FileChannel {
             log_files: core.storage().log_files() as u64,
             files_recycled: core.storage().files_recycled(),
             files_deleted: core.storage().files_deleted(),
+            file_waits: core.storage().file_waits(),
             puts_refused_for_space: refused,
             background_checkpoint_failures: failed,
             checkpoint_age_ms,

@@ -71,5 +71,6 @@ pub use dirs::{
 };
 pub use snapshot::{SnapshotOptions, SnapshotStorage};
 pub use storage::{
-    segment_name, segment_slot, FileError, FileErrorKind, FileStorage, Layout, LogSyncTicket,
+    segment_name, segment_slot, FileError, FileErrorKind, FileStorage, FileWaits, Layout,
+    LogSyncTicket,
 };

@@ -661,7 +661,29 @@ pub struct FileStorage {
     kept: usize,
     files_recycled: u64,
     files_deleted: u64,
+    waits: FileWaits,
     _locks: Vec<DirLock>,
+}
+
+/// Log writes that found their segment's file not ready and waited while it was made (on its
+/// thread, or on the writer's own when nothing started it): how many, and for how long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileWaits {
+    /// Waits.
+    pub count: u64,
+    /// Their total, in microseconds.
+    pub total_us: u64,
+    /// The longest, in microseconds.
+    pub longest_us: u64,
+}
+
+impl FileWaits {
+    fn add(&mut self, since: std::time::Instant) {
+        let us = since.elapsed().as_micros() as u64;
+        self.count += 1;
+        self.total_us += us;
+        self.longest_us = self.longest_us.max(us);
+    }
 }
 
 /// A segment file being made on a thread of its own: its slot, and the thread, which writes
@@ -812,6 +834,7 @@ impl FileStorage {
             kept: layout.kept_segments as usize,
             files_recycled: 0,
             files_deleted: 0,
+            waits: FileWaits::default(),
             _locks: locks,
         })
     }
@@ -819,6 +842,11 @@ impl FileStorage {
     /// Segment files given to another segment instead of making a new one.
     pub fn files_recycled(&self) -> u64 {
         self.files_recycled
+    }
+
+    /// Log writes that waited for their segment's file to be made.
+    pub fn file_waits(&self) -> FileWaits {
+        self.waits
     }
 
     /// Segment files deleted once released, beyond the kept ones.
@@ -950,6 +978,7 @@ impl FileStorage {
             self.finish_making()?;
         }
         if self.segments[slot].is_none() {
+            let since = std::time::Instant::now();
             let m = match self.take_spare(slot) {
                 Some(spare) => {
                     self.files_recycled += 1;
@@ -960,6 +989,7 @@ impl FileStorage {
                     Mapped::create(self.segment_path(slot), self.segment_bytes)?
                 }
             };
+            self.waits.add(since);
             self.segments[slot] = Some(Box::new(m));
         }
         self.segments[slot]
@@ -972,11 +1002,16 @@ impl FileStorage {
         let Some(making) = self.making.take() else {
             return Ok(());
         };
+        let busy = !making.thread.is_finished();
+        let since = std::time::Instant::now();
         let made = making.thread.join().unwrap_or_else(|_| {
             Err(FileError::config(
                 "the thread making a log file panicked".into(),
             ))
         })?;
+        if busy {
+            self.waits.add(since);
+        }
         if making.recycled {
             self.files_recycled += 1;
         } else {
@@ -1402,6 +1437,7 @@ mod tests {
         let layout = small_layout(root.path());
         let mut s = FileStorage::open(&layout).unwrap();
         s.write(Region::Log, 8, &[1; 8]).unwrap();
+        assert_eq!(s.file_waits().count, 1, "the first file was made in place");
         s.prepare(Region::Log, 1 << 20, 2 << 20).unwrap();
         assert!(s.making.as_ref().is_some_and(|m| m.slot == 1));
         // A second notice for the same segment starts nothing new.
@@ -1409,6 +1445,8 @@ mod tests {
         s.write(Region::Log, (1 << 20) + 64, &[7; 8]).unwrap();
         s.sync(Region::Log).unwrap();
         assert!(s.making.is_none(), "the write waited for the file");
+        // Counted only if the thread had not finished when the write came.
+        assert!(s.file_waits().count <= 2, "{:?}", s.file_waits());
         let mut back = [0u8; 8];
         s.read(Region::Log, (1 << 20) + 64, &mut back).unwrap();
         assert_eq!(back, [7; 8]);
