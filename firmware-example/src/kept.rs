@@ -12,7 +12,9 @@ use crate::nor::{Kept, BLOCK, BYTES};
 
 /// Readings the ledger can follow; the run stops putting when they are used up.
 pub const MAX_READINGS: usize = 1 << 20;
-const MAGIC: u32 = 0x5157_4731;
+const MAGIC: u32 = 0x5157_4732;
+/// The newest readings the ledger remembers whole.
+pub const RECENT: usize = 64;
 
 /// A reading's state in the ledger.
 #[derive(Clone, Copy, PartialEq, Eq, defmt::Format)]
@@ -89,6 +91,11 @@ pub struct Ledger {
     pub stack_bytes: u32,
     /// Erases of each block of the part, counted by the driver.
     pub block_erases: [u32; BYTES / BLOCK],
+    /// The newest readings put, as (sequence, sample time), a ring: the final check searches
+    /// the log partition for their exact encodings.
+    pub recent: [(u32, u32); RECENT],
+    /// Readings ever noted in `recent`.
+    pub recent_count: u32,
     state: [u8; MAX_READINGS],
     delivered: [u8; MAX_READINGS],
 }
@@ -125,6 +132,11 @@ pub fn boot(seed: u32) -> bool {
 }
 
 impl Ledger {
+    /// Remembers reading `seq`, sampled at `at_ms`, among the newest.
+    pub fn note_recent(&mut self, seq: u32, at_ms: u32) {
+        self.recent[self.recent_count as usize % RECENT] = (seq, at_ms);
+        self.recent_count += 1;
+    }
     /// A reading's state.
     pub fn state(&self, seq: u32) -> State {
         State::from_u8(self.state[seq as usize])

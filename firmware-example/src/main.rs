@@ -1,6 +1,7 @@
 //! An edge gateway on Sluicegate, run in QEMU (`mps2-an386`, Cortex-M4).
 //!
-//! - A timer interrupt (SysTick, every millisecond) samples a "sensor" and puts the reading
+//! - A timer interrupt (SysTick, every millisecond) samples a "sensor" and puts the reading (a
+//!   [`Reading`]: sequence, time, sensor, value, encoded by `sluicegate-typed` with postcard)
 //!   through the interrupt-safe [`SharedChannel`], one committed transaction per reading.
 //! - The main loop is the uplink. It is up or down in phases; when up it takes a batch in a take
 //!   transaction, sends it to the "server", waits for the acknowledgement and commits the take.
@@ -33,14 +34,32 @@ use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use defmt_semihosting as _;
+use serde::{Deserialize, Serialize};
 use sluicegate_core::{Channel, Config, Error, KeyProvider};
 use sluicegate_flash::{FlashStorage, Partition, SharedChannel, Wear};
+use sluicegate_typed::Codec;
 
 use kept::State;
 use nor::{Nor, BLOCK};
 
-/// Readings are 32 bytes: the sequence number, a "temperature" and filler derived from it.
+/// The most bytes a reading's encoding may take (its postcard encoding takes 6 to 13).
 const READING: usize = 32;
+
+/// One sensor reading, as the gateway sends it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, defmt::Format)]
+struct Reading {
+    /// Its sequence number, from 0, across boots.
+    seq: u32,
+    /// When it was sampled: milliseconds since this boot's timer started.
+    at_ms: u32,
+    /// Which sensor.
+    sensor: u8,
+    /// The value, in hundredths of a degree Celsius.
+    centi_celsius: i16,
+}
+
+/// A codec of readings, in its own buffer.
+type Readings = Codec<Reading, READING>;
 /// Log segments: one a block, the whole log partition.
 const LOG_SEGMENTS: u32 = 16;
 /// The channel: 64 readings, take batches of up to 64 (the boot check takes all at once),
@@ -132,25 +151,23 @@ fn violation(what: &str, seq: u32) {
     }
 }
 
-/// The payload of reading `seq`.
-fn reading(seq: u32) -> [u8; READING] {
-    let mut r = [0u8; READING];
-    r[..4].copy_from_slice(&seq.to_le_bytes());
-    let mut x = seq.wrapping_mul(0x9E37_79B9) | 1;
-    for chunk in r[4..].chunks_mut(4) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        chunk.copy_from_slice(&x.to_le_bytes());
+/// What the "sensor" reads for reading `seq`, sampled at `at_ms`: its sensor and its value
+/// follow from `seq`, so a reading read back can be checked whole.
+fn reading(seq: u32, at_ms: u32) -> Reading {
+    let x = seq.wrapping_mul(0x9E37_79B9);
+    Reading {
+        seq,
+        at_ms,
+        sensor: (x >> 28) as u8,
+        centi_celsius: ((x >> 8) % 6000) as i16 - 1000,
     }
-    r
 }
 
-/// The sequence number of a reading read back, if its payload is intact.
-fn decode(bytes: &[u8]) -> Option<u32> {
-    let seq = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
-    (bytes.len() == READING && (seq as usize) < kept::MAX_READINGS && reading(seq) == bytes)
-        .then_some(seq)
+/// The sequence number of a reading taken into `codec`'s buffer (`len` bytes), if it decodes
+/// and is intact.
+fn decode(codec: &mut Readings, len: usize) -> Option<u32> {
+    let r = codec.decode(len).ok()?;
+    ((r.seq as usize) < kept::MAX_READINGS && reading(r.seq, r.at_ms) == r).then_some(r.seq)
 }
 
 #[entry]
@@ -251,10 +268,16 @@ fn SysTick() {
         }
         l.next_seq += 1;
         l.set(seq, State::PutInFlight);
+        l.note_recent(seq, tick);
         Some(seq)
     });
     let Some(seq) = seq else { return };
-    let outcome = CHANNEL.put_committed(&reading(seq));
+    let mut codec = Readings::new();
+    let outcome = match codec.encode(&reading(seq, tick), READING) {
+        Ok(bytes) => CHANNEL.put_committed(bytes),
+        // Never: a reading's encoding takes at most 13 bytes.
+        Err(_) => Err(None),
+    };
     let unexpected = kept::with(|l| match outcome {
         Ok(()) => {
             l.set(seq, State::Acked);
@@ -288,10 +311,10 @@ fn uplink_batch(live: bool) -> bool {
     };
     let mut batch = [0u32; BATCH];
     let mut n = 0;
-    let mut buf = [0u8; READING + 1];
+    let mut codec = Readings::new();
     while n < BATCH {
-        match CHANNEL.with(|ch| ch.take(tx, &mut buf)) {
-            Some(Ok(Some(len))) => match decode(&buf[..len]) {
+        match CHANNEL.with(|ch| ch.take(tx, codec.buffer_mut())) {
+            Some(Ok(Some(len))) => match decode(&mut codec, len) {
                 Some(seq) => {
                     batch[n] = seq;
                     n += 1;
@@ -375,13 +398,13 @@ fn check_recovered(boot: u32) {
         violation("could not begin the check's transaction", 0);
         return;
     };
-    let mut buf = [0u8; READING + 1];
+    let mut codec = Readings::new();
     let mut queued = 0u32;
     loop {
-        match CHANNEL.with(|ch| ch.take(tx, &mut buf)) {
+        match CHANNEL.with(|ch| ch.take(tx, codec.buffer_mut())) {
             Some(Ok(Some(len))) => {
                 queued += 1;
-                let Some(seq) = decode(&buf[..len]) else {
+                let Some(seq) = decode(&mut codec, len) else {
                     violation("a queued reading is damaged", 0);
                     continue;
                 };
@@ -530,7 +553,7 @@ fn finish() -> ! {
         kept::with(|l| l.stack_bytes),
         l.11
     );
-    let (in_clear, first) = readings_in_the_clear(l.3);
+    let (in_clear, first) = readings_in_the_clear();
     defmt::println!(
         "summary: sealed={=bool}; readings found in the clear in the log partition: {=u32}",
         keys().active().is_some(),
@@ -547,23 +570,29 @@ fn finish() -> ! {
     exit(violations == 0)
 }
 
-/// How many places in the log partition hold the first 12 bytes of one of the `sampled`
-/// readings (some in a plaintext run, none in a sealed one), and the first such reading.
-fn readings_in_the_clear(sampled: u32) -> (u32, u32) {
+/// How many places in the log partition hold the exact encoding of one of the newest readings
+/// put (some in a plaintext run, none in a sealed one), and the first such reading.
+fn readings_in_the_clear() -> (u32, u32) {
+    let (recent, noted) = kept::with(|l| (l.recent, l.recent_count));
     let (mut found, mut first) = (0, 0);
-    critical_section::with(|cs| {
-        let _device = DEVICE.borrow_ref_mut(cs);
-        let log = &nor::bytes()[..LOG_BYTES as usize];
-        for at in (0..log.len() - 12).step_by(4) {
-            let seq = u32::from_le_bytes([log[at], log[at + 1], log[at + 2], log[at + 3]]);
-            if seq < sampled && log[at..at + 12] == reading(seq)[..12] {
-                if found == 0 {
-                    first = seq;
+    let mut codec = Readings::new();
+    for &(seq, at_ms) in &recent[..(noted as usize).min(kept::RECENT)] {
+        let Ok(pattern) = codec.encode(&reading(seq, at_ms), READING) else {
+            continue;
+        };
+        critical_section::with(|cs| {
+            let _device = DEVICE.borrow_ref_mut(cs);
+            let log = &nor::bytes()[..LOG_BYTES as usize];
+            for window in log.windows(pattern.len()) {
+                if window == pattern {
+                    if found == 0 {
+                        first = seq;
+                    }
+                    found += 1;
                 }
-                found += 1;
             }
-        }
-    });
+        });
+    }
     (found, first)
 }
 

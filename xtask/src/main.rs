@@ -324,7 +324,7 @@ fn ci() -> Result {
     )?;
 
     step(&format!(
-        "the core and the flash adapter on {THUMB} (no_std, with and without defmt; the core also with every feature)"
+        "the core, the flash adapter and typed events on {THUMB} (no_std, with and without defmt; the core also with every feature)"
     ));
     run(
         "cargo",
@@ -338,7 +338,7 @@ fn ci() -> Result {
         ],
         &[],
     )?;
-    for package in ["sluicegate-core", "sluicegate-flash"] {
+    for package in ["sluicegate-core", "sluicegate-flash", "sluicegate-typed"] {
         run("cargo", &["build", "-p", package, "--target", THUMB], &[])?;
         run(
             "cargo",

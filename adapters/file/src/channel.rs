@@ -672,6 +672,11 @@ impl fmt::Debug for Transaction<'_> {
 }
 
 impl<'a> Transaction<'a> {
+    /// The channel this transaction is open on.
+    pub fn channel(&self) -> &'a FileChannel {
+        self.channel
+    }
+
     /// Puts an event; it is written now and becomes visible when the transaction commits.
     /// Refused while a directory is below `minimum_required_space_bytes`. If the channel or the
     /// log is full, waits up to `keep_alive_ms` for room, then fails with
