@@ -7,7 +7,8 @@
 //!   erases, NOR-rule enforcement, injected I/O errors and operation counters;
 //! - [`nor::SimNor`]: a simulated NOR flash part behind `embedded_storage`'s `NorFlash`
 //!   (write-once words, AND/OR writes, torn programs, interrupted erases that leave garbage,
-//!   unstable reads), on which the flash adapter runs as [`model::FlashSim`];
+//!   unstable reads), on which the flash adapter runs as [`model::FlashSim`], and its async
+//!   side, behind [`asynch::Yielding`], as [`model::AsyncFlashSim`];
 //! - [`model`]: a model-based checker that runs random transactions against a `VecDeque` and
 //!   checks every recovery, at random cut points or at every cut point of a workload;
 //! - [`kill`]: the same verdict on the file channel, across real processes killed with SIGKILL;
@@ -32,12 +33,14 @@
 //! drop((first, second));
 //! ```
 
+pub mod asynch;
 pub mod kill;
 pub mod model;
 pub mod nor;
 pub mod power;
 pub mod sim;
 
-pub use model::{FlashSim, Medium, Outcome, Scenario};
+pub use asynch::Yielding;
+pub use model::{AsyncFlashSim, FlashSim, Medium, Outcome, Scenario};
 pub use nor::{NorCounters, NorError, SimNor};
 pub use sim::{Counters, CrashPolicy, OpKind, SimError, SimStorage};

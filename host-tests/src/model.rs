@@ -34,7 +34,9 @@ use sluicegate_core::{
 use crate::nor::{NorError, SimNor};
 use crate::sim::{CrashPolicy, SimError, SimStorage};
 use sluicegate_core::Storage;
-use sluicegate_flash::{FlashError, FlashStorage};
+use sluicegate_flash::{AsyncFlashStorage, FlashError, FlashStorage};
+
+use crate::asynch::Yielding;
 
 /// The shape of a checked run.
 #[derive(Debug, Clone, Copy)]
@@ -82,14 +84,16 @@ pub const SIM_KEYS: [(KeyId, Key); 2] = [(1, [0x5a; 32]), (2, [0xa5; 32])];
 pub type SimChannel<'a, M> = Channel<&'a mut M, &'a mut [u64], StaticKeys<'static>>;
 
 /// Opens the scenario's channel on `medium`.
-pub fn open_on<'a, M: Storage>(
+pub fn open_on<'a, M: Medium>(
     medium: &'a mut M,
     memory: &'a mut [u64],
     scenario: &Scenario,
 ) -> Result<SimChannel<'a, M>, Error<M::Error>> {
     let keys = StaticKeys::new(&SIM_KEYS, if scenario.sealed { Some(1) } else { None })
         .with_algorithm(scenario.algorithm);
-    Channel::open_with_keys(medium, memory, scenario.config, keys)
+    let mut channel = Channel::open_with_keys(medium, memory, scenario.config, keys)?;
+    M::settle(&mut channel)?;
+    Ok(channel)
 }
 
 impl Scenario {
@@ -284,6 +288,13 @@ pub trait Medium: Storage + Clone {
         let _ = (channel, txn);
         None
     }
+    /// Makes what the core handed the medium reach it, where the medium defers that (the
+    /// async flash adapter's stage): called after an open and after every commit, before the
+    /// checker counts on them, as `AsyncChannel` does before it returns. Nothing by default.
+    fn settle(channel: &mut SimChannel<'_, Self>) -> Result<(), Error<Self::Error>> {
+        let _ = channel;
+        Ok(())
+    }
 }
 
 impl<const W: usize, const E: usize> Medium for SimStorage<W, E> {
@@ -405,6 +416,93 @@ impl<const W: usize, const E: usize> Medium for FlashSim<W, E> {
     }
     fn is_power_loss(e: &FlashError<NorError>) -> bool {
         e.device_error() == Some(&NorError::PowerLoss)
+    }
+}
+
+/// The flash adapter's async side over three simulated NOR parts behind [`Yielding`], its
+/// writes and erases staged as under an `AsyncChannel` and made only when the checker settles
+/// (after an open and after each commit), or when a read or a full stage needs them.
+pub type AsyncFlashSim<const W: usize, const E: usize> =
+    AsyncFlashStorage<Yielding<SimNor<W, E>>, Yielding<SimNor<W, E>>, Yielding<SimNor<W, E>>>;
+
+impl<const W: usize, const E: usize> Medium for AsyncFlashSim<W, E> {
+    const WORD: usize = W;
+    const REPLAY_FLAG: &'static str = " --flash-async";
+    fn blank(scenario: &Scenario) -> Self {
+        let (log, checkpoint, backup) = FlashSim::<W, E>::blank(scenario).into_devices();
+        let mut s = AsyncFlashStorage::new(
+            Yielding::new(log),
+            Yielding::new(checkpoint),
+            Yielding::new(backup),
+        )
+        .expect("the scenario's sizes are whole erase blocks");
+        s.set_staging(true);
+        s
+    }
+    fn cut_power_after(&mut self, n: u64) {
+        self.devices_mut().0.inner_mut().cut_power_after(n);
+    }
+    fn is_powered_off(&self) -> bool {
+        self.devices().0.inner().is_powered_off()
+    }
+    fn reboot(&mut self, seed: u64, _policy: CrashPolicy) {
+        // What was staged and not made is gone, as the cut found it.
+        let (l, c, b) = (*self).clone().into_devices();
+        let mut parts = [l, c, b];
+        for (i, part) in parts.iter_mut().enumerate() {
+            part.inner_mut().reboot(seed.wrapping_add(i as u64));
+        }
+        let [l, c, b] = parts;
+        *self = AsyncFlashStorage::new(l, c, b).expect("the same geometry");
+        self.set_staging(true);
+    }
+    fn first_violation(&self) -> Option<String> {
+        let (l, c, b) = self.devices();
+        [l.inner(), c.inner(), b.inner()]
+            .into_iter()
+            .find_map(|p| p.violations().first().cloned())
+    }
+    fn written(&self, region: Region, erased: u8) -> Vec<usize> {
+        let (l, c, b) = self.devices();
+        let part = match region {
+            Region::Log => l,
+            Region::Checkpoint => c,
+            Region::Backup => b,
+        };
+        written_offsets(part.inner().image(), erased)
+    }
+    fn flip(&mut self, region: Region, offset: usize, bit: u8) {
+        let (l, c, b) = self.devices_mut();
+        match region {
+            Region::Log => l.inner_mut().flip_bit(offset, bit),
+            Region::Checkpoint => c.inner_mut().flip_bit(offset, bit),
+            Region::Backup => b.inner_mut().flip_bit(offset, bit),
+        }
+    }
+    fn mutations(&self) -> u64 {
+        let (l, c, b) = self.devices();
+        [l.inner(), c.inner(), b.inner()]
+            .into_iter()
+            .map(|p| p.counters().writes + p.counters().erases)
+            .sum()
+    }
+    fn is_power_loss(e: &FlashError<NorError>) -> bool {
+        e.device_error() == Some(&NorError::PowerLoss)
+    }
+    fn settle(channel: &mut SimChannel<'_, Self>) -> Result<(), Error<Self::Error>> {
+        block_on(channel.storage_mut().flush()).map_err(Error::Storage)
+    }
+}
+
+/// Drives a future to completion on this thread (the checker has no executor).
+fn block_on<F: core::future::Future>(f: F) -> F::Output {
+    let mut f = core::pin::pin!(f);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    // Bounded: the simulated parts are ready after a few polls.
+    loop {
+        if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
     }
 }
 
@@ -769,7 +867,10 @@ fn epoch_workload<M: Medium>(
         } else {
             None
         };
-        match grouped.unwrap_or_else(|| channel.commit(t.handle)) {
+        let committed = grouped
+            .unwrap_or_else(|| channel.commit(t.handle))
+            .and_then(|()| M::settle(channel));
+        match committed {
             Ok(()) => {
                 outcome.commits += 1;
                 finish(model, &mut taken, &mut pending_puts, &t, true);

@@ -45,6 +45,17 @@ const CI_SIM_FLASH: [&str; 7] = [
     "--steps",
     "100",
 ];
+/// The flash adapter's async side, its writes and erases staged and made after each commit
+/// and open, on the same simulated parts (bounded; `cargo xtask sim --flash-async` runs more).
+const CI_SIM_FLASH_ASYNC: [&str; 7] = [
+    "--flash-async",
+    "--exhaustive",
+    "100",
+    "--seeds",
+    "1000",
+    "--steps",
+    "100",
+];
 const CI_FUZZ_SECONDS: u64 = 20;
 /// Disk space a check run should have: one took 5.0 GB at its peak here (README.md).
 const CI_DISK_GIB: f64 = 10.0;
@@ -324,7 +335,7 @@ fn ci() -> Result {
     )?;
 
     step(&format!(
-        "the core, the flash adapter and typed events on {THUMB} (no_std, with and without defmt; the core also with every feature)"
+        "the core, the flash adapter (blocking and async) and typed events on {THUMB} (no_std, with and without defmt; the core also with every feature)"
     ));
     run(
         "cargo",
@@ -354,6 +365,20 @@ fn ci() -> Result {
             &[],
         )?;
     }
+    // The async side of the flash adapter.
+    run(
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "sluicegate-flash",
+            "--target",
+            THUMB,
+            "--features",
+            "async,defmt",
+        ],
+        &[],
+    )?;
 
     step("the README's first command: a load run through a file channel, then reopens");
     // Exactly as the README gives it, from the workspace root, into a fresh `sluicegate-load`.
@@ -396,6 +421,11 @@ fn ci() -> Result {
     sim(&ci_sim)?;
     step("crash simulation of the flash adapter on simulated NOR parts (bounded)");
     let ci_sim: Vec<String> = CI_SIM_FLASH.iter().map(|s| s.to_string()).collect();
+    sim(&ci_sim)?;
+    step(
+        "crash simulation of the flash adapter's async side (staged programs and erases, bounded)",
+    );
+    let ci_sim: Vec<String> = CI_SIM_FLASH_ASYNC.iter().map(|s| s.to_string()).collect();
     sim(&ci_sim)?;
     step("the same with reads of half-programmed bits that change from one read to the next");
     // Every run then has intact checkpoint regions (see docs/guarantees.md, "On NOR flash").
@@ -661,6 +691,18 @@ fn mutants() -> Result {
         &unstable_args,
         &envs,
     )?;
+    let async_args: Vec<&str> = [
+        &SIM_RUN[..],
+        &["--flash-async", "--exhaustive", "10", "--seeds", "100"],
+    ]
+    .concat();
+    caught += catch_all(
+        &ws,
+        &ASYNC_MUTANTS,
+        "the simulation of the flash adapter's async side",
+        &async_args,
+        &envs,
+    )?;
     let continuation_args = [
         "test",
         "-q",
@@ -783,6 +825,7 @@ fn mutants() -> Result {
     }
     let total = MUTANTS.len()
         + UNSTABLE_MUTANTS.len()
+        + ASYNC_MUTANTS.len()
         + KILL_MUTANTS.len()
         + DISK_FULL_MUTANTS.len()
         + POWER_MUTANTS.len()
@@ -884,6 +927,22 @@ const REUSE_MUTANTS: [Mutant; 5] = [
         file: "core/src/channel/head.rs",
         from: "let floor = (self.roll_to + 2).saturating_sub(geo.segments);",
         to: "let floor = 0 * self.roll_to;",
+    },
+];
+
+/// Bugs in the flash adapter's async side, caught by its simulation.
+const ASYNC_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "the async flash adapter's flush forgets a staged operation that failed while the core waited (a checkpoint's write), so a commit counted on it is acknowledged",
+        file: "adapters/flash/src/asynch.rs",
+        from: "let result = match self.failed.take() {",
+        to: "let result = match None::<FlashError<L::Error>> {",
+    },
+    Mutant {
+        name: "the async flash adapter makes its staged operations in reverse order",
+        file: "adapters/flash/src/asynch.rs",
+        from: "for i in 0..self.ops.len() {",
+        to: "for i in (0..self.ops.len()).rev() {",
     },
 ];
 

@@ -18,6 +18,9 @@
 //!   than once more than any other. The erase counts follow from the sequence numbers in the
 //!   segment headers on flash; [`Wear::of_log`] reports them.
 //! - [`Partition`] cuts one device into the three regions, behind a critical section.
+//! - With the `async` feature, `AsyncFlashStorage` and `AsyncChannel` do the same over
+//!   `embedded_storage_async` drivers: the core's programs and erases are awaited after each
+//!   operation, in the order the core made them, so the crash model is the blocking one's.
 //!
 //! ```
 //! # use sluicegate_flash::FlashStorage;
@@ -30,6 +33,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "async")]
+mod asynch;
 mod partition;
 mod shared;
 
@@ -38,6 +43,8 @@ use core::fmt;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 use sluicegate_core::{ErrorType, Region, Stats, Storage, StorageError, StorageErrorKind};
 
+#[cfg(feature = "async")]
+pub use asynch::{AsyncChannel, AsyncCounters, AsyncError, AsyncFlashStorage};
 pub use partition::Partition;
 pub use shared::SharedChannel;
 
@@ -201,31 +208,10 @@ where
             );
         }
         let erase = L::ERASE_SIZE;
-        for (region, bytes) in [
-            (Region::Log, log.capacity()),
-            (Region::Checkpoint, checkpoint.capacity()),
-            (Region::Backup, backup.capacity()),
-        ] {
-            if bytes % erase != 0 {
-                return Err(GeometryError::NotWholeBlocks {
-                    region,
-                    bytes,
-                    erase_size: erase,
-                });
-            }
-            if u32::try_from(bytes).is_err() {
-                return Err(GeometryError::TooLarge { region });
-            }
-        }
-        if log.capacity() == 0 {
-            return Err(GeometryError::EmptyLog);
-        }
-        if checkpoint.capacity() != backup.capacity() {
-            return Err(GeometryError::SlotsDiffer {
-                checkpoint: checkpoint.capacity(),
-                backup: backup.capacity(),
-            });
-        }
+        check_partitions(
+            [log.capacity(), checkpoint.capacity(), backup.capacity()],
+            erase,
+        )?;
         log!(
             info,
             "sluicegate-flash: log {=usize} B, slots {=usize} B, write {=usize} B, erase {=usize} B",
@@ -344,6 +330,33 @@ where
     fn sync(&mut self, _region: Region) -> Result<(), Self::Error> {
         Ok(())
     }
+}
+
+/// Checks the three partitions' sizes (log, checkpoint, backup) against the erase block.
+pub(crate) fn check_partitions(sizes: [usize; 3], erase: usize) -> Result<(), GeometryError> {
+    let regions = [Region::Log, Region::Checkpoint, Region::Backup];
+    for (region, bytes) in regions.into_iter().zip(sizes) {
+        if bytes % erase != 0 {
+            return Err(GeometryError::NotWholeBlocks {
+                region,
+                bytes,
+                erase_size: erase,
+            });
+        }
+        if u32::try_from(bytes).is_err() {
+            return Err(GeometryError::TooLarge { region });
+        }
+    }
+    if sizes[0] == 0 {
+        return Err(GeometryError::EmptyLog);
+    }
+    if sizes[1] != sizes[2] {
+        return Err(GeometryError::SlotsDiffer {
+            checkpoint: sizes[1],
+            backup: sizes[2],
+        });
+    }
+    Ok(())
 }
 
 /// Reads `buf.len()` bytes at any `offset` from a device whose reads must be aligned to its

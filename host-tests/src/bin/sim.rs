@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K]
-//!     [--core | --flash] [--unstable-reads [--and-damaged-checkpoints]]
+//!     [--core | --flash | --flash-async] [--unstable-reads [--and-damaged-checkpoints]]
 //! ```
 //!
 //! Each run is made on two media unless one is chosen: `--core`, the core's simulated storage
 //! (`SimStorage`: unsynced writes lost or kept at a cut), and `--flash`, the flash adapter over
 //! simulated NOR parts (`SimNor`: torn programs, garbage erases, unstable reads).
+//! `--flash-async` runs the flash adapter's async side (`AsyncFlashSim`) instead: its writes and
+//! erases staged and made after each commit and open, on the same parts behind `Yielding`.
 //! `--unstable-reads` makes bits an interrupted program left on the NOR parts read differently
 //! from one read to the next. Every run then has checkpoint regions, which are not damaged on
 //! purpose, since the checkpoint an open writes is what keeps the verdict on such bits;
@@ -23,7 +25,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sluicegate_sim::model::{exhaustive_on, run_on, FlashSim, Medium, Outcome, Scenario};
+use sluicegate_sim::model::{
+    exhaustive_on, run_on, AsyncFlashSim, FlashSim, Medium, Outcome, Scenario,
+};
 use sluicegate_sim::SimStorage;
 
 const ERASE: usize = 256;
@@ -75,12 +79,13 @@ fn parse() -> Result<Args, String> {
             }
             "--core" => a.media = vec![Media::Core],
             "--flash" => a.media = vec![Media::Flash],
+            "--flash-async" => a.media = vec![Media::FlashAsync],
             "--unstable-reads" => a.unstable_reads = true,
             "--and-damaged-checkpoints" => a.damage_with_unstable_reads = true,
             "--seed" => seed = Some(value("--seed")?),
             "--cut" => cut = Some(value("--cut")?),
             "-h" | "--help" => {
-                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K] [--core | --flash] [--unstable-reads [--and-damaged-checkpoints]]".into())
+                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K] [--core | --flash | --flash-async] [--unstable-reads [--and-damaged-checkpoints]]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -100,6 +105,8 @@ enum Media {
     Core,
     /// The flash adapter over `SimNor` parts.
     Flash,
+    /// The flash adapter's async side over `SimNor` parts behind `Yielding`.
+    FlashAsync,
 }
 
 impl Media {
@@ -107,6 +114,7 @@ impl Media {
         match self {
             Media::Core => "storage",
             Media::Flash => "flash",
+            Media::FlashAsync => "flash-async",
         }
     }
 }
@@ -128,6 +136,11 @@ fn with_word(
         (Media::Flash, 8) => f(&On::<FlashSim<8, ERASE>>::default()),
         (Media::Flash, 16) => f(&On::<FlashSim<16, ERASE>>::default()),
         (Media::Flash, 32) => f(&On::<FlashSim<32, ERASE>>::default()),
+        (Media::FlashAsync, 1) => f(&On::<AsyncFlashSim<1, ERASE>>::default()),
+        (Media::FlashAsync, 4) => f(&On::<AsyncFlashSim<4, ERASE>>::default()),
+        (Media::FlashAsync, 8) => f(&On::<AsyncFlashSim<8, ERASE>>::default()),
+        (Media::FlashAsync, 16) => f(&On::<AsyncFlashSim<16, ERASE>>::default()),
+        (Media::FlashAsync, 32) => f(&On::<AsyncFlashSim<32, ERASE>>::default()),
         _ => Err(format!("unsupported word size {word}")),
     }
 }
