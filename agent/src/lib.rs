@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod dead_letter;

@@ -84,6 +84,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Bridge a gateway's serial uplink to MQTT: publish each reading of a batch with QoS 1,
+    /// and acknowledge the batch back over the line once the broker acknowledged all of it;
+    /// until SIGINT or SIGTERM.
+    Bridge {
+        /// The gateway's line: a TCP socket (`HOST:PORT`), as QEMU serves a board's UART.
+        #[arg(long, value_name = "HOST:PORT")]
+        serial: String,
+        /// The broker.
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: String,
+        /// The topic every reading is published to.
+        #[arg(long, default_value = "sluicegate/readings")]
+        topic: String,
+        /// The MQTT client id (names the broker's session for the bridge).
+        #[arg(long, default_value = "sluicegate-bridge")]
+        client_id: String,
+        /// How long a batch may wait for its PUBACKs before the gateway is left to send it
+        /// again, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Depth, capacity, segments, checkpoint age and how the channel recovers (read-only).
     Stats {
         #[command(flatten)]
@@ -191,6 +212,58 @@ fn agent(path: &std::path::Path) -> Result<ExitCode, fail::Fail> {
     }
 }
 
+fn bridge(
+    serial: &str,
+    mqtt: &str,
+    topic: String,
+    client_id: String,
+    timeout_ms: u64,
+) -> Result<ExitCode, fail::Fail> {
+    let (host, port) = mqtt
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| fail::Fail::usage(format!("--mqtt: expected HOST:PORT, got {mqtt:?}")))?;
+    if !serial.contains(':') {
+        return Err(fail::Fail::usage(format!(
+            "--serial: expected HOST:PORT, got {serial:?}"
+        )));
+    }
+    sluicegate_agent::agent::init_logging("info");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook_flag(signal, &stop);
+    }
+    let settings = sluicegate_agent::sinks::mqtt::MqttSettings {
+        host,
+        port,
+        topic,
+        client_id,
+        timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
+        identity: 0,
+        batch: sluicegate_uplink::MAX_BATCH,
+    };
+    let stats = sluicegate_agent::bridge::run(serial, settings, &stop);
+    eprintln!(
+        "bridge: {} batches read, {} acknowledged, {} not acknowledged by the broker, {} readings published, {} frames dropped, {} connections",
+        stats.batches, stats.acknowledged, stats.failed, stats.readings, stats.frames_dropped, stats.connects
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `flag` when `signal` arrives.
+fn signal_hook_flag(signal: i32, flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    let _ = FLAG.set(std::sync::Arc::clone(flag));
+    extern "C" fn on_signal(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of stdout goes away (`dump | head`).
     // For `take` that means the batch being written is not committed, and is delivered again.
@@ -244,6 +317,13 @@ fn main() -> ExitCode {
             exec.map_or(pipe::Delivery::Stdout, pipe::Delivery::Exec),
         ),
         Command::Agent { config } => agent(&config),
+        Command::Bridge {
+            serial,
+            mqtt,
+            topic,
+            client_id,
+            timeout_ms,
+        } => bridge(&serial, &mqtt, topic, client_id, timeout_ms),
         Command::Stats { home, json } => inspect::stats(&home, json),
         Command::Verify { home, json } => inspect::verify(&home, json),
         Command::Dump { home, json } => inspect::dump(&home, json),

@@ -6,6 +6,9 @@
 //! `SLUICEGATE_AGENT_KILLS=N` sets the kills of each kill test (default 200 for HTTP ingest,
 //! 150 for tailing, 120 for MQTT).
 
+mod common;
+use common::{eventually, free_port, mosquitto_program, Mosquitto};
+
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,11 +30,6 @@ fn kills(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// A tiny deterministic generator, so a failing run can be replayed.
@@ -234,15 +232,6 @@ fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
     let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
     err
-}
-
-/// Waits until `done` holds, failing after a generous bound.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(300);
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Makes a config's text from the temporary root.
@@ -820,107 +809,6 @@ fn sigkill_during_file_tailing_loses_no_line_and_repeats_none() {
     judge(&delivered, &ledger, rounds, sink_batch);
     let repeats = only_sink_repeats(&batches, &s.log());
     eprintln!("{repeats} lines repeated, all of them sink batches redelivered after a kill");
-}
-
-/// A mosquitto broker on a loopback port, its state (sessions, queued messages) kept in `dir`
-/// across a stop and a start; stopped when dropped.
-struct Mosquitto {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// The broker program, or `None` (with a loud message) where it is not installed: `cargo xtask
-/// ci` installs it.
-fn mosquitto_program() -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    let sub = Path::new("/usr/bin/mosquitto_sub").exists();
-    if found.is_none() || !sub {
-        assert!(
-            std::env::var_os("SLUICEGATE_REQUIRE_BROKERS").is_none(),
-            "mosquitto is required (SLUICEGATE_REQUIRE_BROKERS) but not installed"
-        );
-        eprintln!(
-            "\n*** SKIPPED: mosquitto or mosquitto_sub is not installed (`cargo xtask ci` installs them: apt-get install mosquitto mosquitto-clients) ***\n"
-        );
-        return None;
-    }
-    found
-}
-
-impl Mosquitto {
-    fn start(program: &Path, dir: &Path) -> Mosquitto {
-        Self::start_with(program, dir, "")
-    }
-
-    /// A broker whose configuration ends with `extra` lines.
-    fn start_with(program: &Path, dir: &Path, extra: &str) -> Mosquitto {
-        let mut m = Mosquitto {
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        std::fs::create_dir_all(dir).expect("broker dir");
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                // Mosquitto keeps at most 1,000 messages for a subscriber that is away by
-                // default and drops the rest silently, after acknowledging them to the sink;
-                // and started as root it saves its state as user `mosquitto` unless told.
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\n{extra}",
-                m.port,
-                dir.display()
-            ),
-        )
-        .expect("broker config");
-        m.resume(program);
-        m
-    }
-
-    /// Starts the broker (again), and waits until it listens.
-    fn resume(&mut self, program: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))
-            .expect("broker log");
-        let child = Command::new(program)
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        eventually("the broker to listen", || {
-            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
-    }
-
-    /// Stops the broker as an operator would (SIGTERM: it saves its state).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// `mosquitto_sub` with a persistent session and QoS 1 writing `ID|PAYLOAD` lines to `out`: an

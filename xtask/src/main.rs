@@ -335,7 +335,7 @@ fn ci() -> Result {
     )?;
 
     step(&format!(
-        "the core, the flash adapter (blocking and async) and typed events on {THUMB} (no_std, with and without defmt; the core also with every feature)"
+        "the core, the flash adapter (blocking and async), typed events and the uplink frames on {THUMB} (no_std, with and without defmt; the core also with every feature)"
     ));
     run(
         "cargo",
@@ -349,7 +349,12 @@ fn ci() -> Result {
         ],
         &[],
     )?;
-    for package in ["sluicegate-core", "sluicegate-flash", "sluicegate-typed"] {
+    for package in [
+        "sluicegate-core",
+        "sluicegate-flash",
+        "sluicegate-typed",
+        "sluicegate-uplink",
+    ] {
         run("cargo", &["build", "-p", package, "--target", THUMB], &[])?;
         run(
             "cargo",
