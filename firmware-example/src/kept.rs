@@ -12,7 +12,7 @@ use crate::nor::{Kept, BLOCK, BYTES};
 
 /// Readings the ledger can follow; the run stops putting when they are used up.
 pub const MAX_READINGS: usize = 1 << 20;
-const MAGIC: u32 = 0x5157_4732;
+const MAGIC: u32 = 0x5157_4733;
 /// The newest readings the ledger remembers whole.
 pub const RECENT: usize = 64;
 
@@ -96,6 +96,16 @@ pub struct Ledger {
     pub recent: [(u32, u32); RECENT],
     /// Readings ever noted in `recent`.
     pub recent_count: u32,
+    /// Batches sent over the real uplink (their sequence numbers).
+    pub batches_sent: u32,
+    /// Batches whose acknowledgement did not come in time (their takes rolled back).
+    pub ack_timeouts: u32,
+    /// Backlogs (batches not acknowledged in time) drained within the boot they began in.
+    pub drains: u32,
+    /// The longest and the total time of those, from the first unacknowledged batch to the
+    /// batch that emptied the queue, in ms.
+    pub drain_ms_max: u32,
+    pub drain_ms_total: u32,
     state: [u8; MAX_READINGS],
     delivered: [u8; MAX_READINGS],
 }

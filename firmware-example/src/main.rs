@@ -25,6 +25,8 @@
 
 mod kept;
 mod nor;
+#[cfg(feature = "uplink")]
+mod uart;
 
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -34,7 +36,6 @@ use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use defmt_semihosting as _;
-use serde::{Deserialize, Serialize};
 use sluicegate_core::{Channel, Config, Error, KeyProvider};
 use sluicegate_flash::{FlashStorage, Partition, SharedChannel, Wear};
 use sluicegate_typed::Codec;
@@ -45,18 +46,8 @@ use nor::{Nor, BLOCK};
 /// The most bytes a reading's encoding may take (its postcard encoding takes 6 to 13).
 const READING: usize = 32;
 
-/// One sensor reading, as the gateway sends it up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, defmt::Format)]
-struct Reading {
-    /// Its sequence number, from 0, across boots.
-    seq: u32,
-    /// When it was sampled: milliseconds since this boot's timer started.
-    at_ms: u32,
-    /// Which sensor.
-    sensor: u8,
-    /// The value, in hundredths of a degree Celsius.
-    centi_celsius: i16,
-}
+/// One sensor reading, as the gateway sends it up (`sluicegate-uplink`'s, the wire's).
+use sluicegate_uplink::Reading;
 
 /// A codec of readings, in its own buffer.
 type Readings = Codec<Reading, READING>;
@@ -76,6 +67,13 @@ const LOG_BYTES: u32 = LOG_SEGMENTS * BLOCK as u32;
 const SLOT_BYTES: u32 = 2 * BLOCK as u32;
 /// The uplink sends up to this many readings per take transaction.
 const BATCH: usize = 16;
+/// A reading every this many ticks: every millisecond against the in-firmware server, every
+/// 20 over the real uplink, whose round trip through the bridge and the broker takes
+/// milliseconds of host time.
+const SAMPLE_TICKS: u32 = if cfg!(feature = "uplink") { 20 } else { 1 };
+/// The timer cuts the power within this many ticks of a boot's start: longer over the real
+/// uplink, so a backlog from an outage can drain within a boot.
+const BOOT_MS: u32 = if cfg!(feature = "uplink") { 3000 } else { 600 };
 /// SysTick reload: the mps2 board clocks the core at 25 MHz, so this is 1 ms.
 const TICK_RELOAD: u32 = 25_000;
 
@@ -166,8 +164,13 @@ fn reading(seq: u32, at_ms: u32) -> Reading {
 /// The sequence number of a reading taken into `codec`'s buffer (`len` bytes), if it decodes
 /// and is intact.
 fn decode(codec: &mut Readings, len: usize) -> Option<u32> {
+    decode_reading(codec, len).map(|r| r.seq)
+}
+
+/// A reading taken into `codec`'s buffer (`len` bytes), if it decodes and is intact.
+fn decode_reading(codec: &mut Readings, len: usize) -> Option<Reading> {
     let r = codec.decode(len).ok()?;
-    ((r.seq as usize) < kept::MAX_READINGS && reading(r.seq, r.at_ms) == r).then_some(r.seq)
+    ((r.seq as usize) < kept::MAX_READINGS && reading(r.seq, r.at_ms) == r).then_some(r)
 }
 
 #[entry]
@@ -184,6 +187,8 @@ fn main() -> ! {
     }
     let boot = kept::with(|l| l.boots);
     let finishing = boot > BOOTS;
+    #[cfg(feature = "uplink")]
+    uart::init();
 
     let storage = match FlashStorage::new(
         Partition::new(&DEVICE, 0, LOG_BYTES).expect("whole blocks"),
@@ -222,6 +227,9 @@ fn main() -> ! {
     }
     if finishing {
         SAMPLING.store(false, Ordering::Relaxed);
+        // The uplink's timeouts count the timer's ticks.
+        #[cfg(feature = "uplink")]
+        start_timer(&mut core);
         drain();
         check_recovered(boot);
         finish();
@@ -233,21 +241,98 @@ fn main() -> ! {
     if flash_cut % 4 != 0 {
         nor::arm_cut(1 + flash_cut % 300);
     }
-    TIMER_CUT_AT.store(1 + timer_cut % 600, Ordering::Relaxed);
+    TIMER_CUT_AT.store(1 + timer_cut % BOOT_MS, Ordering::Relaxed);
 
+    start_timer(&mut core);
+
+    loop {
+        let tick = TICKS.load(Ordering::Relaxed);
+        // The uplink is up or down in 40 ms phases, down one phase in four.
+        let up = cfg!(feature = "uplink")
+            || kept::with(|l| (tick / 40).wrapping_mul(0x2545_F491) ^ l.boots) % 4 != 0;
+        if !up || !uplink_batch(true) {
+            cortex_m::asm::wfi();
+        }
+    }
+}
+
+/// Starts SysTick: a tick every millisecond.
+fn start_timer(core: &mut cortex_m::Peripherals) {
     core.SYST.set_clock_source(SystClkSource::Core);
     core.SYST.set_reload(TICK_RELOAD - 1);
     core.SYST.clear_current();
     core.SYST.enable_counter();
     core.SYST.enable_interrupt();
+}
 
-    loop {
-        let tick = TICKS.load(Ordering::Relaxed);
-        // The uplink is up or down in 40 ms phases, down one phase in four.
-        let up = kept::with(|l| (tick / 40).wrapping_mul(0x2545_F491) ^ l.boots) % 4 != 0;
-        if !up || !uplink_batch(true) {
-            cortex_m::asm::wfi();
+/// The real uplink (feature `uplink`): a batch over the UART, and its acknowledgement.
+#[cfg(feature = "uplink")]
+mod link {
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    use sluicegate_uplink::{encode, Decoder, Down, Reading, Up, MAX_BATCH, MAX_FRAME};
+
+    use crate::{kept, uart, TICKS};
+
+    /// How long a batch waits for its acknowledgement before its take is rolled back, in ticks.
+    const ACK_TIMEOUT_TICKS: u32 = 500;
+
+    /// Tick (+ 1) of this boot's first batch not acknowledged since the queue last drained; 0
+    /// while there is no backlog.
+    static BACKLOG_SINCE: AtomicU32 = AtomicU32::new(0);
+
+    /// A batch of `n` readings was acknowledged: if it was not full, the queue is drained, and
+    /// a backlog an outage left is gone: its time is kept.
+    pub fn acknowledged(n: usize) {
+        if n >= crate::BATCH {
+            return;
         }
+        let since = BACKLOG_SINCE.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let ms = TICKS.load(Ordering::Relaxed).wrapping_sub(since - 1);
+            kept::with(|l| {
+                l.drains += 1;
+                l.drain_ms_max = l.drain_ms_max.max(ms);
+                l.drain_ms_total += ms;
+            });
+        }
+    }
+
+    /// Sends `readings` as one batch and waits for its acknowledgement: true if it came.
+    pub fn send(readings: &[Reading]) -> bool {
+        let (seq, boot) = kept::with(|l| {
+            l.batches_sent += 1;
+            (l.batches_sent, l.boots)
+        });
+        let mut batch = heapless::Vec::<Reading, MAX_BATCH>::new();
+        for r in readings {
+            let _ = batch.push(*r);
+        }
+        let mut out = [0u8; MAX_FRAME];
+        let Ok(frame) = encode(
+            &Up::Batch {
+                seq,
+                boot,
+                readings: batch,
+            },
+            &mut out,
+        ) else {
+            return false;
+        };
+        uart::write_all(frame);
+        let mut decoder = Decoder::new();
+        let start = TICKS.load(Ordering::Relaxed);
+        // Bounded by the timeout: the timer's ticks go on in its interrupt.
+        while TICKS.load(Ordering::Relaxed).wrapping_sub(start) < ACK_TIMEOUT_TICKS {
+            while let Some(b) = uart::try_read() {
+                if decoder.push::<Down>(b) == Some(Down::Ack { seq }) {
+                    return true;
+                }
+            }
+        }
+        kept::with(|l| l.ack_timeouts += 1);
+        let _ = BACKLOG_SINCE.compare_exchange(0, start + 1, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 }
 
@@ -258,7 +343,10 @@ fn SysTick() {
     if tick == TIMER_CUT_AT.load(Ordering::Relaxed) {
         kept::power_cut(false);
     }
-    if !SAMPLING.load(Ordering::Relaxed) {
+    // SAMPLE_TICKS is 1 without the uplink.
+    #[allow(clippy::modulo_one)]
+    let due = tick % SAMPLE_TICKS == 0;
+    if !SAMPLING.load(Ordering::Relaxed) || !due {
         return;
     }
     let seq = kept::with(|l| {
@@ -310,13 +398,15 @@ fn uplink_batch(live: bool) -> bool {
         return false;
     };
     let mut batch = [0u32; BATCH];
+    let mut readings: heapless::Vec<Reading, BATCH> = heapless::Vec::new();
     let mut n = 0;
     let mut codec = Readings::new();
     while n < BATCH {
         match CHANNEL.with(|ch| ch.take(tx, codec.buffer_mut())) {
-            Some(Ok(Some(len))) => match decode(&mut codec, len) {
-                Some(seq) => {
-                    batch[n] = seq;
+            Some(Ok(Some(len))) => match decode_reading(&mut codec, len) {
+                Some(r) => {
+                    batch[n] = r.seq;
+                    let _ = readings.push(r);
                     n += 1;
                 }
                 None => violation("a reading came back damaged", 0),
@@ -332,6 +422,19 @@ fn uplink_batch(live: bool) -> bool {
         let _ = CHANNEL.with(|ch| ch.rollback(tx));
         return false;
     }
+    // The real uplink: the batch goes over the UART to the bridge, and the take commits only
+    // on its acknowledgement, which comes after the broker acknowledged every reading.
+    #[cfg(feature = "uplink")]
+    {
+        let _ = live;
+        if !link::send(&readings) {
+            let _ = CHANNEL.with(|ch| ch.rollback(tx));
+            return true;
+        }
+        link::acknowledged(n);
+    }
+    #[cfg(not(feature = "uplink"))]
+    let _ = &readings;
     // The server receives the batch.
     for &seq in &batch[..n] {
         let state = kept::with(|l| {
@@ -345,10 +448,10 @@ fn uplink_batch(live: bool) -> bool {
         }
     }
     // The acknowledgement takes a tick to come back, and sometimes never comes.
-    if live {
+    if live && !cfg!(feature = "uplink") {
         cortex_m::asm::wfi();
     }
-    if live && kept::with(|l| l.random()) % 8 == 0 {
+    if live && !cfg!(feature = "uplink") && kept::with(|l| l.random()) % 8 == 0 {
         let _ = CHANNEL.with(|ch| ch.rollback(tx));
         return true;
     }
@@ -380,7 +483,11 @@ fn uplink_batch(live: bool) -> bool {
 /// Batches the final drain may send before it is judged stuck. The channel holds at most its
 /// capacity, a few batches; a take commit refused for log space forever (a bug that keeps the
 /// log full) would otherwise make the drain loop until QEMU's timeout.
-const DRAIN_BATCHES: u32 = 1_000;
+const DRAIN_BATCHES: u32 = if cfg!(feature = "uplink") {
+    20_000
+} else {
+    1_000
+};
 
 /// The last boot: the uplink stays up and drains everything, with no cuts.
 fn drain() {
@@ -553,6 +660,8 @@ fn finish() -> ! {
         kept::with(|l| l.stack_bytes),
         l.11
     );
+    #[cfg(feature = "uplink")]
+    print_taken(l.3);
     let (in_clear, first) = readings_in_the_clear();
     defmt::println!(
         "summary: sealed={=bool}; readings found in the clear in the log partition: {=u32}",
@@ -568,6 +677,34 @@ fn finish() -> ! {
     let violations = kept::with(|l| l.violations);
     defmt::println!("summary: violations={=u32}", violations);
     exit(violations == 0)
+}
+
+/// The readings whose take committed on the bridge's acknowledgement, as ranges, for the test
+/// that compares them with what the broker received.
+#[cfg(feature = "uplink")]
+fn print_taken(sampled: u32) {
+    let (sent, timeouts) = kept::with(|l| (l.batches_sent, l.ack_timeouts));
+    let (drains, max, total) = kept::with(|l| (l.drains, l.drain_ms_max, l.drain_ms_total));
+    defmt::println!(
+        "uplink: batches_sent={=u32} ack_timeouts={=u32} backlogs_drained={=u32} drain_ms_mean={=u32} drain_ms_max={=u32} (a backlog: from the first batch not acknowledged in time to the batch that emptied the queue, within one boot)",
+        sent,
+        timeouts,
+        drains,
+        total.checked_div(drains).unwrap_or(0),
+        max
+    );
+    let mut start = None;
+    for seq in 0..=sampled {
+        let taken = seq < sampled && kept::with(|l| l.state(seq)) == State::Taken;
+        match (taken, start) {
+            (true, None) => start = Some(seq),
+            (false, Some(from)) => {
+                defmt::println!("uplink: taken {=u32}..{=u32}", from, seq);
+                start = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// How many places in the log partition hold the exact encoding of one of the newest readings

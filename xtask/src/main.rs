@@ -10,8 +10,10 @@
 //! - `power [--rounds N] [--fates F]`: power cuts under the file channel on the FUSE
 //!   filesystem of `host-tests/powerfs` (as root): N cut moments (1,000 in CI) of F fates each
 //!   (100), the exhaustive and checkpoint-aimed tests beside them;
-//! - `firmware [--boots N] [--seed S]`: builds the firmware example and runs it in QEMU
-//!   (installing qemu-system-arm, the target and defmt-print when missing);
+//! - `firmware [--boots N] [--seed S] [--uplink]`: builds the firmware example and runs it in
+//!   QEMU (installing qemu-system-arm, the target and defmt-print when missing); `--uplink`
+//!   runs it with its real uplink instead: UART0 on a loopback port, `sluicegate bridge`,
+//!   mosquitto and an independent subscriber (installing mosquitto when missing);
 //! - `bench [--full | --smoke] [--docs] [...]`: the benchmarks (`sluicegate-bench`; `bench
 //!   --help` lists its options); `bench --syncs` instead counts, under strace, the syncs each
 //!   system issues per commit (installing strace when missing).
@@ -57,6 +59,9 @@ const CI_SIM_FLASH_ASYNC: [&str; 7] = [
     "100",
 ];
 const CI_FUZZ_SECONDS: u64 = 20;
+/// Boots of the firmware with its real uplink in CI (about a minute; `cargo xtask firmware
+/// --uplink --boots N` runs more).
+const CI_UPLINK_BOOTS: u32 = 40;
 /// Disk space a check run should have: one took 5.0 GB at its peak here (README.md).
 const CI_DISK_GIB: f64 = 10.0;
 /// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
@@ -83,7 +88,7 @@ fn main() -> ExitCode {
         "bench" => bench_cmd(rest),
         "brokers" => brokers(),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | power [--rounds N] [--fates F] | firmware [--boots N] [--seed S] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants | brokers>");
+            println!("usage: cargo xtask <ci | sim [args] | kill [--rounds N] [--seed S] [--sealed] | power [--rounds N] [--fates F] | firmware [--boots N] [--seed S] [--uplink] | bench [--full | --smoke | --syncs] [--docs] | fuzz [--seconds N] | mutants | brokers>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
@@ -444,6 +449,14 @@ fn ci() -> Result {
         "the firmware example in QEMU: {CI_FIRMWARE_BOOTS} boots, each ending in a power cut"
     ));
     firmware_cmd(&["--boots".to_string(), CI_FIRMWARE_BOOTS.to_string()])?;
+    step(&format!(
+        "the firmware with its real uplink: UART, `sluicegate bridge`, mosquitto; {CI_UPLINK_BOOTS} boots with power cuts, the bridge and then the broker stopped for a while"
+    ));
+    firmware_cmd(&[
+        "--uplink".to_string(),
+        "--boots".to_string(),
+        CI_UPLINK_BOOTS.to_string(),
+    ])?;
 
     step("benchmarks: every system syncs at every commit (counted with strace)");
     bench_syncs()?;
@@ -659,6 +672,8 @@ fn mutants() -> Result {
     let _ = std::fs::remove_dir_all(&ws);
     for dir in [
         "core",
+        "typed",
+        "uplink",
         "host-tests",
         "adapters/file",
         "adapters/flash",
@@ -670,7 +685,7 @@ fn mutants() -> Result {
     }
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n",
+        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"typed\", \"uplink\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n",
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
@@ -1377,6 +1392,8 @@ fn ensure_defmt_print() -> Result {
 fn firmware_cmd(args: &[String]) -> Result {
     let mut boots = 200u32;
     let mut seed = 1u32;
+    let uplink = args.iter().any(|a| a == "--uplink");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--uplink").cloned().collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it
@@ -1387,18 +1404,29 @@ fn firmware_cmd(args: &[String]) -> Result {
         match flag.as_str() {
             "--boots" if value > 0 => boots = value,
             "--seed" => seed = value,
-            _ => return Err("usage: cargo xtask firmware [--boots N (> 0)] [--seed S]".into()),
+            _ => {
+                return Err(
+                    "usage: cargo xtask firmware [--boots N (> 0)] [--seed S] [--uplink]".into(),
+                )
+            }
         }
     }
     ensure_target()?;
     ensure_qemu()?;
     ensure_defmt_print()?;
     let dir = root().join("firmware-example");
+    if uplink {
+        return firmware_uplink(&dir, boots, seed);
+    }
     run_in(&dir, "cargo", &["fmt", "--check"], &[])?;
     let envs = firmware_env(&dir, boots, seed)?;
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Plaintext, then every feature: the sealed gateway and the AEAD comparison.
-    for features in [&[][..], &["--features", "sealed,aead-speed"]] {
+    // Plaintext, then every feature: the sealed gateway, the real uplink, the AEAD comparison
+    // and the gateway on the async side.
+    for features in [
+        &[][..],
+        &["--features", "sealed,uplink,aead-speed,async-gateway"],
+    ] {
         let mut args = vec!["clippy", "--release", "--bins"];
         args.extend(features);
         args.extend(["--", "-D", "warnings"]);
@@ -1425,6 +1453,27 @@ fn firmware_cmd(args: &[String]) -> Result {
             .join("aead-speed"),
         "shift=0,sleep=off",
     )?;
+    println!("-- the gateway on the flash adapter's async side (two tasks, one AsyncChannel)");
+    run_in(
+        &dir,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--features",
+            "async-gateway",
+            "--bin",
+            "async-gateway",
+        ],
+        &envs,
+    )?;
+    let async_elf = dir
+        .join("target")
+        .join(THUMB)
+        .join("release")
+        .join("async-gateway");
+    report_firmware_size(&async_elf)?;
+    run_firmware(&async_elf, FIRMWARE_ICOUNT)?;
     let elf = build_firmware(&dir, boots, seed, false)?;
     let plain = report_firmware_size(&elf)?;
     run_firmware(&elf, FIRMWARE_ICOUNT)?;
@@ -1470,6 +1519,316 @@ fn build_firmware(dir: &Path, boots: u32, seed: u32, sealed: bool) -> Result<Pat
         .join(THUMB)
         .join("release")
         .join("sluicegate-firmware-example"))
+}
+
+/// `cargo xtask firmware --uplink`: the firmware with its real uplink (feature `uplink`): its
+/// UART0 served by QEMU on a loopback port, `sluicegate bridge` between it and a mosquitto
+/// started here, an independent `mosquitto_sub` recording what the broker received. While it
+/// runs the bridge is stopped for a while, and then the broker. At the end every reading the
+/// firmware committed as sent must have reached the subscriber; duplicates are counted.
+fn firmware_uplink(dir: &Path, boots: u32, seed: u32) -> Result {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    ensure_apt_files(
+        &["/usr/sbin/mosquitto", "/usr/bin/mosquitto_sub"],
+        "mosquitto mosquitto-clients",
+    )?;
+    let envs = firmware_env(dir, boots, seed)?;
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_in(
+        dir,
+        "cargo",
+        &[
+            "clippy",
+            "--release",
+            "--features",
+            "uplink",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &envs,
+    )?;
+    run_in(
+        dir,
+        "cargo",
+        &["build", "--release", "--features", "uplink"],
+        &envs,
+    )?;
+    let elf = dir
+        .join("target")
+        .join(THUMB)
+        .join("release")
+        .join("sluicegate-firmware-example");
+    report_firmware_size(&elf)?;
+    run(
+        "cargo",
+        &["build", "--release", "-q", "-p", "sluicegate-cli"],
+        &[],
+    )?;
+    let bridge_bin = root().join("target").join("release").join("sluicegate");
+    let work = std::env::temp_dir().join(format!("sluicegate-uplink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let free_port = || -> Result<u16> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    };
+    let (mqtt_port, serial_port) = (free_port()?, free_port()?);
+    std::fs::write(
+        work.join("mosquitto.conf"),
+        format!(
+            "listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\n",
+            work.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let start_broker = || -> Result<std::process::Child> {
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(work.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
+            if Instant::now() > until {
+                return Err("mosquitto did not listen within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
+    };
+    // SIGTERM, as an operator stops a service (mosquitto saves its state).
+    let stop_child = |c: &mut std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let _ = c.wait();
+    };
+    let broker = start_broker()?;
+    let received = work.join("received.txt");
+    let mut subscriber = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string(), "-q", "1"])
+        .args(["-c", "-i", "sluicegate-uplink-reader", "-t", "gw/readings"])
+        .stdout(Stdio::from(
+            std::fs::File::create(&received).map_err(|e| e.to_string())?,
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start mosquitto_sub: {e}"))?;
+    let start_bridge = || -> Result<std::process::Child> {
+        Command::new(&bridge_bin)
+            .args(["bridge", "--serial", &format!("127.0.0.1:{serial_port}")])
+            .args([
+                "--mqtt",
+                &format!("127.0.0.1:{mqtt_port}"),
+                "--topic",
+                "gw/readings",
+            ])
+            .args(["--timeout-ms", "400"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(work.join("bridge.log"))
+                    .map_err(|e| e.to_string())?,
+            ))
+            .spawn()
+            .map_err(|e| format!("cannot start the bridge: {e}"))
+    };
+    let elf_s = elf.to_str().ok_or("non-UTF-8 path")?.to_string();
+    let limit = FIRMWARE_TIMEOUT_SECONDS.to_string();
+    let serial = format!("tcp:127.0.0.1:{serial_port},server=on,wait=off");
+    let qemu_args = [
+        limit.as_str(),
+        "qemu-system-arm",
+        "-machine",
+        "mps2-an386",
+        "-cpu",
+        "cortex-m4",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        serial.as_str(),
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
+        elf_s.as_str(),
+    ];
+    println!("$ timeout {} | defmt-print -e {elf_s}", qemu_args.join(" "));
+    let started = Instant::now();
+    let mut qemu = Command::new("timeout")
+        .args(qemu_args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-system-arm: {e}"))?;
+    let qemu_out = qemu.stdout.take().ok_or("no pipe from QEMU")?;
+    let mut decoder = Command::new("defmt-print")
+        .args(["-e", &elf_s])
+        .stdin(qemu_out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run defmt-print: {e}"))?;
+    let decoded = decoder.stdout.take().ok_or("no pipe from defmt-print")?;
+    let bridge = start_bridge()?;
+    // The outages, on their own thread: the bridge away 1.5 s after 4 s, the broker away
+    // 1.5 s after 8 s more (if the run lasts that long).
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    type Outages = Vec<(String, Duration)>;
+    let (outages, mut bridge, mut broker) = std::thread::scope(
+        |scope| -> Result<(Outages, std::process::Child, std::process::Child)> {
+            let (start_bridge, start_broker, stop_child) =
+                (&start_bridge, &start_broker, &stop_child);
+            let (mut bridge, mut broker) = (bridge, broker);
+            let handle = scope.spawn(
+                move || -> Result<(std::process::Child, std::process::Child, Outages)> {
+                    let mut done = Vec::new();
+                    let wait = |d: Duration| rx.recv_timeout(d).is_err();
+                    if wait(Duration::from_secs(4)) {
+                        stop_child(&mut bridge);
+                        let t = Instant::now();
+                        std::thread::sleep(Duration::from_millis(1500));
+                        bridge = start_bridge()?;
+                        done.push(("bridge".to_string(), t.elapsed()));
+                        if wait(Duration::from_secs(8)) {
+                            stop_child(&mut broker);
+                            let t = Instant::now();
+                            std::thread::sleep(Duration::from_millis(1500));
+                            broker = start_broker()?;
+                            done.push(("broker".to_string(), t.elapsed()));
+                        }
+                    }
+                    Ok((bridge, broker, done))
+                },
+            );
+            let mut lines = Vec::new();
+            for line in BufReader::new(decoded).lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                println!("{line}");
+                lines.push(line);
+            }
+            let _ = tx.send(());
+            let (b, k, done) = handle.join().map_err(|_| "the outage thread panicked")??;
+            std::fs::write(work.join("firmware.log"), lines.join("\n"))
+                .map_err(|e| e.to_string())?;
+            Ok((done, b, k))
+        },
+    )?;
+    let status = qemu.wait().map_err(|e| e.to_string())?;
+    let _ = decoder.wait();
+    let elapsed = started.elapsed();
+    let log = std::fs::read_to_string(work.join("firmware.log")).map_err(|e| e.to_string())?;
+    // What the firmware committed as sent, as ranges.
+    let mut taken: Vec<u32> = Vec::new();
+    for line in log.lines() {
+        if let Some(r) = line.trim().strip_prefix("uplink: taken ") {
+            let (a, b) = r.split_once("..").ok_or("a malformed range")?;
+            let (a, b): (u32, u32) = (
+                a.parse().map_err(|_| "a malformed range")?,
+                b.parse().map_err(|_| "a malformed range")?,
+            );
+            taken.extend(a..b);
+        }
+    }
+    let field = |name: &str| -> Option<u64> {
+        log.split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let violations = field("violations").ok_or("the firmware printed no summary")?;
+    // Every taken reading at the subscriber: it may still be arriving.
+    let mut seen = std::collections::HashMap::<u32, u32>::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        seen.clear();
+        for l in std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(seq) = l.split(',').next().and_then(|s| s.parse().ok()) {
+                *seen.entry(seq).or_insert(0) += 1;
+            }
+        }
+        if taken.iter().all(|s| seen.contains_key(s)) || Instant::now() > until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_child(&mut bridge);
+    stop_child(&mut subscriber);
+    stop_child(&mut broker);
+    let missing: Vec<u32> = taken
+        .iter()
+        .copied()
+        .filter(|s| !seen.contains_key(s))
+        .collect();
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    let boots_run = field("boots").unwrap_or(0).max(1);
+    let (cuts, timeouts) = (
+        field("cuts").unwrap_or(0),
+        field("ack_timeouts").unwrap_or(0),
+    );
+    println!(
+        "uplink: {} readings committed as sent over {} boots ({:.0} a boot), {} at the broker, {} duplicates ({} cuts and {} acknowledgements not in time allow {}), {} missing; refused for lack of room (dropped by policy): {}; backlogs drained within a boot: {}, mean {} ms, longest {} ms; outages: {}; {:.1} s",
+        taken.len(),
+        boots_run,
+        taken.len() as f64 / boots_run as f64,
+        seen.len(),
+        duplicates,
+        cuts,
+        timeouts,
+        (cuts + timeouts) * sluicegate_uplink_batch(),
+        missing.len(),
+        field("refused_full").unwrap_or(0),
+        field("backlogs_drained").unwrap_or(0),
+        field("drain_ms_mean").unwrap_or(0),
+        field("drain_ms_max").unwrap_or(0),
+        outages
+            .iter()
+            .map(|(what, d)| format!("{what} away {:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "uplink: the run's files (firmware log, bridge log, what the broker received) are in {} unless it passed",
+        work.display()
+    );
+    if !status.success() || violations > 0 {
+        return Err(format!(
+            "the firmware failed (QEMU exit: {status}, {violations} violations)"
+        ));
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} readings committed as sent never reached the broker (first {:?})",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    if taken.is_empty() {
+        return Err("no reading went up the link".into());
+    }
+    // A reading arrives twice only when its batch was sent again: after a cut while the batch
+    // was in flight, or after its acknowledgement did not come in time.
+    if u64::from(duplicates) > (cuts + timeouts) * sluicegate_uplink_batch() {
+        return Err(format!(
+            "{duplicates} duplicates at the broker, more than {cuts} cuts and {timeouts} late acknowledgements explain"
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Readings in one uplink batch, at most (the firmware's `BATCH`, `sluicegate-uplink`'s
+/// `MAX_BATCH`).
+fn sluicegate_uplink_batch() -> u64 {
+    16
 }
 
 /// QEMU's `-icount` for the firmware example: time follows the instruction count (16 ns each),
@@ -1567,7 +1926,75 @@ fn report_firmware_size(elf: &Path) -> Result<(u64, u64)> {
         vectors + text + rodata + data,
         data + bss,
     );
+    if let Some(shares) = elf32_code_by_crate(
+        &bytes,
+        &[
+            "sluicegate_core",
+            "sluicegate_flash",
+            "sluicegate_typed",
+            "sluicegate_uplink",
+            "postcard",
+            "serde",
+            "chacha20",
+            "poly1305",
+        ],
+    ) {
+        println!(
+            "firmware code by crate (bytes of functions that kept their own symbol; LTO inlines more into callers): {}",
+            shares
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok((vectors + text + rodata + data, data + bss))
+}
+
+/// The code of each crate in a firmware ELF: the sizes of its function symbols whose (mangled)
+/// names carry the crate's name, summed; the rest under "the rest". LTO inlines much of a
+/// crate's code into its callers, which then count for the caller: the figures are the code
+/// that stayed in the crate's own functions.
+fn elf32_code_by_crate(b: &[u8], crates: &[&str]) -> Option<Vec<(String, u64)>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let shoff = u32_at(0x20)? as usize;
+    let shentsize = u16_at(0x2E)? as usize;
+    let shnum = u16_at(0x30)? as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    // The symbol table (type 2) and its string table (its `link`).
+    let symtab = (0..shnum).find(|&i| u32_at(header(i) + 4) == Some(2))?;
+    let (sym_off, sym_size, link) = (
+        u32_at(header(symtab) + 16)? as usize,
+        u32_at(header(symtab) + 20)? as usize,
+        u32_at(header(symtab) + 24)? as usize,
+    );
+    let strings = u32_at(header(link) + 16)? as usize;
+    let mut sums = vec![0u64; crates.len() + 1];
+    for at in (sym_off..sym_off + sym_size).step_by(16) {
+        let (name, size, info) = (u32_at(at)? as usize, u32_at(at + 8)?, *b.get(at + 12)?);
+        // Functions only (STT_FUNC).
+        if info & 0xF != 2 || size == 0 {
+            continue;
+        }
+        let start = strings + name;
+        let end = start + b.get(start..)?.iter().position(|&c| c == 0)?;
+        let name = &b[start..end];
+        let which = crates
+            .iter()
+            .position(|c| name.windows(c.len()).any(|w| w == c.as_bytes()))
+            .unwrap_or(crates.len());
+        sums[which] += u64::from(size);
+    }
+    Some(
+        crates
+            .iter()
+            .map(|c| c.to_string())
+            .chain(std::iter::once("the rest".to_string()))
+            .zip(sums)
+            .collect(),
+    )
 }
 
 /// (name, size) of every section of a 32-bit little-endian ELF file.
