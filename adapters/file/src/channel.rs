@@ -746,7 +746,9 @@ impl<'a> Transaction<'a> {
         wait: Duration,
     ) -> Result<Option<(usize, EventId)>, FileChannelError> {
         let shared = &*self.channel.shared;
-        let deadline = Instant::now() + wait;
+        // The clock is read only once nothing is there to take (perf showed a clock read on
+        // every take at 3% of a 1 KiB take loop's samples).
+        let mut deadline = None;
         let mut st = lock(&shared.state);
         // Bounded by the deadline. Every applied commit (group sync, checkpoint sync) signals
         // `room` under this mutex, so no commit can slip in between the take and the wait.
@@ -754,7 +756,11 @@ impl<'a> Transaction<'a> {
             if let Some(got) = st.core().take_with_id(self.txn, buf)? {
                 return Ok(Some(got));
             }
+            if wait.is_zero() {
+                return Ok(None);
+            }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + wait);
             if now >= deadline {
                 return Ok(None);
             }
