@@ -44,7 +44,7 @@ use sluicegate_core::{
     Storage, Txn,
 };
 
-use crate::{check_partitions, FlashError, GeometryError, MAX_READ_SIZE};
+use crate::{check_partitions, check_sizes, FlashError, GeometryError, MAX_READ_SIZE};
 
 /// Drives `future` to completion on this thread: polls it with a waker that does nothing until
 /// it is ready. A driver completes its operation in an interrupt or by being polled, so this
@@ -118,21 +118,10 @@ where
     /// Checks the geometry as [`crate::FlashStorage::new`] does.
     pub fn new(log: L, checkpoint: C, backup: B) -> Result<Self, GeometryError> {
         const {
-            assert!(
-                L::WRITE_SIZE == C::WRITE_SIZE && L::WRITE_SIZE == B::WRITE_SIZE,
-                "the three partitions must have the same WRITE_SIZE"
-            );
-            assert!(
-                L::ERASE_SIZE == C::ERASE_SIZE && L::ERASE_SIZE == B::ERASE_SIZE,
-                "the three partitions must have the same ERASE_SIZE"
-            );
-            assert!(
-                L::READ_SIZE == C::READ_SIZE && L::READ_SIZE == B::READ_SIZE,
-                "the three partitions must have the same READ_SIZE"
-            );
-            assert!(
-                L::READ_SIZE >= 1 && MAX_READ_SIZE % L::READ_SIZE == 0,
-                "READ_SIZE must be a power of two no larger than 32"
+            check_sizes(
+                [L::WRITE_SIZE, C::WRITE_SIZE, B::WRITE_SIZE],
+                [L::ERASE_SIZE, C::ERASE_SIZE, B::ERASE_SIZE],
+                [L::READ_SIZE, C::READ_SIZE, B::READ_SIZE],
             );
             assert!(STAGE <= u16::MAX as usize, "STAGE is at most 65,535 bytes");
             assert!(OPS >= 1, "OPS is at least 1");
@@ -203,34 +192,56 @@ where
     async fn run_staged(&mut self, awaited: bool) -> Result<(), FlashError<L::Error>> {
         for i in 0..self.ops.len() {
             let op = self.ops[i];
-            let region = op.region;
-            let device = |error| FlashError::Device { region, error };
-            let result = match op.data {
-                Some(start) => {
-                    let data = &self.bytes[start as usize..start as usize + op.len as usize];
-                    match region {
-                        Region::Log => self.log.write(op.at, data).await,
-                        Region::Checkpoint => self.checkpoint.write(op.at, data).await,
-                        Region::Backup => self.backup.write(op.at, data).await,
-                    }
-                }
-                None => {
-                    let end = op.at + op.len;
-                    match region {
-                        Region::Log => self.log.erase(op.at, end).await,
-                        Region::Checkpoint => self.checkpoint.erase(op.at, end).await,
-                        Region::Backup => self.backup.erase(op.at, end).await,
-                    }
-                }
+            let data = match op.data {
+                Some(start) => start as usize..start as usize + op.len as usize,
+                None => 0..0,
             };
+            let result = Self::run_one(
+                (&mut self.log, &mut self.checkpoint, &mut self.backup),
+                op,
+                &self.bytes[data],
+            )
+            .await;
             if awaited {
                 self.counters.awaited += 1;
             } else {
                 self.counters.blocked += 1;
             }
-            result.map_err(device)?;
+            result?;
         }
         Ok(())
+    }
+
+    /// Makes one operation on its partition: a program of `data`, or an erase.
+    async fn run_one(
+        (log, checkpoint, backup): (&mut L, &mut C, &mut B),
+        op: Op,
+        data: &[u8],
+    ) -> Result<(), FlashError<L::Error>> {
+        let region = op.region;
+        let end = op.at + op.len;
+        match (op.data, region) {
+            (Some(_), Region::Log) => log.write(op.at, data).await,
+            (Some(_), Region::Checkpoint) => checkpoint.write(op.at, data).await,
+            (Some(_), Region::Backup) => backup.write(op.at, data).await,
+            (None, Region::Log) => log.erase(op.at, end).await,
+            (None, Region::Checkpoint) => checkpoint.erase(op.at, end).await,
+            (None, Region::Backup) => backup.erase(op.at, end).await,
+        }
+        .map_err(|error| FlashError::Device { region, error })
+    }
+
+    /// Makes `op` now, after the staged operations, on this thread; keeps a failure for the
+    /// flush during an operation.
+    fn run_now(&mut self, op: Op, data: &[u8]) -> Result<(), FlashError<L::Error>> {
+        self.finish_staged()?;
+        self.counters.blocked += 1;
+        let result = spin(Self::run_one(
+            (&mut self.log, &mut self.checkpoint, &mut self.backup),
+            op,
+            data,
+        ));
+        self.latch(result)
     }
 
     /// Makes the staged operations now, on this thread.
@@ -349,15 +360,7 @@ where
         if self.staging && self.stage(op, data)? {
             return Ok(());
         }
-        self.finish_staged()?;
-        self.counters.blocked += 1;
-        let result = match region {
-            Region::Log => spin(self.log.write(at, data)),
-            Region::Checkpoint => spin(self.checkpoint.write(at, data)),
-            Region::Backup => spin(self.backup.write(at, data)),
-        }
-        .map_err(|error| FlashError::Device { region, error });
-        self.latch(result)
+        self.run_now(op, data)
     }
 
     fn erase(&mut self, region: Region, from: u64, to: u64) -> Result<(), Self::Error> {
@@ -374,16 +377,7 @@ where
         if self.staging && self.stage(op, &[])? {
             return Ok(());
         }
-        self.finish_staged()?;
-        self.counters.blocked += 1;
-        let end = at + len as u32;
-        let result = match region {
-            Region::Log => spin(self.log.erase(at, end)),
-            Region::Checkpoint => spin(self.checkpoint.erase(at, end)),
-            Region::Backup => spin(self.backup.erase(at, end)),
-        }
-        .map_err(|error| FlashError::Device { region, error });
-        self.latch(result)
+        self.run_now(op, &[])
     }
 
     /// A barrier between staged operations, which are made in order; outside an operation

@@ -186,26 +186,11 @@ where
     /// the partitions, a read size the bounce buffer holds) and the partition sizes now.
     pub fn new(log: L, checkpoint: C, backup: B) -> Result<Self, GeometryError> {
         const {
-            assert!(
-                L::WRITE_SIZE == C::WRITE_SIZE && L::WRITE_SIZE == B::WRITE_SIZE,
-                "the three partitions must have the same WRITE_SIZE"
-            );
-            assert!(
-                L::ERASE_SIZE == C::ERASE_SIZE && L::ERASE_SIZE == B::ERASE_SIZE,
-                "the three partitions must have the same ERASE_SIZE"
-            );
-            assert!(
-                L::READ_SIZE == C::READ_SIZE && L::READ_SIZE == B::READ_SIZE,
-                "the three partitions must have the same READ_SIZE"
-            );
-            assert!(
-                L::READ_SIZE >= 1 && MAX_READ_SIZE % L::READ_SIZE == 0,
-                "READ_SIZE must be a power of two no larger than 32"
-            );
-            assert!(
-                L::ERASE_SIZE % L::READ_SIZE == 0,
-                "ERASE_SIZE must be a multiple of READ_SIZE"
-            );
+            check_sizes(
+                [L::WRITE_SIZE, C::WRITE_SIZE, B::WRITE_SIZE],
+                [L::ERASE_SIZE, C::ERASE_SIZE, B::ERASE_SIZE],
+                [L::READ_SIZE, C::READ_SIZE, B::READ_SIZE],
+            )
         }
         let erase = L::ERASE_SIZE;
         check_partitions(
@@ -330,6 +315,31 @@ where
     fn sync(&mut self, _region: Region) -> Result<(), Self::Error> {
         Ok(())
     }
+}
+
+/// Checks, when the program is built, that the three partitions' write, erase and read sizes
+/// are equal, that the read size fits the bounce buffer and divides the erase block.
+pub(crate) const fn check_sizes(write: [usize; 3], erase: [usize; 3], read: [usize; 3]) {
+    assert!(
+        write[0] == write[1] && write[0] == write[2],
+        "the three partitions must have the same WRITE_SIZE"
+    );
+    assert!(
+        erase[0] == erase[1] && erase[0] == erase[2],
+        "the three partitions must have the same ERASE_SIZE"
+    );
+    assert!(
+        read[0] == read[1] && read[0] == read[2],
+        "the three partitions must have the same READ_SIZE"
+    );
+    assert!(
+        read[0] >= 1 && MAX_READ_SIZE % read[0] == 0,
+        "READ_SIZE must be a power of two no larger than 32"
+    );
+    assert!(
+        erase[0] % read[0] == 0,
+        "ERASE_SIZE must be a multiple of READ_SIZE"
+    );
 }
 
 /// Checks the three partitions' sizes (log, checkpoint, backup) against the erase block.
