@@ -15,6 +15,11 @@
 //! it (after keeping its bytes, which stay in [`Codec::buffer_mut`]), or roll back to leave it
 //! queued. Nothing here panics on any input.
 //!
+//! A codec's buffer must hold the channel's largest event: [`Codec::take`] refuses a channel
+//! whose `max_event_bytes` is larger than `N` ([`TypedError::BufferTooSmall`]), so one long
+//! event put by another program can never stop a typed consumer in front of it. Give a
+//! channel of typed events a `max_event_bytes` no larger than the codec's buffer.
+//!
 //! Bounded collections in a type come from `heapless` (`heapless::Vec`, `heapless::String`,
 //! with its `serde` feature): postcard encodes them as a length and their elements, and the
 //! largest value must fit both `N` and the channel's `max_event_bytes`
