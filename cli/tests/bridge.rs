@@ -217,3 +217,26 @@ fn every_acknowledged_batch_reaches_the_broker_through_damage_an_outage_and_a_re
     // Nothing the gateway never sent arrived.
     assert!(seen.keys().all(|s| *s < 120 * 16));
 }
+
+/// Bad addresses are one-line usage errors (exit 2), before anything connects.
+#[test]
+fn bad_addresses_are_one_line_usage_errors() {
+    for (serial, mqtt, says) in [
+        ("127.0.0.1:9", "localhost", "--mqtt: expected HOST:PORT"),
+        (
+            "127.0.0.1:9",
+            "localhost:port",
+            "--mqtt: expected HOST:PORT",
+        ),
+        ("serial", "127.0.0.1:1883", "--serial: expected HOST:PORT"),
+    ] {
+        let out = sg()
+            .args(["bridge", "--serial", serial, "--mqtt", mqtt])
+            .output()
+            .expect("run the bridge");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
