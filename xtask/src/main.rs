@@ -109,10 +109,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Prints a step's title, with the time since the first step and the disk's free space, so a
+/// run's log shows where its time and its disk went.
 fn step(title: &str) {
+    static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let at = FIRST.get_or_init(Instant::now).elapsed().as_secs();
     match free_gib() {
-        Some(free) => println!("\n==> {title} [{free:.1} GiB free]"),
-        None => println!("\n==> {title}"),
+        Some(free) => println!("\n==> {title} [at {at} s; {free:.1} GiB free]"),
+        None => println!("\n==> {title} [at {at} s]"),
     }
 }
 
@@ -1640,42 +1644,9 @@ fn firmware_uplink(dir: &Path, boots: u32, seed: u32) -> Result {
             .spawn()
             .map_err(|e| format!("cannot start the bridge: {e}"))
     };
-    let elf_s = elf.to_str().ok_or("non-UTF-8 path")?.to_string();
-    let limit = FIRMWARE_TIMEOUT_SECONDS.to_string();
     let serial = format!("tcp:127.0.0.1:{serial_port},server=on,wait=off");
-    let qemu_args = [
-        limit.as_str(),
-        "qemu-system-arm",
-        "-machine",
-        "mps2-an386",
-        "-cpu",
-        "cortex-m4",
-        "-nographic",
-        "-monitor",
-        "none",
-        "-serial",
-        serial.as_str(),
-        "-semihosting-config",
-        "enable=on,target=native",
-        "-kernel",
-        elf_s.as_str(),
-    ];
-    println!("$ timeout {} | defmt-print -e {elf_s}", qemu_args.join(" "));
     let started = Instant::now();
-    let mut qemu = Command::new("timeout")
-        .args(qemu_args)
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run qemu-system-arm: {e}"))?;
-    let qemu_out = qemu.stdout.take().ok_or("no pipe from QEMU")?;
-    let mut decoder = Command::new("defmt-print")
-        .args(["-e", &elf_s])
-        .stdin(qemu_out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run defmt-print: {e}"))?;
-    let decoded = decoder.stdout.take().ok_or("no pipe from defmt-print")?;
+    let (mut qemu, mut decoder, decoded) = qemu_decoded(&elf, &serial, None)?;
     let bridge = start_bridge()?;
     // The outages, on their own thread: the bridge away 1.5 s after 4 s, the broker away
     // 1.5 s after 8 s more (if the run lasts that long).
@@ -1835,15 +1806,22 @@ fn sluicegate_uplink_batch() -> u64 {
 /// so a run is the same every time.
 const FIRMWARE_ICOUNT: &str = "shift=4,sleep=off";
 
-/// Runs a firmware ELF in QEMU with `-icount icount`, its defmt output decoded by defmt-print.
-/// Fails if QEMU exits non-zero (the firmware found a violation, panicked or faulted), hangs,
-/// or the summary's violation count is missing or not zero.
-fn run_firmware(elf: &Path, icount: &str) -> Result {
-    use std::io::{BufRead, BufReader};
+/// Starts `elf` in QEMU on the MPS2-AN386 board (under `timeout`, its first UART on `serial`,
+/// semihosting on, with `-icount` when given) and defmt-print on its output: QEMU, the decoder,
+/// and the decoded lines' pipe.
+fn qemu_decoded(
+    elf: &Path,
+    serial: &str,
+    icount: Option<&str>,
+) -> Result<(
+    std::process::Child,
+    std::process::Child,
+    std::process::ChildStdout,
+)> {
     use std::process::Stdio;
     let elf = elf.to_str().ok_or("non-UTF-8 path")?;
     let limit = FIRMWARE_TIMEOUT_SECONDS.to_string();
-    let qemu_args = [
+    let mut args = vec![
         limit.as_str(),
         "qemu-system-arm",
         "-machine",
@@ -1854,17 +1832,17 @@ fn run_firmware(elf: &Path, icount: &str) -> Result {
         "-monitor",
         "none",
         "-serial",
-        "none",
+        serial,
         "-semihosting-config",
         "enable=on,target=native",
-        "-icount",
-        icount,
-        "-kernel",
-        elf,
     ];
-    println!("$ timeout {} | defmt-print -e {elf}", qemu_args.join(" "));
+    if let Some(icount) = icount {
+        args.extend(["-icount", icount]);
+    }
+    args.extend(["-kernel", elf]);
+    println!("$ timeout {} | defmt-print -e {elf}", args.join(" "));
     let mut qemu = Command::new("timeout")
-        .args(qemu_args)
+        .args(&args)
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -1877,6 +1855,15 @@ fn run_firmware(elf: &Path, icount: &str) -> Result {
         .spawn()
         .map_err(|e| format!("cannot run defmt-print: {e}"))?;
     let decoded = decoder.stdout.take().ok_or("no pipe from defmt-print")?;
+    Ok((qemu, decoder, decoded))
+}
+
+/// Runs a firmware ELF in QEMU with `-icount icount`, its defmt output decoded by defmt-print.
+/// Fails if QEMU exits non-zero (the firmware found a violation, panicked or faulted), hangs,
+/// or the summary's violation count is missing or not zero.
+fn run_firmware(elf: &Path, icount: &str) -> Result {
+    use std::io::{BufRead, BufReader};
+    let (mut qemu, mut decoder, decoded) = qemu_decoded(elf, "none", Some(icount))?;
     let mut violations = None;
     for line in BufReader::new(decoded).lines() {
         let line = line.map_err(|e| e.to_string())?;
