@@ -25,6 +25,7 @@
 
 mod kept;
 mod nor;
+mod semihost;
 #[cfg(feature = "uplink")]
 mod uart;
 
@@ -33,7 +34,6 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
-use cortex_m_semihosting::debug;
 use critical_section::Mutex;
 use defmt_semihosting as _;
 use sluicegate_core::{Channel, Config, Error, KeyProvider};
@@ -42,6 +42,7 @@ use sluicegate_typed::Codec;
 
 use kept::State;
 use nor::{Nor, BLOCK};
+use semihost::exit;
 
 /// The most bytes a reading's encoding may take (its postcard encoding takes 6 to 13).
 const READING: usize = 32;
@@ -733,26 +734,8 @@ fn readings_in_the_clear() -> (u32, u32) {
     (found, first)
 }
 
-/// Ends the run through semihosting: QEMU exits 0 if `ok`, 1 otherwise.
-fn exit(ok: bool) -> ! {
-    debug::exit(if ok {
-        debug::EXIT_SUCCESS
-    } else {
-        debug::EXIT_FAILURE
-    });
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
 fn fatal_geometry(e: sluicegate_flash::GeometryError) -> ! {
     defmt::error!("the partitions do not fit the flash part: {}", e);
-    exit(false)
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
     exit(false)
 }
 

@@ -16,8 +16,11 @@ use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::entry;
-use cortex_m_semihosting::debug;
 use defmt_semihosting as _;
+use semihost::exit;
+
+#[path = "../semihost.rs"]
+mod semihost;
 
 /// Instructions per SysTick tick under `-icount shift=0` on mps2-an386 (25 MHz).
 const INSTRUCTIONS_PER_TICK: u32 = 40;
@@ -101,22 +104,4 @@ fn main() -> ! {
     }
     defmt::println!("summary: violations={=u32}", u32::from(!ok));
     exit(ok)
-}
-
-/// Ends the run through semihosting: QEMU exits 0 if `ok`, 1 otherwise.
-fn exit(ok: bool) -> ! {
-    debug::exit(if ok {
-        debug::EXIT_SUCCESS
-    } else {
-        debug::EXIT_FAILURE
-    });
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    exit(false)
 }

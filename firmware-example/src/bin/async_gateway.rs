@@ -19,7 +19,6 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::debug;
 use defmt_semihosting as _;
 use embassy_futures::join::join3;
 use embassy_futures::yield_now;
@@ -28,10 +27,14 @@ use embassy_sync::mutex::Mutex;
 use embedded_storage_async::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
+use semihost::exit;
 use sluicegate_core::Config;
 use sluicegate_flash::{AsyncChannel, AsyncFlashStorage};
 use sluicegate_typed::Codec;
 use sluicegate_uplink::Reading;
+
+#[path = "../semihost.rs"]
+mod semihost;
 
 const WORD: usize = 8;
 const BLOCK: usize = 4096;
@@ -134,7 +137,7 @@ fn main() -> ! {
         RamNor { cells: b },
     ) {
         Ok(s) => s,
-        Err(_) => exit(false),
+        Err(_) => finish(false),
     };
     let tasks = run(storage, &mut memory[..]);
     let future_bytes = core::mem::size_of_val(&tasks);
@@ -146,7 +149,7 @@ fn main() -> ! {
         future_bytes,
         kept_stack::used()
     );
-    exit(ok)
+    finish(ok)
 }
 
 async fn run(
@@ -257,23 +260,10 @@ async fn run(
     !bad.get() && next.get() == READINGS && counters.awaited > 0
 }
 
-/// Ends the run through semihosting: QEMU exits 0 if `ok`, 1 otherwise.
-fn exit(ok: bool) -> ! {
+/// Prints the summary line `cargo xtask firmware` reads, and ends the run.
+fn finish(ok: bool) -> ! {
     defmt::println!("summary: violations={=u32}", u32::from(!ok));
-    debug::exit(if ok {
-        debug::EXIT_SUCCESS
-    } else {
-        debug::EXIT_FAILURE
-    });
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    exit(false)
+    exit(ok)
 }
 
 /// The stack, painted at start and measured at the end.
