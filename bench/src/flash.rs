@@ -147,6 +147,10 @@ pub struct Ops {
     pub reads: u64,
     pub programs: u64,
     pub erases: u64,
+    /// Bytes programmed, in all regions.
+    pub bytes: u64,
+    /// Of those, the bytes programmed into checkpoint slots (Sluicegate only).
+    pub checkpoint_bytes: u64,
 }
 
 impl Ops {
@@ -155,6 +159,7 @@ impl Ops {
         self.reads += after.reads - before.reads;
         self.programs += after.writes - before.writes;
         self.erases += after.blocks_erased - before.blocks_erased;
+        self.bytes += after.bytes_written - before.bytes_written;
     }
 
     /// Reads, programs and erases per call.
@@ -172,6 +177,8 @@ impl Ops {
 #[derive(Debug, Clone)]
 pub struct FlashResult {
     pub name: String,
+    /// Readings per transaction (Sluicegate); 0 for a queue without transactions.
+    pub batch: u64,
     pub readings: u64,
     pub total: NorCounters,
     pub busy_us: f64,
@@ -202,6 +209,20 @@ impl FlashResult {
             self.total.writes as f64 / n,
             self.total.blocks_erased as f64 / n,
         )
+    }
+    /// Bytes programmed per reading: into the log by puts, takes and commits, and into the
+    /// checkpoint slots by any of them.
+    pub fn bytes_per_reading(&self) -> [f64; 4] {
+        let n = self.readings as f64;
+        let log = |o: &Ops| (o.bytes - o.checkpoint_bytes) as f64 / n;
+        let slots =
+            self.put.checkpoint_bytes + self.take.checkpoint_bytes + self.commit.checkpoint_bytes;
+        [
+            log(&self.put),
+            log(&self.take),
+            log(&self.commit),
+            slots as f64 / n,
+        ]
     }
     pub fn busy_us_per_reading(&self) -> f64 {
         self.busy_us / self.readings as f64
@@ -259,6 +280,7 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
         Channel::open(&mut storage, &mut memory[..], config).map_err(|e| format!("{e:?}"))?;
     let mut r = FlashResult {
         name: format!("sluicegate, transactions of {batch}"),
+        batch,
         readings: 0,
         total: NorCounters::default(),
         busy_us: 0.0,
@@ -272,6 +294,11 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
         let (l, c, b) = ch.storage().devices();
         sum(&[l, c, b]).0
     };
+    // Bytes programmed into the checkpoint slots so far, to tell them from the log's.
+    let slot_bytes = |ch: &Channel<&mut FlashStorage<Timed, Timed, Timed>, &mut [u64]>| {
+        let (_, c, b) = ch.storage().devices();
+        sum(&[c, b]).0.bytes_written
+    };
     let err = |e| format!("{e:?}");
     let (mut put_seq, mut take_seq) = (0u64, 0u64);
     let mut buf = [0u8; READING];
@@ -280,29 +307,33 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
         while put_seq < round_end {
             let tx = ch.begin().map_err(err)?;
             for _ in 0..batch {
-                let before = counters(&ch);
+                let (before, slots) = (counters(&ch), slot_bytes(&ch));
                 ch.put(tx, &reading(put_seq)).map_err(err)?;
                 r.put.add(before, counters(&ch));
+                r.put.checkpoint_bytes += slot_bytes(&ch) - slots;
                 put_seq += 1;
             }
-            let before = counters(&ch);
+            let (before, slots) = (counters(&ch), slot_bytes(&ch));
             ch.commit(tx).map_err(err)?;
             r.commit.add(before, counters(&ch));
+            r.commit.checkpoint_bytes += slot_bytes(&ch) - slots;
         }
         while take_seq < round_end {
             let tx = ch.begin().map_err(err)?;
             for _ in 0..batch {
-                let before = counters(&ch);
+                let (before, slots) = (counters(&ch), slot_bytes(&ch));
                 let got = ch.take(tx, &mut buf).map_err(err)?;
                 r.take.add(before, counters(&ch));
+                r.take.checkpoint_bytes += slot_bytes(&ch) - slots;
                 if got != Some(READING) || buf != reading(take_seq) {
                     return Err(format!("reading {take_seq} came back wrong: {got:?}").into());
                 }
                 take_seq += 1;
             }
-            let before = counters(&ch);
+            let (before, slots) = (counters(&ch), slot_bytes(&ch));
             ch.commit(tx).map_err(err)?;
             r.commit.add(before, counters(&ch));
+            r.commit.checkpoint_bytes += slot_bytes(&ch) - slots;
         }
     }
     let (l, c, b) = storage.devices();
@@ -353,6 +384,7 @@ fn run_sequential_storage<C: sequential_storage::cache::CacheImpl<()>>(
     );
     let mut r = FlashResult {
         name: name.into(),
+        batch: 0,
         readings: 0,
         total: NorCounters::default(),
         busy_us: 0.0,

@@ -743,6 +743,23 @@ fn flash_table(o: &mut String, flash: &[FlashResult]) {
             f(&r.commit)
         );
     }
+    let _ = writeln!(
+        o,
+        "\nBytes programmed per reading of {READING} B, by the call that programmed them (for \
+         Sluicegate, a put writes a record: header and body; a commit, a commit record; the \
+         checkpoint slots are counted on their own, whichever call wrote them):\n"
+    );
+    let _ = writeln!(o, "| system | put | take | commit | checkpoints | total |");
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
+    for r in flash {
+        let [put, take, commit, slots] = r.bytes_per_reading();
+        let _ = writeln!(
+            o,
+            "| {} | {put:.1} | {take:.1} | {commit:.1} | {slots:.1} | {:.1} |",
+            r.name,
+            r.total.bytes_written as f64 / r.readings as f64
+        );
+    }
     o.push('\n');
 }
 
@@ -875,15 +892,27 @@ fn targets(
         .reduce(f64::min);
     let seq_ops = seq.iter().map(|r| ops(r)).reduce(f64::min);
     if let (Some(seq_bytes), Some(seq_ops)) = (seq_bytes, seq_ops) {
-        for ours in flash.iter().filter(|r| r.name.starts_with("sluicegate")) {
+        for ours in flash.iter().filter(|r| r.batch > 0) {
             let bytes = ours.programmed_per_payload_byte() * READING as f64;
-            let _ = writeln!(
-                o,
-                "| flash ({}): fewer bytes programmed and fewer operations per reading than sequential-storage (its better configuration for each) | {bytes:.1} against {seq_bytes:.1} B; {:.2} against {seq_ops:.2} operations | {} |",
-                ours.name,
-                ops(ours),
-                verdict(bytes < seq_bytes && ops(ours) < seq_ops)
-            );
+            if ours.batch == 1 {
+                // One reading per transaction pays a commit record per reading: the goal
+                // allows half as many bytes again.
+                let _ = writeln!(
+                    o,
+                    "| flash ({}): at most 1.5 times sequential-storage's bytes programmed per reading (its better configuration) | {bytes:.1} against {:.1} B | {} |",
+                    ours.name,
+                    1.5 * seq_bytes,
+                    verdict(bytes <= 1.5 * seq_bytes)
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "| flash ({}): fewer bytes programmed and fewer operations per reading than sequential-storage (its better configuration for each) | {bytes:.1} against {seq_bytes:.1} B; {:.2} against {seq_ops:.2} operations | {} |",
+                    ours.name,
+                    ops(ours),
+                    verdict(bytes < seq_bytes && ops(ours) < seq_ops)
+                );
+            }
         }
     }
     o.push('\n');
