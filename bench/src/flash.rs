@@ -189,6 +189,8 @@ pub struct FlashResult {
     pub take: Ops,
     pub commit: Ops,
     pub violations: usize,
+    /// Blocks erased in the checkpoint slots (Sluicegate only; included in `total`).
+    pub slot_blocks_erased: u64,
 }
 
 impl FlashResult {
@@ -289,6 +291,7 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
         take: Ops::default(),
         commit: Ops::default(),
         violations: 0,
+        slot_blocks_erased: 0,
     };
     let counters = |ch: &Channel<&mut FlashStorage<Timed, Timed, Timed>, &mut [u64]>| {
         let (l, c, b) = ch.storage().devices();
@@ -340,6 +343,7 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
     let (total, us) = sum(&[l, c, b]);
     r.readings = take_seq;
     r.total = total;
+    r.slot_blocks_erased = sum(&[c, b]).0.blocks_erased;
     r.busy_us = us;
     r.violations =
         l.part.violations().len() + c.part.violations().len() + b.part.violations().len();
@@ -393,6 +397,7 @@ fn run_sequential_storage<C: sequential_storage::cache::CacheImpl<()>>(
         take: Ops::default(),
         commit: Ops::default(),
         violations: 0,
+        slot_blocks_erased: 0,
     };
     let (mut put_seq, mut take_seq) = (0u64, 0u64);
     let mut buf = [0u8; READING];

@@ -749,15 +749,21 @@ fn flash_table(o: &mut String, flash: &[FlashResult]) {
          Sluicegate, a put writes a record: header and body; a commit, a commit record; the \
          checkpoint slots are counted on their own, whichever call wrote them):\n"
     );
-    let _ = writeln!(o, "| system | put | take | commit | checkpoints | total |");
-    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        o,
+        "| system | put | take | commit | checkpoints | total | blocks erased per 1,000 readings: log / checkpoints |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|");
     for r in flash {
         let [put, take, commit, slots] = r.bytes_per_reading();
+        let per_1000 = |blocks: u64| blocks as f64 * 1000.0 / r.readings as f64;
         let _ = writeln!(
             o,
-            "| {} | {put:.1} | {take:.1} | {commit:.1} | {slots:.1} | {:.1} |",
+            "| {} | {put:.1} | {take:.1} | {commit:.1} | {slots:.1} | {:.1} | {:.1} / {:.1} |",
             r.name,
-            r.total.bytes_written as f64 / r.readings as f64
+            r.total.bytes_written as f64 / r.readings as f64,
+            per_1000(r.total.blocks_erased - r.slot_blocks_erased),
+            per_1000(r.slot_blocks_erased)
         );
     }
     o.push('\n');
