@@ -77,6 +77,8 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let _ = line.set_nodelay(true);
     let mut decoder = Decoder::new();
+    // The decoder is new with each connection; the count covers the bridge's whole run.
+    let dropped_before = stats.frames_dropped;
     let mut buf = [0u8; 512];
     let mut out = [0u8; MAX_FRAME];
     // Bounded by `stop` and by the line: each turn reads what arrived.
@@ -140,7 +142,55 @@ fn serve(
             }
         }
         let d = decoder.dropped();
-        stats.frames_dropped = u64::from(d.damaged + d.too_long + d.undecodable);
+        stats.frames_dropped = dropped_before
+            + u64::from(d.damaged)
+            + u64::from(d.too_long)
+            + u64::from(d.undecodable);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// Damaged frames on two connections of the line: the count covers both. No broker is
+    /// needed: a frame that fails its checksum is never published.
+    #[test]
+    fn frames_dropped_count_every_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let serial = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let bridge = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mqtt = MqttSettings {
+                    host: "127.0.0.1".into(),
+                    // Nothing listens there, and nothing is published.
+                    port: 1,
+                    topic: "t".into(),
+                    client_id: "bridge-test".into(),
+                    timeout: Duration::from_millis(100),
+                    identity: 0,
+                    batch: 16,
+                };
+                run(&serial, mqtt, &stop)
+            })
+        };
+        // Three damaged frames a connection: bytes that are no COBS frame of a checked message.
+        for _ in 0..2 {
+            let (mut line, _) = listener.accept().unwrap();
+            line.write_all(&[1, 2, 3, 0, 9, 9, 0, 7, 0]).unwrap();
+            // Closed here: the bridge reads what was sent, then the end, then connects again.
+        }
+        // The third connection comes only after the second was read to its end.
+        let (_line, _) = listener.accept().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let stats = bridge.join().unwrap();
+        assert_eq!(stats.frames_dropped, 6, "{stats:?}");
+        assert_eq!(stats.batches, 0, "{stats:?}");
+        assert!(stats.connects >= 3, "{stats:?}");
+    }
 }
