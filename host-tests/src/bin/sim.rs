@@ -3,6 +3,7 @@
 //! ```text
 //! sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K]
 //!     [--core | --flash | --flash-async] [--unstable-reads [--and-damaged-checkpoints]]
+//!     [--jobs N]
 //! ```
 //!
 //! Each run is made on two media unless one is chosen: `--core`, the core's simulated storage
@@ -21,8 +22,13 @@
 //! `--word W` picks the medium's write size (1, 4, 8, 16 or 32; default: all of them);
 //! `--seed S [--cut K]` replays one failing run (the failure prints the command). It prints
 //! the number of crash points and of violations, and exits non-zero on the first violation.
+//! Each write size on each medium is an independent run of its seeds: `--jobs N` makes N of
+//! them at once (default: the processors this process may use), and the first violation
+//! stops the others.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use sluicegate_sim::model::{
@@ -43,6 +49,7 @@ struct Args {
     damage_with_unstable_reads: bool,
     steps: usize,
     replay: Option<(u64, Option<u64>)>,
+    jobs: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -56,6 +63,7 @@ fn parse() -> Result<Args, String> {
         damage_with_unstable_reads: false,
         steps: 60,
         replay: None,
+        jobs: std::thread::available_parallelism().map_or(1, usize::from),
     };
     let mut seed = None;
     let mut cut = None;
@@ -84,8 +92,14 @@ fn parse() -> Result<Args, String> {
             "--and-damaged-checkpoints" => a.damage_with_unstable_reads = true,
             "--seed" => seed = Some(value("--seed")?),
             "--cut" => cut = Some(value("--cut")?),
+            "--jobs" => {
+                a.jobs = value("--jobs")? as usize;
+                if a.jobs == 0 {
+                    return Err("--jobs must be at least 1".into());
+                }
+            }
             "-h" | "--help" => {
-                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K] [--core | --flash | --flash-async] [--unstable-reads [--and-damaged-checkpoints]]".into())
+                return Err("usage: sim [--seeds N] [--exhaustive N] [--first-seed S] [--word W] [--steps N] [--seed S --cut K] [--core | --flash | --flash-async] [--unstable-reads [--and-damaged-checkpoints]] [--jobs N]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -210,39 +224,51 @@ fn main() -> ExitCode {
             }
             return Ok(());
         }
-        for (&w, &m) in words
+        let runs: Vec<(usize, Media)> = words
             .iter()
-            .flat_map(|w| args.media.iter().map(move |m| (w, m)))
-        {
-            let mut points = 0;
-            let seeds = args.exhaustive + args.seeds;
-            let mut progress = Progress::new(w, seeds, started);
-            with_word(m, w, &mut |r| {
-                for i in 0..args.exhaustive {
-                    let seed = args.first_seed + i;
-                    let (n, o) = r.exhaustive(&scenario(seed, &args), seed)?;
-                    points += n;
+            .flat_map(|&w| args.media.iter().map(move |&m| (w, m)))
+            .collect();
+        // Each worker takes the next run until none is left or one has failed; results are
+        // summed in the runs' order, and the first failure in that order is reported.
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let results: Mutex<Vec<Option<RunResult>>> = Mutex::new(vec![None; runs.len()]);
+        std::thread::scope(|s| {
+            for _ in 0..args.jobs.min(runs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= runs.len() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (w, m) = runs[i];
+                    let result = run_seeds(m, w, &args, started, &stop);
+                    match &result {
+                        Ok((points, _)) => println!(
+                            "{:>7} word {w:>2} bytes: {points} crash points ({} exhaustive seeds, {} random seeds)",
+                            m.name(),
+                            args.exhaustive,
+                            args.seeds
+                        ),
+                        Err(_) => stop.store(true, Ordering::Relaxed),
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+                });
+            }
+        });
+        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut failure = None;
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok((points, o)) => {
+                    crash_points += points;
                     total += o;
-                    progress.tick(i + 1, points);
                 }
-                for i in 0..args.seeds {
-                    let seed = args.first_seed + 1_000_000 + i;
-                    let o = r.run(&scenario(seed, &args), seed, None, 4)?;
-                    points += o.crashes;
-                    total += o;
-                    progress.tick(args.exhaustive + i + 1, points);
+                Err(e) => {
+                    failure.get_or_insert(e);
                 }
-                Ok(())
-            })?;
-            println!(
-                "{:>7} word {w:>2} bytes: {points} crash points ({} exhaustive seeds, {} random seeds)",
-                m.name(),
-                args.exhaustive,
-                args.seeds
-            );
-            crash_points += points;
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     })();
     let secs = started.elapsed().as_secs_f64();
     match result {
@@ -271,8 +297,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the seeds of one write size on one medium found: crash points and outcome, or the
+/// first violation.
+type RunResult = Result<(u64, Outcome), String>;
+
+/// The seeds of one write size on one medium: crash points and outcome, or the first
+/// violation. Stops early, with what it has, once `stop` is set by another run's violation.
+fn run_seeds(m: Media, w: usize, args: &Args, started: Instant, stop: &AtomicBool) -> RunResult {
+    let mut points = 0;
+    let mut total = Outcome::default();
+    let mut progress = Progress::new(m.name(), w, args.exhaustive + args.seeds, started);
+    with_word(m, w, &mut |r| {
+        for i in 0..args.exhaustive {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let seed = args.first_seed + i;
+            let (n, o) = r.exhaustive(&scenario(seed, args), seed)?;
+            points += n;
+            total += o;
+            progress.tick(i + 1, points);
+        }
+        for i in 0..args.seeds {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let seed = args.first_seed + 1_000_000 + i;
+            let o = r.run(&scenario(seed, args), seed, None, 4)?;
+            points += o.crashes;
+            total += o;
+            progress.tick(args.exhaustive + i + 1, points);
+        }
+        Ok(())
+    })?;
+    Ok((points, total))
+}
+
 /// Prints a line to stderr at most every ten seconds, so a run of minutes shows it is alive.
 struct Progress {
+    media: &'static str,
     word: usize,
     total: u64,
     started: Instant,
@@ -280,8 +343,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(word: usize, total: u64, started: Instant) -> Self {
+    fn new(media: &'static str, word: usize, total: u64, started: Instant) -> Self {
         Progress {
+            media,
             word,
             total,
             started,
@@ -292,7 +356,8 @@ impl Progress {
     fn tick(&mut self, done: u64, points: u64) {
         if self.last.elapsed().as_secs() >= 10 && done < self.total {
             eprintln!(
-                "  word {}: {done}/{} seeds, {points} crash points, {:.0} s",
+                "  {} word {}: {done}/{} seeds, {points} crash points, {:.0} s",
+                self.media,
                 self.word,
                 self.total,
                 self.started.elapsed().as_secs_f64()
