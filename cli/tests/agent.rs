@@ -7,7 +7,7 @@
 //! 150 for tailing, 120 for MQTT).
 
 mod common;
-use common::{eventually, free_port, mosquitto_program, Mosquitto};
+use common::{eventually, free_port, mosquitto_program, Mosquitto, Subscriber};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -811,39 +811,11 @@ fn sigkill_during_file_tailing_loses_no_line_and_repeats_none() {
     eprintln!("{repeats} lines repeated, all of them sink batches redelivered after a kill");
 }
 
-/// `mosquitto_sub` with a persistent session and QoS 1 writing `ID|PAYLOAD` lines to `out`: an
-/// independent client reading back what arrived. It reconnects by itself after a broker stop.
-struct Subscriber(Child);
-
-impl Subscriber {
-    fn start(port: u16, topic: &str, out: &Path) -> Subscriber {
-        let file = std::fs::File::create(out).expect("subscriber output");
-        let child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-V",
-                "mqttv5",
-                "-q",
-                "1",
-            ])
-            .args(["-c", "-x", "4294967295", "-i", "sluicegate-test-reader"])
-            .args(["-t", topic, "-F", "%P|%p"])
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        Subscriber(child)
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// An independent reader of what arrived on `topic`: `ID|PAYLOAD` lines in `out`, over MQTT 5
+/// with a session that never expires.
+fn subscriber(port: u16, topic: &str, out: &Path) -> Subscriber {
+    let extra = ["-V", "mqttv5", "-x", "4294967295", "-F", "%P|%p"];
+    Subscriber::start(port, topic, "sluicegate-test-reader", &extra, out)
 }
 
 /// What a subscriber wrote: `(id, payload)` per message, in arrival order.
@@ -951,7 +923,7 @@ fn mqtt_sink_delivers_with_ids_and_waits_out_a_broker_outage() {
     let mut broker = Mosquitto::start(&program, &tmp.path().join("broker"));
     let bport = broker.port;
     let out = tmp.path().join("received");
-    let _reader = Subscriber::start(bport, "site/telemetry", &out);
+    let _reader = subscriber(bport, "site/telemetry", &out);
     let s = Setup::new(|r| {
         format!(
             "[agent]\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n[sinks.mqtt]\ntype = \"mqtt\"\nchannel = \"c\"\nbroker = \"127.0.0.1:{bport}\"\ntopic = \"site/telemetry\"\nbatch = 50\nbackoff_ms = 50\nmax_backoff_ms = 500\ntimeout_ms = 2000\n",
@@ -1127,7 +1099,7 @@ fn sigkill_during_mqtt_delivery_loses_nothing_acknowledged() {
     let broker = Mosquitto::start(&program, &tmp.path().join("broker"));
     let bport = broker.port;
     let out = tmp.path().join("received");
-    let _reader = Subscriber::start(bport, "kill/test", &out);
+    let _reader = subscriber(bport, "kill/test", &out);
     let s = Setup::new(|r| {
         format!(
             "{}[sources.in]\ntype = \"http\"\nchannel = \"c\"\nlisten = \"127.0.0.1:{port}\"\n[sinks.mqtt]\ntype = \"mqtt\"\nchannel = \"c\"\nbroker = \"127.0.0.1:{bport}\"\ntopic = \"kill/test\"\nbatch = {sink_batch}\nbackoff_ms = 20\nmax_backoff_ms = 500\ntimeout_ms = 60000\n",

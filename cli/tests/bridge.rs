@@ -9,38 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_port, mosquitto_program, sg, Mosquitto};
+use common::{eventually, free_port, mosquitto_program, sg, Mosquitto, Subscriber};
 use sluicegate_uplink::{encode, Decoder, Down, Reading, Up, MAX_FRAME};
 
 const TOPIC: &str = "gw/readings";
-
-/// `mosquitto_sub` with a persistent session and QoS 1, one payload per line in `out`.
-struct Subscriber(Child);
-
-impl Subscriber {
-    fn start(port: u16, out: &Path) -> Subscriber {
-        let file = std::fs::File::create(out).expect("subscriber output");
-        let child = std::process::Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-            .args(["-c", "-i", "sluicegate-bridge-reader", "-t", TOPIC])
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        Subscriber(child)
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn bridge(serial: u16, mqtt: u16) -> Child {
     sg().args([
@@ -112,7 +87,7 @@ fn every_acknowledged_batch_reaches_the_broker_through_damage_an_outage_and_a_re
     let root = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(&program, &root.path().join("broker"));
     let out = root.path().join("received.txt");
-    let _sub = Subscriber::start(broker.port, &out);
+    let _sub = Subscriber::start(broker.port, TOPIC, "sluicegate-bridge-reader", &[], &out);
     let serial = free_port();
     let mut line = Line {
         listener: TcpListener::bind(("127.0.0.1", serial)).unwrap(),

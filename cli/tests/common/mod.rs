@@ -144,3 +144,31 @@ impl Drop for Mosquitto {
         }
     }
 }
+
+/// `mosquitto_sub` as client `id` with a persistent session (`-c`) at QoS 1 on `topic`,
+/// writing what arrives to `out`, with `extra` arguments (a protocol version, an output
+/// format): an independent client reading back what reached the broker. It reconnects by
+/// itself after a broker stop; killed when dropped.
+pub struct Subscriber(Child);
+
+impl Subscriber {
+    pub fn start(port: u16, topic: &str, id: &str, extra: &[&str], out: &Path) -> Subscriber {
+        let file = std::fs::File::create(out).expect("subscriber output");
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-c", "-i", id, "-t", topic])
+            .args(extra)
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        Subscriber(child)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
