@@ -243,6 +243,8 @@ fn main() -> ExitCode {
                     let (w, m) = runs[i];
                     let result = run_seeds(m, w, &args, started, &stop);
                     match &result {
+                        // A run another's violation stopped early has no full count to show.
+                        Ok(_) if stop.load(Ordering::Relaxed) => {}
                         Ok((points, _)) => println!(
                             "{:>7} word {w:>2} bytes: {points} crash points ({} exhaustive seeds, {} random seeds)",
                             m.name(),
