@@ -474,8 +474,13 @@ fn ci() -> Result {
 
     step("planted bugs: the simulation must catch each one");
     mutants()?;
-    // Their builds are not needed again; the tests' files need the room.
-    let _ = std::fs::remove_dir_all(root().join("target").join("mutants"));
+    // Their copies and incremental caches are not needed again (a check run's own builds keep
+    // none); the tests' files need the room. Their dependencies' builds serve the tests.
+    let target = root().join("target");
+    let _ = std::fs::remove_dir_all(target.join("mutants"));
+    for profile in ["debug", "release"] {
+        let _ = std::fs::remove_dir_all(target.join(profile).join("incremental"));
+    }
 
     step(&format!("fuzz smoke run ({CI_FUZZ_SECONDS} s per target)"));
     if ensure_fuzz()? {
@@ -667,14 +672,24 @@ const MARK_MUTANTS: [Mutant; 2] = [
 
 /// Copies the crates the simulation needs into a scratch workspace, plants each bug in turn and
 /// runs a short simulation, which must fail.
+///
+/// The scratch builds into the workspace's own `target/`, so the dependencies its tests and
+/// simulations need (tokio, librdkafka built from source, fuser...) are built once for it and
+/// for the tests after it. Its crates lie under `m/`, one level deeper than the workspace's:
+/// cargo names a local crate's artifacts by its path below the workspace root, so the copies
+/// never take the names of the workspace's own (a copy at the same depth did, and a later
+/// build of the workspace could then have found a planted bug's build fresh). The binaries
+/// cargo also copies to `target/debug` and `target/release` are copied again by the next
+/// build of the workspace.
 fn mutants() -> Result {
     let root = root();
     let scratch = root.join("target").join("mutants");
     let ws = scratch.join("ws");
-    let target_dir = scratch.join("target");
+    let crates = ws.join("m");
+    let target_dir = root.join("target");
     let target_dir = target_dir.to_str().ok_or("non-UTF-8 path")?;
     let _ = std::fs::remove_dir_all(&ws);
-    for dir in [
+    const CRATES: [&str; 9] = [
         "core",
         "typed",
         "uplink",
@@ -684,17 +699,31 @@ fn mutants() -> Result {
         "firmware-example",
         "agent",
         "cli",
-    ] {
-        copy_dir(&root.join(dir), &ws.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
+    ];
+    for dir in CRATES {
+        copy_dir(&root.join(dir), &crates.join(dir)).map_err(|e| format!("copy {dir}: {e}"))?;
     }
-    // The simulator is built without optimization: its binary instantiates the core's generic
-    // code, so each bug planted there rebuilds it, in 21.8 s at the release profile's level
-    // and 4.7 s without, while the control's simulation takes 8.5 s instead of 3.0 (measured
-    // here). Its dependencies keep theirs, and the kill test, the one other release build,
-    // still passes its 200 kills (15.6 s).
+    // The workspace's own profiles, so that the dependencies' builds are the same ones; and
+    // the simulator without optimization: its binary instantiates the core's generic code, so
+    // each bug planted there rebuilds it, in 21.8 s at the release profile's level and 4.7 s
+    // without, while the control's simulation takes 8.5 s instead of 3.0 (measured here). Its
+    // dependencies keep theirs, and the kill test, the one other release build, still passes
+    // its 200 kills (15.6 s).
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    let profiles = manifest
+        .find("\n[profile.")
+        .map_or("", |at| &manifest[at..]);
+    let members: Vec<String> = CRATES
+        .iter()
+        .filter(|c| **c != "firmware-example")
+        .map(|c| format!("\"m/{c}\""))
+        .collect();
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"2\"\nmembers = [\"core\", \"typed\", \"uplink\", \"host-tests\", \"adapters/file\", \"adapters/flash\", \"agent\", \"cli\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n\n[profile.dev]\ndebug = \"line-tables-only\"\n\n[profile.dev.package.\"*\"]\ndebug = false\n\n[profile.release.package.sluicegate-sim]\nopt-level = 0\n",
+        format!(
+            "[workspace]\nresolver = \"2\"\nmembers = [{}]\nexclude = [\"m/firmware-example\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.85\"\nlicense = \"MIT OR Apache-2.0\"\nrepository = \"https://example.invalid/sluicegate\"\n\n[workspace.lints.rust]\n\n[workspace.lints.clippy]\n{profiles}\n[profile.release.package.sluicegate-sim]\nopt-level = 0\n",
+            members.join(", ")
+        ),
     )
     .map_err(|e| e.to_string())?;
     let lock = root.join("Cargo.lock");
@@ -702,12 +731,13 @@ fn mutants() -> Result {
         std::fs::copy(&lock, ws.join("Cargo.lock")).map_err(|e| e.to_string())?;
     }
     // Each planted bug changes a line or two and rebuilds, incrementally: a few seconds where
-    // the change stays in its crate, still about 20 s where it is in generic code that the
-    // crates using it instantiate again (most of the core's). The caches live in the scratch
-    // target, removed after; a check run keeps incremental builds off everywhere else.
+    // the change stays in its crate, still about 5 s where it is in generic code that the
+    // crates using it instantiate again (most of the core's). Only the scratch's own crates
+    // keep incremental caches; a check run removes them after, and keeps incremental builds
+    // off everywhere else.
     let incremental = std::env::var_os("CARGO_INCREMENTAL");
     std::env::set_var("CARGO_INCREMENTAL", "1");
-    let result = plant_all(&ws, target_dir);
+    let result = plant_all(&crates, target_dir);
     match incremental {
         Some(v) => std::env::set_var("CARGO_INCREMENTAL", v),
         None => std::env::remove_var("CARGO_INCREMENTAL"),
@@ -715,8 +745,8 @@ fn mutants() -> Result {
     result
 }
 
-/// Plants every bug in the scratch workspace `ws` (its builds in `target_dir`), each caught by
-/// the check aimed at it.
+/// Plants every bug in the scratch workspace's crates under `ws` (its builds in `target_dir`),
+/// each caught by the check aimed at it.
 fn plant_all(ws: &Path, target_dir: &str) -> Result {
     let envs = [("CARGO_TARGET_DIR", target_dir)];
     let sim_args: Vec<&str> = [
