@@ -62,7 +62,7 @@ const CI_FUZZ_SECONDS: u64 = 20;
 /// Boots of the firmware with its real uplink in CI (about a minute; `cargo xtask firmware
 /// --uplink --boots N` runs more).
 const CI_UPLINK_BOOTS: u32 = 40;
-/// Disk space a check run should have: one took 5.0 GB at its peak here (README.md).
+/// Disk space a check run should have: one took 6.4 GB at its peak here (README.md).
 const CI_DISK_GIB: f64 = 10.0;
 /// Boots of the firmware example in CI (each ends in a power cut; about 30 s in QEMU).
 const CI_FIRMWARE_BOOTS: u32 = 1000;
