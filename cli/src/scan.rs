@@ -289,6 +289,16 @@ pub fn scan(
                 });
                 ("unsupported", None)
             }
+            HeaderRead::OtherFormat(_) => {
+                out.findings.push(Finding {
+                    severity: Severity::Corruption,
+                    file: name(st, slot),
+                    offset: 0,
+                    what: "segment header of a compact log (Config::with_compact_records, for flash): this tool reads the file adapter's logs, which are never compact".into(),
+                    fix: None,
+                });
+                ("unsupported", None)
+            }
             HeaderRead::Invalid if hb.iter().all(|&b| b == 0) => ("unused", None),
             HeaderRead::Invalid => ("invalid", None),
             HeaderRead::Misplaced(h) | HeaderRead::OtherSize(h) => {
@@ -368,7 +378,7 @@ pub fn scan(
             let next = by_seq(seq + 1);
             let run_ends_here = next.is_none_or(|(_, nh)| nh.flags & SEGMENT_FLAG_OPENED != 0);
             let limit = next.map(|(_, nh)| nh.base_wid);
-            let mut at = geo.first_record;
+            let mut at = geo.first_record();
             let mut index: u64 = 0;
             loop {
                 let wid = h.base_wid + index;

@@ -236,6 +236,16 @@ pub enum ConfigError {
         /// The active key's id.
         key: crate::seal::KeyId,
     },
+    /// Compact records ([`Config::with_compact_records`](crate::Config::with_compact_records))
+    /// in a build without the core's `compact` feature, with segments above 64 KiB, with marks,
+    /// or with an active key.
+    BadCompact,
+    /// The log on the medium was written with compact records and the configuration asks for
+    /// full ones, or the reverse.
+    RecordFormatMismatch {
+        /// True if the medium's log is compact.
+        on_media_compact: bool,
+    },
     /// The log on the medium was written with another segment size.
     SegmentSizeMismatch {
         /// The size recorded on the medium.
@@ -274,6 +284,15 @@ impl ConfigError {
             }
             ConfigError::SegmentSizeMismatch { .. } => {
                 "the log on the medium was written with another segment_bytes"
+            }
+            ConfigError::BadCompact => {
+                "compact records need the core's compact feature, segments of at most 64 KiB, no marks and no encryption"
+            }
+            ConfigError::RecordFormatMismatch { on_media_compact: true } => {
+                "the log on the medium has compact records; open it with Config::with_compact_records"
+            }
+            ConfigError::RecordFormatMismatch { on_media_compact: false } => {
+                "the log on the medium has full records; open it without Config::with_compact_records"
             }
             ConfigError::ActiveKeyMissing { .. } => {
                 "the key provider's active key is not among its keys (or is id 0)"

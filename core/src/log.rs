@@ -9,8 +9,8 @@
 //! stale record left in a slot by an earlier lap of the ring can never pass as a new one.
 
 use crate::record::{
-    align_up, Pointer, RecordHeader, SegmentCheck, SegmentHeader, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    align_up, header_bytes, Pointer, RecordHeader, SegmentCheck, SegmentHeader,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{Region, Storage};
 
@@ -28,8 +28,8 @@ pub struct Geometry {
     pub segment_bytes: u64,
     /// Records are aligned to this (the storage's write size).
     pub align: u64,
-    /// The offset of a segment's first record.
-    pub first_record: u64,
+    /// True for a compact log ([`crate::record::SEGMENT_FLAG_COMPACT`]): 8-byte record headers.
+    pub compact: bool,
 }
 
 impl Geometry {
@@ -41,8 +41,35 @@ impl Geometry {
             segments,
             segment_bytes,
             align,
-            first_record: align_up(SEGMENT_HEADER_BYTES as u64, align),
+            compact: false,
         }
+    }
+
+    /// The offset of a segment's first record: the segment header, padded to whole words.
+    pub const fn first_record(&self) -> u64 {
+        // In 32 bits (the write size is at most `MAX_WRITE_SIZE`): one division instruction
+        // on a 32-bit core, where a 64-bit one is a library call.
+        let align = self.align as u32;
+        (SEGMENT_HEADER_BYTES as u32).div_ceil(align) as u64 * align as u64
+    }
+
+    /// The same geometry for a compact log, or not.
+    pub const fn with_compact(self, compact: bool) -> Self {
+        Geometry { compact, ..self }
+    }
+
+    /// True for a compact log in a build with the core's `compact` feature. Without the
+    /// feature this is false whatever the field says, so the compact format's code is left
+    /// out of the build (firmware that does not use it saves about 4 KiB of flash), and a
+    /// compact log is refused as one of another format.
+    #[inline(always)]
+    pub const fn is_compact(&self) -> bool {
+        cfg!(feature = "compact") && self.compact
+    }
+
+    /// The size of a record header in this log.
+    pub const fn header_bytes(&self) -> u64 {
+        header_bytes(self.is_compact()) as u64
     }
 
     /// The slot of the segment numbered `seq`.
@@ -62,7 +89,7 @@ impl Geometry {
 
     /// The bytes a record with `payload` bytes occupies, padding included.
     pub fn record_span(&self, payload: u64) -> u64 {
-        align_up(RECORD_HEADER_BYTES as u64 + payload, self.align)
+        align_up(self.header_bytes() + payload, self.align)
     }
 
     /// The sequence number of the segment in `slot`, for a log whose newest segment is `newest`
@@ -76,9 +103,9 @@ impl Geometry {
     /// record header before the segment's end.
     pub fn pointer_in_bounds(&self, p: Pointer) -> bool {
         (p.slot as u64) < self.segments
-            && p.offset as u64 >= self.first_record
+            && p.offset as u64 >= self.first_record()
             && (p.offset as u64) % self.align == 0
-            && p.offset as u64 + RECORD_HEADER_BYTES as u64 <= self.segment_bytes
+            && p.offset as u64 + self.header_bytes() <= self.segment_bytes
     }
 }
 
@@ -155,14 +182,15 @@ pub(crate) fn read_segment_header<S: Storage>(
     Ok(SegmentHeader::decode(&b))
 }
 
-/// Reads a record header.
+/// Reads a record header of a compact log or not.
 pub(crate) fn read_record_header<S: Storage>(
     storage: &mut S,
+    compact: bool,
     offset: u64,
 ) -> Result<RecordHeader, S::Error> {
     let mut b = [0u8; RECORD_HEADER_BYTES];
-    storage.read(Region::Log, offset, &mut b)?;
-    Ok(RecordHeader::decode(&b))
+    storage.read(Region::Log, offset, &mut b[..header_bytes(compact)])?;
+    Ok(RecordHeader::decode_as(compact, &b))
 }
 
 /// Feeds `len` bytes at `offset` to `sink` in bounded chunks, through a stack buffer, so that
@@ -197,7 +225,7 @@ pub(crate) fn payload_matches<S: Storage>(
     let mut digest = header.digest(bind);
     stream_payload(
         storage,
-        offset + RECORD_HEADER_BYTES as u64,
+        offset + header.bytes() as u64,
         header.len as u64,
         |c| digest.update(c),
     )?;

@@ -122,6 +122,14 @@ pub const SEGMENT_MAGIC: [u8; 4] = *b"SGLG";
 pub const SEGMENT_HEADER_BYTES: usize = 40;
 /// The size of a record header on media.
 pub const RECORD_HEADER_BYTES: usize = 16;
+/// The size of a record header in a compact segment ([`SEGMENT_FLAG_COMPACT`]).
+pub const COMPACT_HEADER_BYTES: usize = 8;
+/// The largest segment a compact log may have: a compact header's 16-bit length and 13-bit
+/// index must hold any record and any record count a segment can.
+pub const COMPACT_MAX_SEGMENT_BYTES: u32 = 1 << 16;
+/// A compact header's index field: 13 bits. A segment of at most
+/// [`COMPACT_MAX_SEGMENT_BYTES`] holds at most `(65,536 - 40) / 8` records, fewer than 2^13.
+pub const COMPACT_MAX_INDEX: u32 = (1 << 13) - 1;
 /// The size of a pointer inside a commit record.
 pub const POINTER_BYTES: usize = 8;
 /// The bytes in front of a commit record's pointers: the writer's durable mark, a `u64` below
@@ -163,7 +171,13 @@ pub const SEGMENT_FLAG_SEALED: u16 = 2;
 /// ([`SegmentHeader::binding`]), so that neither a stale record nor a record image inside an
 /// event body can pass for one of this segment's records.
 pub const SEGMENT_FLAG_UNERASED: u16 = 4;
-const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED | SEGMENT_FLAG_UNERASED;
+/// Segment header flag: the segment's records are compact: an 8-byte record header (no
+/// transaction id, a 16-bit length, a 13-bit index) and commits whose durable mark and pointers
+/// are variable-length integers (see [`compact`]). Only in plaintext logs of segments of at
+/// most 64 KiB; a log is compact in all its segments or in none.
+pub const SEGMENT_FLAG_COMPACT: u16 = 8;
+const SEGMENT_FLAGS_KNOWN: u16 =
+    SEGMENT_FLAG_OPENED | SEGMENT_FLAG_SEALED | SEGMENT_FLAG_UNERASED | SEGMENT_FLAG_COMPACT;
 /// The payload of a seal record: key id (2), algorithm (1), zero (1), salt (8), tag (16).
 pub const SEAL_PAYLOAD_BYTES: usize = 28;
 
@@ -346,8 +360,11 @@ pub struct RecordHeader {
     pub len: u32,
     /// The record's write-order id minus its segment's `base_wid`.
     pub wid_delta: u32,
-    /// The id of the transaction that wrote the record.
+    /// The id of the transaction that wrote the record (0 in a compact segment, which does not
+    /// store it).
     pub txn: u32,
+    /// True for the 8-byte header of a compact segment ([`SEGMENT_FLAG_COMPACT`]).
+    pub compact: bool,
 }
 
 impl RecordHeader {
@@ -362,12 +379,31 @@ impl RecordHeader {
         len: u32,
         feed: impl FnOnce(&mut CrcDigest),
     ) -> Self {
+        Self::seal_as(false, bind, kind, wid_delta, txn, len, feed)
+    }
+
+    /// [`RecordHeader::seal`] in the full or the compact form (which drops `txn`; the caller
+    /// keeps `len` below 2^16 and `wid_delta` at most [`COMPACT_MAX_INDEX`]). Without the
+    /// core's `compact` feature the header is always the full form: the flag and every test of
+    /// it fold away, so a build that does not use compact logs does not carry their code.
+    pub fn seal_as(
+        compact: bool,
+        bind: u64,
+        kind: RecordKind,
+        wid_delta: u32,
+        txn: u32,
+        len: u32,
+        feed: impl FnOnce(&mut CrcDigest),
+    ) -> Self {
+        // Without the core's `compact` feature there is no compact form.
+        let compact = compact && cfg!(feature = "compact");
         let mut h = RecordHeader {
             crc: 0,
             kind: kind as u8,
             len,
             wid_delta,
-            txn,
+            txn: if compact { 0 } else { txn },
+            compact,
         };
         let mut digest = h.digest(bind);
         feed(&mut digest);
@@ -380,15 +416,27 @@ impl RecordHeader {
     pub fn digest(&self, bind: u64) -> CrcDigest {
         let mut digest = CRC32C.digest();
         digest.update(&bind.to_le_bytes());
-        digest.update(&self.encode()[4..]);
+        digest.update(&self.encode()[4..self.bytes()]);
         digest
     }
 
-    /// Encodes the header. The length must fit 24 bits (checked by the caller against
-    /// [`MAX_PAYLOAD_BYTES`]).
+    /// The header's size on media: [`RECORD_HEADER_BYTES`], or [`COMPACT_HEADER_BYTES`].
+    pub const fn bytes(&self) -> usize {
+        header_bytes(cfg!(feature = "compact") && self.compact)
+    }
+
+    /// Encodes the header; a compact one fills the first [`COMPACT_HEADER_BYTES`] (see
+    /// [`RecordHeader::bytes`]). The length must fit 24 bits (checked by the caller against
+    /// [`MAX_PAYLOAD_BYTES`]), or 16 bits in a compact segment.
     pub fn encode(&self) -> [u8; RECORD_HEADER_BYTES] {
         let mut b = [0u8; RECORD_HEADER_BYTES];
         b[0..4].copy_from_slice(&self.crc.to_le_bytes());
+        if cfg!(feature = "compact") && self.compact {
+            b[4..6].copy_from_slice(&(self.len as u16).to_le_bytes());
+            let word = ((self.kind as u16) << 13) | (self.wid_delta as u16 & 0x1fff);
+            b[6..8].copy_from_slice(&word.to_le_bytes());
+            return b;
+        }
         b[4] = self.kind;
         b[5..8].copy_from_slice(&self.len.to_le_bytes()[..3]);
         b[8..12].copy_from_slice(&self.wid_delta.to_le_bytes());
@@ -405,7 +453,34 @@ impl RecordHeader {
             len: u32::from_le_bytes([b[5], b[6], b[7], 0]),
             wid_delta: u32_at(b, 8),
             txn: u32_at(b, 12),
+            compact: false,
         }
+    }
+
+    /// Decodes a compact header (the first [`COMPACT_HEADER_BYTES`] of `b`): the length at
+    /// bytes 4..6, then a word of the kind (3 bits) over the index (13 bits). Only with the
+    /// core's `compact` feature.
+    #[cfg(feature = "compact")]
+    pub fn decode_compact(b: &[u8]) -> Self {
+        let word = u16::from_le_bytes([b[6], b[7]]);
+        RecordHeader {
+            crc: u32_at(b, 0),
+            kind: (word >> 13) as u8,
+            len: u16::from_le_bytes([b[4], b[5]]) as u32,
+            wid_delta: (word & 0x1fff) as u32,
+            txn: 0,
+            compact: true,
+        }
+    }
+
+    /// Decodes a header of either form.
+    pub fn decode_as(compact: bool, b: &[u8; RECORD_HEADER_BYTES]) -> Self {
+        #[cfg(feature = "compact")]
+        if compact {
+            return Self::decode_compact(b);
+        }
+        let _ = compact;
+        Self::decode(b)
     }
 
     /// True if `payload` completes this record in a segment whose binding is `bind`
@@ -511,6 +586,25 @@ impl SealRecord {
     }
 }
 
+/// The size of a record header on media: compact or not.
+pub const fn header_bytes(compact: bool) -> usize {
+    if compact {
+        COMPACT_HEADER_BYTES
+    } else {
+        RECORD_HEADER_BYTES
+    }
+}
+
+/// The kind byte of a record header of either form that starts at `b[0]` (`b` holds at least
+/// the header), for scans that look for records.
+pub fn kind_at(compact: bool, b: &[u8]) -> u8 {
+    if compact {
+        b[7] >> 5
+    } else {
+        b[4]
+    }
+}
+
 /// Where a record lives: a segment slot and a byte offset inside the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -552,6 +646,238 @@ impl Pointer {
     }
 }
 
+/// The payload of a commit in a compact segment ([`SEGMENT_FLAG_COMPACT`]): variable-length
+/// integers (LEB128: 7 bits a byte, low bits first, the top bit set on every byte but the last),
+/// with no count: the record's length ends the list.
+///
+/// ```text
+/// distance                      the commit's write-order id minus the writer's durable mark
+/// slot, offset / align          the first pointer
+/// then, for each next pointer:
+///   zigzag(offset delta / align) << 1          in the previous pointer's segment slot
+///   (slots forward << 1) | 1, offset / align   in another slot (forward round the ring)
+/// ```
+///
+/// A put commit's records lie one after another, so each next pointer is a byte; a take
+/// commit's follow the queue, in order through the ring. Offsets are multiples of the write
+/// size, so they are stored divided by it.
+pub mod compact {
+    use super::Pointer;
+
+    /// The longest variable-length integer (a `u64`).
+    pub const MAX_VARINT: usize = 10;
+
+    /// Hands `v`'s variable-length form to `sink`.
+    pub fn varint(mut v: u64, sink: &mut dyn FnMut(&[u8])) {
+        let mut b = [0u8; MAX_VARINT];
+        let mut n = 0;
+        loop {
+            let low = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                b[n] = low;
+                n += 1;
+                break;
+            }
+            b[n] = low | 0x80;
+            n += 1;
+        }
+        sink(&b[..n]);
+    }
+
+    pub(super) const fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+
+    const fn unzigzag(v: u64) -> i64 {
+        ((v >> 1) as i64) ^ -((v & 1) as i64)
+    }
+
+    /// Encodes a commit's pointers, each against the one before.
+    pub struct Encoder {
+        prev: Option<Pointer>,
+        align: u64,
+        segments: u64,
+    }
+
+    impl Encoder {
+        /// An encoder for a log of `segments` slots whose records are aligned to `align`.
+        pub fn new(align: u64, segments: u64) -> Self {
+            Encoder {
+                prev: None,
+                align,
+                segments,
+            }
+        }
+
+        /// Hands the next pointer's form to `sink`. `p.offset` is a multiple of the alignment
+        /// and `p.slot` below the segment count, as every pointer the writer makes is.
+        pub fn pointer(&mut self, p: Pointer, sink: &mut dyn FnMut(&[u8])) {
+            let words = p.offset as u64 / self.align;
+            match self.prev {
+                None => {
+                    varint(p.slot as u64, sink);
+                    varint(words, sink);
+                }
+                Some(q) if q.slot == p.slot => {
+                    let delta = words as i64 - (q.offset as u64 / self.align) as i64;
+                    varint(zigzag(delta) << 1, sink);
+                }
+                Some(q) => {
+                    let forward = (p.slot as u64 + self.segments - q.slot as u64) % self.segments;
+                    varint((forward << 1) | 1, sink);
+                    varint(words, sink);
+                }
+            }
+            self.prev = Some(p);
+        }
+    }
+
+    /// What a compact commit's payload yields, in order: the distance once, then pointers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Item {
+        /// The commit's write-order id minus the writer's durable mark.
+        Distance(u64),
+        /// The next pointer.
+        Pointer(Pointer),
+    }
+
+    /// Bytes that no writer makes: an over-long or unfinished integer, a slot outside the
+    /// ring, an offset outside 32 bits.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Malformed;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Next {
+        Distance,
+        FirstSlot,
+        Step,
+        Offset,
+    }
+
+    /// Decodes a compact commit's payload a byte at a time, so that it can be read in pieces of
+    /// any size while its CRC is checked.
+    pub struct Decoder {
+        next: Next,
+        acc: u64,
+        shift: u32,
+        slot: u32,
+        prev: Option<Pointer>,
+        align: u64,
+        segments: u64,
+    }
+
+    impl Decoder {
+        /// A decoder for a log of `segments` slots whose records are aligned to `align`.
+        pub fn new(align: u64, segments: u64) -> Self {
+            Decoder {
+                next: Next::Distance,
+                acc: 0,
+                shift: 0,
+                slot: 0,
+                prev: None,
+                align,
+                segments,
+            }
+        }
+
+        /// Feeds one byte; an item when it completes one.
+        pub fn feed(&mut self, byte: u8) -> Result<Option<Item>, Malformed> {
+            let bits = (byte & 0x7f) as u64;
+            // A tenth byte may only carry the top bit of a u64; a last byte of 0 after others
+            // is an over-long form no writer makes.
+            if self.shift == 63 && byte > 1 || self.shift > 0 && byte == 0 {
+                return Err(Malformed);
+            }
+            self.acc |= bits << self.shift;
+            if byte & 0x80 != 0 {
+                self.shift += 7;
+                return Ok(None);
+            }
+            let v = self.acc;
+            self.acc = 0;
+            self.shift = 0;
+            match self.next {
+                Next::Distance => {
+                    self.next = Next::FirstSlot;
+                    Ok(Some(Item::Distance(v)))
+                }
+                Next::FirstSlot => {
+                    if v >= self.segments {
+                        return Err(Malformed);
+                    }
+                    self.slot = v as u32;
+                    self.next = Next::Offset;
+                    Ok(None)
+                }
+                Next::Step if v & 1 == 0 => {
+                    let Some(q) = self.prev else {
+                        return Err(Malformed);
+                    };
+                    let words = (q.offset as u64 / self.align) as i64;
+                    let words = words.checked_add(unzigzag(v >> 1)).ok_or(Malformed)?;
+                    self.pointer(q.slot, words)
+                }
+                Next::Step => {
+                    let (Some(q), forward) = (self.prev, v >> 1) else {
+                        return Err(Malformed);
+                    };
+                    if forward == 0 || forward >= self.segments {
+                        return Err(Malformed);
+                    }
+                    self.slot = ((q.slot as u64 + forward) % self.segments) as u32;
+                    self.next = Next::Offset;
+                    Ok(None)
+                }
+                Next::Offset => self.pointer(self.slot, v as i64),
+            }
+        }
+
+        fn pointer(&mut self, slot: u32, words: i64) -> Result<Option<Item>, Malformed> {
+            let offset = u64::try_from(words)
+                .ok()
+                .and_then(|w| w.checked_mul(self.align))
+                .and_then(|o| u32::try_from(o).ok())
+                .ok_or(Malformed)?;
+            let p = Pointer { slot, offset };
+            self.prev = Some(p);
+            self.next = Next::Step;
+            Ok(Some(Item::Pointer(p)))
+        }
+
+        /// Checks that the payload ended where an item did, after the distance and at least
+        /// one pointer.
+        pub fn finish(&self) -> Result<(), Malformed> {
+            if self.next == Next::Step && self.shift == 0 {
+                Ok(())
+            } else {
+                Err(Malformed)
+            }
+        }
+    }
+
+    /// The bytes of a compact commit that carries `distance` and `pointers`.
+    pub fn encoded_len(
+        align: u64,
+        segments: u64,
+        distance: u64,
+        pointers: impl Iterator<Item = Pointer>,
+    ) -> usize {
+        let mut n = 0;
+        varint(distance, &mut |b| n += b.len());
+        let mut e = Encoder::new(align, segments);
+        for p in pointers {
+            e.pointer(p, &mut |b| n += b.len());
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+pub(crate) const fn compact_zigzag_for_test(v: i64) -> u64 {
+    compact::zigzag(v)
+}
+
 /// The little-endian `u32` at `b[i..i + 4]`.
 pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
@@ -571,8 +897,10 @@ pub const fn align_up(n: u64, align: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use crc::{Crc, CRC_32_ISCSI};
+    use std::{vec, vec::Vec};
 
     /// The CRC this build uses (the processor's instruction, or slicing by 16, with `server`;
     /// a byte at a time without) gives the checksums of the plain byte-at-a-time and table-free
@@ -711,5 +1039,148 @@ mod tests {
         };
         assert_eq!(Pointer::decode(&p.encode()), p);
         assert_eq!(Pointer::from_word(p.to_word() | (7 << 56)), p);
+    }
+
+    /// A compact header round-trips every kind, the longest length and the largest index, and
+    /// its CRC covers its fields: any flipped bit after the CRC fails the check.
+    #[test]
+    fn compact_header_round_trip_and_bit_flips() {
+        for kind in [
+            RecordKind::Put,
+            RecordKind::PutCommit,
+            RecordKind::TakeCommit,
+        ] {
+            for (len, index) in [(0, 0), (32, 5), (65_535, COMPACT_MAX_INDEX)] {
+                let payload = [7u8; 40];
+                let body = &payload[..(len as usize).min(40)];
+                let h = RecordHeader::seal_as(true, 9, kind, index, 77, len, |d| d.update(body));
+                let b = h.encode();
+                assert_eq!(h.bytes(), COMPACT_HEADER_BYTES);
+                let back = RecordHeader::decode_compact(&b);
+                assert_eq!(back, h);
+                assert_eq!(
+                    (back.kind, back.len, back.wid_delta, back.txn),
+                    (kind as u8, len, index, 0)
+                );
+                assert_eq!(kind_at(true, &b), kind as u8);
+                for bit in 32..COMPACT_HEADER_BYTES * 8 {
+                    let mut c = b;
+                    c[bit / 8] ^= 1 << (bit % 8);
+                    let d = RecordHeader::decode_compact(&c);
+                    let mut digest = d.digest(9);
+                    digest.update(body);
+                    assert_ne!(digest.finalize(), d.crc, "bit {bit}");
+                }
+            }
+        }
+    }
+
+    fn encode_commit(distance: u64, pointers: &[Pointer], align: u64, segments: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        compact::varint(distance, &mut |b| out.extend_from_slice(b));
+        let mut e = compact::Encoder::new(align, segments);
+        for &p in pointers {
+            e.pointer(p, &mut |b| out.extend_from_slice(b));
+        }
+        assert_eq!(
+            out.len(),
+            compact::encoded_len(align, segments, distance, pointers.iter().copied())
+        );
+        out
+    }
+
+    fn decode_commit(
+        bytes: &[u8],
+        align: u64,
+        segments: u64,
+    ) -> Result<(u64, Vec<Pointer>), compact::Malformed> {
+        let mut d = compact::Decoder::new(align, segments);
+        let (mut distance, mut pointers) = (None, Vec::new());
+        for &b in bytes {
+            match d.feed(b)? {
+                Some(compact::Item::Distance(x)) => distance = Some(x),
+                Some(compact::Item::Pointer(p)) => pointers.push(p),
+                None => {}
+            }
+        }
+        d.finish()?;
+        Ok((distance.ok_or(compact::Malformed)?, pointers))
+    }
+
+    /// Compact commits round-trip pointers forward, backward, across slots and round the
+    /// ring, with distances up to `u64::MAX`; puts one after another cost a byte each.
+    #[test]
+    fn compact_commits_round_trip() {
+        let p = |slot, offset| Pointer { slot, offset };
+        let cases: &[(u64, Vec<Pointer>)] = &[
+            (0, vec![p(0, 40)]),
+            (
+                2,
+                vec![p(3, 40), p(3, 80), p(3, 120), p(4, 40), p(0, 44), p(0, 8)],
+            ),
+            (
+                u64::MAX,
+                vec![p(15, 65_532), p(15, 40), p(14, 40), p(15, 40)],
+            ),
+            (300, (0..16).map(|i| p(7, 40 + 40 * i)).collect()),
+        ];
+        for (distance, pointers) in cases {
+            let bytes = encode_commit(*distance, pointers, 4, 16);
+            assert_eq!(
+                decode_commit(&bytes, 4, 16),
+                Ok((*distance, pointers.clone()))
+            );
+        }
+        // 16 puts of 40-byte records: 2 bytes of distance, 1 of slot, 1 of offset, 15 steps.
+        assert_eq!(encode_commit(300, &cases[3].1, 4, 16).len(), 2 + 1 + 1 + 15);
+        // Segments up to 2^24 - 1 and offsets up to 64 KiB at alignment 1.
+        let far = [p(0xff_fffe, 65_535), p(0, 0), p(0xff_fffe, 1)];
+        let bytes = encode_commit(1, &far, 1, 0xff_ffff);
+        assert_eq!(decode_commit(&bytes, 1, 0xff_ffff), Ok((1, far.to_vec())));
+    }
+
+    /// What no writer makes is refused: a slot outside the ring, a zero slot step, a step to
+    /// a negative offset, an over-long or unfinished integer, a payload without a pointer.
+    #[test]
+    fn compact_commits_refuse_what_no_writer_makes() {
+        let bad: &[&[u8]] = &[
+            &[0],              // no pointer
+            &[0, 16, 10],      // slot 16 of 16
+            &[0, 1],           // a slot without its offset
+            &[0, 1, 10, 1, 3], // slot step 0
+            &[0, 1, 10, 7],    // slot step 3 without its offset
+            &[0, 1, 10, 0x80], // unfinished
+            &[0x80, 0, 1, 10], // over-long distance
+            &[
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 1, 10,
+            ], // > u64
+        ];
+        for (i, b) in bad.iter().enumerate() {
+            assert_eq!(
+                decode_commit(b, 4, 16),
+                Err(compact::Malformed),
+                "case {i}: {b:?}"
+            );
+        }
+        // A backward step of 2 words from word 2 lands at 0; of 3, before the segment.
+        let mut b = vec![0, 1, 2];
+        compact::varint(super::compact_zigzag_for_test(-2) << 1, &mut |x| {
+            b.extend_from_slice(x)
+        });
+        assert_eq!(
+            decode_commit(&b, 4, 16),
+            Ok((
+                0,
+                vec![
+                    Pointer { slot: 1, offset: 8 },
+                    Pointer { slot: 1, offset: 0 }
+                ]
+            ))
+        );
+        let mut b = vec![0, 1, 2];
+        compact::varint(super::compact_zigzag_for_test(-3) << 1, &mut |x| {
+            b.extend_from_slice(x)
+        });
+        assert_eq!(decode_commit(&b, 4, 16), Err(compact::Malformed));
     }
 }

@@ -13,7 +13,10 @@
 
 pub use crate::log::Geometry;
 use crate::log::{payload_matches, read_record_header, read_segment_header};
-use crate::record::{RecordHeader, RecordKind, SegmentCheck, SegmentHeader, RECORD_HEADER_BYTES};
+use crate::record::{
+    kind_at, RecordHeader, RecordKind, SegmentCheck, SegmentHeader, COMPACT_MAX_SEGMENT_BYTES,
+    SEGMENT_FLAG_COMPACT, SEGMENT_FLAG_SEALED,
+};
 use crate::storage::Storage;
 
 /// What a slot's segment header says.
@@ -30,6 +33,8 @@ pub enum HeaderRead {
     Misplaced(SegmentHeader),
     /// An intact header of a log written with another segment size.
     OtherSize(SegmentHeader),
+    /// An intact header of a compact segment in a log read as a full one, or the reverse.
+    OtherFormat(SegmentHeader),
 }
 
 /// Reads and classifies the segment header in `slot`.
@@ -44,9 +49,16 @@ pub fn read_header<S: Storage>(
         SegmentCheck::Valid(h) if h.segment_bytes as u64 != geo.segment_bytes => {
             HeaderRead::OtherSize(h)
         }
+        SegmentCheck::Valid(h) if (h.flags & SEGMENT_FLAG_COMPACT != 0) != geo.is_compact() => {
+            HeaderRead::OtherFormat(h)
+        }
+        // A compact segment is never sealed, nor larger than a compact header can describe.
         SegmentCheck::Valid(h)
             if geo.slot_of(h.seq) != slot
-                || h.max_payload as u64 + RECORD_HEADER_BYTES as u64 > geo.segment_bytes =>
+                || geo.is_compact()
+                    && (h.flags & SEGMENT_FLAG_SEALED != 0
+                        || geo.segment_bytes > COMPACT_MAX_SEGMENT_BYTES as u64)
+                || h.max_payload as u64 + geo.header_bytes() > geo.segment_bytes =>
         {
             HeaderRead::Misplaced(h)
         }
@@ -65,7 +77,7 @@ pub fn fits(
     index: Option<u64>,
 ) -> bool {
     h.len <= segment.max_payload
-        && offset + RECORD_HEADER_BYTES as u64 + h.len as u64 <= geo.segment_bytes
+        && offset + geo.header_bytes() + h.len as u64 <= geo.segment_bytes
         && index.is_none_or(|i| h.wid_delta as u64 == i)
 }
 
@@ -79,11 +91,11 @@ pub fn read_record<S: Storage>(
     offset: u64,
     index: Option<u64>,
 ) -> Result<Option<RecordHeader>, S::Error> {
-    if offset + RECORD_HEADER_BYTES as u64 > geo.segment_bytes {
+    if offset + geo.header_bytes() > geo.segment_bytes {
         return Ok(None);
     }
     let at = geo.segment_start(geo.slot_of(segment.seq)) + offset;
-    let h = read_record_header(storage, at)?;
+    let h = read_record_header(storage, geo.is_compact(), at)?;
     if !fits(geo, segment, offset, &h, index) {
         return Ok(None);
     }
@@ -106,12 +118,13 @@ pub fn next_intact<S: Storage>(
     let mut at = crate::record::align_up(from, geo.align);
     let mut buf = [0u8; CHUNK];
     // Bounded: every turn moves `at` forward by at least one aligned word.
-    while at + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes {
+    let header = geo.header_bytes() as usize;
+    while at + header as u64 <= geo.segment_bytes {
         let n = ((geo.segment_bytes - at) as usize).min(CHUNK);
         storage.read(crate::storage::Region::Log, base + at, &mut buf[..n])?;
         let mut i = 0usize;
-        while i + RECORD_HEADER_BYTES <= n {
-            if RecordKind::from_u8(buf[i + 4]).is_some() {
+        while i + header <= n {
+            if RecordKind::from_u8(kind_at(geo.is_compact(), &buf[i..])).is_some() {
                 let offset = at + i as u64;
                 if let Some(h) = read_record(storage, geo, segment, offset, None)? {
                     if h.wid_delta as u64 > after {

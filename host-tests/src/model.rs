@@ -111,7 +111,8 @@ impl Scenario {
     /// seeds (in runs of six) seal the log and checkpoints; of those, every other run of six
     /// seals the log with AES-256-GCM instead of XChaCha20-Poly1305. In runs of 24, the
     /// simulated medium asks for whole records or not. One run of eight seeds in three behaves
-    /// as a file (rewritable).
+    /// as a file (rewritable). Of the plaintext seeds, every other run of five writes a compact
+    /// log (`Config::with_compact_records`), a quarter of all seeds.
     pub const fn varied(seed: u64, steps: usize) -> Self {
         let mut s = Scenario::small(steps);
         s.erased = if seed % 2 == 0 { 0xFF } else { 0x00 };
@@ -125,6 +126,9 @@ impl Scenario {
         }
         s.whole_records = seed / 24 % 2 == 1;
         s.rewritable = seed / 8 % 3 == 1;
+        if !s.sealed && seed / 5 % 2 == 1 {
+            s.config = s.config.with_compact_records();
+        }
         s
     }
 

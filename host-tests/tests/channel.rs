@@ -516,6 +516,95 @@ fn segment_size_mismatch_is_refused() {
     );
 }
 
+/// A compact log (`Config::with_compact_records`) writes an 8-byte record header and commits
+/// of variable-length integers, and its events come back the same across a restart: a
+/// 32-byte event is 40 bytes, and a commit of two events 12 (header 8, distance 1, slot 1,
+/// first offset 1, one step of 1; padded to the 4-byte word), where the full format writes 48
+/// and 40 (`operation_counts_are_pinned`).
+#[test]
+fn compact_records_cost_pinned_bytes_and_replay() {
+    let compact = CONFIG.with_compact_records();
+    let (mut sim, mut mem) = (sim(), memory());
+    {
+        let mut ch = Channel::open(&mut sim, &mut mem[..], compact).unwrap();
+        let tx = ch.begin().unwrap();
+        ch.put(tx, &[1u8; 32]).unwrap();
+        let c1 = ch.storage().counters();
+        ch.put(tx, &[2u8; 32]).unwrap();
+        let c2 = ch.storage().counters();
+        assert_eq!(
+            (c2.writes - c1.writes, c2.bytes_written - c1.bytes_written),
+            (1, 40)
+        );
+        ch.commit(tx).unwrap();
+        let c3 = ch.storage().counters();
+        assert_eq!(
+            (c3.writes - c2.writes, c3.bytes_written - c2.bytes_written),
+            (1, 12)
+        );
+        put_all(&mut ch, &[b"three", b"four"]);
+        let tx = ch.begin().unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(ch.take(tx, &mut buf).unwrap(), Some(32));
+        assert_eq!(&buf[..32], &[1u8; 32]);
+        let c4 = ch.storage().counters();
+        assert_eq!(ch.take(tx, &mut buf).unwrap(), Some(32));
+        let c5 = ch.storage().counters();
+        assert_eq!(c5.reads - c4.reads, 2, "a header and a payload per take");
+        ch.commit(tx).unwrap();
+        let c6 = ch.storage().counters();
+        assert_eq!(c6.bytes_written - c5.bytes_written, 12);
+    }
+    sim.reboot(1, CrashPolicy::LoseUnsynced);
+    let mut ch = Channel::open(&mut sim, &mut mem[..], compact).unwrap();
+    assert_eq!(ch.recovery().put_commits, 2);
+    assert_eq!(ch.recovery().take_commits, 1);
+    assert_eq!(take_all(&mut ch, true), v(&[b"three", b"four"]));
+}
+
+/// A log is compact in every segment or in none: opening it the other way is refused with
+/// the reason, never misread; and compact records need small plaintext segments without marks.
+#[test]
+fn compact_records_mismatch_and_limits_are_refused() {
+    let compact = CONFIG.with_compact_records();
+    for (written, opened, on_media_compact) in [(compact, CONFIG, true), (CONFIG, compact, false)] {
+        let (mut sim, mut mem) = (sim(), memory());
+        {
+            let mut ch = Channel::open(&mut sim, &mut mem[..], written).unwrap();
+            put_all(&mut ch, &[b"x"]);
+        }
+        let err = Channel::open(&mut sim, &mut mem[..], opened).err();
+        assert_eq!(
+            err,
+            Some(Error::Config(ConfigError::RecordFormatMismatch {
+                on_media_compact
+            }))
+        );
+        let reason = err.unwrap().to_string();
+        assert!(reason.contains("with_compact_records"), "{reason}");
+        let ch = Channel::open(&mut sim, &mut mem[..], written).unwrap();
+        assert_eq!(ch.recovery().put_commits, 1);
+    }
+    assert_eq!(
+        Config::new(8, 4, 3, 64, 128 * 1024).try_with_compact_records(),
+        Err(ConfigError::BadCompact)
+    );
+    assert!(Config::new(8, 4, 3, 64, 64 * 1024)
+        .try_with_compact_records()
+        .is_ok());
+    assert_eq!(
+        CONFIG.with_marks(1, 8).try_with_compact_records(),
+        Err(ConfigError::BadCompact)
+    );
+    assert_eq!(compact.try_with_marks(1, 8), Err(ConfigError::BadCompact));
+    let keys = sluicegate_core::StaticKeys::new(&[(1, [7u8; 32])], Some(1));
+    let (mut sim, mut mem) = (sim(), memory());
+    assert_eq!(
+        Channel::open_with_keys(&mut sim, &mut mem[..], compact, keys).err(),
+        Some(Error::Config(ConfigError::BadCompact))
+    );
+}
+
 /// Bad configurations are refused with the reason, before anything is touched.
 #[test]
 fn bad_configurations_are_refused() {

@@ -23,7 +23,7 @@ const GEO: Geometry = Geometry {
     segments: SEGMENTS,
     segment_bytes: SEGMENT_BYTES,
     align: 4,
-    first_record: 40,
+    compact: false,
 };
 const GHOST: &[u8] = b"ghost!!!";
 
@@ -48,7 +48,7 @@ fn newest(sim: &mut Sim) -> SegmentHeader {
 
 /// Where the records of `seg` end: the offset after the last intact one, and how many there are.
 fn end_of_records(sim: &mut Sim, seg: &SegmentHeader) -> (u64, u64) {
-    let (mut offset, mut index) = (GEO.first_record, 0);
+    let (mut offset, mut index) = (GEO.first_record(), 0);
     while let Some(r) = walk::read_record(sim, &GEO, seg, offset, Some(index)).unwrap() {
         offset += GEO.record_span(r.len as u64);
         index += 1;

@@ -541,7 +541,7 @@ struct Mutant {
 }
 
 /// Each one breaks a promise the checker must hold the core to.
-const MUTANTS: [Mutant; 13] = [
+const MUTANTS: [Mutant; 14] = [
     Mutant {
         name: "a record's CRC binds nothing of its segment, so a stale record of an earlier lap in a reused file passes",
         file: "core/src/record.rs",
@@ -619,6 +619,12 @@ const MUTANTS: [Mutant; 13] = [
         file: "core/src/queue.rs",
         from: "slot_bits: bits(config.log_segments() as u64 - 1),",
         to: "slot_bits: bits(config.log_segments() as u64 - 1) - 1,",
+    },
+    Mutant {
+        name: "a compact commit's step within a segment is read with the wrong sign",
+        file: "core/src/record.rs",
+        from: "let words = words.checked_add(unzigzag(v >> 1)).ok_or(Malformed)?;",
+        to: "let words = words.checked_sub(unzigzag(v >> 1)).ok_or(Malformed)?;",
     },
 ];
 

@@ -27,6 +27,7 @@ impl WriteClass {
 }
 
 /// What a record's payload is made of.
+#[derive(Clone, Copy)]
 pub(super) enum Body<'a> {
     Event(&'a [u8]),
     /// A put commit: the durable mark, the slot's mark if `marked`, then the pending-put
@@ -63,6 +64,97 @@ pub(crate) fn emit_mark(e: &[u64], sink: &mut dyn FnMut(&[u8])) {
     debug_assert_eq!(left, 0);
 }
 
+/// What a record's payload is read from: the transaction slots' pending pointers, the queue,
+/// the pending marks, and for a compact commit the log's shape and the record's write-order id.
+pub(super) struct EmitParts<'m> {
+    queue: Queue,
+    qmem: &'m [u64],
+    pool: &'m [u64],
+    pending_marks: &'m [u64],
+    mark_words: usize,
+    cap: usize,
+    /// `Some((align, segments, wid))` in a compact log.
+    compact: Option<(u64, u64, u64)>,
+}
+
+/// Hands the payload of `body` to `sink` as the log stores it: full (the durable mark, a mark,
+/// 8-byte pointers) or compact (`record::compact`).
+#[inline(never)]
+fn emit_body(body: Body<'_>, p: &EmitParts<'_>, sink: &mut dyn FnMut(&[u8])) {
+    let (synced_wid, marked) = match body {
+        Body::Event(bytes) => return sink(bytes),
+        Body::Pending {
+            synced_wid, marked, ..
+        }
+        | Body::Taken {
+            synced_wid, marked, ..
+        } => (synced_wid, marked),
+    };
+    // Tested against the feature here too, so that a build without it leaves the encoder out.
+    if let Some((align, segments, wid)) = p.compact.filter(|_| cfg!(feature = "compact")) {
+        compact::varint(wid.saturating_sub(synced_wid), sink);
+        let mut e = compact::Encoder::new(align, segments);
+        match body {
+            Body::Pending { slot, count, .. } => {
+                for &w in &p.pool[slot * p.cap..slot * p.cap + count] {
+                    e.pointer(Pointer::from_word(w), sink);
+                }
+            }
+            Body::Taken { tag, .. } => p.queue.for_each_tagged(p.qmem, tag, |q| e.pointer(q, sink)),
+            Body::Event(_) => {}
+        }
+        return;
+    }
+    sink(&synced_wid.to_le_bytes());
+    match body {
+        Body::Pending { slot, count, .. } => {
+            if marked {
+                emit_mark(mark::entry(p.pending_marks, p.mark_words, slot), sink);
+            }
+            for &w in &p.pool[slot * p.cap..slot * p.cap + count] {
+                sink(&Pointer::from_word(w).encode());
+            }
+        }
+        Body::Taken { tag, .. } => {
+            if marked {
+                emit_mark(
+                    mark::entry(p.pending_marks, p.mark_words, tag as usize - 1),
+                    sink,
+                );
+            }
+            p.queue.for_each_tagged(p.qmem, tag, |q| sink(&q.encode()))
+        }
+        Body::Event(_) => {}
+    }
+}
+
+/// The parts [`emit_body`] reads, for a record with write-order id `wid` (free of the channel,
+/// so that the storage can be written while they are read).
+fn emit_parts<'m>(
+    carving: &Carving,
+    memory: &'m [u64],
+    queue: Queue,
+    config: &Config,
+    geo: &Geometry,
+    wid: u64,
+) -> EmitParts<'m> {
+    let PartsRef {
+        queue: qmem,
+        pool,
+        pending_marks,
+        ..
+    } = carving.parts_ref(memory);
+    EmitParts {
+        queue,
+        qmem,
+        pool,
+        pending_marks,
+        mark_words: config.mark_entry_words(),
+        cap: config.transaction_capacity() as usize,
+        compact: geo.is_compact().then_some((geo.align, geo.segments, wid)),
+    }
+}
+
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Appends one record to the log, rolling to a new segment if it does not fit. `len` is
     /// the plaintext length of the body; a sealed record carries a tag after it.
@@ -80,6 +172,25 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         } else {
             0
         };
+        let compact = self.geo.is_compact();
+        let wid = self.head.next_wid();
+        let len = match body {
+            // A compact commit's length depends on its pointers: count them as written.
+            Body::Pending { .. } | Body::Taken { .. } if compact => {
+                let parts = emit_parts(
+                    &self.carving,
+                    self.memory.as_ref(),
+                    self.queue,
+                    &self.config,
+                    &self.geo,
+                    wid,
+                );
+                let mut n = 0u32;
+                emit_body(body, &parts, &mut |b| n += b.len() as u32);
+                n
+            }
+            _ => len,
+        };
         let record_len = len + tag;
         let span = self.geo.record_span(record_len as u64);
         // Pair assertion with replay's checks: what we write, replay must accept.
@@ -89,44 +200,24 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         self.make_room(span, class)?;
         let ptr = self.head.next_pointer(&self.geo);
         let wid_delta = self.head.wid_delta();
-        let PartsRef {
-            queue: qmem, pool, ..
-        } = self.carving.parts_ref(self.memory.as_ref());
-        let PartsRef { pending_marks, .. } = self.carving.parts_ref(self.memory.as_ref());
-        let mark_words = self.config.mark_entry_words();
-        let cap = self.config.transaction_capacity() as usize;
-        let queue = self.queue;
-        let emit = |sink: &mut dyn FnMut(&[u8])| match body {
-            Body::Event(bytes) => sink(bytes),
-            Body::Pending {
-                synced_wid,
-                slot,
-                count,
-                marked,
-            } => {
-                sink(&synced_wid.to_le_bytes());
-                if marked {
-                    emit_mark(mark::entry(pending_marks, mark_words, slot), sink);
-                }
-                for &w in &pool[slot * cap..slot * cap + count] {
-                    sink(&Pointer::from_word(w).encode());
-                }
-            }
-            Body::Taken {
-                synced_wid,
-                tag,
-                marked,
-            } => {
-                sink(&synced_wid.to_le_bytes());
-                if marked {
-                    emit_mark(
-                        mark::entry(pending_marks, mark_words, tag as usize - 1),
-                        sink,
-                    );
-                }
-                queue.for_each_tagged(qmem, tag, |p| sink(&p.encode()))
-            }
-        };
+        // Only a sealed segment's seal record takes an id as the segment opens.
+        if compact && self.head.next_wid() != wid {
+            return Err(Error::LogicBug("a new segment took a write-order id"));
+        }
+        if compact && wid_delta > COMPACT_MAX_INDEX {
+            return Err(Error::LogicBug(
+                "a compact segment holds more records than its index",
+            ));
+        }
+        let parts = emit_parts(
+            &self.carving,
+            self.memory.as_ref(),
+            self.queue,
+            &self.config,
+            &self.geo,
+            wid,
+        );
+        let emit = |sink: &mut dyn FnMut(&[u8])| emit_body(body, &parts, sink);
         let start = self.geo.record_offset(ptr);
         let (seq, bind) = (self.head.seq(), self.head.binding());
         let outcome = match self.head.seal() {
@@ -140,6 +231,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                     len: record_len,
                     wid_delta,
                     txn: txn_id,
+                    compact: false,
                 };
                 let sealed = SealedWrite {
                     key,
@@ -152,12 +244,13 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 sealed.write(&mut self.storage, &mut self.sealers, &emit)
             }
             None if tag == 0 => {
-                let header = RecordHeader::seal(bind, kind, wid_delta, txn_id, len, |d| {
-                    emit(&mut |b| d.update(b))
-                });
+                let header =
+                    RecordHeader::seal_as(compact, bind, kind, wid_delta, txn_id, len, |d| {
+                        emit(&mut |b| d.update(b))
+                    });
                 let mut writer =
                     WordWriter::new(&mut self.storage, Region::Log, self.geo.align, start);
-                let mut result = writer.push(&header.encode());
+                let mut result = writer.push(&header.encode()[..header.bytes()]);
                 let mut written = 0u64;
                 emit(&mut |b| {
                     written += b.len() as u64;
@@ -399,7 +492,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 } else {
                     0
                 }
-                | if reused { SEGMENT_FLAG_UNERASED } else { 0 },
+                | if reused { SEGMENT_FLAG_UNERASED } else { 0 }
+                | if self.geo.is_compact() {
+                    SEGMENT_FLAG_COMPACT
+                } else {
+                    0
+                },
             ..header
         };
         let storage = &mut self.storage;
@@ -458,6 +556,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             len: SEAL_PAYLOAD_BYTES as u32,
             wid_delta: 0,
             txn: 0,
+            compact: false,
         };
         let mut payload = SealRecord {
             key: key_id,

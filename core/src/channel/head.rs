@@ -157,7 +157,7 @@ impl LogHead {
     /// this run opens first if it has written nothing and goes on in no segment.
     pub(super) fn replay_from(&self, geo: &Geometry) -> ReplayFrom {
         let (seq, offset) = if self.restart_pending && !self.resumable {
-            (self.roll_to, geo.first_record as u32)
+            (self.roll_to, geo.first_record() as u32)
         } else {
             (self.seq, self.offset)
         };
@@ -185,7 +185,7 @@ impl LogHead {
         self.seq = seq;
         self.salt = salt;
         self.in_segment = 0;
-        self.offset = geo.first_record as u32;
+        self.offset = geo.first_record() as u32;
         self.seal = None;
     }
 

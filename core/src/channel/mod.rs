@@ -30,9 +30,10 @@ use crate::mark::{self, padded};
 use crate::memory::{Carving, Parts, PartsRef};
 use crate::queue::Queue;
 use crate::record::{
-    align_up, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
-    SegmentHeader, COMMIT_PREFIX_BYTES, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
-    SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED, SEGMENT_FLAG_UNERASED,
+    align_up, compact, mark_prefix, Pointer, RecordHeader, RecordKind, SealRecord, SegmentCheck,
+    SegmentHeader, COMMIT_PREFIX_BYTES, COMPACT_MAX_INDEX, MARK_PREFIX_BYTES, POINTER_BYTES,
+    RECORD_HEADER_BYTES, SEAL_PAYLOAD_BYTES, SEGMENT_FLAG_COMPACT, SEGMENT_FLAG_OPENED,
+    SEGMENT_FLAG_SEALED, SEGMENT_FLAG_UNERASED,
 };
 use crate::recovery::Recovery;
 use crate::seal::{KeyId, KeyProvider, NoKeys, SealerCache, TAG_BYTES};
@@ -266,12 +267,16 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 return Err(Error::UnsupportedAlgorithm { algorithm });
             }
         }
-        let geo = Geometry::new(segments, segment_bytes, S::WRITE_SIZE);
+        if config.compact() && sealing.is_some() {
+            return Err(ConfigError::BadCompact.into());
+        }
+        let geo =
+            Geometry::new(segments, segment_bytes, S::WRITE_SIZE).with_compact(config.compact());
         let (tag, seal) = match sealing {
             Some(_) => (TAG_BYTES as u64, geo.record_span(SEAL_PAYLOAD_BYTES as u64)),
             None => (0, 0),
         };
-        if geo.first_record + seal + geo.record_span(config.max_payload_bytes() + tag)
+        if geo.first_record() + seal + geo.record_span(config.max_payload_bytes() + tag)
             > segment_bytes
         {
             return Err(ConfigError::SegmentTooSmall.into());

@@ -68,13 +68,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             SegKeys::Sealed(seal) => return self.read_sealed_event(ptr, seq, seal, buf),
         }
         let offset = self.geo.record_offset(ptr);
-        let header = read_record_header(&mut self.storage, offset).map_err(ReadFail::Storage)?;
+        let compact = self.geo.is_compact();
+        let header =
+            read_record_header(&mut self.storage, compact, offset).map_err(ReadFail::Storage)?;
         let len = header.len as usize;
-        let room = self.geo.segment_bytes - ptr.offset as u64 - RECORD_HEADER_BYTES as u64;
+        let room = self.geo.segment_bytes - ptr.offset as u64 - self.geo.header_bytes();
         if header.kind != RecordKind::Put as u8 || len as u64 > room {
             return Err(ReadFail::Corrupt);
         }
-        let payload = offset + RECORD_HEADER_BYTES as u64;
+        let payload = offset + self.geo.header_bytes();
         if len > buf.len() || len > self.config.max_event_bytes() as usize {
             if !payload_matches(&mut self.storage, &header, bind, offset)
                 .map_err(ReadFail::Storage)?
@@ -106,7 +108,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         buf: &mut [u8],
     ) -> Result<usize, ReadFail<S::Error>> {
         let offset = self.geo.record_offset(ptr);
-        let header = read_record_header(&mut self.storage, offset).map_err(ReadFail::Storage)?;
+        let header =
+            read_record_header(&mut self.storage, false, offset).map_err(ReadFail::Storage)?;
         let len = header.len as usize;
         let room = self.geo.segment_bytes - ptr.offset as u64 - RECORD_HEADER_BYTES as u64;
         if header.kind != RecordKind::Put as u8 || len as u64 > room || len < TAG_BYTES {
@@ -186,8 +189,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 salt: header.crc_salt(),
             });
         }
-        let at = geo.segment_start(slot) + geo.first_record;
-        let record = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        let at = geo.segment_start(slot) + geo.first_record();
+        let record = read_record_header(&mut self.storage, false, at).map_err(Error::Storage)?;
         let mut payload = [0u8; SEAL_PAYLOAD_BYTES];
         self.storage
             .read(Region::Log, at + RECORD_HEADER_BYTES as u64, &mut payload)

@@ -137,6 +137,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 configured: geo.segment_bytes as u32,
             }
             .into()),
+            HeaderRead::OtherFormat(_) => Err(crate::error::ConfigError::RecordFormatMismatch {
+                on_media_compact: !geo.is_compact(),
+            }
+            .into()),
             HeaderRead::Misplaced(_) => Err(Error::Corrupted {
                 region: Region::Log,
                 offset: geo.segment_start(slot),
@@ -211,7 +215,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         at: u64,
         mut text: impl FnMut(u64, &[u8]),
     ) -> Result<Integrity, Error<S::Error>> {
-        let payload = at + RECORD_HEADER_BYTES as u64;
+        let payload = at + h.bytes() as u64;
         let mut digest = h.digest(keys.binding(seq));
         let mut pos = 0u64;
         let seal = match keys {

@@ -41,9 +41,9 @@ use crate::memory::Parts;
 use crate::queue::Queue;
 use crate::queue::TAG_REPLAY;
 use crate::record::{
-    decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader, COMMIT_PREFIX_BYTES,
-    CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES, SEGMENT_FLAG_OPENED,
-    SEGMENT_FLAG_SEALED,
+    compact, decode_mark_prefix, Pointer, RecordHeader, RecordKind, SegmentHeader,
+    COMMIT_PREFIX_BYTES, CRC32C, MARK_PREFIX_BYTES, POINTER_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_FLAG_OPENED, SEGMENT_FLAG_SEALED,
 };
 use crate::recovery::RecoveryPath;
 use crate::seal::{KeyId, KeyProvider, Sealer, TAG_BYTES};
@@ -156,6 +156,10 @@ const POINTERS_PER_CHUNK: usize = 32;
 type Visit<'v, T, E> =
     dyn FnMut(&mut T, u64, u64, Option<&RecordHeader>) -> Result<bool, Error<E>> + 'v;
 
+/// What a compact commit's pointers are handed to: the channel, the pointer, and whether it
+/// points into a replayed segment.
+type EachPointer<'v, T, E> = dyn FnMut(&mut T, Pointer, bool) -> Result<(), Error<E>> + 'v;
+
 impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K> {
     /// Rebuilds the queue: from the newest usable checkpoint plus the log after it, else by
     /// replaying the whole retained log.
@@ -208,7 +212,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 self.recovery.path = RecoveryPath::FullReplay;
                 ReplayFrom {
                     seq: start,
-                    offset: geo.first_record as u32,
+                    offset: geo.first_record() as u32,
                     wid: 0,
                 }
             }
@@ -302,7 +306,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             let first = if seq == from.seq && from.wid >= header.base_wid {
                 (from.offset as u64, from.wid - header.base_wid)
             } else {
-                (geo.first_record, 0)
+                (geo.first_record(), 0)
             };
             let end = self.walk(
                 &header,

@@ -20,9 +20,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let base = geo.segment_start(geo.slot_of(seg.seq));
         let (mut offset, mut index) = from;
         // Bounded: every turn advances `offset` by at least one record header.
-        while offset + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes
-            && seg.base_wid + index < limit
-        {
+        while offset + geo.header_bytes() <= geo.segment_bytes && seg.base_wid + index < limit {
             if let Some(record) = self.valid_record(seg, offset, index)? {
                 if !visit(self, offset, index, Some(&record))? {
                     return Ok(WalkEnd {
@@ -34,12 +32,12 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 offset += geo.record_span(record.len as u64);
                 continue;
             }
-            let raw =
-                read_record_header(&mut self.storage, base + offset).map_err(Error::Storage)?;
+            let raw = read_record_header(&mut self.storage, geo.is_compact(), base + offset)
+                .map_err(Error::Storage)?;
             let next = offset + geo.record_span(raw.len as u64);
             // The length of a damaged record is believed only within bounds.
             let plausible = walk::fits(&geo, seg, offset, &raw, None)
-                && next + RECORD_HEADER_BYTES as u64 <= geo.segment_bytes
+                && next + geo.header_bytes() <= geo.segment_bytes
                 && seg.base_wid + index + 1 < limit;
             if plausible && self.valid_record(seg, next, index + 1)?.is_some() {
                 if !visit(self, offset, index, None)? {
@@ -73,7 +71,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
     ) -> Result<Option<RecordHeader>, Error<S::Error>> {
         let geo = self.geo;
         let at = geo.segment_start(geo.slot_of(segment.seq)) + offset;
-        let h = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        let h =
+            read_record_header(&mut self.storage, geo.is_compact(), at).map_err(Error::Storage)?;
         if !walk::fits(&geo, segment, offset, &h, Some(index)) {
             return Ok(None);
         }
@@ -100,9 +99,15 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             Some(k) if k.is_marked() => (COMMIT_PREFIX_BYTES + MARK_PREFIX_BYTES) as u64,
             _ => COMMIT_PREFIX_BYTES as u64,
         };
-        // A mark is padded to whole pointers, so the same rule holds for marked commits.
+        // A mark is padded to whole pointers, so the same rule holds for marked commits. A
+        // compact commit has no marks and at least a distance and a pointer (3 bytes); the rest
+        // of its shape is checked as its pointers are read.
         let malformed_commit = kind.is_some_and(RecordKind::is_commit)
-            && (text < prefix || (text - prefix) % POINTER_BYTES as u64 != 0);
+            && if geo.is_compact() {
+                kind.is_some_and(RecordKind::is_marked) || text < 3
+            } else {
+                text < prefix || (text - prefix) % POINTER_BYTES as u64 != 0
+            };
         if kind.is_none() || kind == Some(RecordKind::Seal) || malformed_commit {
             // Intact, yet not something this build writes: never guess what it meant.
             return Err(Error::Corrupted {
@@ -314,10 +319,39 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let base = self.geo.segment_start(self.geo.slot_of(seg.seq));
         let next = (offset + self.geo.record_span(record.len as u64), index + 1);
         let mut proven = false;
-        self.walk(seg, next, state.limit, &mut |ch, at, _, rec| {
+        let compact = self.geo.is_compact();
+        self.walk(seg, next, state.limit, &mut |ch, at, at_index, rec| {
             let commit =
                 |r: &&RecordHeader| RecordKind::from_u8(r.kind).is_some_and(RecordKind::is_commit);
-            if let Some(r) = rec.filter(commit) {
+            if let Some(r) = rec.filter(commit).filter(|_| compact) {
+                // The distance back from the commit's own id, read from the bytes checked.
+                let mut dec = compact::Decoder::new(ch.geo.align, ch.geo.segments);
+                let mut distance = None;
+                // A compact segment is plaintext (`walk::read_header` refuses one marked sealed).
+                let integrity = ch.check_payload(
+                    SegKeys::Plain {
+                        salt: seg.crc_salt(),
+                    },
+                    r,
+                    seg.seq,
+                    base + at,
+                    |_, c| {
+                        for &b in c {
+                            if distance.is_none() {
+                                match dec.feed(b) {
+                                    Ok(Some(compact::Item::Distance(d))) => distance = Some(d),
+                                    Ok(_) => {}
+                                    Err(_) => distance = Some(u64::MAX),
+                                }
+                            }
+                        }
+                    },
+                )?;
+                // A distance past the log's start is no proof (no writer makes one).
+                let own = seg.base_wid + at_index;
+                proven = integrity == Integrity::Intact
+                    && distance.is_some_and(|d| d <= own && own - d > wid);
+            } else if let Some(r) = rec.filter(commit) {
                 // The mark is used only if the bytes it was read with pass the checks again.
                 let mut mark = [0u8; COMMIT_PREFIX_BYTES];
                 let keys = ch.segment_keys(seg.seq)?;
@@ -342,9 +376,10 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let geo = self.geo;
         let seq = geo.seq_of_slot(p.slot, here.seq);
         let at = geo.record_offset(p);
-        let h = read_record_header(&mut self.storage, at).map_err(Error::Storage)?;
+        let h =
+            read_record_header(&mut self.storage, geo.is_compact(), at).map_err(Error::Storage)?;
         if h.kind != RecordKind::Put as u8
-            || p.offset as u64 + RECORD_HEADER_BYTES as u64 + h.len as u64 > geo.segment_bytes
+            || p.offset as u64 + geo.header_bytes() + h.len as u64 > geo.segment_bytes
         {
             return Ok(false);
         }
@@ -363,6 +398,9 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         record: &RecordHeader,
         mut f: impl FnMut(&mut Self, Pointer, bool) -> Result<(), Error<S::Error>>,
     ) -> Result<bool, Error<S::Error>> {
+        if self.geo.is_compact() {
+            return self.for_each_compact_pointer(here, record, &mut f);
+        }
         let geo: Geometry = self.geo;
         let keys = self.segment_keys(here.seq)?;
         let mut sealer = match keys {
@@ -491,6 +529,67 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             return Err(Error::Corrupted {
                 region: Region::Log,
                 offset: pointers,
+            });
+        }
+        Ok(true)
+    }
+
+    /// [`Self::for_each_pointer`] in a compact log: the payload is read in pieces, fed to the
+    /// CRC and to the decoder of `record::compact` at once. Bytes no writer makes (a broken
+    /// integer, a slot outside the ring, a pointer outside the geometry) make a stable record
+    /// corrupt.
+    ///
+    /// One copy serves the three callers (`f` is a trait object), so firmware carries it once.
+    fn for_each_compact_pointer(
+        &mut self,
+        here: Position,
+        record: &RecordHeader,
+        f: &mut EachPointer<'_, Self, S::Error>,
+    ) -> Result<bool, Error<S::Error>> {
+        const PIECE: usize = 64;
+        let geo: Geometry = self.geo;
+        let keys = self.segment_keys(here.seq)?;
+        if keys == SegKeys::Broken {
+            return Ok(false);
+        }
+        let at = geo.segment_start(geo.slot_of(here.seq)) + here.offset + geo.header_bytes();
+        let start = self.recovery.first_segment;
+        let mut digest = record.digest(keys.binding(here.seq));
+        let mut decoder = compact::Decoder::new(geo.align, geo.segments);
+        let (mut malformed, mut out_of_bounds) = (false, false);
+        let mut buf = [0u8; PIECE];
+        let len = record.len as u64;
+        let mut done = 0u64;
+        // Bounded by the record's length, which replay checked against the writer's limit.
+        while done < len {
+            let n = (len - done).min(PIECE as u64) as usize;
+            self.storage
+                .read(Region::Log, at + done, &mut buf[..n])
+                .map_err(Error::Storage)?;
+            digest.update(&buf[..n]);
+            for &b in &buf[..n] {
+                match decoder.feed(b) {
+                    _ if malformed => {}
+                    Err(compact::Malformed) => malformed = true,
+                    Ok(Some(compact::Item::Pointer(p))) if !geo.pointer_in_bounds(p) => {
+                        out_of_bounds = true
+                    }
+                    Ok(Some(compact::Item::Pointer(p))) => {
+                        let live = geo.seq_of_slot(p.slot, here.seq) >= start;
+                        f(self, p, live)?;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            done += n as u64;
+        }
+        if digest.finalize() != record.crc {
+            return Ok(false);
+        }
+        if malformed || out_of_bounds || decoder.finish().is_err() {
+            return Err(Error::Corrupted {
+                region: Region::Log,
+                offset: at,
             });
         }
         Ok(true)

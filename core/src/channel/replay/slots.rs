@@ -108,7 +108,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             h.seq == from.seq
                 && h.base_wid <= from.wid
                 && from.wid - h.base_wid <= u32::MAX as u64
-                && from.offset as u64 >= self.geo.first_record
+                && from.offset as u64 >= self.geo.first_record()
                 && from.offset as u64 <= self.geo.segment_bytes
         }))
     }
