@@ -263,16 +263,22 @@ const ROUND: u64 = 64;
 
 /// A channel of 128 readings with transactions of up to `batch`, two at a time, and a
 /// checkpoint after every half ring of log.
-fn sluicegate_config(batch: u32) -> Config {
-    Config::new(128, batch.max(1), 2, READING as u32, BLOCK as u32)
+/// `compact`: with compact records ([`Config::with_compact_records`]).
+fn sluicegate_config(batch: u32, compact: bool) -> Config {
+    let c = Config::new(128, batch.max(1), 2, READING as u32, BLOCK as u32)
         .with_checkpoints(0, (LOG_BLOCKS as u64 / 2) * BLOCK as u64, 0)
-        .with_checkpoint_step(8)
+        .with_checkpoint_step(8);
+    if compact {
+        c.with_compact_records()
+    } else {
+        c
+    }
 }
 
 /// Sluicegate: rounds of 64 readings put in transactions of `batch`, then taken in transactions
-/// of `batch`, until `readings` have gone through.
-pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
-    let config = sluicegate_config(batch as u32);
+/// of `batch`, until `readings` have gone through; `compact`: with compact records.
+pub fn sluicegate(readings: u64, batch: u64, compact: bool) -> Result<FlashResult> {
+    let config = sluicegate_config(batch as u32, compact);
     let log = Timed::new(LOG_BLOCKS * BLOCK);
     let cp = Timed::new(SLOT_BLOCKS * BLOCK);
     let bk = Timed::new(SLOT_BLOCKS * BLOCK);
@@ -281,7 +287,10 @@ pub fn sluicegate(readings: u64, batch: u64) -> Result<FlashResult> {
     let mut ch =
         Channel::open(&mut storage, &mut memory[..], config).map_err(|e| format!("{e:?}"))?;
     let mut r = FlashResult {
-        name: format!("sluicegate, transactions of {batch}"),
+        name: format!(
+            "sluicegate{}, transactions of {batch}",
+            if compact { " compact" } else { "" }
+        ),
         batch,
         readings: 0,
         total: NorCounters::default(),

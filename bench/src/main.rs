@@ -548,12 +548,15 @@ fn run(args: &Args) -> Result<()> {
     };
     let mut flash_results = Vec::new();
     if wants("flash") {
-        for batch in [1u64, 16] {
-            progress.step(&format!(
-                "flash: sluicegate, {} readings, transactions of {batch}",
-                plan.flash_readings
-            ));
-            flash_results.push(flash::sluicegate(plan.flash_readings, batch)?);
+        for compact in [false, true] {
+            for batch in [1u64, 16] {
+                progress.step(&format!(
+                    "flash: sluicegate{}, {} readings, transactions of {batch}",
+                    if compact { " compact" } else { "" },
+                    plan.flash_readings
+                ));
+                flash_results.push(flash::sluicegate(plan.flash_readings, batch, compact)?);
+            }
         }
         progress.step(&format!(
             "flash: sequential-storage, {} readings",
