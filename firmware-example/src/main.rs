@@ -57,9 +57,17 @@ const LOG_SEGMENTS: u32 = 16;
 /// The channel: 64 readings, take batches of up to 64 (the boot check takes all at once),
 /// two transactions at a time (the interrupt's put and the uplink's take), 4 KiB segments,
 /// queue entries packed for 16 of them (18 bits a reading, not 64).
-const CONFIG: Config = Config::new(64, 64, 2, READING as u32, BLOCK as u32)
+const BASE: Config = Config::new(64, 64, 2, READING as u32, BLOCK as u32)
     .with_checkpoints(16, 0, 0)
     .with_log_segments(LOG_SEGMENTS);
+/// With the `compact` feature (the default) a plaintext build writes a compact log (8-byte
+/// record headers, commits of variable-length integers: docs/format.md, "Compact logs"); a
+/// sealed log cannot be compact.
+const CONFIG: Config = if cfg!(all(feature = "compact", not(feature = "sealed"))) {
+    BASE.with_compact_records()
+} else {
+    BASE
+};
 // The boot check holds the whole queue in one transaction.
 const _: () = assert!(CONFIG.capacity() <= CONFIG.transaction_capacity());
 const MEMORY_WORDS: usize = CONFIG.memory_words();

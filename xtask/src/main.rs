@@ -1627,7 +1627,8 @@ fn build_firmware(dir: &Path, boots: u32, seed: u32, sealed: bool) -> Result<Pat
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut args = vec!["build", "--release"];
     if sealed {
-        args.extend(["--features", "sealed"]);
+        // A sealed log cannot be compact: leave the compact format's code out.
+        args.extend(["--no-default-features", "--features", "sealed"]);
     }
     run_in(dir, "cargo", &args, &envs)?;
     Ok(dir

@@ -39,9 +39,15 @@ mod semihost;
 const WORD: usize = 8;
 const BLOCK: usize = 4096;
 const READINGS: u32 = 2000;
-const CONFIG: Config = Config::new(64, 16, 2, 32, BLOCK as u32)
+const BASE: Config = Config::new(64, 16, 2, 32, BLOCK as u32)
     .with_checkpoints(16, 0, 0)
     .with_log_segments(16);
+/// A compact log with the `compact` feature (the default), as the main gateway's.
+const CONFIG: Config = if cfg!(feature = "compact") {
+    BASE.with_compact_records()
+} else {
+    BASE
+};
 const MEMORY_WORDS: usize = CONFIG.memory_words();
 
 /// A NOR part in RAM behind the async traits.
