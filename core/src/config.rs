@@ -201,10 +201,10 @@ impl Config {
     /// against the one before (docs/format.md, "Compact logs"). For small flash: a 32-byte
     /// event costs 40 bytes of log instead of 48, and a commit of 16 events about 28 instead of
     /// 152. Needs the core's `compact` feature, segments of at most 64 KiB
-    /// ([`COMPACT_MAX_SEGMENT_BYTES`]), no marks and no encryption (a sealed open is refused). A log is compact in every segment or in none: an
-    /// open whose configuration differs from the medium's is refused with
-    /// [`ConfigError::RecordFormatMismatch`]. Panics if it cannot work; see
-    /// [`Config::try_with_compact_records`].
+    /// ([`COMPACT_MAX_SEGMENT_BYTES`]), no marks and no encryption (a sealed open is refused).
+    /// A log is compact in every segment or in none: an open whose configuration differs from
+    /// the medium's is refused with [`ConfigError::RecordFormatMismatch`]. Panics if it cannot
+    /// work; see [`Config::try_with_compact_records`].
     pub const fn with_compact_records(self) -> Self {
         match self.try_with_compact_records() {
             Ok(c) => c,

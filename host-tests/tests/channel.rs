@@ -458,6 +458,51 @@ fn unproven_commit_with_a_torn_put_is_dropped_whole() {
     assert_eq!(take_all(&mut ch, false), v(&[b"kept"]));
 }
 
+/// A commit with a damaged put is kept (without the damaged event) only when a later commit's
+/// durable mark proves it was synced: after its own sync, yes; when both were written before
+/// one sync (group commit), no, and it is dropped whole. In the full format and the compact
+/// one (where the mark is a distance back from the commit's own id).
+#[test]
+fn only_a_later_durable_mark_proves_a_commit_with_a_damaged_put() {
+    for config in [CONFIG, CONFIG.with_compact_records()] {
+        for grouped in [false, true] {
+            let (mut sim, mut mem) = (sim(), memory());
+            {
+                let mut ch = Channel::open(&mut sim, &mut mem[..], config).unwrap();
+                put_all(&mut ch, &[b"kept"]);
+                let (a, b) = (ch.begin().unwrap(), ch.begin().unwrap());
+                ch.put(a, b"AAAAAAAA").unwrap();
+                ch.put(a, b"BBBBBBBB").unwrap();
+                ch.put(b, b"later").unwrap();
+                if grouped {
+                    assert!(ch.write_commit(a).unwrap());
+                    assert!(ch.write_commit(b).unwrap());
+                    ch.sync().unwrap();
+                } else {
+                    ch.commit(a).unwrap();
+                    ch.commit(b).unwrap();
+                }
+            }
+            let at = find(sim.image(Region::Log), b"AAAAAAAA");
+            sim.flip_bit(Region::Log, at, 1);
+            let mut ch = Channel::open(&mut sim, &mut mem[..], config).unwrap();
+            let what = format!("compact {}, grouped {grouped}", config.compact());
+            if grouped {
+                assert_eq!(ch.recovery().torn_commits_dropped, 1, "{what}");
+                assert_eq!(take_all(&mut ch, false), v(&[b"kept", b"later"]), "{what}");
+            } else {
+                assert_eq!(ch.recovery().torn_commits_dropped, 0, "{what}");
+                assert_eq!(ch.recovery().corrupt_events_dropped, 1, "{what}");
+                assert_eq!(
+                    take_all(&mut ch, false),
+                    v(&[b"kept", b"BBBBBBBB", b"later"]),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
 /// A damaged record in the middle of a segment is skipped by replay when the next record is
 /// intact, so later commits still count.
 #[test]

@@ -817,6 +817,22 @@ fn plant_all(ws: &Path, target_dir: &str) -> Result {
         &reuse_args,
         &envs,
     )?;
+    let proof_args = [
+        "test",
+        "-q",
+        "-p",
+        "sluicegate-sim",
+        "--test",
+        "channel",
+        "only_a_later_durable_mark_proves_a_commit_with_a_damaged_put",
+    ];
+    caught += catch_all(
+        ws,
+        &DURABLE_MARK_MUTANTS,
+        "the test of the durable mark's proof",
+        &proof_args,
+        &envs,
+    )?;
     let mark_args = ["test", "-q", "-p", "sluicegate-sim", "--test", "marks"];
     caught += catch_all(
         ws,
@@ -940,6 +956,7 @@ fn plant_all(ws: &Path, target_dir: &str) -> Result {
         + MARK_MUTANTS.len()
         + CONTINUATION_MUTANTS.len()
         + REUSE_MUTANTS.len()
+        + DURABLE_MARK_MUTANTS.len()
         + AGENT_MUTANTS.len();
     println!("mutants: {caught} of {total} planted bugs caught");
     Ok(())
@@ -1018,6 +1035,24 @@ const CONTINUATION_MUTANTS: [Mutant; 4] = [
         file: "core/src/channel/replay/mod.rs",
         from: "if seq == newest && state.suspect.is_none() && header.flags",
         to: "if seq == newest && header.flags",
+    },
+];
+
+/// Bugs in the proof that a commit with a damaged put was acknowledged, in both record formats,
+/// caught by the test that writes two commits before one sync (the simulation's workloads sync
+/// each commit before the next, so every later commit proves every earlier one there).
+const DURABLE_MARK_MUTANTS: [Mutant; 2] = [
+    Mutant {
+        name: "any later intact commit proves a commit with a damaged put acknowledged",
+        file: "core/src/channel/replay/records.rs",
+        from: "proven = integrity == Integrity::Intact && u64::from_le_bytes(mark) > wid;",
+        to: "proven = integrity == Integrity::Intact;",
+    },
+    Mutant {
+        name: "a later compact commit's durable mark is not compared with the commit it proves",
+        file: "core/src/channel/replay/records.rs",
+        from: "&& distance.is_some_and(|d| d <= own && own - d > wid);",
+        to: "&& distance.is_some_and(|d| d <= own);",
     },
 ];
 
