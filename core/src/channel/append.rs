@@ -175,20 +175,7 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
         let compact = self.geo.is_compact();
         let wid = self.head.next_wid();
         let len = match body {
-            // A compact commit's length depends on its pointers: count them as written.
-            Body::Pending { .. } | Body::Taken { .. } if compact => {
-                let parts = emit_parts(
-                    &self.carving,
-                    self.memory.as_ref(),
-                    self.queue,
-                    &self.config,
-                    &self.geo,
-                    wid,
-                );
-                let mut n = 0u32;
-                emit_body(body, &parts, &mut |b| n += b.len() as u32);
-                n
-            }
+            Body::Pending { .. } | Body::Taken { .. } if compact => self.compact_len(body, wid),
             _ => len,
         };
         let record_len = len + tag;
@@ -277,6 +264,22 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
                 Ok(ptr)
             }
         }
+    }
+
+    /// The payload length of a compact commit with write-order id `wid`, which depends on its
+    /// pointers: counted as [`emit_body`] will write them.
+    fn compact_len(&self, body: Body<'_>, wid: u64) -> u32 {
+        let parts = emit_parts(
+            &self.carving,
+            self.memory.as_ref(),
+            self.queue,
+            &self.config,
+            &self.geo,
+            wid,
+        );
+        let mut n = 0u32;
+        emit_body(body, &parts, &mut |b| n += b.len() as u32);
+        n
     }
 
     /// Makes sure a record of `span` bytes can be written, keeping the reserve: a put must leave

@@ -68,9 +68,8 @@ impl<S: Storage, M: AsRef<[u64]> + AsMut<[u64]>, K: KeyProvider> Channel<S, M, K
             SegKeys::Sealed(seal) => return self.read_sealed_event(ptr, seq, seal, buf),
         }
         let offset = self.geo.record_offset(ptr);
-        let compact = self.geo.is_compact();
-        let header =
-            read_record_header(&mut self.storage, compact, offset).map_err(ReadFail::Storage)?;
+        let header = read_record_header(&mut self.storage, self.geo.is_compact(), offset)
+            .map_err(ReadFail::Storage)?;
         let len = header.len as usize;
         let room = self.geo.segment_bytes - ptr.offset as u64 - self.geo.header_bytes();
         if header.kind != RecordKind::Put as u8 || len as u64 > room {
